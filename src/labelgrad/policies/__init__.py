@@ -1,0 +1,48 @@
+"""Level 1: policies that transform dL/dlogits per sample and per class during backward."""
+
+from labelgrad.policies.base import GradContext, Policy, no_state_update, state_updates_enabled
+from labelgrad.policies.chain import Chain, chain
+from labelgrad.policies.clipping import ClipPerClass, ClipPerSample, clip_per_class, clip_per_sample
+from labelgrad.policies.eqlv2 import EQLv2, eqlv2
+from labelgrad.policies.masking import (
+    FreezeClasses,
+    Mask,
+    MaskUnknown,
+    freeze_classes,
+    mask,
+    mask_unknown,
+)
+from labelgrad.policies.monitor import GradMonitor, monitor
+from labelgrad.policies.schedule import Schedule, schedule
+from labelgrad.policies.stateful import StatefulPolicy
+from labelgrad.policies.weighting import ClassWeights, PosNegWeights, class_weights, pos_neg_weights
+
+__all__ = [
+    "Chain",
+    "ClassWeights",
+    "ClipPerClass",
+    "ClipPerSample",
+    "EQLv2",
+    "FreezeClasses",
+    "GradContext",
+    "GradMonitor",
+    "Mask",
+    "MaskUnknown",
+    "Policy",
+    "PosNegWeights",
+    "Schedule",
+    "StatefulPolicy",
+    "chain",
+    "class_weights",
+    "clip_per_class",
+    "clip_per_sample",
+    "eqlv2",
+    "freeze_classes",
+    "mask",
+    "mask_unknown",
+    "monitor",
+    "no_state_update",
+    "pos_neg_weights",
+    "schedule",
+    "state_updates_enabled",
+]

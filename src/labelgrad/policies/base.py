@@ -1,0 +1,284 @@
+"""The gate at the logits and the :class:`Policy` base class.
+
+A policy is an ``nn.Module`` whose call returns the logits unchanged and registers a custom
+``torch.autograd.Function`` (:class:`_Gate`) on them. In the backward pass the gate hands
+dL/dlogits, laid out as (N, S, C), to :meth:`Policy.transform` together with the batch's targets
+in the same layout, and passes the result on. This is deliberately a surrogate gradient: the
+parameters receive the gradient of the reweighted loss, exactly, for every loss and every model,
+at O(N·C) cost and with no host-device synchronisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from labelgrad.targets import Targets, TargetsLike, normalize_class_dim
+
+__all__ = ["GradContext", "Policy", "no_state_update", "state_updates_enabled"]
+
+_STATE_UPDATES = [True]
+
+
+@contextlib.contextmanager
+def no_state_update() -> Iterator[None]:
+    """Run backward passes that must not update the statistics of stateful policies.
+
+    Auxiliary backward passes (the per-label vector-Jacobian products of the aggregation engines,
+    gradient checks, probing) would otherwise count one batch several times. A module-level flag,
+    not a thread-local one: autograd runs CUDA backward passes on its own threads.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> policy = lg.eqlv2(num_classes=3)
+        >>> z = torch.zeros(2, 3, requires_grad=True)
+        >>> with lg.no_state_update():
+        ...     policy(z, torch.tensor([0, 1])).sum().backward()
+        >>> float(policy.pos_grad.sum())
+        0.0
+    """
+    previous = _STATE_UPDATES[0]
+    _STATE_UPDATES[0] = False
+    try:
+        yield
+    finally:
+        _STATE_UPDATES[0] = previous
+
+
+def state_updates_enabled() -> bool:
+    """Whether stateful policies may update their statistics in the current backward pass."""
+    return _STATE_UPDATES[0]
+
+
+@dataclass(frozen=True)
+class GradContext:
+    """What a policy sees besides the gradient, in the (N, S, C) layout of the gradient.
+
+    Attributes:
+        targets: the batch's targets, class axis last (``positive``, ``known``, ``values``:
+            (N, S, C); ``indices``: (N, S) for class-index labels), or None when the policy was
+            called without targets.
+        grad_scale: the loss scale of an attached ``torch.amp.GradScaler`` as a 0-d float32
+            tensor on the gradient's device, or None. Norm thresholds and gradient statistics
+            divide by it so that they do not depend on the scale.
+        update_state: whether stateful policies may update their statistics in this pass.
+    """
+
+    targets: Targets | None
+    grad_scale: Tensor | None
+    update_state: bool
+
+    def require_targets(self, policy: Policy) -> Targets:
+        """Return the targets, or raise a clear error naming ``policy``."""
+        if self.targets is None:
+            raise ValueError(
+                f"{type(policy).__name__} reads the labels: call it as policy(logits, targets)"
+            )
+        return self.targets
+
+    def unscale(self, x: Tensor) -> Tensor:
+        """Divide ``x`` by the loss scale, if a GradScaler is attached."""
+        if self.grad_scale is None:
+            return x
+        return x / self.grad_scale.to(x.dtype)
+
+
+class Policy(nn.Module):
+    """Base class of every policy at the logits.
+
+    Subclasses implement :meth:`transform`, which maps the gradient at the logits, laid out as
+    (N, S, C) (samples, positions, classes), to a new gradient of the same shape. Calling a
+    policy returns the logits unchanged; the transform runs in the backward pass.
+
+    Set ``requires_targets = False`` on policies that do not read labels, so that
+    ``policy(logits)`` works without targets.
+
+    Args: none; subclasses take their own.
+
+    Example:
+        A policy that halves the gradient of every negative label, in a few lines:
+
+        >>> import torch, labelgrad as lg
+        >>> class HalveNegatives(lg.Policy):
+        ...     def transform(self, grad, ctx):
+        ...         t = ctx.require_targets(self)
+        ...         return torch.where(t.positive, grad, 0.5 * grad)
+        >>> z = torch.zeros(1, 3, requires_grad=True)
+        >>> HalveNegatives()(z, torch.tensor([1])).sum().backward()
+        >>> z.grad.tolist()
+        [[0.5, 1.0, 0.5]]
+    """
+
+    requires_targets: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grad_scaler: Any = None
+
+    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+        """Map dL/dlogits (N, S, C) to the gradient passed on to the model.
+
+        Args:
+            grad: the upstream gradient at the logits, class axis last, shape (N, S, C).
+            ctx: the targets in the same layout, the loss scale and the state-update flag.
+
+        Returns:
+            A tensor of the same shape and dtype.
+        """
+        raise NotImplementedError
+
+    def expected_num_classes(self) -> int | None:
+        """The number of classes this policy was built for, if it fixes one."""
+        return None
+
+    def attach_grad_scaler(self, scaler: Any) -> Policy:
+        """Make norm thresholds and statistics independent of a GradScaler's loss scale.
+
+        Under ``torch.amp.GradScaler`` the gradient at the logits is multiplied by the loss
+        scale. Attach the scaler so that clipping thresholds and gradient statistics are applied
+        to the unscaled gradient; the scale is read on the device, with no host synchronisation.
+
+        Args:
+            scaler: a ``torch.amp.GradScaler`` (or ``torch.cuda.amp.GradScaler``), or None to
+                detach.
+
+        Returns:
+            ``self``, for chaining.
+        """
+        if scaler is not None and not hasattr(scaler, "_get_scale_async"):
+            raise TypeError(
+                f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
+            )
+        self._grad_scaler = scaler
+        return self
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: TargetsLike | None = None,
+        *,
+        class_dim: int = 1,
+        ignore_index: int = -100,
+    ) -> Tensor:
+        """Return ``logits`` unchanged; transform dL/dlogits in the backward pass.
+
+        Args:
+            logits: (N, C, *) logits (class axis at ``class_dim``).
+            targets: the labels in any encoding :meth:`Targets.coerce` accepts, or a
+                ``Targets``. Optional for policies that do not read labels.
+            class_dim: the class axis of ``logits``; -1 for (N, T, C) token logits.
+            ignore_index: the "no label" index of class-index targets.
+
+        Returns:
+            A tensor equal to ``logits``, carrying the gate in its autograd graph.
+        """
+        if not isinstance(logits, Tensor):
+            raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+        if not logits.is_floating_point():
+            raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
+        class_dim = normalize_class_dim(class_dim, logits.dim())
+        expected = self.expected_num_classes()
+        if expected is not None and logits.shape[class_dim] != expected:
+            raise ValueError(
+                f"{type(self).__name__} was built for num_classes={expected}, but the logits' "
+                f"class axis (class_dim={class_dim}) has length {logits.shape[class_dim]}"
+            )
+        t: Targets | None = None
+        if targets is not None:
+            t = Targets.coerce(
+                targets,
+                num_classes=logits.shape[class_dim],
+                class_dim=class_dim,
+                ignore_index=ignore_index,
+                like=logits,
+            )
+            if t.class_dim != class_dim:
+                raise ValueError(
+                    f"the given Targets have class_dim={t.class_dim}, but the policy was called "
+                    f"with class_dim={class_dim}"
+                )
+        elif self.requires_targets:
+            raise ValueError(
+                f"{type(self).__name__} reads the labels: call it as policy(logits, targets)"
+            )
+        if not torch.is_grad_enabled() or not logits.requires_grad:
+            return logits
+        return gate(logits, self, t, class_dim)
+
+    def _context(self, grad: Tensor, targets: Targets | None) -> GradContext:
+        scale: Tensor | None = None
+        scaler = self._grad_scaler
+        if scaler is not None and scaler.is_enabled():
+            s = scaler._get_scale_async()
+            if s is not None:
+                scale = s.to(device=grad.device, dtype=torch.float32)
+        return GradContext(targets=targets, grad_scale=scale, update_state=state_updates_enabled())
+
+
+class _Gate(torch.autograd.Function):
+    """Identity in the forward pass; ``policy.transform`` of the gradient in the backward pass."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        logits: Tensor,
+        positive: Tensor | None,
+        known: Tensor | None,
+        values: Tensor | None,
+        indices: Tensor | None,
+        meta: tuple[Policy, Targets | None, int],
+    ) -> Tensor:
+        # view_as: an identity that still gives autograd a distinct output to attach to.
+        return logits.view_as(logits)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _, positive, known, values, indices, meta = inputs
+        ctx.meta = meta
+        ctx.has_targets = positive is not None
+        if positive is not None:
+            ctx.save_for_backward(positive, known, values, indices)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        policy, proto, class_dim = ctx.meta
+        shape = grad.shape
+        n, c = shape[0], shape[class_dim]
+        flat = grad.movedim(class_dim, -1)
+        moved_shape = flat.shape
+        flat = flat.reshape(n, -1, c)
+        targets = None
+        if ctx.has_targets:
+            assert proto is not None
+            positive, known, values, indices = ctx.saved_tensors
+            targets = Targets(
+                positive=positive,
+                known=known,
+                num_classes=c,
+                class_dim=2,
+                encoding=proto.encoding,
+                indices=indices,
+                values=values,
+            )
+        out = policy.transform(flat, policy._context(flat, targets))
+        out = out.reshape(moved_shape).movedim(-1, class_dim)
+        return out, None, None, None, None, None
+
+
+def gate(logits: Tensor, policy: Policy, targets: Targets | None, class_dim: int) -> Tensor:
+    """Place ``policy`` on ``logits``: identity forward, ``policy.transform`` backward."""
+    out: Tensor
+    if targets is None:
+        out = _Gate.apply(logits, None, None, None, None, (policy, None, class_dim))
+        return out
+    flat = targets.class_last()
+    out = _Gate.apply(
+        logits, flat.positive, flat.known, flat.values, flat.indices, (policy, targets, class_dim)
+    )
+    return out

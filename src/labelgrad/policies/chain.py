@@ -1,0 +1,70 @@
+"""Compose policies into one gate."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from labelgrad.policies.base import GradContext, Policy
+
+__all__ = ["Chain", "chain"]
+
+
+class Chain(Policy):
+    """Policies applied in order, in one autograd node. Built by :func:`chain`."""
+
+    def __init__(self, *policies: Policy) -> None:
+        super().__init__()
+        flat: list[Policy] = []
+        for i, p in enumerate(policies):
+            if not isinstance(p, Policy):
+                raise TypeError(
+                    f"chain argument {i} must be a labelgrad Policy, got {type(p).__name__}"
+                )
+            flat.extend(p.members() if isinstance(p, Chain) else [p])
+        expected = {c for p in flat if (c := p.expected_num_classes()) is not None}
+        if len(expected) > 1:
+            raise ValueError(f"chained policies were built for different num_classes: {expected}")
+        self.policies = nn.ModuleList(flat)
+
+    def members(self) -> list[Policy]:
+        """The chained policies, in order."""
+        return [p for p in self.policies if isinstance(p, Policy)]
+
+    @property
+    def requires_targets(self) -> bool:  # type: ignore[override]
+        return any(p.requires_targets for p in self.members())
+
+    def expected_num_classes(self) -> int | None:
+        for p in self.members():
+            c = p.expected_num_classes()
+            if c is not None:
+                return c
+        return None
+
+    def attach_grad_scaler(self, scaler: object) -> Chain:
+        super().attach_grad_scaler(scaler)
+        for p in self.members():
+            p.attach_grad_scaler(scaler)
+        return self
+
+    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+        for p in self.members():
+            grad = p.transform(grad, ctx)
+        return grad
+
+
+def chain(*policies: Policy) -> Chain:
+    """Apply ``policies`` one after the other to the gradient at the logits, in one gate.
+
+    Order matters where it should: ``chain(mask_unknown(), eqlv2(C))`` keeps unknown entries out
+    of EQLv2's statistics, ``chain(class_weights(w), clip_per_class(1.0))`` clips after weighting.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> policy = lg.chain(lg.mask_unknown(), lg.class_weights([1.0, 3.0]))
+        >>> z = torch.zeros(1, 2, requires_grad=True)
+        >>> policy(z, torch.tensor([[-1, 1]])).sum().backward()
+        >>> z.grad.tolist()
+        [[0.0, 3.0]]
+    """
+    return Chain(*policies)

@@ -1,0 +1,88 @@
+"""Policies that cap the norm of groups of gradient entries."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from labelgrad._validation import as_nonnegative_scalar
+from labelgrad.policies.base import GradContext, Policy
+
+__all__ = ["ClipPerClass", "ClipPerSample", "clip_per_class", "clip_per_sample"]
+
+
+def _clip(grad: Tensor, ctx: GradContext, max_norm: float, dims: tuple[int, ...]) -> Tensor:
+    norm = grad.float().square().sum(dim=dims, keepdim=True).sqrt()
+    limit = torch.tensor(max_norm, dtype=torch.float32, device=grad.device)
+    if ctx.grad_scale is not None:
+        limit = limit * ctx.grad_scale  # compare the unscaled norm with max_norm
+    # norm == 0 gives inf -> clamped to 1. A non-finite norm leaves the group untouched, so a
+    # GradScaler still sees the overflow and skips the step.
+    factor = torch.clamp(limit / norm, max=1.0)
+    factor = torch.where(torch.isfinite(norm), factor, torch.ones_like(factor))
+    return grad * factor.to(grad.dtype)
+
+
+class ClipPerClass(Policy):
+    """Cap the gradient norm of each class over the batch. Built by :func:`clip_per_class`."""
+
+    requires_targets = False
+
+    def __init__(self, max_norm: float) -> None:
+        super().__init__()
+        self.max_norm = as_nonnegative_scalar(max_norm, "max_norm", positive=True)
+
+    def extra_repr(self) -> str:
+        return f"max_norm={self.max_norm}"
+
+    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+        return _clip(grad, ctx, self.max_norm, (0, 1))
+
+
+def clip_per_class(max_norm: float) -> ClipPerClass:
+    """Scale the gradient entries of each class down to an L2 norm of at most ``max_norm``.
+
+    For each class c, the vector of all entries (n, c, ...) of the batch is rescaled if its norm
+    exceeds ``max_norm``; under an attached GradScaler the threshold applies to the unscaled
+    gradient.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> z = torch.zeros(4, 2, requires_grad=True)
+        >>> lg.clip_per_class(1.0)(z).sum().backward()   # each column has norm 2 -> 1
+        >>> z.grad[:, 0].tolist()
+        [0.5, 0.5, 0.5, 0.5]
+    """
+    return ClipPerClass(max_norm)
+
+
+class ClipPerSample(Policy):
+    """Cap the gradient norm of each sample. Built by :func:`clip_per_sample`."""
+
+    requires_targets = False
+
+    def __init__(self, max_norm: float) -> None:
+        super().__init__()
+        self.max_norm = as_nonnegative_scalar(max_norm, "max_norm", positive=True)
+
+    def extra_repr(self) -> str:
+        return f"max_norm={self.max_norm}"
+
+    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+        return _clip(grad, ctx, self.max_norm, (1, 2))
+
+
+def clip_per_sample(max_norm: float) -> ClipPerSample:
+    """Scale the gradient entries of each sample down to an L2 norm of at most ``max_norm``.
+
+    For each sample n, the vector of all its entries (every class and position) is rescaled if
+    its norm exceeds ``max_norm``.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> z = torch.zeros(1, 4, requires_grad=True)
+        >>> lg.clip_per_sample(1.0)(z).sum().backward()   # norm 2 -> 1
+        >>> z.grad.tolist()
+        [[0.5, 0.5, 0.5, 0.5]]
+    """
+    return ClipPerSample(max_norm)

@@ -1,0 +1,114 @@
+"""Policies that multiply entries of the gradient by per-class weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from labelgrad._validation import as_class_vector
+from labelgrad.policies.base import GradContext, Policy
+
+__all__ = ["ClassWeights", "PosNegWeights", "class_weights", "pos_neg_weights"]
+
+Weights = Tensor | Sequence[float]
+
+
+class ClassWeights(Policy):
+    """Multiply the gradient by per-class weights. Built by :func:`class_weights`."""
+
+    weight: Tensor
+
+    def __init__(self, weight: Weights) -> None:
+        super().__init__()
+        self.register_buffer("weight", as_class_vector(weight, "weight"))
+
+    def expected_num_classes(self) -> int | None:
+        return int(self.weight.numel())
+
+    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+        t = ctx.require_targets(self)
+        w = self.weight.to(device=grad.device, dtype=grad.dtype)
+        if t.indices is None:
+            return grad * w
+        # Class indices: the whole sample is weighted by the weight of its class, exactly as
+        # CrossEntropyLoss(weight=w, reduction="sum"). Ignored samples are left as they are.
+        idx = t.indices  # (N, S)
+        known = t.known[..., 0]
+        w_sample = torch.where(known, w[idx.clamp(0, w.numel() - 1)], torch.ones_like(grad[..., 0]))
+        return grad * w_sample.unsqueeze(-1)
+
+
+def class_weights(weight: Weights) -> ClassWeights:
+    """Multiply the gradient at the logits by a weight per class.
+
+    Multi-hot, partial and soft labels: entry (n, c) is multiplied by ``weight[c]``, the gradient
+    of ``BCEWithLogitsLoss(weight=weight)``. Class indices: every entry of sample n is multiplied
+    by ``weight[y_n]``, the gradient of ``CrossEntropyLoss(weight=weight, reduction="sum")``
+    (for ``reduction="mean"`` PyTorch also divides by the summed weights of the batch; that
+    normaliser is a per-batch constant, which labelgrad does not reintroduce).
+
+    Args:
+        weight: (C,) finite, non-negative weights.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> z = torch.zeros(2, 3, requires_grad=True)
+        >>> lg.class_weights([1.0, 2.0, 0.5])(z, torch.tensor([1, 2])).sum().backward()
+        >>> z.grad.tolist()
+        [[2.0, 2.0, 2.0], [0.5, 0.5, 0.5]]
+    """
+    return ClassWeights(weight)
+
+
+class PosNegWeights(Policy):
+    """Separate multipliers for positive and negative entries. Built by :func:`pos_neg_weights`."""
+
+    pos: Tensor
+    neg: Tensor
+
+    def __init__(self, pos: float | Weights = 1.0, neg: float | Weights = 1.0) -> None:
+        super().__init__()
+        p = as_class_vector(pos, "pos", allow_scalar=True)
+        n = as_class_vector(neg, "neg", allow_scalar=True)
+        if p.dim() == 1 and n.dim() == 1 and p.numel() != n.numel():
+            raise ValueError(
+                f"pos and neg must have the same length (C,), got {p.numel()} and {n.numel()}"
+            )
+        self.register_buffer("pos", p)
+        self.register_buffer("neg", n)
+
+    def expected_num_classes(self) -> int | None:
+        for w in (self.pos, self.neg):
+            if w.dim() == 1:
+                return int(w.numel())
+        return None
+
+    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+        t = ctx.require_targets(self)
+        p = self.pos.to(device=grad.device, dtype=grad.dtype)
+        n = self.neg.to(device=grad.device, dtype=grad.dtype)
+        one = torch.ones((), dtype=grad.dtype, device=grad.device)
+        factor = torch.where(t.positive, p, torch.where(t.known, n, one))
+        return grad * factor
+
+
+def pos_neg_weights(pos: float | Weights = 1.0, neg: float | Weights = 1.0) -> PosNegWeights:
+    """Multiply positive entries by ``pos[c]`` and negative entries by ``neg[c]``.
+
+    Unknown entries are left as they are (combine with :func:`mask_unknown` to drop them).
+    For soft labels an entry counts as positive when its probability is at least 0.5.
+
+    Args:
+        pos: a scalar or (C,) multipliers for positive labels.
+        neg: a scalar or (C,) multipliers for negative labels.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> z = torch.zeros(1, 3, requires_grad=True)
+        >>> lg.pos_neg_weights(pos=2.0, neg=0.5)(z, torch.tensor([[1, 0, -1]])).sum().backward()
+        >>> z.grad.tolist()
+        [[2.0, 0.5, 1.0]]
+    """
+    return PosNegWeights(pos, neg)

@@ -1,0 +1,366 @@
+"""One validated representation for every label encoding.
+
+Every public entry point of labelgrad accepts labels in any of the usual encodings and turns them
+into a :class:`Targets`. The encoding is decided from dtype and shape alone (never from the values,
+which would need a host-device synchronisation); where dtype and shape leave it open, the caller
+must say which encoding is meant with ``encoding=``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import torch
+from torch import Tensor
+
+__all__ = ["Encoding", "Targets", "TargetsLike"]
+
+Encoding = Literal["index", "multi_hot", "soft"]
+"""``"index"``: class indices (N, *) with ``ignore_index``; ``"multi_hot"``: (N, C, *) in {0, 1},
+with -1 marking an unknown label; ``"soft"``: (N, C, *) probabilities in [0, 1], -1 = unknown."""
+
+_ENCODINGS = ("index", "multi_hot", "soft")
+
+
+@dataclass(frozen=True, eq=False)
+class Targets:
+    """Validated labels of a batch, laid out like the logits they belong to.
+
+    Build one with :meth:`Targets.coerce`; every labelgrad function accepts either a ``Targets``
+    or any raw encoding and coerces it.
+
+    Attributes:
+        positive: bool tensor (N, C, *) with the class axis at ``class_dim``: the label is positive
+            (for soft labels: probability >= 0.5).
+        known: bool tensor of the same shape: False where the label is unknown or ignored.
+        num_classes: the number of classes C.
+        class_dim: the class axis of ``positive`` and ``known`` (non-negative).
+        encoding: the encoding the labels came in.
+        indices: for ``encoding="index"``, the (N, *) int64 class indices (``ignore_index`` where
+            ignored); None otherwise.
+        values: float tensor shaped like ``positive``: the target value of each entry (1/0 for
+            hard labels, the probability for soft labels, 0 where unknown).
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> t = lg.Targets.coerce(torch.tensor([2, 0, -100]), num_classes=3)
+        >>> t.positive.int().tolist()
+        [[0, 0, 1], [1, 0, 0], [0, 0, 0]]
+        >>> t.known.all(dim=1).tolist()
+        [True, True, False]
+        >>> partial = torch.tensor([[1, -1, 0]])
+        >>> lg.Targets.coerce(partial, num_classes=3, encoding="multi_hot").known.tolist()
+        [[True, False, True]]
+    """
+
+    positive: Tensor
+    known: Tensor
+    num_classes: int
+    class_dim: int
+    encoding: Encoding
+    indices: Tensor | None
+    values: Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of ``positive`` and ``known``: the shape of the logits."""
+        return self.positive.shape
+
+    @property
+    def device(self) -> torch.device:
+        """The device the labels live on."""
+        return self.positive.device
+
+    def to(self, device: torch.device | str) -> Targets:
+        """Return a copy of these targets on ``device``."""
+        return Targets(
+            positive=self.positive.to(device),
+            known=self.known.to(device),
+            num_classes=self.num_classes,
+            class_dim=self.class_dim,
+            encoding=self.encoding,
+            indices=None if self.indices is None else self.indices.to(device),
+            values=self.values.to(device),
+        )
+
+    def class_last(self) -> Targets:
+        """Return these targets with the class axis moved last, flattened to (N, S, C).
+
+        S is the product of all non-class, non-sample axes (1 for plain classification). This is
+        the layout policies see in :meth:`labelgrad.Policy.transform`.
+        """
+        n, c = self.positive.shape[0], self.num_classes
+
+        def flat(x: Tensor) -> Tensor:
+            return x.movedim(self.class_dim, -1).reshape(n, -1, c)
+
+        indices = None
+        if self.indices is not None:
+            indices = self.indices.reshape(n, -1)
+        return Targets(
+            positive=flat(self.positive),
+            known=flat(self.known),
+            num_classes=c,
+            class_dim=2,
+            encoding=self.encoding,
+            indices=indices,
+            values=flat(self.values),
+        )
+
+    @classmethod
+    def coerce(
+        cls,
+        targets: TargetsLike,
+        *,
+        num_classes: int | None = None,
+        class_dim: int = 1,
+        ignore_index: int = -100,
+        encoding: Encoding | None = None,
+        like: Tensor | None = None,
+        validate: bool | None = None,
+    ) -> Targets:
+        """Turn any accepted label encoding into a validated :class:`Targets`.
+
+        Args:
+            targets: class indices (N, *) of an integer dtype; multi-hot (N, C, *) of bool,
+                integer or float dtype, with -1 marking unknown labels; soft labels (N, C, *)
+                float in [0, 1] (-1 = unknown); or a ``Targets`` (returned after checks).
+            num_classes: the number of classes C. Required for class indices unless ``like`` is
+                given; read from ``targets.shape[class_dim]`` for the other encodings if omitted.
+            class_dim: the class axis of the logits (and of multi-hot/soft targets). Negative
+                values count from the end of the logits' shape.
+            ignore_index: class index meaning "no label" for class indices (as in
+                ``torch.nn.CrossEntropyLoss``).
+            encoding: ``"index"``, ``"multi_hot"`` or ``"soft"``. Needed only where dtype and
+                shape leave the encoding open (an integer tensor whose ``class_dim`` axis has
+                length C when no ``like`` tensor is given).
+            like: the logits the labels belong to. When given, the labels' shape is checked
+                against it and the encoding follows from the number of dimensions.
+            validate: check label values (range, {-1, 0, 1}, probabilities in [0, 1]). Such
+                checks read values back to the host, so the default (None) validates tensors on
+                the CPU, where that is free, and skips them on accelerators, while
+                ``torch.compile`` traces and under ``torch.func`` transforms.
+
+        Returns:
+            The validated targets, laid out like the logits.
+
+        Raises:
+            TypeError: ``targets`` is not a tensor, or has an unsupported dtype.
+            ValueError: shapes, ``num_classes``, ``class_dim`` or values do not fit, or the
+                encoding is ambiguous.
+        """
+        if isinstance(targets, Targets):
+            return _check_existing(targets, num_classes=num_classes, like=like)
+        if not isinstance(targets, Tensor):
+            raise TypeError(
+                f"targets must be a torch.Tensor or labelgrad.Targets, got {type(targets).__name__}"
+            )
+        if encoding is not None and encoding not in _ENCODINGS:
+            raise ValueError(f"encoding must be one of {_ENCODINGS} or None, got {encoding!r}")
+        if num_classes is not None and (
+            not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
+        ):
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if targets.is_complex():
+            raise TypeError("targets must be a real tensor (integer, bool or float)")
+        enc = _infer_encoding(targets, encoding, num_classes, class_dim, like)
+        if validate is None:
+            # Free on the CPU; on accelerators (and inside a compiled graph) it would sync.
+            validate = targets.device.type == "cpu" and not _tracing()
+
+        if enc == "index":
+            return _from_indices(targets, num_classes, class_dim, ignore_index, like, validate)
+        return _from_dense(targets, enc, num_classes, class_dim, like, validate)
+
+
+TargetsLike: TypeAlias = Tensor | Targets
+"""Anything :meth:`Targets.coerce` accepts."""
+
+
+def _tracing() -> bool:
+    """True inside torch.compile tracing or a torch.func transform (vmap, grad, ...)."""
+    if torch.compiler.is_compiling():
+        return True
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return level is not None and level() is not None
+
+
+def normalize_class_dim(class_dim: int, ndim: int) -> int:
+    """Return ``class_dim`` as a non-negative axis of an ``ndim``-dimensional logits tensor."""
+    if isinstance(class_dim, bool) or not isinstance(class_dim, int):
+        raise TypeError(f"class_dim must be an int, got {type(class_dim).__name__}")
+    if ndim < 2:
+        raise ValueError(f"logits must have at least 2 dimensions (N, C, *), got a {ndim}-d tensor")
+    if not -ndim <= class_dim < ndim:
+        raise ValueError(f"class_dim={class_dim} is out of range for {ndim}-d logits")
+    class_dim %= ndim
+    if class_dim == 0:
+        raise ValueError("class_dim must not be 0: axis 0 is the batch (sample) axis")
+    return class_dim
+
+
+def _infer_encoding(
+    targets: Tensor,
+    encoding: Encoding | None,
+    num_classes: int | None,
+    class_dim: int,
+    like: Tensor | None,
+) -> Encoding:
+    is_float = targets.is_floating_point()
+    is_bool = targets.dtype == torch.bool
+    if encoding is not None:
+        if encoding == "index" and (is_float or is_bool):
+            raise TypeError(f"class-index targets must have an integer dtype, got {targets.dtype}")
+        return encoding
+    if is_bool:
+        return "multi_hot"
+    if is_float:
+        return "soft"
+    if like is not None:
+        if targets.dim() == like.dim() - 1:
+            return "index"
+        if targets.dim() == like.dim():
+            return "multi_hot"
+        raise ValueError(
+            f"targets of shape {tuple(targets.shape)} fit neither class indices (N, *) nor "
+            f"multi-hot (N, C, *) labels for logits of shape {tuple(like.shape)}"
+        )
+    if targets.dim() <= 1:
+        return "index"
+    if num_classes is None:
+        raise ValueError(
+            "integer targets with more than one dimension are ambiguous without num_classes: "
+            "pass num_classes=..., encoding='index' or 'multi_hot', or like=logits"
+        )
+    cd = class_dim % targets.dim() if -targets.dim() <= class_dim < targets.dim() else None
+    if cd is None or targets.shape[cd] != num_classes:
+        return "index"
+    raise ValueError(
+        f"integer targets of shape {tuple(targets.shape)} could be class indices or multi-hot "
+        f"labels over {num_classes} classes: pass encoding='index' or encoding='multi_hot' "
+        "(or like=logits)"
+    )
+
+
+def _from_indices(
+    targets: Tensor,
+    num_classes: int | None,
+    class_dim: int,
+    ignore_index: int,
+    like: Tensor | None,
+    validate: bool,
+) -> Targets:
+    if targets.dim() < 1:
+        raise ValueError("class-index targets must have a batch axis: shape (N, *)")
+    if like is not None:
+        class_dim = normalize_class_dim(class_dim, like.dim())
+        c_like = like.shape[class_dim]
+        if num_classes is None:
+            num_classes = c_like
+        elif num_classes != c_like:
+            raise ValueError(
+                f"num_classes={num_classes} does not match the logits' class axis "
+                f"(class_dim={class_dim}) of length {c_like}"
+            )
+        expected = like.shape[:class_dim] + like.shape[class_dim + 1 :]
+        if targets.shape != expected:
+            raise ValueError(
+                f"class-index targets must have shape {tuple(expected)} for logits of shape "
+                f"{tuple(like.shape)} with class_dim={class_dim}, got {tuple(targets.shape)}"
+            )
+    else:
+        if num_classes is None:
+            raise ValueError("num_classes is required for class-index targets (or pass like=)")
+        class_dim = normalize_class_dim(class_dim, targets.dim() + 1)
+    idx = targets.long()
+    if validate and idx.numel() > 0:
+        bad = (idx != ignore_index) & ((idx < 0) | (idx >= num_classes))
+        if bool(bad.any()):
+            first = int(idx[bad][0])
+            raise ValueError(
+                f"class index {first} is out of range for num_classes={num_classes} "
+                f"(valid: 0..{num_classes - 1}, or ignore_index={ignore_index})"
+            )
+    known_sample = idx != ignore_index
+    classes = torch.arange(num_classes, device=idx.device)
+    # (N, *, C) -> class axis at class_dim: comparison, not one_hot, so no host sync.
+    positive = (idx.unsqueeze(-1) == classes).movedim(-1, class_dim)
+    known = known_sample.unsqueeze(class_dim).expand_as(positive)
+    return Targets(
+        positive=positive,
+        known=known,
+        num_classes=num_classes,
+        class_dim=class_dim,
+        encoding="index",
+        indices=idx,
+        values=positive.float(),
+    )
+
+
+def _from_dense(
+    targets: Tensor,
+    encoding: Encoding,
+    num_classes: int | None,
+    class_dim: int,
+    like: Tensor | None,
+    validate: bool,
+) -> Targets:
+    class_dim = normalize_class_dim(class_dim, targets.dim())
+    if like is not None and targets.shape != like.shape:
+        raise ValueError(
+            f"{encoding} targets must have the logits' shape {tuple(like.shape)}, "
+            f"got {tuple(targets.shape)}"
+        )
+    c = targets.shape[class_dim]
+    if num_classes is not None and c != num_classes:
+        raise ValueError(
+            f"num_classes={num_classes} does not match the targets' class axis "
+            f"(class_dim={class_dim}) of length {c}"
+        )
+    if encoding == "soft" and not targets.is_floating_point():
+        targets = targets.float()
+    if validate and targets.numel() > 0:
+        if encoding == "multi_hot":
+            ok = (targets == 0) | (targets == 1) | (targets == -1)
+            if not bool(ok.all()):
+                raise ValueError(
+                    "multi_hot targets must contain only 0, 1 and -1 (unknown); for "
+                    "probabilities use a float tensor (soft labels)"
+                )
+        else:
+            ok = ((targets >= 0) & (targets <= 1)) | (targets == -1)
+            if not bool(ok.all()):
+                raise ValueError(
+                    "soft targets must be probabilities in [0, 1], or -1 for unknown labels "
+                    "(NaN and inf are not labels)"
+                )
+    if targets.dtype == torch.bool:
+        positive = targets
+        known = torch.ones_like(targets)
+        values = targets.float()
+    else:
+        known = targets >= 0
+        values = torch.where(known, targets, torch.zeros((), dtype=targets.dtype)).float()
+        positive = values >= 0.5
+    return Targets(
+        positive=positive,
+        known=known,
+        num_classes=c,
+        class_dim=class_dim,
+        encoding=encoding,
+        indices=None,
+        values=values,
+    )
+
+
+def _check_existing(t: Targets, *, num_classes: int | None, like: Tensor | None) -> Targets:
+    if num_classes is not None and num_classes != t.num_classes:
+        raise ValueError(
+            f"num_classes={num_classes} does not match the given Targets ({t.num_classes} classes)"
+        )
+    if like is not None and like.shape != t.shape:
+        raise ValueError(
+            f"Targets of shape {tuple(t.shape)} do not match logits of shape {tuple(like.shape)}"
+        )
+    return t
