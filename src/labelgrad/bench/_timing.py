@@ -1,0 +1,95 @@
+"""Interleaved median timing: the one way labelgrad measures speed."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Result", "format_table", "interleaved", "ratios"]
+
+
+@dataclass
+class Result:
+    """One benchmark row.
+
+    Attributes:
+        benchmark: what is measured (e.g. "policies/mlp").
+        case: the compared case (e.g. "plain", "chain").
+        median_ms: the median step time in milliseconds.
+        ratio: ``median_ms`` over the baseline case's median (1.0 for the baseline).
+        extra: anything else worth reporting (peak memory, K, ...).
+    """
+
+    benchmark: str
+    case: str
+    median_ms: float
+    ratio: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as a plain dict (for JSON)."""
+        return asdict(self)
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    cases: Mapping[str, Callable[[], object]],
+    *,
+    steps: int = 30,
+    warmup: int = 5,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Time each case ``steps`` times, round-robin, and return median seconds per case.
+
+    Args:
+        cases: name -> a callable running one step of that case.
+        steps: timed steps per case (>= 1).
+        warmup: untimed steps per case first (compilation, allocator warm-up).
+        device: synchronised around each step when it is a CUDA device (timing needs the sync;
+            the code under test must not).
+
+    Returns:
+        name -> median seconds per step.
+
+    Example:
+        >>> times = interleaved({"a": lambda: sum(range(100)), "b": lambda: None}, steps=3)
+        >>> sorted(times)
+        ['a', 'b']
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(steps):
+        for name, fn in cases.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def ratios(benchmark: str, times: Mapping[str, float], baseline: str, **extra: Any) -> list[Result]:
+    """Turn :func:`interleaved` medians into rows with ratios to ``baseline``."""
+    base = times[baseline]
+    return [Result(benchmark, name, 1000 * t, t / base, dict(extra)) for name, t in times.items()]
+
+
+def format_table(rows: list[Result]) -> str:
+    """A plain-text table of benchmark rows."""
+    lines = [f"{'benchmark':<34} {'case':<28} {'median ms':>10} {'ratio':>7}"]
+    for r in rows:
+        lines.append(f"{r.benchmark:<34} {r.case:<28} {r.median_ms:>10.3f} {r.ratio:>6.2f}x")
+    return "\n".join(lines)
