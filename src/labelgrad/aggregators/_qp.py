@@ -11,7 +11,8 @@ __all__ = ["normalize_gramian", "project_to_dual_cone", "regularize_gramian", "s
 def normalize_gramian(gramian: Tensor, eps: float) -> Tensor:
     """``G / trace(G)`` (zeros when ``trace(G) < eps``), TorchJD's ``normalize``; no host sync."""
     trace = gramian.diagonal().sum()
-    return torch.where(trace < eps, torch.zeros_like(gramian), gramian / trace)
+    normalized: Tensor = torch.where(trace < eps, torch.zeros_like(gramian), gramian / trace)
+    return normalized
 
 
 def regularize_gramian(gramian: Tensor, eps: float) -> Tensor:
@@ -30,7 +31,8 @@ def _solve_with_active_set(gramian: Tensor, lower: Tensor, active: Tensor) -> Te
     # M is symmetric, so M.mT is M in the column-major layout LAPACK wants: no copy.
     upper, _ = torch.linalg.cholesky_ex(matrix.mT, upper=True)
     half = torch.linalg.solve_triangular(upper.mT, rhs.unsqueeze(-1), upper=False)
-    return torch.linalg.solve_triangular(upper, half, upper=True).squeeze(-1)
+    solution: Tensor = torch.linalg.solve_triangular(upper, half, upper=True)
+    return solution.squeeze(-1)
 
 
 def project_to_dual_cone(

@@ -34,9 +34,7 @@ class AlignedMTL(Aggregator):
         tensor([0.5000, 0.2500])
     """
 
-    def __init__(
-        self, *, pref_vector: Tensor | None = None, scale_mode: ScaleMode = "min"
-    ) -> None:
+    def __init__(self, *, pref_vector: Tensor | None = None, scale_mode: ScaleMode = "min") -> None:
         super().__init__()
         if scale_mode not in ("min", "median", "rmse"):
             raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")

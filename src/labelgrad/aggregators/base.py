@@ -147,6 +147,6 @@ class JacobianAggregator(Aggregator):
     def _aggregate(self, jacobian: Tensor, /) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, jacobian: Tensor, /) -> Tensor:  # type: ignore[override]
+    def forward(self, jacobian: Tensor, /) -> Tensor:
         """Same as :meth:`aggregate`."""
         return self.aggregate(jacobian)

@@ -38,6 +38,7 @@ class _DualConeWeighting(Aggregator):
         self.reg_eps = float(reg_eps)
         self.warm_start = warm_start
         # The last active sets: speed only (the solution does not depend on them), so not saved.
+        self._active: Tensor | None
         self.register_buffer("_active", None, persistent=False)
 
     def _preference(self, gramian: Tensor) -> Tensor:
@@ -86,8 +87,8 @@ class UPGrad(_DualConeWeighting):
     Example:
         >>> import torch
         >>> G = torch.tensor([[1.0, -0.5], [-0.5, 1.0]])
-        >>> UPGrad().weights(G)
-        tensor([0.7500, 0.7500])
+        >>> UPGrad().weights(G)  # (1/2 + 1/4) each, up to reg_eps
+        tensor([0.7499, 0.7499])
     """
 
     def _weights(self, gramian: Tensor, /) -> Tensor:

@@ -24,7 +24,7 @@ class ConFIG(JacobianAggregator):
     Example:
         >>> import torch
         >>> ConFIG().aggregate(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-        tensor([1., 1.])
+        tensor([1.0000, 1.0000])
     """
 
     def __init__(self, *, pref_vector: Tensor | None = None) -> None:
