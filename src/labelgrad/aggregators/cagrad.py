@@ -121,7 +121,7 @@ class CAGrad(Aggregator):
         eye = torch.eye(k + 1, dtype=torch.float64, device=w.device)
         for _ in range(steps):
             gw = g @ w
-            norm = (w @ gw).clamp(min=tiny).sqrt()
+            norm = (w @ gw).clamp(min=1e-24).sqrt()
             grad = b + sqrt_phi * gw / norm
             hess = sqrt_phi * (g / norm - torch.outer(gw, gw) / norm**3)
             # KKT of min f on {w_S : sum w_S = 1}: [H_SS 1; 1^T 0] [dw; mu] = [-grad_S; 0].
@@ -132,10 +132,14 @@ class CAGrad(Aggregator):
             free = torch.cat([support, torch.ones(1, dtype=torch.bool, device=w.device)])
             kkt = torch.where(free.unsqueeze(0) & free.unsqueeze(1), kkt, eye)
             rhs = torch.cat([-grad * sf, torch.zeros(1, dtype=torch.float64, device=w.device)])
+            kkt = torch.nan_to_num(kkt, nan=0.0, posinf=0.0, neginf=0.0)
+            rhs = torch.nan_to_num(rhs, nan=0.0, posinf=0.0, neginf=0.0)
             dw = torch.linalg.lstsq(kkt, rhs.unsqueeze(-1)).solution.squeeze(-1)[:k] * sf
             ratio = torch.where(dw < 0, -0.99 * w / dw.clamp(max=-tiny), torch.inf)
-            w = (w + ratio.min().clamp(max=1.0) * dw).clamp(min=0)
-            w = w / w.sum()
+            stepped = (w + ratio.min().clamp(max=1.0) * dw).clamp(min=0)
+            stepped = stepped / stepped.sum()
+            # A degenerate face (|g_w| ~ 0: the weights become 0 anyway) keeps the FISTA point.
+            w = torch.where(stepped.isfinite().all(), stepped, w)
         return w
 
     def extra_repr(self) -> str:
