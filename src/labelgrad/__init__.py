@@ -6,6 +6,8 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
+from labelgrad import aggregators
+from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
     Chain,
     ClassWeights,
@@ -57,10 +59,12 @@ __all__ = [
     "Targets",
     "TargetsLike",
     "__version__",
+    "aggregators",
     "chain",
     "class_weights",
     "clip_per_class",
     "clip_per_sample",
+    "conflicts",
     "eqlv2",
     "freeze_classes",
     "mask",
