@@ -34,6 +34,7 @@ from labelgrad.policies import (
     pos_neg_weights,
     schedule,
 )
+from labelgrad.rows import Router, RowRules, route
 from labelgrad.targets import Encoding, Targets, TargetsLike
 
 __version__ = "0.1.0"
@@ -52,6 +53,8 @@ __all__ = [
     "MaskUnknown",
     "Policy",
     "PosNegWeights",
+    "Router",
+    "RowRules",
     "Schedule",
     "StatefulPolicy",
     "Targets",
@@ -68,5 +71,6 @@ __all__ = [
     "monitor",
     "no_state_update",
     "pos_neg_weights",
+    "route",
     "schedule",
 ]
