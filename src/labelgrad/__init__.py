@@ -36,6 +36,7 @@ from labelgrad.policies import (
     pos_neg_weights,
     schedule,
 )
+from labelgrad.rows import Router, RowRules, route
 from labelgrad.targets import Encoding, Targets, TargetsLike
 
 __version__ = "0.1.0"
@@ -54,6 +55,8 @@ __all__ = [
     "MaskUnknown",
     "Policy",
     "PosNegWeights",
+    "Router",
+    "RowRules",
     "Schedule",
     "StatefulPolicy",
     "Targets",
@@ -72,5 +75,6 @@ __all__ = [
     "monitor",
     "no_state_update",
     "pos_neg_weights",
+    "route",
     "schedule",
 ]
