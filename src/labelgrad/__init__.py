@@ -6,6 +6,8 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
+from labelgrad import aggregation
+from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
 from labelgrad.policies import (
     Chain,
     ClassWeights,
@@ -57,16 +59,20 @@ __all__ = [
     "Targets",
     "TargetsLike",
     "__version__",
+    "aggregate_backward",
+    "aggregation",
     "chain",
     "class_weights",
     "clip_per_class",
     "clip_per_sample",
     "eqlv2",
+    "explain_engine",
     "freeze_classes",
     "mask",
     "mask_unknown",
     "monitor",
     "no_state_update",
+    "per_label_losses",
     "pos_neg_weights",
     "schedule",
 ]
