@@ -12,15 +12,18 @@ from labelgrad.aggregation.backward import (
     explain_engine,
 )
 from labelgrad.aggregation.losses import LossStructure, group_ids, loss_structure, per_label_losses
+from labelgrad.aggregation.sample_gramian import Tracker, track
 
 __all__ = [
     "AggregationResult",
     "Aggregator",
     "Amortized",
     "LossStructure",
+    "Tracker",
     "aggregate_backward",
     "explain_engine",
     "group_ids",
     "loss_structure",
     "per_label_losses",
+    "track",
 ]
