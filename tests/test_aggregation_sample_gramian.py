@@ -134,3 +134,27 @@ def test_not_applicable_reasons() -> None:
         warnings.simplefilter("error")
         mb = lg.per_label_losses(head(trunk(x)), torch.randint(0, 2, (6, 4)))
         assert "cross-entropy" in lg.explain_engine(mb, shared=trunk)
+
+
+def test_sample_gramian_accumulates_and_counts_policy_state_once() -> None:
+    trunk, head = _mlp(6)
+    x, y = torch.randn(9, 6, dtype=torch.float64), torch.randint(0, 6, (9,))
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    params = [*trunk.parameters(), *head.parameters()]
+    tracker = lg.aggregation.track(trunk)
+    try:
+        policy = lg.monitor(num_classes=6).double()
+        losses = lg.per_label_losses(policy(head(trunk(x)), y), y, loss="ce", groups=groups)
+        lg.aggregate_backward(losses, shared=trunk, aggregator=InvNorm(), engine="sample_gramian")
+        once = [p.grad.clone() for p in params]  # type: ignore[union-attr]
+        state = {k: v.clone() for k, v in policy.state_dict().items()}
+        losses = lg.per_label_losses(policy(head(trunk(x)), y), y, loss="ce", groups=groups)
+        lg.aggregate_backward(losses, shared=trunk, aggregator=InvNorm(), engine="sample_gramian")
+    finally:
+        tracker.remove()
+    for p, g in zip(params, once):
+        torch.testing.assert_close(p.grad, 2 * g)
+    reference = lg.monitor(num_classes=6).double()
+    lg.per_label_losses(reference(head(trunk(x)), y), y, loss="ce").sum().backward()
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(state[key], value)

@@ -232,21 +232,24 @@ def run_sample_gramian(
             )
         fb_jac = [j for j in jac if j is not None]
 
-    grads_out: dict[int, Tensor] = {}
-    handles = []
-    for module, _, out in layers:
-        key = id(module)
-        handles.append(out.register_hook(lambda g, key=key: grads_out.__setitem__(key, g)))
-    saved = {id(p): p.grad for p in params}
-    for p in params:
-        p.grad = None
+    # The one ordinary backward, to the layer outputs (B) and the non-shared leaves only: the
+    # covered layers' own weight gradients are not formed (they come from B^T diag(c) A below).
+    others = [leaf for leaf in _graph.leaves_reached(losses) if id(leaf) not in wanted]
+    outs = [out for _, _, out in layers]
     try:
-        torch.autograd.backward(losses.sum())  # the one ordinary backward
+        grads: tuple[Tensor | None, ...] = torch.autograd.grad(
+            losses.sum(), [*outs, *others], allow_unused=True
+        )
     finally:
-        for h in handles:
-            h.remove()
         for layer in tracker.calls.values():
             layer.clear()
+    for leaf, grad in zip(others, grads[len(outs) :]):
+        if grad is not None:
+            with torch.no_grad():
+                if leaf.grad is None:
+                    leaf.grad = grad
+                else:
+                    leaf.grad.add_(grad)
 
     k = structure.num_groups
     valid = structure.sample_known
@@ -254,9 +257,12 @@ def run_sample_gramian(
     group = structure.sample_group
     dtype = torch.promote_types(losses.dtype, torch.float32)
     p_total = torch.zeros(n, n, dtype=dtype, device=losses.device)
-    prepared = []
+    prepared: list[tuple[nn.Module, Tensor, Tensor]] = []
     for module, a_in, _out in layers:
-        a, b = _positions(module, a_in, grads_out[id(module)])
+        b_out = grads[len(prepared)]
+        if b_out is None:  # the losses reach this layer only through paths with zero gradient
+            b_out = torch.zeros_like(_out)
+        a, b = _positions(module, a_in, b_out)
         prepared.append((module, a, b))
         p_total += _layer_gramian(a.to(dtype), b.to(dtype), module.bias is not None)
     member = F.one_hot(group, k).to(dtype) * valid.unsqueeze(1).to(dtype)  # S (N, K)
@@ -279,6 +285,8 @@ def run_sample_gramian(
             updates[id(p)] = torch.tensordot(w.to(j.dtype), j, dims=1)
         for p in params:
             update = updates[id(p)].to(p.dtype)
-            prev = saved[id(p)]
-            p.grad = update if prev is None else prev + update
+            if p.grad is None:
+                p.grad = update
+            else:
+                p.grad.add_(update)
     return g, w

@@ -139,6 +139,8 @@ def _single_label_cases(k: int) -> dict[str, Callable[[], object]]:
     y = torch.randint(0, c, (256,), generator=g)
     groups = torch.arange(c) % k
     weighting, _ = _weighting()
+    lg.aggregation.track(trunk)
+    shared = list(trunk.parameters())
 
     def plain() -> None:
         F.cross_entropy(head(trunk(x)), y).backward()
@@ -154,7 +156,27 @@ def _single_label_cases(k: int) -> dict[str, Callable[[], object]]:
         lg.aggregate_backward(losses, shared=trunk, aggregator=weighting, engine="exact")
         _step(params)
 
-    return {"plain": plain, "sample_gramian": sample_gramian, "exact": exact}
+    cases: dict[str, Callable[[], object]] = {
+        "plain": plain,
+        "sample_gramian": sample_gramian,
+        "exact": exact,
+    }
+    try:
+        from torchjd.aggregation import UPGrad as JDUPGrad
+        from torchjd.autojac import jac_to_grad, mtl_backward
+    except ImportError:  # pragma: no cover - optional dependency
+        return cases
+    jd = JDUPGrad()
+
+    def torchjd_upgrad() -> None:
+        feats = trunk(x)
+        losses = lg.per_label_losses(head(feats), y, loss="ce", groups=groups)
+        mtl_backward(list(losses.unbind()), features=feats, retain_graph=True)
+        jac_to_grad(shared, jd)
+        _step(params)
+
+    cases["torchjd-upgrad"] = torchjd_upgrad
+    return cases
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -169,9 +191,7 @@ def run(quick: bool = False) -> list[Result]:
 
     if getattr(sample_gramian, "IMPLEMENTED", False):
         for k in (10, 100):
-            tracker = None
             cases = _single_label_cases(k)
             times = interleaved(cases, steps=max(1, steps // 2), warmup=warmup)
-            rows += ratios(f"aggregation/mlp-single-label K={k}", times, "plain")
-            del tracker
+            rows += ratios(f"aggregation/mlp-single-label K={k}", times, "plain", weighting=wname)
     return rows
