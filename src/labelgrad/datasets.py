@@ -260,7 +260,7 @@ def yeast(
     if not np.isin(y, (0.0, 1.0)).all():
         raise DataError(f"{file}: label columns must hold 0 or 1")
     perm = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(round(test_fraction * len(x)))
+    n_test = round(test_fraction * len(x))
     te, tr = perm[:n_test], perm[n_test:]
     xtr, ytr, xte, yte = _tensors(x[tr], y[tr], x[te], y[te])
     return Dataset(
@@ -410,7 +410,7 @@ def hide_labels(y: Tensor, fraction: float, *, seed: int = 0) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     n = y.numel()
     hidden = torch.zeros(n, dtype=torch.bool)
-    hidden[torch.randperm(n, generator=gen)[: int(round(fraction * n))]] = True
+    hidden[torch.randperm(n, generator=gen)[: round(fraction * n)]] = True
     out = y.clone()
     out[hidden.view_as(y).to(y.device)] = -1
     return out
