@@ -32,6 +32,9 @@ def _common(p: argparse.ArgumentParser, out_default: str | None) -> None:
         default=out_default,
         help=f"output folder (default: {out_default})" if out_default else "output folder",
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
 
@@ -199,6 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands = {"demo": _cmd_demo, "bench": _cmd_bench, "train": _cmd_train}
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UsageError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         return commands[args.command](args)
     except (UsageError, ConfigError, DataError, MissingSourceError, PermissionError) as err:
         print(f"labelgrad {args.command}: error: {err}", file=sys.stderr)

@@ -74,7 +74,7 @@ class Sizes:
 
 SIZES = {
     "full": Sizes(seeds=3, digits_epochs=40, yeast_epochs=15, yeast_limit=None),
-    "tiny": Sizes(seeds=2, digits_epochs=2, yeast_epochs=1, yeast_limit=300),
+    "tiny": Sizes(seeds=2, digits_epochs=1, yeast_epochs=1, yeast_limit=300),
 }
 
 
@@ -502,8 +502,8 @@ def _run(
     if echo is not None:
         header, table = format_rows(rows)
         echo(_plain_table(header, table))
-        for s in skipped:
-            echo(f"skipped: {s}")
+        for reason in skipped:
+            echo(f"skipped: {reason}")
         echo(f"report: {folder / 'report.html'}  ({result.seconds:.0f} s)")
     return result
 

@@ -81,11 +81,14 @@ from labelgrad.report import (
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 __all__ = ["POLICY_KEYS", "ConfigError", "TrainConfig", "load_config", "run_train"]
 
 CHECKPOINT_VERSION = 1
+MONITOR_HISTORY = 2048
+"""Steps of per-class gradient norms the run's monitor keeps (a ring buffer; fixed so that a
+checkpoint resumes under a config with more epochs)."""
 
 
 class ConfigError(ValueError):
@@ -542,7 +545,7 @@ def run_train(
     steps_per_epoch = math.ceil(len(data.x_train) / t["batch_size"])
     torch.manual_seed(seed)
     model = MLP(data.x_train.shape[1], cfg.model["hidden"], data.num_classes).to(dev)
-    policy, mon = _build_policy(cfg, data, history=min(t["epochs"] * steps_per_epoch, 100_000))
+    policy, mon = _build_policy(cfg, data, history=MONITOR_HISTORY)
     policy.to(dev)
     opt = _build_optimizer(cfg, model, data)
     aggregator = _build_aggregator(cfg, data)
@@ -579,6 +582,7 @@ def run_train(
         opt.zero_grad(set_to_none=True)
         feats = model.features(xb)
         logits = policy(model.head(feats), yb)
+        loss: Tensor
         if multilabel:
             target = yb.clamp(min=0).to(logits.dtype)
             if aggregator is not None:
