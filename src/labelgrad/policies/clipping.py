@@ -12,10 +12,12 @@ __all__ = ["ClipPerClass", "ClipPerSample", "clip_per_class", "clip_per_sample"]
 
 
 def _clip(grad: Tensor, ctx: GradContext, max_norm: float, dims: tuple[int, ...]) -> Tensor:
-    norm = grad.float().square().sum(dim=dims, keepdim=True).sqrt()
-    limit = torch.tensor(max_norm, dtype=torch.float32, device=grad.device)
+    # Accumulate in at least float32 (fp16/bf16 gradients overflow or lose the norm).
+    acc = torch.promote_types(grad.dtype, torch.float32)
+    norm = grad.to(acc).square().sum(dim=dims, keepdim=True).sqrt()
+    limit = torch.tensor(max_norm, dtype=acc, device=grad.device)
     if ctx.grad_scale is not None:
-        limit = limit * ctx.grad_scale  # compare the unscaled norm with max_norm
+        limit = limit * ctx.grad_scale.to(acc)  # compare the unscaled norm with max_norm
     # norm == 0 gives inf -> clamped to 1. A non-finite norm leaves the group untouched, so a
     # GradScaler still sees the overflow and skips the step.
     factor = torch.clamp(limit / norm, max=1.0)
