@@ -14,13 +14,12 @@ import labelgrad as lg
 from labelgrad.report import (
     Section,
     atomic_path,
-    conflict_matrix,
+    label_gramian,
     log_monitor_tensorboard,
     monitor_records,
     save_monitor,
     write_report,
 )
-from labelgrad.report.conflicts import label_gramian
 
 
 def _trained_monitor(steps: int = 7, history: int = 4) -> lg.GradMonitor:
@@ -74,7 +73,7 @@ def test_tensorboard_export(tmp_path: Path) -> None:
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").rglob("*"))
 
 
-def test_conflict_matrix_matches_separate_backward_passes() -> None:
+def test_label_gramian_matches_separate_backward_passes() -> None:
     torch.manual_seed(0)
     trunk = torch.nn.Linear(4, 6)
     head = torch.nn.Linear(6, 3)
@@ -90,13 +89,7 @@ def test_conflict_matrix_matches_separate_backward_passes() -> None:
     jac = torch.stack(grads)
     torch.testing.assert_close(gram, jac @ jac.T)
     cos = torch.nn.functional.cosine_similarity(jac[:, None], jac[None], dim=-1)
-    torch.testing.assert_close(conflict_matrix(gram), cos)
-
-
-def test_conflict_matrix_zero_gradient_is_not_nan() -> None:
-    out = conflict_matrix(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
-    assert torch.isfinite(out).all()
-    assert float(out[0, 1]) == 0.0
+    torch.testing.assert_close(lg.conflicts(gram), cos)
 
 
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path: Path) -> None:

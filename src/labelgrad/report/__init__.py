@@ -4,7 +4,7 @@ Matplotlib and TensorBoard are imported only when a figure or an event file is w
 """
 
 from labelgrad.report._atomic import atomic_path, atomic_write_text, check_writable_dir
-from labelgrad.report.conflicts import conflict_matrix
+from labelgrad.report.conflicts import label_gramian
 from labelgrad.report.export import log_monitor_tensorboard, monitor_records, save_monitor
 from labelgrad.report.html import Section, write_report
 from labelgrad.report.plots import plot_conflicts, plot_grad_norm_history, plot_per_class_accuracy
@@ -14,7 +14,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "check_writable_dir",
-    "conflict_matrix",
+    "label_gramian",
     "log_monitor_tensorboard",
     "monitor_records",
     "plot_conflicts",

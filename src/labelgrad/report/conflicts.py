@@ -1,4 +1,4 @@
-"""The label conflict matrix: cosine similarity of per-label gradients on shared parameters."""
+"""The Gramian of per-label gradients on shared parameters, for ``lg.conflicts`` heatmaps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from labelgrad.policies.base import no_state_update
 
-__all__ = ["conflict_matrix", "label_gramian"]
+__all__ = ["label_gramian"]
 
 
 def label_gramian(losses: Tensor, params: Iterable[nn.Parameter]) -> Tensor:
@@ -44,24 +44,3 @@ def label_gramian(losses: Tensor, params: Iterable[nn.Parameter]) -> Tensor:
         dim=1,
     )
     return jac @ jac.T
-
-
-def conflict_matrix(gramian: Tensor) -> Tensor:
-    """Cosine similarity of label gradients from their Gramian: G_ij / sqrt(G_ii G_jj).
-
-    Negative entries are conflicting label pairs. Labels with a zero gradient get 0 off the
-    diagonal. Uses ``labelgrad.conflicts`` (the aggregation level's helper) where it exists.
-
-    Example:
-        >>> conflict_matrix(torch.tensor([[1.0, -1.0], [-1.0, 4.0]])).tolist()
-        [[1.0, -0.5], [-0.5, 1.0]]
-    """
-    import labelgrad
-
-    helper = getattr(labelgrad, "conflicts", None)
-    if helper is not None:
-        out: Tensor = helper(gramian)
-        return out
-    norms = gramian.diagonal().clamp(min=0).sqrt()
-    denom = norms[:, None] * norms[None, :]
-    return torch.where(denom > 0, gramian / denom.clamp(min=1e-30), 0.0)
