@@ -61,6 +61,12 @@ def test_demo_writes_a_complete_report(demo_out: tuple[Path, dict[str, object]])
     methods = {(r["experiment"], r["method"]) for r in rows}
     assert ("digits-LT IF=100", "eqlv2") in methods
     assert ("Yeast, 50% labels hidden", "mask_unknown") in methods
+    import labelgrad as lg
+
+    if hasattr(lg, "RowRules"):
+        assert ("digits-LT IF=10", "row_rules") in methods
+    if hasattr(lg, "aggregate_backward"):
+        assert ("Yeast, label aggregation", "UPGrad") in methods
     for r in rows:
         for key in ("balanced_acc", "few_shot_acc", "map", "macro_f1"):
             if key in r:
@@ -337,3 +343,23 @@ def test_report_opens_in_headless_chromium(demo_out: tuple[Path, dict[str, objec
     assert "labelgrad demo" in proc.stdout
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert not [ln for ln in console if "rror" in ln or "Failed" in ln], console
+
+
+def test_train_row_rules_freeze_a_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import labelgrad as lg
+
+    if not hasattr(lg, "RowRules"):
+        pytest.skip("lg.RowRules is not in this build")
+    _data(tmp_path)
+    text = CONFIG.format(epochs=2) + "\n[rows]\nfrozen = [1]\nlr_scale_power = 0.5\n"
+    cfg = _config(tmp_path, text)
+    code, _, err = _train([str(cfg), "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["model"]
+    torch.manual_seed(0)  # the run's initialisation, rebuilt independently
+    from labelgrad._training import MLP
+
+    init = MLP(5, [16], 3).state_dict()
+    assert torch.equal(state["head.weight"][1], init["head.weight"][1])  # frozen row: unchanged
+    assert torch.equal(state["head.bias"][1], init["head.bias"][1])
+    assert not torch.equal(state["head.weight"][0], init["head.weight"][0])
