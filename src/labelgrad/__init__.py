@@ -6,7 +6,7 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
-from labelgrad import aggregators
+from labelgrad import aggregators, datasets, report
 from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
     Chain,
@@ -68,6 +68,7 @@ __all__ = [
     "clip_per_class",
     "clip_per_sample",
     "conflicts",
+    "datasets",
     "eqlv2",
     "freeze_classes",
     "mask",
@@ -75,6 +76,7 @@ __all__ = [
     "monitor",
     "no_state_update",
     "pos_neg_weights",
+    "report",
     "route",
     "schedule",
 ]

@@ -81,7 +81,7 @@ def plot_grad_norm_history(
     path: str | os.PathLike[str],
     *,
     title: str = "",
-    smooth: int = 5,
+    smooth: int = 9,
 ) -> Path:
     """One line per class: the gradient norm at its logit per training step (log scale).
 
