@@ -285,13 +285,14 @@ def _yeast_run(
     def step(xb: Tensor, yb: Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         feats = model.features(xb)
-        # Unknown (-1) entries become 0-targets; mask_unknown zeroes their gradient.
-        logits = policy(model.head(feats), yb)
         if aggregator is None:
+            # Unknown (-1) entries become 0-targets; mask_unknown zeroes their gradient.
+            logits = policy(model.head(feats), yb)
             loss = F.binary_cross_entropy_with_logits(logits, yb.clamp(min=0).float())
             loss.backward()
         else:
-            losses = _bce_per_label(logits, yb.clamp(min=0))
+            # Every label is known here; losses.sum() is the same mean BCE as the "sum" run.
+            losses = _bce_per_label(model.head(feats), yb)
             lg.aggregate_backward(  # type: ignore[attr-defined,unused-ignore]
                 losses, shared=model.trunk.parameters(), aggregator=aggregator
             )

@@ -586,7 +586,8 @@ def run_train(
         if multilabel:
             target = yb.clamp(min=0).to(logits.dtype)
             if aggregator is not None:
-                losses = lg.per_label_losses(logits, target, loss="bce")  # type: ignore[attr-defined,unused-ignore]
+                # Unknown (-1) labels contribute nothing to the per-label losses.
+                losses = lg.per_label_losses(logits, yb, loss="bce")  # type: ignore[attr-defined,unused-ignore]
                 lg.aggregate_backward(  # type: ignore[attr-defined,unused-ignore]
                     losses, shared=model.trunk.parameters(), aggregator=aggregator
                 )
