@@ -6,7 +6,7 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
-from labelgrad import aggregation, aggregators
+from labelgrad import aggregation, aggregators, datasets, report
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
 from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
@@ -71,6 +71,7 @@ __all__ = [
     "clip_per_class",
     "clip_per_sample",
     "conflicts",
+    "datasets",
     "eqlv2",
     "explain_engine",
     "freeze_classes",
@@ -80,6 +81,7 @@ __all__ = [
     "no_state_update",
     "per_label_losses",
     "pos_neg_weights",
+    "report",
     "route",
     "schedule",
 ]
