@@ -6,6 +6,7 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
+from labelgrad.accumulation import accumulation_window
 from labelgrad.policies import (
     Chain,
     ClassWeights,
@@ -57,6 +58,7 @@ __all__ = [
     "Targets",
     "TargetsLike",
     "__version__",
+    "accumulation_window",
     "chain",
     "class_weights",
     "clip_per_class",

@@ -5,14 +5,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from labelgrad._distributed import CheckedReducer
 from labelgrad._validation import as_nonnegative_scalar
 from labelgrad.policies.base import GradContext, Policy
 
 __all__ = ["ClipPerClass", "ClipPerSample", "clip_per_class", "clip_per_sample"]
 
 
-def _clip(grad: Tensor, ctx: GradContext, max_norm: float, dims: tuple[int, ...]) -> Tensor:
-    norm = grad.float().square().sum(dim=dims, keepdim=True).sqrt()
+def _clip(
+    grad: Tensor,
+    ctx: GradContext,
+    max_norm: float,
+    dims: tuple[int, ...],
+    reducer: CheckedReducer | None = None,
+) -> Tensor:
+    sq = grad.float().square().sum(dim=dims, keepdim=True)
+    if reducer is not None:
+        # The group spans the ranks (a class over the global batch): sum its squared norm.
+        (sq,) = reducer.sum(sq)
+    norm = sq.sqrt()
     limit = torch.tensor(max_norm, dtype=torch.float32, device=grad.device)
     if ctx.grad_scale is not None:
         limit = limit * ctx.grad_scale  # compare the unscaled norm with max_norm
@@ -31,12 +42,13 @@ class ClipPerClass(Policy):
     def __init__(self, max_norm: float) -> None:
         super().__init__()
         self.max_norm = as_nonnegative_scalar(max_norm, "max_norm", positive=True)
+        self._reducer = CheckedReducer("the per-class gradient norms of ClipPerClass")
 
     def extra_repr(self) -> str:
         return f"max_norm={self.max_norm}"
 
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        return _clip(grad, ctx, self.max_norm, (0, 1))
+        return _clip(grad, ctx, self.max_norm, (0, 1), self._reducer)
 
 
 def clip_per_class(max_norm: float) -> ClipPerClass:
@@ -44,7 +56,9 @@ def clip_per_class(max_norm: float) -> ClipPerClass:
 
     For each class c, the vector of all entries (n, c, ...) of the batch is rescaled if its norm
     exceeds ``max_norm``; under an attached GradScaler the threshold applies to the unscaled
-    gradient.
+    gradient. Under torch.distributed the batch is the global batch: the per-class squared norms
+    are summed over ranks in the backward pass (one all-reduce of C floats), so W ranks clip
+    exactly as one process on the concatenated batch.
 
     Example:
         >>> import torch, labelgrad as lg

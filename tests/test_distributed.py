@@ -1,0 +1,154 @@
+"""labelgrad under torch.distributed (gloo, CPU, 2 local processes).
+
+A 2-rank DDP run must equal one process on the concatenated batch: stateful policies reduce their
+statistics over ranks, and norm thresholds and statistics refer to the gradient DDP applies (the
+average over ranks). Ranks whose statistics cannot be reduced fail fast, with the same error on
+every rank, instead of hanging.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import labelgrad as lg
+from _multiproc import run_ranks
+
+C = 5
+STEPS = 3
+GLOBAL_BATCH = 8
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, C))
+
+
+def make_policy() -> lg.Chain:
+    return lg.chain(
+        lg.mask_unknown(),
+        lg.eqlv2(num_classes=C),
+        lg.clip_per_sample(0.02),
+        lg.clip_per_class(0.03),
+        lg.monitor(num_classes=C, history=4),
+    )
+
+
+def make_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(STEPS):
+        x = torch.randn(GLOBAL_BATCH, 6, generator=g)
+        y = torch.randint(0, 2, (GLOBAL_BATCH, C), generator=g)
+        y[torch.rand(GLOBAL_BATCH, C, generator=g) < 0.15] = -1  # partial labels
+        out.append((x, y))
+    return out
+
+
+def train(model: nn.Module, policy: lg.Chain, part: slice) -> list[torch.Tensor]:
+    """SGD steps on ``part`` of every global batch; returns EQLv2's weights at every step."""
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    eql = policy.members()[1]
+    assert isinstance(eql, lg.EQLv2)
+    seen = []
+    for x, y in make_batches():
+        x, y = x[part], y[part]
+        seen.append(torch.stack(eql.weights()))
+        z = policy(model(x), y)
+        loss = F.binary_cross_entropy_with_logits(z, y.clamp(min=0).float(), reduction="sum")
+        (loss / y.numel()).backward()  # the local mean: DDP's average is then the global mean
+        opt.step()
+        opt.zero_grad()
+    return seen
+
+
+def _ddp_worker(rank: int, world: int, out: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = make_model()
+    ddp = DDP(model)
+    policy = make_policy()
+    n = GLOBAL_BATCH // world
+    seen = train(ddp, policy, slice(rank * n, (rank + 1) * n))
+
+    # Bad input: statistics of different sizes on different ranks.
+    errors = []
+    bad = lg.eqlv2(num_classes=3 + rank)
+    z = torch.zeros(2, 3 + rank, requires_grad=True)
+    try:
+        bad(z, torch.tensor([0, 1])).sum().backward()
+    except ValueError as e:
+        errors.append(str(e))
+    clip = lg.clip_per_class(1.0)
+    z = torch.zeros(2, 3 + rank, requires_grad=True)
+    try:
+        clip(z).sum().backward()
+    except ValueError as e:
+        errors.append(str(e))
+    torch.save(
+        {
+            "params": [p.detach() for p in model.parameters()],
+            "state": policy.state_dict(),
+            "seen": seen,
+            "errors": errors,
+        },
+        Path(out) / f"rank{rank}.pt",
+    )
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("ddp")
+    run_ranks(_ddp_worker, str(out), world_size=2, timeout=150)
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Any]:
+    model = make_model()
+    policy = make_policy()
+    seen = train(model, policy, slice(None))
+    return {"params": list(model.parameters()), "state": policy.state_dict(), "seen": seen}
+
+
+@pytest.mark.timeout(200)
+def test_ddp_policies_equal_one_process_on_concatenated_batch(
+    ddp_results: list[dict[str, Any]], reference: dict[str, Any]
+) -> None:
+    for res in ddp_results:
+        for p, q in zip(res["params"], reference["params"]):
+            torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6)
+        for key, ref in reference["state"].items():
+            torch.testing.assert_close(res["state"][key], ref, rtol=1e-5, atol=1e-7, msg=key)
+        for w, ref in zip(res["seen"], reference["seen"]):
+            torch.testing.assert_close(w, ref, rtol=1e-5, atol=1e-6)
+    # Statistics were really collected (and every rank applied the same weights, bit for bit).
+    assert reference["state"]["policies.1.num_updates"] == STEPS
+    assert not torch.equal(reference["seen"][-1], torch.ones_like(reference["seen"][-1]))
+    for a, b in zip(ddp_results[0]["seen"], ddp_results[1]["seen"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.timeout(200)
+def test_ddp_unreducible_statistics_fail_fast_on_every_rank(
+    ddp_results: list[dict[str, Any]],
+) -> None:
+    for res in ddp_results:
+        assert len(res["errors"]) == 2
+        assert "EQLv2" in res["errors"][0]
+        assert "ClipPerClass" in res["errors"][1]
+        for msg in res["errors"]:
+            assert "different shapes" in msg
+
+
+def test_gradient_world_size_without_process_group() -> None:
+    from labelgrad._distributed import CheckedReducer, gradient_world_size
+
+    assert gradient_world_size() == 1
+    x = torch.arange(3.0)
+    assert CheckedReducer("x").sum(x)[0] is x
