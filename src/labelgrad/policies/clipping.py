@@ -19,14 +19,16 @@ def _clip(
     dims: tuple[int, ...],
     reducer: CheckedReducer | None = None,
 ) -> Tensor:
-    sq = grad.float().square().sum(dim=dims, keepdim=True)
+    # Accumulate in at least float32 (fp16/bf16 gradients overflow or lose the norm).
+    acc = torch.promote_types(grad.dtype, torch.float32)
+    sq = grad.to(acc).square().sum(dim=dims, keepdim=True)
     if reducer is not None:
         # The group spans the ranks (a class over the global batch): sum its squared norm.
         (sq,) = reducer.sum(sq)
     norm = sq.sqrt()
-    limit = torch.tensor(max_norm, dtype=torch.float32, device=grad.device)
+    limit = torch.tensor(max_norm, dtype=acc, device=grad.device)
     if ctx.grad_scale is not None:
-        limit = limit * ctx.grad_scale  # compare the unscaled norm with max_norm
+        limit = limit * ctx.grad_scale.to(acc)  # compare the unscaled norm with max_norm
     # norm == 0 gives inf -> clamped to 1. A non-finite norm leaves the group untouched, so a
     # GradScaler still sees the overflow and skips the step.
     factor = torch.clamp(limit / norm, max=1.0)
