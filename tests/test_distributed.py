@@ -26,7 +26,8 @@ GLOBAL_BATCH = 8
 
 def make_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, C))
+    f32 = torch.float32  # explicit: other test modules may change the default dtype
+    return nn.Sequential(nn.Linear(6, 8, dtype=f32), nn.Tanh(), nn.Linear(8, C, dtype=f32))
 
 
 def make_policy() -> lg.Chain:
@@ -43,9 +44,9 @@ def make_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(STEPS):
-        x = torch.randn(GLOBAL_BATCH, 6, generator=g)
+        x = torch.randn(GLOBAL_BATCH, 6, generator=g, dtype=torch.float32)
         y = torch.randint(0, 2, (GLOBAL_BATCH, C), generator=g)
-        y[torch.rand(GLOBAL_BATCH, C, generator=g) < 0.15] = -1  # partial labels
+        y[torch.rand(GLOBAL_BATCH, C, generator=g, dtype=torch.float32) < 0.15] = -1  # partial labels
         out.append((x, y))
     return out
 
