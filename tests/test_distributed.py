@@ -46,7 +46,9 @@ def make_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     for _ in range(STEPS):
         x = torch.randn(GLOBAL_BATCH, 6, generator=g, dtype=torch.float32)
         y = torch.randint(0, 2, (GLOBAL_BATCH, C), generator=g)
-        y[torch.rand(GLOBAL_BATCH, C, generator=g, dtype=torch.float32) < 0.15] = -1  # partial labels
+        y[
+            torch.rand(GLOBAL_BATCH, C, generator=g, dtype=torch.float32) < 0.15
+        ] = -1  # partial labels
         out.append((x, y))
     return out
 

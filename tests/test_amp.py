@@ -1,0 +1,140 @@
+"""Mixed precision: fp16 autocast with GradScaler and bf16 autocast, on CPU.
+
+References are float32 runs of the same model; half-precision runs must agree within the
+precision of their dtype, statistics stay float32, and an overflow reaches the scaler (the step
+is skipped) without poisoning the statistics.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import labelgrad as lg
+
+C = 4
+F32 = torch.float32  # explicit: other test modules change the default dtype
+
+
+def make() -> tuple[nn.Module, lg.Chain]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16, dtype=F32), nn.ReLU(), nn.Linear(16, C, dtype=F32))
+    policy = lg.chain(
+        lg.mask_unknown(),
+        lg.class_weights([1.0, 2.0, 0.5, 1.0]),
+        lg.eqlv2(num_classes=C),
+        lg.clip_per_class(0.05),
+        lg.clip_per_sample(0.1),
+        lg.monitor(num_classes=C),
+    )
+    return model, policy
+
+
+def data(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(8, 6, generator=g, dtype=F32), torch.randint(-1, 2, (8, C), generator=g))
+        for _ in range(steps)
+    ]
+
+
+def run(
+    dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, steps: int = 3
+) -> tuple[nn.Module, lg.Chain, list[torch.dtype]]:
+    model, policy = make()
+    policy.attach_grad_scaler(scaler)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    logit_dtypes = []
+    for x, y in data(steps):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            z = policy(model(x), y)
+        logit_dtypes.append(z.dtype)
+        loss = F.binary_cross_entropy_with_logits(z.float(), y.clamp(min=0).float()) * C
+        opt.zero_grad()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    return model, policy, logit_dtypes
+
+
+def assert_runs_close(a: tuple[nn.Module, lg.Chain], b: tuple[nn.Module, lg.Chain], tol: float):
+    for p, q in zip(a[0].parameters(), b[0].parameters()):
+        torch.testing.assert_close(p, q, rtol=tol, atol=tol)
+    for (key, s), t in zip(a[1].state_dict().items(), b[1].state_dict().values()):
+        assert s.dtype == t.dtype
+        torch.testing.assert_close(s, t, rtol=tol, atol=tol, msg=key)
+
+
+def test_bf16_autocast_matches_float32() -> None:
+    ref = run(None, None)
+    model, policy, dtypes = run(torch.bfloat16, None)
+    assert dtypes == [torch.bfloat16] * 3  # the gate ran on bf16 logits
+    assert policy.members()[2].pos_grad.dtype == torch.float32
+    assert_runs_close((model, policy), ref[:2], tol=3e-2)
+
+
+def test_fp16_autocast_with_grad_scaler_matches_float32() -> None:
+    ref = run(None, None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    model, policy, dtypes = run(torch.float16, scaler)
+    assert dtypes == [torch.float16] * 3
+    assert scaler.get_scale() == 2.0**8  # no step was skipped
+    assert_runs_close((model, policy), ref[:2], tol=1e-2)
+
+
+def test_fp16_scaler_attached_equals_float32_scaler_free_statistics() -> None:
+    """Attached, the scaler's scale does not leak into thresholds or statistics."""
+    a = run(torch.float16, torch.amp.GradScaler("cpu", init_scale=2.0**4))
+    b = run(torch.float16, torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    assert_runs_close(a[:2], b[:2], tol=1e-2)
+
+
+def test_fp16_overflow_reaches_scaler_and_spares_statistics() -> None:
+    # 2**24 overflows float16 at the logits: the step must be skipped, the scale lowered, the
+    # statistics untouched; later steps proceed once the scale has come down.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24, backoff_factor=2.0**-8)
+    model, policy = make()
+    policy.attach_grad_scaler(scaler)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    (x, y) = data(1)[0]
+    with torch.autocast("cpu", dtype=torch.float16):
+        z = policy(model(x), y)
+    scaler.scale(F.binary_cross_entropy_with_logits(z.float(), y.clamp(min=0).float())).backward()
+    assert not all(torch.isfinite(p.grad).all() for p in model.parameters())
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scaler.get_scale() == 2.0**16
+    eql, mon = policy.members()[2], policy.members()[5]
+    assert eql.num_updates.item() == 0
+    assert torch.equal(eql.pos_grad, torch.zeros(C))
+    assert mon.num_nonfinite.item() == 1
+    # The next step (scale 2**16: the float16 gradient is finite) goes through and counts.
+    opt.zero_grad()
+    with torch.autocast("cpu", dtype=torch.float16):
+        z = policy(model(x), y)
+    scaler.scale(F.binary_cross_entropy_with_logits(z.float(), y.clamp(min=0).float())).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert eql.num_updates.item() == 1
+    assert bool(torch.isfinite(eql.pos_grad).all())
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_policy_gradient_keeps_the_logits_dtype(dtype: torch.dtype) -> None:
+    z = torch.randn(4, C, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, 2, (4, C))
+    _, policy = make()
+    out = policy(z, y)
+    out.float().sum().backward()
+    assert z.grad is not None
+    assert z.grad.dtype == dtype
+    assert bool(torch.isfinite(z.grad).all())
