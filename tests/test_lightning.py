@@ -1,0 +1,146 @@
+"""Lightning: the callback and apply_policy in a tiny LightningModule on CPU."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import labelgrad as lg
+
+pl = pytest.importorskip("lightning.pytorch")
+from labelgrad.integrations.lightning import LabelGradCallback, apply_policy  # noqa: E402
+
+C = 4
+F32 = torch.float32  # explicit: other test modules change the default dtype
+os.environ.setdefault("PL_DISABLE_FORK", "1")
+
+
+def make_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16, dtype=F32), nn.ReLU(), nn.Linear(16, C, dtype=F32))
+
+
+def make_policy() -> lg.Chain:
+    return lg.chain(
+        lg.mask_unknown(), lg.eqlv2(num_classes=C), lg.clip_per_class(0.05), lg.monitor(C)
+    )
+
+
+def dataset(n: int = 16) -> TensorDataset:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, 6, generator=g, dtype=F32)
+    y = torch.randint(-1, 2, (n, C), generator=g)
+    return TensorDataset(x, y)
+
+
+def loss_fn(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(z.float(), y.clamp(min=0).float()) * C
+
+
+class Module(pl.LightningModule):
+    def __init__(self, lr: float = 0.5) -> None:
+        super().__init__()
+        self.net = make_net()
+        self.policy = make_policy()
+        self.lr = lr
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> torch.Tensor:
+        x, y = batch
+        return loss_fn(apply_policy(self, self.net(x), y), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def trainer(**kwargs: object) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LabelGradCallback()],
+        **kwargs,
+    )
+
+
+def loader(batch_size: int) -> DataLoader:
+    return DataLoader(dataset(), batch_size=batch_size, shuffle=False)
+
+
+def manual(micro: int, k: int) -> tuple[nn.Module, lg.Chain]:
+    """The plain-PyTorch reference: k micro-batches of `micro` per step, one window per step."""
+    net, policy = make_net(), make_policy()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    batches = list(loader(micro))
+    for start in range(0, len(batches), k):
+        with lg.accumulation_window(policy):
+            for x, y in batches[start : start + k]:
+                (loss_fn(policy(net(x), y), y) / k).backward()
+        opt.step()
+        opt.zero_grad()
+    return net, policy
+
+
+def test_fast_dev_run_trains_and_updates_statistics() -> None:
+    module = Module()
+    before = copy.deepcopy(module.net.state_dict())
+    trainer(fast_dev_run=True).fit(module, loader(8))
+    assert module.policy.members()[1].num_updates.item() == 1
+    assert not torch.equal(before["2.weight"], module.net[2].weight)
+
+
+def test_accumulation_in_lightning_equals_manual_window() -> None:
+    module = Module()
+    trainer(max_epochs=1, accumulate_grad_batches=2).fit(module, loader(4))
+    net, policy = manual(micro=4, k=2)
+    for a, b in zip(module.net.parameters(), net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    eql, ref = module.policy.members()[1], policy.members()[1]
+    assert eql.num_updates.item() == 2  # two optimizer steps, not four micro-batches
+    torch.testing.assert_close(eql.pos_grad, ref.pos_grad)
+    torch.testing.assert_close(eql.neg_grad, ref.neg_grad)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision(precision: str) -> None:
+    module = Module()
+    if precision == "16-mixed":
+        # Lightning maps "16-mixed" to bf16 on CPU; its plugin with a CPU GradScaler is real fp16.
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+        t = trainer(fast_dev_run=2, plugins=[plugin])
+    else:
+        t = trainer(fast_dev_run=2, precision=precision)
+    t.fit(module, loader(8))
+    eql = module.policy.members()[1]
+    assert eql.num_updates.item() == 2
+    assert bool(torch.isfinite(eql.pos_grad).all())
+    if precision == "16-mixed":
+        assert scaler.get_scale() == 2.0**10  # no overflow, no skipped step
+        assert all(
+            p._grad_scaler is scaler for p in module.policy.modules() if isinstance(p, lg.Policy)
+        )
+    # Statistics of the unscaled gradient: close to a float32 run's.
+    ref = Module()
+    trainer(fast_dev_run=2).fit(ref, loader(8))
+    ref_eql = ref.policy.members()[1]
+    torch.testing.assert_close(eql.pos_grad, ref_eql.pos_grad, rtol=0.05, atol=1e-3)
+    torch.testing.assert_close(eql.neg_grad, ref_eql.neg_grad, rtol=0.05, atol=1e-3)
+
+
+def test_bad_input() -> None:
+    with pytest.raises(TypeError, match="callable"):
+        LabelGradCallback(targets=3)  # type: ignore[arg-type]
+    module = pl.LightningModule()
+    with pytest.raises(ValueError, match="policy"):
+        apply_policy(module, torch.zeros(1, 2), torch.tensor([0]))
