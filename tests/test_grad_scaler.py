@@ -90,5 +90,5 @@ def test_overflow_reaches_the_scaler_and_spares_statistics():
 
 
 def test_attach_rejects_non_scalers():
-    with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler"):
+    with pytest.raises(TypeError, match=r"scaler must be a torch\.amp\.GradScaler"):
         lg.clip_per_class(1.0).attach_grad_scaler(object())

@@ -6,7 +6,9 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
+from labelgrad import aggregators
 from labelgrad.accumulation import accumulation_window
+from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
     Chain,
     ClassWeights,
@@ -35,6 +37,7 @@ from labelgrad.policies import (
     pos_neg_weights,
     schedule,
 )
+from labelgrad.rows import Router, RowRules, route
 from labelgrad.targets import Encoding, Targets, TargetsLike
 
 __version__ = "0.1.0"
@@ -53,16 +56,20 @@ __all__ = [
     "MaskUnknown",
     "Policy",
     "PosNegWeights",
+    "Router",
+    "RowRules",
     "Schedule",
     "StatefulPolicy",
     "Targets",
     "TargetsLike",
     "__version__",
     "accumulation_window",
+    "aggregators",
     "chain",
     "class_weights",
     "clip_per_class",
     "clip_per_sample",
+    "conflicts",
     "eqlv2",
     "freeze_classes",
     "mask",
@@ -70,5 +77,6 @@ __all__ = [
     "monitor",
     "no_state_update",
     "pos_neg_weights",
+    "route",
     "schedule",
 ]
