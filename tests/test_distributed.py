@@ -70,6 +70,29 @@ def train(model: nn.Module, policy: lg.Chain, part: slice) -> list[torch.Tensor]
     return seen
 
 
+# Level 2: class 0 frozen, class 4 absent everywhere, classes 2 and 3 present on one rank only.
+ROW_LABELS = torch.tensor([1, 2, 2, 1, 3, 3, 1, 1])
+
+
+def train_rows(model: nn.Module, part: slice, steps: int = 3) -> lg.RowRules:
+    head = model.module[2] if hasattr(model, "module") else model[2]
+    opt = lg.RowRules(
+        torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1),
+        rows=head,
+        frozen=[0],
+        lr_scale=torch.tensor([1.0, 1.0, 0.5, 2.0, 1.0]),
+        skip_absent=True,
+    )
+    g = torch.Generator().manual_seed(5)
+    for _ in range(steps):
+        x = torch.randn(GLOBAL_BATCH, 6, generator=g, dtype=torch.float32)[part]
+        y = ROW_LABELS[part]
+        F.cross_entropy(model(x), y).backward()
+        opt.step(targets=y)
+        opt.zero_grad()
+    return opt
+
+
 def _ddp_worker(rank: int, world: int, out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -77,7 +100,11 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
     ddp = DDP(model)
     policy = make_policy()
     n = GLOBAL_BATCH // world
-    seen = train(ddp, policy, slice(rank * n, (rank + 1) * n))
+    part = slice(rank * n, (rank + 1) * n)
+    seen = train(ddp, policy, part)
+
+    row_model = make_model()
+    row_opt = train_rows(DDP(row_model), part)
 
     # Bad input: statistics of different sizes on different ranks.
     errors = []
@@ -99,6 +126,8 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
             "state": policy.state_dict(),
             "seen": seen,
             "errors": errors,
+            "row_params": [p.detach() for p in row_model.parameters()],
+            "row_state": row_opt.state_dict()["state"],
         },
         Path(out) / f"rank{rank}.pt",
     )
@@ -116,7 +145,15 @@ def reference() -> dict[str, Any]:
     model = make_model()
     policy = make_policy()
     seen = train(model, policy, slice(None))
-    return {"params": list(model.parameters()), "state": policy.state_dict(), "seen": seen}
+    row_model = make_model()
+    row_opt = train_rows(row_model, slice(None))
+    return {
+        "params": list(model.parameters()),
+        "state": policy.state_dict(),
+        "seen": seen,
+        "row_params": [p.detach() for p in row_model.parameters()],
+        "row_state": row_opt.state_dict()["state"],
+    }
 
 
 @pytest.mark.timeout(200)
@@ -135,6 +172,27 @@ def test_ddp_policies_equal_one_process_on_concatenated_batch(
     assert not torch.equal(reference["seen"][-1], torch.ones_like(reference["seen"][-1]))
     for a, b in zip(ddp_results[0]["seen"], ddp_results[1]["seen"]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.timeout(200)
+def test_ddp_row_rules_equal_one_process_on_concatenated_batch(
+    ddp_results: list[dict[str, Any]], reference: dict[str, Any]
+) -> None:
+    init = make_model()
+    for res in ddp_results:
+        for p, q in zip(res["row_params"], reference["row_params"]):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        for i, st in reference["row_state"].items():
+            for k, v in st.items():
+                torch.testing.assert_close(res["row_state"][i][k], v, rtol=1e-5, atol=1e-7)
+        head_w = res["row_params"][2]
+        # Frozen class 0 and globally absent class 4: bitwise unchanged on every rank.
+        assert torch.equal(head_w[0], init[2].weight[0].detach())
+        assert torch.equal(head_w[4], init[2].weight[4].detach())
+        # Class 3 is present on rank 1 only, yet moved on both ranks (union of present classes).
+        assert not torch.equal(head_w[3], init[2].weight[3].detach())
+    for p, q in zip(ddp_results[0]["row_params"], ddp_results[1]["row_params"]):
+        assert torch.equal(p, q)
 
 
 @pytest.mark.timeout(200)

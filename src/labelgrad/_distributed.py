@@ -122,9 +122,21 @@ class CheckedReducer:
         """Sum ``tensors`` over ranks (unchanged on one rank), checking shapes first."""
         if not is_distributed():
             return list(tensors)
+        self._verify(tensors)
+        return all_reduce_sum(*tensors)
+
+    def any(self, mask: Tensor) -> Tensor:
+        """The elementwise OR of a bool ``mask`` over ranks (unchanged on one rank)."""
+        if not is_distributed():
+            return mask
+        self._verify((mask,))
+        flat = mask.to(torch.int32)
+        dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+        return flat.to(torch.bool)
+
+    def _verify(self, tensors: Sequence[Tensor]) -> None:
         signature = reduction_signature(tensors)
         key = (*signature, dist.get_world_size())
         if key != self._verified:
             check_same_signature(signature, self.what, tensors[0].device)
             self._verified = key
-        return all_reduce_sum(*tensors)
