@@ -120,6 +120,7 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
         clip(z).sum().backward()
     except ValueError as e:
         errors.append(str(e))
+    _fsdp_worker(rank, world, out)
     torch.save(
         {
             "params": [p.detach() for p in model.parameters()],
@@ -137,7 +138,10 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("ddp")
     run_ranks(_ddp_worker, str(out), world_size=2, timeout=150)
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    results = [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    for r, res in enumerate(results):
+        res["fsdp"] = torch.load(out / f"fsdp{r}.pt")
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +217,70 @@ def test_gradient_world_size_without_process_group() -> None:
     assert gradient_world_size() == 1
     x = torch.arange(3.0)
     assert CheckedReducer("x").sum(x)[0] is x
+
+
+# FSDP2: row rules on sharded parameters (the head's rows are split across the two ranks).
+FSDP_CASES = ("sgd_skip_absent", "adamw_fast", "frozen_only")
+
+
+def _fsdp_opt(model: nn.Module, case: str) -> lg.RowRules:
+    head = model[2]
+    if case == "sgd_skip_absent":
+        base: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return lg.RowRules(
+            base, rows=head, frozen=[0], lr_scale=[1.0, 1.0, 0.5, 2.0, 1.0], skip_absent=True
+        )
+    if case == "adamw_fast":
+        base = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+        return lg.RowRules(
+            base, rows=head, frozen=[4], weight_decay=[0.0, 0.1, 0.2, 0.0, 0.3], skip_absent=True
+        )
+    base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    return lg.RowRules(base, rows=head, frozen=[0, 3])
+
+
+def train_fsdp_case(model: nn.Module, case: str, part: slice) -> None:
+    opt = _fsdp_opt(model, case)
+    policy = lg.chain(lg.mask_unknown(), lg.eqlv2(num_classes=C))
+    g = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        x = torch.randn(GLOBAL_BATCH, 6, generator=g, dtype=torch.float32)[part]
+        y = ROW_LABELS[part]
+        F.cross_entropy(policy(model(x), y), y).backward()
+        opt.step(targets=y)
+        opt.zero_grad()
+
+
+def _fsdp_worker(rank: int, world: int, out: str) -> None:
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6
+        from torch.distributed._composable.fsdp import fully_shard
+
+    n = GLOBAL_BATCH // world
+    result = {}
+    for case in FSDP_CASES:
+        model = make_model()
+        fully_shard(model[2])
+        fully_shard(model)
+        assert model[2].weight.to_local().shape[0] < C  # the rows are really split
+        train_fsdp_case(model, case, slice(rank * n, (rank + 1) * n))
+        result[case] = [p.full_tensor().detach() for p in model.parameters()]
+    torch.save(result, Path(out) / f"fsdp{rank}.pt")
+
+
+@pytest.mark.timeout(200)
+def test_fsdp2_row_rules_on_sharded_rows_equal_one_process(  # the ranks ran in ddp_results
+    ddp_results: list[dict[str, Any]],
+) -> None:
+    results = [res["fsdp"] for res in ddp_results]
+    init = make_model()
+    for case in FSDP_CASES:
+        model = make_model()
+        train_fsdp_case(model, case, slice(None))
+        for res in results:
+            for p, q in zip(res[case], model.parameters()):
+                torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6, msg=case)
+        frozen = {"sgd_skip_absent": [0, 4], "adamw_fast": [4, 0], "frozen_only": [0, 3]}[case]
+        for c in frozen:  # frozen or absent rows, on both shards: bitwise unchanged
+            assert torch.equal(results[0][case][2][c], init[2].weight[c].detach()), (case, c)

@@ -390,7 +390,9 @@ class RowRules(torch.optim.Optimizer):
     ) -> dict[str, Any]:
         p, dim = lp.param, lp.class_dim
         snap: dict[str, Any] = {}
-        dynamic = self.skip_absent
+        # A DTensor (FSDP2) parameter cannot be indexed by class across its shards: take the
+        # whole-tensor path, which selects rows with a broadcast mask (see LabelParam.per_class).
+        dynamic = self.skip_absent or hasattr(p, "device_mesh")
         needs_param = dynamic or self._lr_scale is not None
         kind = decay_kind(self.optimizer, group) if self._weight_decay is not None else None
         if kind == "decoupled":
