@@ -114,3 +114,33 @@ def test_window_bad_input() -> None:
         lg.accumulation_window(policy),
     ):
         pass
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_row_rules_window_of_k_micro_batches_equals_one_batch(k: int) -> None:
+    """skip_absent uses the union over the window: class 3 is in one micro-batch only."""
+    y = torch.tensor([1, 2, 2, 1, 1, 3, 1, 2])  # class 0 absent, class 3 in one micro-batch
+
+    def run(micro: int | None) -> nn.Module:
+        model, _ = make()
+        opt = lg.RowRules(
+            torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9),
+            rows=model[2],
+            lr_scale=[1.0, 1.0, 2.0, 0.5],
+            skip_absent=True,
+        )
+        for x, _ in batches(2):
+            parts = [(x, y)] if micro is None else list(zip(x.chunk(micro), y.chunk(micro)))
+            for xs, ys in parts:
+                (F.cross_entropy(model(xs), ys, reduction="sum") / 8).backward()
+                opt.observe(ys)
+            opt.step()
+            opt.zero_grad()
+        return model
+
+    init, _ = make()
+    ref, model = run(None), run(k)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.equal(model[2].weight[0], init[2].weight[0])  # absent everywhere
+    assert not torch.equal(model[2].weight[3], init[2].weight[3])  # present in one micro-batch

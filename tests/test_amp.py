@@ -138,3 +138,67 @@ def test_policy_gradient_keeps_the_logits_dtype(dtype: torch.dtype) -> None:
     assert z.grad is not None
     assert z.grad.dtype == dtype
     assert bool(torch.isfinite(z.grad).all())
+
+
+# Level 2 under AMP: GradScaler.step(RowRules) unscales, then the rules act on the update.
+ROW_LABELS = torch.tensor([1, 2, 2, 1, 3, 3, 1, 1])  # class 0 frozen, class 3 absent below
+
+
+def run_rows(dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None) -> nn.Module:
+    model, _ = make()
+    opt = lg.RowRules(
+        torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1),
+        rows=model[2],
+        frozen=[0],
+        skip_absent=True,
+    )
+    for x, _ in data(3):
+        y = ROW_LABELS.clamp(max=2)  # classes 1, 2 present; 3 absent
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.observe(y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad()
+    return model
+
+
+@pytest.mark.parametrize("mode", ["fp16+scaler", "bf16"])
+def test_row_rules_under_amp_match_float32(mode: str) -> None:
+    init, _ = make()
+    ref = run_rows(None, None)
+    if mode == "bf16":
+        model = run_rows(torch.bfloat16, None)
+    else:
+        model = run_rows(torch.float16, torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=2e-2, atol=2e-3)
+    for c in (0, 3):  # frozen and absent rows: bitwise unchanged
+        assert torch.equal(model[2].weight[c], init[2].weight[c])
+        assert torch.equal(model[2].bias[c], init[2].bias[c])
+    assert not torch.equal(model[2].weight[1], init[2].weight[1])
+
+
+def test_row_rules_overflow_skips_the_step_and_the_state() -> None:
+    model, _ = make()
+    opt = lg.RowRules(
+        torch.optim.AdamW(model.parameters(), lr=0.05), rows=model[2], skip_absent=True
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, _ = data(1)[0]
+    with torch.autocast("cpu", dtype=torch.float16):
+        logits = model(x)
+    scaler.scale(F.cross_entropy(logits.float(), ROW_LABELS)).backward()
+    opt.observe(ROW_LABELS)
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() < 2.0**24
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert len(opt.state) == 0  # no moment was created by the skipped step
