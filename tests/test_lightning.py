@@ -44,18 +44,28 @@ def loss_fn(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Module(pl.LightningModule):
-    def __init__(self, lr: float = 0.5) -> None:
+    def __init__(self, lr: float = 0.5, rows: bool = False) -> None:
         super().__init__()
         self.net = make_net()
         self.policy = make_policy()
         self.lr = lr
+        self.rows = rows
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> torch.Tensor:
         x, y = batch
         return loss_fn(apply_policy(self, self.net(x), y), y)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr)
+        if self.rows:
+            return make_rows(opt, self.net)
+        return opt
+
+
+def make_rows(opt: torch.optim.Optimizer, net: nn.Module) -> lg.RowRules:
+    return lg.RowRules(
+        opt, rows=net[2], frozen=[3], lr_scale=[1.0, 2.0, 0.5, 1.0], skip_absent=True
+    )
 
 
 def trainer(**kwargs: object) -> pl.Trainer:
@@ -66,7 +76,7 @@ def trainer(**kwargs: object) -> pl.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[LabelGradCallback()],
+        callbacks=[LabelGradCallback(encoding="multi_hot")],
         **kwargs,
     )
 
@@ -75,14 +85,18 @@ def loader(batch_size: int) -> DataLoader:
     return DataLoader(dataset(), batch_size=batch_size, shuffle=False)
 
 
-def manual(micro: int, k: int) -> tuple[nn.Module, lg.Chain]:
+def manual(micro: int, k: int, rows: bool = False) -> tuple[nn.Module, lg.Chain]:
     """The plain-PyTorch reference: k micro-batches of `micro` per step, one window per step."""
     net, policy = make_net(), make_policy()
-    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    opt: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    if rows:
+        opt = make_rows(opt, net)
     batches = list(loader(micro))
     for start in range(0, len(batches), k):
         with lg.accumulation_window(policy):
             for x, y in batches[start : start + k]:
+                if rows:
+                    opt.observe(y, encoding="multi_hot")
                 (loss_fn(policy(net(x), y), y) / k).backward()
         opt.step()
         opt.zero_grad()
@@ -97,10 +111,13 @@ def test_fast_dev_run_trains_and_updates_statistics() -> None:
     assert not torch.equal(before["2.weight"], module.net[2].weight)
 
 
-def test_accumulation_in_lightning_equals_manual_window() -> None:
-    module = Module()
+@pytest.mark.parametrize("rows", [False, True])
+def test_accumulation_in_lightning_equals_manual_window(rows: bool) -> None:
+    module = Module(rows=rows)
     trainer(max_epochs=1, accumulate_grad_batches=2).fit(module, loader(4))
-    net, policy = manual(micro=4, k=2)
+    net, policy = manual(micro=4, k=2, rows=rows)
+    if rows:  # class 3 frozen: bitwise unchanged
+        assert torch.equal(module.net[2].weight[3], make_net()[2].weight[3])
     for a, b in zip(module.net.parameters(), net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     eql, ref = module.policy.members()[1], policy.members()[1]

@@ -155,3 +155,23 @@ def test_import_labelgrad_does_not_import_integrations() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_trainer_with_row_rules(tmp_path: object) -> None:
+    """Row rules through the optimizer: frozen class 0 and absent class 3 do not move."""
+    model = tiny_bert("single_label_classification")
+    data = [dict(r, labels=r["labels"].clamp(1, 2)) for r in rows(8, multi_label=False)]
+    before = model.classifier.weight.detach().clone()
+    trainer = LabelGradTrainer(
+        model=model,
+        args=args(tmp_path, per_device_train_batch_size=4, max_steps=2, learning_rate=0.05),
+        train_dataset=data,
+        policy=lg.mask_unknown(),
+        row_rules=lambda opt: lg.RowRules(opt, rows=model.classifier, frozen=[0], skip_absent=True),
+    )
+    trainer.train()
+    assert isinstance(trainer.optimizer.optimizer, lg.RowRules)  # inside accelerate's wrapper
+    w = model.classifier.weight.detach()
+    assert torch.equal(w[0], before[0])
+    assert torch.equal(w[3], before[3])
+    assert not torch.equal(w[1], before[1])

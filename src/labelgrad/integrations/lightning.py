@@ -2,9 +2,11 @@
 
 What goes where in a Lightning step (automatic optimisation)::
 
-    on_train_batch_start        -> row rules observe this micro-batch's targets
+    on_train_batch_start        -> accumulation window opened (first micro-batch)
     training_step               -> policies gate the logits (apply_policy)
+    zero_grad                   (first micro-batch of a window)
     backward (scaled under AMP) -> policies transform dL/dlogits; statistics set aside per window
+    on_after_backward           -> row rules observe this micro-batch's targets
     scaler.unscale_             (16-mixed)
     on_before_optimizer_step    -> accumulation window committed (unscaled, before clipping)
     gradient clipping           (Trainer(gradient_clip_val=...))
@@ -32,7 +34,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from labelgrad.accumulation import accumulation_window
 from labelgrad.policies.base import Policy
-from labelgrad.targets import TargetsLike
+from labelgrad.targets import Encoding, TargetsLike
 
 __all__ = ["LabelGradCallback", "apply_policy", "default_targets"]
 
@@ -69,12 +71,15 @@ class LabelGradCallback(pl.Callback):
     - With ``accumulate_grad_batches=k``, opens an :func:`labelgrad.accumulation_window` on the
       first micro-batch and commits it in ``on_before_optimizer_step`` (after unscaling, before
       clipping): the k micro-batches update the statistics as one batch.
-    - Before every micro-batch, calls ``observe(targets)`` on each optimizer that has it
+    - After every micro-batch's backward, calls ``observe(targets)`` on each optimizer that has it
       (``lg.RowRules``, ``lg.route``), so skip_absent uses the window's union of present classes.
 
     Args:
         targets: maps a batch to its targets; default: :func:`default_targets`.
         observe: feed targets to row-rule optimizers. Default True.
+        class_dim: the class axis of the targets, for ``observe``.
+        encoding: the targets' encoding where shape and dtype leave it open (e.g. integer
+            (N, C) targets with C classes: ``"multi_hot"``), for ``observe``.
         accumulate: open accumulation windows for stateful policies. Default True.
         attach_scaler: attach the trainer's GradScaler to the policies. Default True.
 
@@ -91,6 +96,8 @@ class LabelGradCallback(pl.Callback):
         *,
         targets: Callable[[Any], TargetsLike] | None = None,
         observe: bool = True,
+        class_dim: int = 1,
+        encoding: Encoding | None = None,
         accumulate: bool = True,
         attach_scaler: bool = True,
     ) -> None:
@@ -99,9 +106,12 @@ class LabelGradCallback(pl.Callback):
             raise TypeError(f"targets must be a callable batch -> targets, got {targets!r}")
         self.targets: Callable[[Any], Any] = targets or default_targets
         self.observe = observe
+        self.class_dim = class_dim
+        self.encoding = encoding
         self.accumulate = accumulate
         self.attach_scaler = attach_scaler
         self._window: AbstractContextManager[None] | None = None
+        self._batch: Any = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.attach_scaler:
@@ -117,12 +127,19 @@ class LabelGradCallback(pl.Callback):
             if policies:
                 self._window = accumulation_window(*policies)
                 self._window.__enter__()
-        if self.observe:
-            optimizers = [o for o in trainer.optimizers if hasattr(o, "observe")]
-            if optimizers:
-                targets = self.targets(batch)
-                for opt in optimizers:
-                    opt.observe(targets)
+        self._batch = batch
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After backward, not at batch start: Lightning zero_grads inside the closure, and
+        # RowRules.zero_grad forgets the observed classes (a skipped AMP step must not leak).
+        batch, self._batch = self._batch, None
+        if not self.observe or batch is None:
+            return
+        optimizers = [o for o in trainer.optimizers if hasattr(o, "observe")]
+        if optimizers:
+            targets = self.targets(batch)
+            for opt in optimizers:
+                opt.observe(targets, class_dim=self.class_dim, encoding=self.encoding)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any

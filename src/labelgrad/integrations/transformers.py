@@ -31,6 +31,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from labelgrad.accumulation import accumulation_window
 from labelgrad.policies.base import Policy
+from labelgrad.targets import Encoding
 
 __all__ = ["LabelGradTrainer", "policy_loss"]
 
@@ -152,6 +153,7 @@ class LabelGradTrainer(transformers.Trainer):
         row_rules: optional ``optimizer -> optimizer`` wrapper, e.g.
             ``lambda opt: lg.RowRules(opt, rows=model.classifier, skip_absent=True)``; every
             micro-batch's labels are passed to its ``observe``.
+        encoding: the labels' encoding where dtype and shape leave it open, for ``observe``.
         **kwargs: as for ``transformers.Trainer``.
 
     The policy's statistics are not part of the model's ``state_dict``: save
@@ -171,6 +173,7 @@ class LabelGradTrainer(transformers.Trainer):
         loss: LossName = "auto",
         class_dim: int = -1,
         row_rules: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None,
+        encoding: Encoding | None = None,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("compute_loss_func") is not None:
@@ -183,6 +186,9 @@ class LabelGradTrainer(transformers.Trainer):
         super().__init__(*args, **kwargs)
         self.policy = policy
         self.row_rules = row_rules
+        self.encoding = encoding
+        # Labels are (N, C) multi-hot or (N,)/(N, T) indices: the class axis of multi-hot is last.
+        self.observe_class_dim = class_dim
         self._windows = _StepWindows(policy)
         self.add_callback(self._windows)
 
@@ -200,7 +206,9 @@ class LabelGradTrainer(transformers.Trainer):
         if scaler is not None and self.policy._grad_scaler is not scaler:
             self.policy.attach_grad_scaler(scaler)
         optimizer: Any = getattr(self.optimizer, "optimizer", self.optimizer)  # under accelerate
-        if hasattr(optimizer, "observe") and "labels" in inputs:
-            optimizer.observe(inputs["labels"])
+        labels = inputs.get("labels") if hasattr(optimizer, "observe") else None
         loss: Tensor = super().training_step(model, inputs, *args, **kwargs)
+        if labels is not None:
+            # After backward, as in the Lightning callback: zero_grad forgets observed classes.
+            optimizer.observe(labels, class_dim=self.observe_class_dim, encoding=self.encoding)
         return loss
