@@ -6,8 +6,9 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
-from labelgrad import aggregators
+from labelgrad import aggregation, aggregators, datasets, report
 from labelgrad.accumulation import accumulation_window
+from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
 from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
     Chain,
@@ -64,19 +65,25 @@ __all__ = [
     "TargetsLike",
     "__version__",
     "accumulation_window",
+    "aggregate_backward",
+    "aggregation",
     "aggregators",
     "chain",
     "class_weights",
     "clip_per_class",
     "clip_per_sample",
     "conflicts",
+    "datasets",
     "eqlv2",
+    "explain_engine",
     "freeze_classes",
     "mask",
     "mask_unknown",
     "monitor",
     "no_state_update",
+    "per_label_losses",
     "pos_neg_weights",
+    "report",
     "route",
     "schedule",
 ]

@@ -36,21 +36,34 @@ def _clip(
     return grad * factor.to(grad.dtype)
 
 
-class ClipPerClass(Policy):
-    """Cap the gradient norm of each class over the batch. Built by :func:`clip_per_class`."""
+class _NormClip(Policy):
+    """Cap the L2 norm of groups of entries; subclasses choose the axes a group spans."""
 
     requires_targets = False
+    group_dims: tuple[int, ...] = ()
+    spans_batch = False  # a group includes every sample: under DDP, the global batch
 
     def __init__(self, max_norm: float) -> None:
         super().__init__()
         self.max_norm = as_nonnegative_scalar(max_norm, "max_norm", positive=True)
-        self._reducer = CheckedReducer("the per-class gradient norms of ClipPerClass")
+        self._reducer = (
+            CheckedReducer(f"the per-group gradient norms of {type(self).__name__}")
+            if self.spans_batch
+            else None
+        )
 
     def extra_repr(self) -> str:
         return f"max_norm={self.max_norm}"
 
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        return _clip(grad, ctx, self.max_norm, (0, 1), self._reducer)
+        return _clip(grad, ctx, self.max_norm, self.group_dims, self._reducer)
+
+
+class ClipPerClass(_NormClip):
+    """Cap the gradient norm of each class over the batch. Built by :func:`clip_per_class`."""
+
+    group_dims = (0, 1)  # a class's group: every sample and position
+    spans_batch = True
 
 
 def clip_per_class(max_norm: float) -> ClipPerClass:
@@ -72,20 +85,10 @@ def clip_per_class(max_norm: float) -> ClipPerClass:
     return ClipPerClass(max_norm)
 
 
-class ClipPerSample(Policy):
+class ClipPerSample(_NormClip):
     """Cap the gradient norm of each sample. Built by :func:`clip_per_sample`."""
 
-    requires_targets = False
-
-    def __init__(self, max_norm: float) -> None:
-        super().__init__()
-        self.max_norm = as_nonnegative_scalar(max_norm, "max_norm", positive=True)
-
-    def extra_repr(self) -> str:
-        return f"max_norm={self.max_norm}"
-
-    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        return _clip(grad, ctx, self.max_norm, (1, 2))
+    group_dims = (1, 2)  # a sample's group: every position and class
 
 
 def clip_per_sample(max_norm: float) -> ClipPerSample:
