@@ -93,6 +93,40 @@ def train_rows(model: nn.Module, part: slice, steps: int = 3) -> lg.RowRules:
     return opt
 
 
+# Level 3: UPGrad over the labels, representation engine, Gramian synchronised over ranks.
+class TrunkHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(6, 8, dtype=torch.float32), nn.Tanh())
+        self.head = nn.Linear(8, C, dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.trunk(x)
+        return features, self.head(features)
+
+
+def train_aggregation(model: nn.Module, trunk: nn.Module, part: slice) -> list[torch.Tensor]:
+    from labelgrad.integrations.distributed import synchronized
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    aggregator = synchronized(lg.aggregators.UPGrad())
+    g = torch.Generator().manual_seed(7)
+    weights = []
+    for _ in range(3):
+        x = torch.randn(GLOBAL_BATCH, 6, generator=g, dtype=torch.float32)[part]
+        y = torch.randint(0, 2, (GLOBAL_BATCH, C), generator=g)[part]
+        features, logits = model(x)
+        losses = lg.per_label_losses(logits, y, loss="bce")
+        out = lg.aggregate_backward(
+            losses, shared=trunk, aggregator=aggregator, engine="representation", features=features
+        )
+        weights.append(out.weights.detach())
+        opt.step()
+        opt.zero_grad()
+    return weights
+
+
 def _ddp_worker(rank: int, world: int, out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -105,6 +139,9 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
 
     row_model = make_model()
     row_opt = train_rows(DDP(row_model), part)
+
+    agg_model = TrunkHead()
+    agg_weights = train_aggregation(DDP(agg_model), agg_model.trunk, part)
 
     # Bad input: statistics of different sizes on different ranks.
     errors = []
@@ -129,6 +166,8 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
             "errors": errors,
             "row_params": [p.detach() for p in row_model.parameters()],
             "row_state": row_opt.state_dict()["state"],
+            "agg_params": [p.detach() for p in agg_model.parameters()],
+            "agg_weights": agg_weights,
         },
         Path(out) / f"rank{rank}.pt",
     )
@@ -151,7 +190,11 @@ def reference() -> dict[str, Any]:
     seen = train(model, policy, slice(None))
     row_model = make_model()
     row_opt = train_rows(row_model, slice(None))
+    agg_model = TrunkHead()
+    agg_weights = train_aggregation(agg_model, agg_model.trunk, slice(None))
     return {
+        "agg_params": [p.detach() for p in agg_model.parameters()],
+        "agg_weights": agg_weights,
         "params": list(model.parameters()),
         "state": policy.state_dict(),
         "seen": seen,
@@ -197,6 +240,21 @@ def test_ddp_row_rules_equal_one_process_on_concatenated_batch(
         assert not torch.equal(head_w[3], init[2].weight[3].detach())
     for p, q in zip(ddp_results[0]["row_params"], ddp_results[1]["row_params"]):
         assert torch.equal(p, q)
+
+
+@pytest.mark.timeout(200)
+def test_ddp_aggregation_equals_one_process_on_concatenated_batch(
+    ddp_results: list[dict[str, Any]], reference: dict[str, Any]
+) -> None:
+    for res in ddp_results:
+        for w, ref in zip(res["agg_weights"], reference["agg_weights"]):
+            torch.testing.assert_close(w, ref, rtol=1e-4, atol=1e-6)
+        for p, q in zip(res["agg_params"], reference["agg_params"]):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # UPGrad did something other than the mean here (the test is not vacuous).
+    assert not torch.allclose(reference["agg_weights"][0], torch.full((C,), 1.0 / C))
+    for a, b in zip(ddp_results[0]["agg_weights"], ddp_results[1]["agg_weights"]):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.timeout(200)
