@@ -202,3 +202,78 @@ def test_row_rules_overflow_skips_the_step_and_the_state() -> None:
     assert scaler.get_scale() < 2.0**24
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert len(opt.state) == 0  # no moment was created by the skipped step
+
+
+# Level 3 under AMP: per-label losses of half-precision logits, aggregated with UPGrad.
+def run_aggregation(
+    dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, engine: str
+) -> tuple[nn.Module, list[torch.Tensor]]:
+    model, _ = make()
+    trunk, head = model[:2], model[2]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    weights = []
+    for x, y in data(3):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            features = trunk(x)
+            logits = head(features)
+        losses = lg.per_label_losses(logits.float(), y.clamp(min=0), loss="bce")
+        if scaler is not None:
+            losses = scaler.scale(losses)
+        out = lg.aggregate_backward(
+            losses,
+            shared=trunk,
+            aggregator=lg.aggregators.UPGrad(),
+            engine=engine,
+            features=features if engine == "representation" else None,
+            nonfinite="propagate",
+        )
+        weights.append(out.weights.detach())
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad()
+    return model, weights
+
+
+@pytest.mark.parametrize("engine", ["exact", "representation"])
+@pytest.mark.parametrize("mode", ["fp16+scaler", "bf16"])
+def test_aggregation_under_amp_matches_float32(engine: str, mode: str) -> None:
+    ref, ref_w = run_aggregation(None, None, engine)
+    if mode == "bf16":
+        model, w = run_aggregation(torch.bfloat16, None, engine)
+    else:
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+        model, w = run_aggregation(torch.float16, scaler, engine)
+        assert scaler.get_scale() == 2.0**8  # no skipped step
+    # UPGrad's weights do not depend on a uniform loss scale: the scaled Gramian gives the same.
+    for a, b in zip(w, ref_w):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=3e-2, atol=3e-3)
+
+
+def test_aggregation_overflow_reaches_the_scaler() -> None:
+    model, _ = make()
+    trunk, head = model[:2], model[2]
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = data(1)[0]
+    with torch.autocast("cpu", dtype=torch.float16):
+        features = trunk(x)
+        logits = head(features)
+    losses = scaler.scale(lg.per_label_losses(logits, y.clamp(min=0), loss="bce"))
+    lg.aggregate_backward(
+        losses,
+        shared=trunk,
+        aggregator=lg.aggregators.UPGrad(),
+        engine="representation",
+        features=features,
+        nonfinite="propagate",
+    )
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() < 2.0**24
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
