@@ -55,3 +55,36 @@ def test_compiled_policy_fullgraph_matches_eager() -> None:
     for key, value in state.items():
         torch.testing.assert_close(compiled_state[key], value, rtol=1e-5, atol=1e-6, msg=key)
     assert compiled_state["policy.policies.2.num_updates"] == 3
+
+
+@pytest.mark.timeout(240)
+def test_compiled_trunk_with_representation_engine_matches_eager() -> None:
+    """Level 3 with a compiled backbone: features must leave the compiled region (compile the
+    trunk, keep the head eager). See docs/integrations/compile.md for the other engines."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(6, 8, dtype=F32), nn.Tanh())
+    head = nn.Linear(8, C, dtype=F32)
+    eager_trunk, eager_head = copy.deepcopy(trunk), copy.deepcopy(head)
+    compiled_trunk = torch.compile(trunk, fullgraph=True)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 6, generator=g, dtype=F32)
+    y = torch.randint(0, 2, (8, C), generator=g)
+    weights = []
+    for t, h in ((compiled_trunk, head), (eager_trunk, eager_head)):
+        features = t(x)
+        losses = lg.per_label_losses(h(features), y, loss="bce")
+        out = lg.aggregate_backward(
+            losses,
+            shared=t,
+            aggregator=lg.aggregators.UPGrad(),
+            engine="representation",
+            features=features,
+        )
+        weights.append(out.weights)
+    torch.testing.assert_close(weights[0], weights[1])
+    for p, q in zip(
+        [*trunk.parameters(), *head.parameters()],
+        [*eager_trunk.parameters(), *eager_head.parameters()],
+    ):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
