@@ -161,3 +161,65 @@ def test_bad_input() -> None:
     module = pl.LightningModule()
     with pytest.raises(ValueError, match="policy"):
         apply_policy(module, torch.zeros(1, 2), torch.tensor([0]))
+
+
+class AggregatingModule(pl.LightningModule):
+    """Manual optimisation: aggregation replaces backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_net()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> None:
+        from labelgrad.integrations.lightning import aggregate_backward
+
+        x, y = batch
+        opt = self.optimizers()
+        opt.zero_grad()
+        features = self.net[:2](x)
+        losses = lg.per_label_losses(self.net[2](features).float(), y.clamp(min=0))
+        aggregate_backward(
+            self,
+            losses,
+            aggregator=lg.aggregators.UPGrad(),
+            shared=self.net[:2],
+            engine="representation",
+            features=features,
+        )
+        opt.step()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+def test_aggregation_in_manual_optimisation_equals_plain_loop(precision: str) -> None:
+    module = AggregatingModule()
+    if precision == "16-mixed":  # real fp16 with a CPU GradScaler (see test_mixed_precision)
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        t = trainer(max_epochs=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    else:
+        t = trainer(max_epochs=1, precision=precision)
+    t.fit(module, loader(8))
+    if precision == "16-mixed":
+        assert scaler.get_scale() == 2.0**10  # the losses were scaled, nothing overflowed
+    net = make_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for x, y in loader(8):
+        opt.zero_grad()
+        features = net[:2](x)
+        losses = lg.per_label_losses(net[2](features), y.clamp(min=0))
+        lg.aggregate_backward(
+            losses,
+            shared=net[:2],
+            aggregator=lg.aggregators.UPGrad(),
+            engine="representation",
+            features=features,
+        )
+        opt.step()
+    tol = 1e-5 if precision == "32-true" else 3e-2
+    for a, b in zip(module.net.parameters(), net.parameters()):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)

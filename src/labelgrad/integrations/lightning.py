@@ -36,7 +36,7 @@ from labelgrad.accumulation import accumulation_window
 from labelgrad.policies.base import Policy
 from labelgrad.targets import Encoding, TargetsLike
 
-__all__ = ["LabelGradCallback", "apply_policy", "default_targets"]
+__all__ = ["LabelGradCallback", "aggregate_backward", "apply_policy", "default_targets"]
 
 
 def default_targets(batch: Any) -> Any:
@@ -212,3 +212,37 @@ def apply_policy(
             module.log(name, m.last_norm.mean(), on_step=True, on_epoch=False)
     out: Tensor = policy(logits, targets, class_dim=class_dim)
     return out
+
+
+def aggregate_backward(
+    module: pl.LightningModule, losses: Tensor, *, aggregator: Any, **kwargs: Any
+) -> Any:
+    """``lg.aggregate_backward`` inside a manually optimised LightningModule.
+
+    Use it in place of ``self.manual_backward(loss)`` (``self.automatic_optimization = False``):
+    under a GradScaler (``16-mixed``) the losses are scaled as ``manual_backward`` would and an
+    overflow propagates to the scaler (``nonfinite="propagate"``); under a multi-process strategy
+    the aggregator is wrapped in :func:`labelgrad.integrations.distributed.synchronized`, so
+    every rank computes its weights from the global Gramian.
+
+    Args:
+        module: the LightningModule (attached to a trainer).
+        losses: (K,) label losses, e.g. from :func:`labelgrad.per_label_losses`.
+        aggregator: an ``lg.aggregators`` aggregator.
+        **kwargs: passed on to :func:`labelgrad.aggregate_backward` (``shared``, ``engine``,
+            ``features``, ...).
+
+    Returns:
+        The :class:`labelgrad.aggregation.AggregationResult`.
+    """
+    from labelgrad._distributed import is_distributed
+    from labelgrad.aggregation import aggregate_backward as _aggregate_backward
+    from labelgrad.integrations.distributed import SynchronizedGramian, synchronized
+
+    scaler = getattr(module.trainer.precision_plugin, "scaler", None)
+    if scaler is not None:
+        losses = scaler.scale(losses)
+        kwargs.setdefault("nonfinite", "propagate")
+    if is_distributed() and not isinstance(aggregator, SynchronizedGramian):
+        aggregator = synchronized(aggregator)
+    return _aggregate_backward(losses, aggregator=aggregator, **kwargs)
