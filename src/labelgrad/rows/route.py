@@ -63,6 +63,13 @@ class Router:
                     "each class belongs to one optimizer"
                 )
             owner[self.classes[name]] = k
+        for name, opt in self.optimizers.items():
+            inner = getattr(opt, "num_classes", None)
+            if callable(getattr(opt, "observe", None)) and inner != num_classes:
+                raise ValueError(
+                    f"groups[{name!r}]: its optimizer observes targets over {inner} classes but "
+                    f"the router has num_classes={num_classes}; both must use the same class ids"
+                )
         seen: dict[int, str] = {}
         for name, opt in self.optimizers.items():
             for group in opt.param_groups:
