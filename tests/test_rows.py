@@ -507,3 +507,39 @@ def test_bad_rows_are_rejected():
     opt2 = lg.RowRules(torch.optim.SGD(model.params(), lr=0.1), rows=model.head)
     with pytest.raises(ValueError, match="out of range"):
         opt2.observe(torch.tensor([5]))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
+def test_non_finite_gradient_in_a_resting_row_leaves_it_and_its_state_bitwise(fast: bool):
+    model = Model(seed=10)
+    opt = lg.RowRules(
+        torch.optim.AdamW(model.params(), lr=0.1, weight_decay=0.1),
+        rows=model.head,
+        frozen=[0],
+        skip_absent=True,
+        fast=fast,
+    )
+    set_grads(model, 0)
+    opt.step(targets=torch.arange(C))
+    before = snapshot(model, opt)
+    set_grads(model, 1)
+    assert model.head.weight.grad is not None
+    model.head.weight.grad[0] = float("nan")  # frozen
+    model.head.weight.grad[3] = float("inf")  # absent
+    opt.step(targets=torch.tensor([1, 2, 4]))
+    assert_rows_unchanged(before, snapshot(model, opt), [0, 3])
+    assert torch.isfinite(model.head.weight[[1, 2, 4]]).all()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
+def test_adam_with_eps_zero_keeps_never_stepped_rows_finite(fast: bool):
+    model = Model(seed=11)
+    opt = lg.RowRules(
+        torch.optim.Adam(model.params(), lr=0.1, eps=0.0), rows=model.head, frozen=[2], fast=fast
+    )
+    w2 = model.head.weight.detach()[2].clone()
+    for t in range(2):
+        set_grads(model, t)
+        opt.step()
+    assert torch.equal(model.head.weight[2], w2)
+    assert torch.isfinite(model.head.weight).all()
