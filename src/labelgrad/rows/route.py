@@ -22,6 +22,14 @@ class Router:
         optimizers: name -> optimizer, in the order given.
         classes: name -> the sorted int64 class indices of that group.
         num_classes: the number of classes the targets carry.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+        >>> router = lg.Router({"ab": (torch.optim.SGD(a.parameters(), lr=0.1), [0, 1]),
+        ...                     "c": (torch.optim.SGD(b.parameters(), lr=0.1), [2])})
+        >>> list(router), router.num_classes
+        (['ab', 'c'], 3)
     """
 
     def __init__(
