@@ -274,6 +274,11 @@ def test_dual_cone_solution_satisfies_the_kkt_conditions(name: str) -> None:
     assert float(((v - lower) * lam).abs().max()) <= 1e-10 * scale
     # the projected gradients J^T v_i are in the dual cone (up to the reg_eps = 1e-4 ridge)
     assert bool(((j @ j.T) @ v.T >= -1e-3 * float((j @ j.T).abs().max())).all())
+    # the accelerator code path (fixed shapes, masked convergence) gives the same answer
+    v_dev, _ = project_to_dual_cone(lower, g, host_shapes=False)
+    torch.testing.assert_close(v_dev, v)
+    v_pre, _ = project_to_dual_cone(lower, g, presolve_iters=20)
+    torch.testing.assert_close(v_pre, v)
     # warm start from the answer: same result
     v2, _ = project_to_dual_cone(lower, g, active=v <= lower)
     torch.testing.assert_close(v2, v)
@@ -292,6 +297,13 @@ def test_pcgrad_equals_explicit_projections_in_parameter_space() -> None:
         projected.append(gi)
     expected = torch.stack(projected).sum(0)
     torch.testing.assert_close(pcgrad_weights(j @ j.T, orders) @ j, expected)
+
+
+@pytest.mark.parametrize("name", ALL_IDS)
+def test_mgda_device_path_equals_host_path(name: str) -> None:
+    j = ALL_J[name]
+    g = j @ j.T
+    torch.testing.assert_close(A.MGDA()._weights_on_device(g), A.MGDA().weights(g))
 
 
 def test_mgda_returns_a_point_of_the_simplex_close_to_min_norm() -> None:

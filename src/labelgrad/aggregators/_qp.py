@@ -20,7 +20,7 @@ def regularize_gramian(gramian: Tensor, eps: float) -> Tensor:
     return gramian + eps * torch.eye(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
 
 
-def _solve_with_active_set(gramian: Tensor, lower: Tensor, active: Tensor) -> Tensor:
+def _solve_with_active_set(gramian: Tensor, lower: Tensor, active: Tensor, compact: bool) -> Tensor:
     """Solve ``G_FF v_F = -G_FA u_A``, ``v_A = u_A`` for each row (batched Cholesky).
 
     On CPU the systems are gathered down to the largest free set (the factorization is cubic in
@@ -29,7 +29,7 @@ def _solve_with_active_set(gramian: Tensor, lower: Tensor, active: Tensor) -> Te
     k = gramian.shape[-1]
     fixed = torch.where(active, lower, torch.zeros_like(lower))
     rhs_full = -(fixed @ gramian)
-    if gramian.device.type == "cpu":
+    if compact:
         free_count = (~active).sum(dim=-1)
         m = int(free_count.max())
         if m == 0:
@@ -80,6 +80,7 @@ def project_to_dual_cone(
     presolve_iters: int = 0,
     max_iters: int = 50,
     check_every: int | None = None,
+    host_shapes: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Solve ``min_v v^T G v  s.t.  v >= u`` for every row ``u`` of ``lower``, all at once.
 
@@ -105,6 +106,8 @@ def project_to_dual_cone(
         active: (B, K) bool initial guess of the coordinates where ``v = u``.
         max_iters: the most active-set iterations.
         check_every: iterations between convergence checks.
+        host_shapes: allow data-dependent shapes (compact the batch and the systems); default:
+            on CPU only.
 
     Returns:
         (B, K) solutions ``v`` and the (B, K) final active sets (to warm-start the next call).
@@ -115,7 +118,7 @@ def project_to_dual_cone(
         >>> project_to_dual_cone(torch.tensor([[1.0, 0.0]]), G)[0]
         tensor([[1.0000, 0.5000]])
     """
-    on_cpu = gramian.device.type == "cpu"
+    on_cpu = gramian.device.type == "cpu" if host_shapes is None else host_shapes
     if check_every is None:
         check_every = 1 if on_cpu else 5
     solution = lower.clone()
@@ -127,7 +130,7 @@ def project_to_dual_cone(
     todo = torch.arange(lower.shape[0], device=lower.device)
     sub_lower, sub_active = lower, active
     for it in range(1, max_iters + 1):
-        v = _solve_with_active_set(gramian, sub_lower, sub_active)
+        v = _solve_with_active_set(gramian, sub_lower, sub_active, compact=on_cpu)
         lam = torch.where(sub_active, v @ gramian, torch.zeros_like(v))
         new_active = (lam + sub_lower - v) > 0
         changed = (new_active != sub_active).any(dim=-1)

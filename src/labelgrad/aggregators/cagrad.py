@@ -134,7 +134,11 @@ class CAGrad(Aggregator):
             rhs = torch.cat([-grad * sf, torch.zeros(1, dtype=torch.float64, device=w.device)])
             kkt = torch.nan_to_num(kkt, nan=0.0, posinf=0.0, neginf=0.0)
             rhs = torch.nan_to_num(rhs, nan=0.0, posinf=0.0, neginf=0.0)
-            dw = torch.linalg.lstsq(kkt, rhs.unsqueeze(-1)).solution.squeeze(-1)[:k] * sf
+            if kkt.device.type == "cpu":  # gelsy: rank-revealing, for singular faces
+                sol = torch.linalg.lstsq(kkt, rhs.unsqueeze(-1)).solution.squeeze(-1)
+            else:  # CUDA's lstsq driver needs full rank
+                sol = torch.linalg.pinv(kkt) @ rhs
+            dw = sol[:k] * sf
             ratio = torch.where(dw < 0, -0.99 * w / dw.clamp(max=-tiny), torch.inf)
             stepped = (w + ratio.min().clamp(max=1.0) * dw).clamp(min=0)
             stepped = stepped / stepped.sum()
