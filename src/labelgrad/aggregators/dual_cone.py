@@ -60,9 +60,10 @@ class _DualConeWeighting(Aggregator):
         active = self._active
         if not self.warm_start or active is None or active.shape != lower.shape:
             active = None
-        solution, active = project_to_dual_cone(
-            lower, g, active=active, presolve_iters=self.presolve_iters
-        )
+        presolve = self.presolve_iters
+        if presolve < 0:  # automatic
+            presolve = 20 if lower.shape[0] * lower.shape[1] >= 32 * 32 else 0
+        solution, active = project_to_dual_cone(lower, g, active=active, presolve_iters=presolve)
         if self.warm_start:
             self._active = active
         return solution
@@ -92,7 +93,7 @@ class UPGrad(_DualConeWeighting):
         warm_start: start the active-set search from the previous call's sets.
         presolve_iters: accelerated projected-gradient steps that guess the first active sets
             when there is no warm start (speed only; 0 starts from the non-conflicting rows;
-            default 20).
+            default: 20 from K = 32 on, else 0).
 
     Example:
         >>> import torch
@@ -101,8 +102,9 @@ class UPGrad(_DualConeWeighting):
         tensor([0.7499, 0.7499])
     """
 
-    # K systems per iteration: a better first guess saves a whole batched factorization.
-    _default_presolve = 20
+    # K systems per iteration: from K ~ 32 on, a better first guess saves a whole batched
+    # factorization; below, the factorizations are cheaper than the guess.
+    _default_presolve = -1
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         lower = torch.diag(self._preference(gramian))
