@@ -554,3 +554,16 @@ def test_adam_with_eps_zero_keeps_never_stepped_rows_finite(fast: bool):
         opt.step()
     assert torch.equal(model.head.weight[2], w2)
     assert torch.isfinite(model.head.weight).all()
+
+
+def test_step_hooks_and_pickling():
+    model = Model(seed=12)
+    opt = lg.RowRules(torch.optim.SGD(model.params(), lr=0.1), rows=model.head, frozen=[1])
+    calls: list[str] = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    set_grads(model, 0)
+    opt.step()
+    assert calls == ["pre", "post"]
+    clone = copy.deepcopy(opt)
+    assert clone.frozen.tolist() == opt.frozen.tolist()
