@@ -88,11 +88,12 @@ def test_demo_table_format() -> None:
     from labelgrad.demo import Row, format_rows
 
     row = Row("e", "m", {"balanced_acc": [0.5, 0.7], "few_shot_acc": [0.1, 0.1]}, [2.0, 4.0])
+    row.timed_ms, row.timed_ratio = 3.0, 1.5
     header, table = format_rows([row])
     assert len(header) == len(table[0]) == 5
     assert table[0][2] == "balanced acc %:  60.0 ± 14.1"
     assert table[0][3] == "few-shot acc %:  10.0 ±  0.0"
-    assert table[0][4] == "3.00"
+    assert table[0][4] == "3.00 (1.50x)"
 
 
 def test_unwritable_out_fails_before_work(
