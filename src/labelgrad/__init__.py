@@ -6,7 +6,8 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
-from labelgrad import aggregators, datasets, report
+from labelgrad import aggregation, aggregators, datasets, report
+from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
 from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
     Chain,
@@ -62,6 +63,8 @@ __all__ = [
     "Targets",
     "TargetsLike",
     "__version__",
+    "aggregate_backward",
+    "aggregation",
     "aggregators",
     "chain",
     "class_weights",
@@ -70,11 +73,13 @@ __all__ = [
     "conflicts",
     "datasets",
     "eqlv2",
+    "explain_engine",
     "freeze_classes",
     "mask",
     "mask_unknown",
     "monitor",
     "no_state_update",
+    "per_label_losses",
     "pos_neg_weights",
     "report",
     "route",
