@@ -83,6 +83,9 @@ def degenerate_jacobians() -> dict[str, Tensor]:
 ALL_J = {**random_jacobians(), **degenerate_jacobians()}
 RANDOM_IDS = list(random_jacobians())
 ALL_IDS = list(ALL_J)
+# TorchJD's GradVac, NashMTL (cvxpy) and FairGrad (scipy) take seconds at K = 80: stop at 16.
+SMALL_IDS = [name for name in ALL_IDS if ALL_J[name].shape[0] <= 16]
+SMALL_RANDOM_IDS = [name for name in RANDOM_IDS if ALL_J[name].shape[0] <= 16]
 
 
 def close(ours: Tensor, ref: Tensor, rtol: float = 1e-4) -> None:
@@ -139,7 +142,7 @@ def test_pcgrad_matches_torchjd_for_the_same_orders(name: str) -> None:
 
 
 @needs_torchjd
-@pytest.mark.parametrize("name", ALL_IDS)
+@pytest.mark.parametrize("name", SMALL_IDS)
 def test_gradvac_matches_torchjd_over_steps(name: str) -> None:
     import torchjd.aggregation as ta
 
@@ -190,7 +193,7 @@ def test_config_matches_torchjd(name: str) -> None:
 
 
 @needs_scipy
-@pytest.mark.parametrize("name", RANDOM_IDS)
+@pytest.mark.parametrize("name", SMALL_RANDOM_IDS)
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0])
 def test_fairgrad_matches_torchjd(alpha: float, name: str) -> None:
     import torchjd.aggregation as ta
@@ -201,7 +204,7 @@ def test_fairgrad_matches_torchjd(alpha: float, name: str) -> None:
 
 
 @needs_cvxpy
-@pytest.mark.parametrize("name", RANDOM_IDS)
+@pytest.mark.parametrize("name", SMALL_RANDOM_IDS)
 def test_nash_mtl_matches_torchjd(name: str) -> None:
     import torchjd.aggregation as ta
 
