@@ -81,7 +81,8 @@ class NashMTL(Aggregator):
     ``max_norm > 0``) ``α`` is rescaled to norm ``max_norm``. Zero gradients get weight 1 before
     scaling (TorchJD's cvxpy fails there). When G is singular with a non-negative null
     direction (e.g. duplicated or dependent gradients) no bargaining solution exists: Newton stops
-    after ``max_iters`` with large finite weights and the ``max_norm`` cap sets the scale. With ``update_weights_every = n`` the solve runs every
+    after ``max_iters`` with large finite weights and the ``max_norm`` cap sets the scale. With
+    ``update_weights_every = n`` the solve runs every
     n-th call and the other calls reuse the last ``α`` (rescaled for the new G).
 
     Stateful: the last ``α`` (warm start, reuse) is the ``last_weights`` buffer and the call
