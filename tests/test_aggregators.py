@@ -413,6 +413,16 @@ def test_jacobian_aggregators(make: Callable[[], A.JacobianAggregator], name: st
         agg.weights(j @ j.T)
 
 
+def test_weights_are_constants_even_for_a_gramian_on_the_graph() -> None:
+    j = jacobian(4, 6, seed=18).requires_grad_(True)
+    g = j @ j.T
+    for make in GRAMIAN_AGGREGATORS:
+        w = make().weights(g)
+        assert not w.requires_grad
+    for make_j in JACOBIAN_AGGREGATORS:
+        assert not make_j().aggregate(j).requires_grad
+
+
 def test_zero_gramian_gives_finite_weights() -> None:
     g = torch.zeros(3, 3)
     for make in GRAMIAN_AGGREGATORS:
