@@ -181,6 +181,11 @@ def test_random_and_graddrop_match_torchjd_on_the_global_stream(name: str) -> No
     expected = ta.GradDrop()(j)
     torch.manual_seed(8)
     close(A.GradDrop().aggregate(j), expected)
+    leak = torch.linspace(0, 0.5, j.shape[0], dtype=j.dtype)
+    torch.manual_seed(9)
+    expected = ta.GradDrop(f=torch.sqrt, leak=leak)(j)
+    torch.manual_seed(9)
+    close(A.GradDrop(f=torch.sqrt, leak=leak).aggregate(j), expected)
 
 
 @needs_torchjd
