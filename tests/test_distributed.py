@@ -342,3 +342,18 @@ def test_fsdp2_row_rules_on_sharded_rows_equal_one_process(  # the ranks ran in 
         frozen = {"sgd_skip_absent": [0, 4], "adamw_fast": [4, 0], "frozen_only": [0, 3]}[case]
         for c in frozen:  # frozen or absent rows, on both shards: bitwise unchanged
             assert torch.equal(results[0][case][2][c], init[2].weight[c].detach()), (case, c)
+
+
+def test_synchronized_bad_input_and_single_process() -> None:
+    from labelgrad.integrations.distributed import all_reduce_gradients, synchronized
+
+    with pytest.raises(TypeError, match="weights"):
+        synchronized(object())
+    with pytest.raises(TypeError, match="Jacobian"):
+        synchronized(lg.aggregators.ConFIG())
+    g = torch.tensor([[2.0, -1.0], [-1.0, 1.0]])
+    inner = lg.aggregators.UPGrad()
+    assert torch.equal(synchronized(inner).weights(g), inner.weights(g))
+    p = nn.Parameter(torch.ones(2))
+    all_reduce_gradients([p])  # no gradient, no process group: nothing to do
+    assert p.grad is None
