@@ -83,6 +83,9 @@ def degenerate_jacobians() -> dict[str, Tensor]:
 ALL_J = {**random_jacobians(), **degenerate_jacobians()}
 RANDOM_IDS = list(random_jacobians())
 ALL_IDS = list(ALL_J)
+# TorchJD's GradVac, NashMTL (cvxpy) and FairGrad (scipy) take seconds at K = 80: stop at 16.
+SMALL_IDS = [name for name in ALL_IDS if ALL_J[name].shape[0] <= 16]
+SMALL_RANDOM_IDS = [name for name in RANDOM_IDS if ALL_J[name].shape[0] <= 16]
 
 
 def close(ours: Tensor, ref: Tensor, rtol: float = 1e-4) -> None:
@@ -139,7 +142,7 @@ def test_pcgrad_matches_torchjd_for_the_same_orders(name: str) -> None:
 
 
 @needs_torchjd
-@pytest.mark.parametrize("name", ALL_IDS)
+@pytest.mark.parametrize("name", SMALL_IDS)
 def test_gradvac_matches_torchjd_over_steps(name: str) -> None:
     import torchjd.aggregation as ta
 
@@ -178,6 +181,11 @@ def test_random_and_graddrop_match_torchjd_on_the_global_stream(name: str) -> No
     expected = ta.GradDrop()(j)
     torch.manual_seed(8)
     close(A.GradDrop().aggregate(j), expected)
+    leak = torch.linspace(0, 0.5, j.shape[0], dtype=j.dtype)
+    torch.manual_seed(9)
+    expected = ta.GradDrop(f=torch.sqrt, leak=leak)(j)
+    torch.manual_seed(9)
+    close(A.GradDrop(f=torch.sqrt, leak=leak).aggregate(j), expected)
 
 
 @needs_torchjd
@@ -190,7 +198,7 @@ def test_config_matches_torchjd(name: str) -> None:
 
 
 @needs_scipy
-@pytest.mark.parametrize("name", RANDOM_IDS)
+@pytest.mark.parametrize("name", SMALL_RANDOM_IDS)
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0])
 def test_fairgrad_matches_torchjd(alpha: float, name: str) -> None:
     import torchjd.aggregation as ta
@@ -201,7 +209,7 @@ def test_fairgrad_matches_torchjd(alpha: float, name: str) -> None:
 
 
 @needs_cvxpy
-@pytest.mark.parametrize("name", RANDOM_IDS)
+@pytest.mark.parametrize("name", SMALL_RANDOM_IDS)
 def test_nash_mtl_matches_torchjd(name: str) -> None:
     import torchjd.aggregation as ta
 
@@ -242,7 +250,7 @@ def test_cagrad_matches_torchjd_and_reaches_a_lower_objective(name: str) -> None
     if name != "duplicated":
         close(ours, expected, rtol=1e-3)
     diff = ours - expected
-    assert float(diff @ g @ diff) <= 1e-5 * float(expected @ g @ expected) + 1e-20
+    assert float(diff @ g @ diff) <= 1e-6 * float(expected @ g @ expected) + 1e-20
     if name != "K=1":  # and our simplex solution is at least as good as theirs
         gn = normalize_gramian(g, 1e-4)
         mean = torch.full((k,), 1.0 / k, dtype=g.dtype)
@@ -252,9 +260,7 @@ def test_cagrad_matches_torchjd_and_reaches_a_lower_objective(name: str) -> None
             w = (w - mean) / (w - mean).sum()
             return float(w @ gn @ mean + sqrt_phi * (w @ gn @ w).sqrt())
 
-        # (duplicated rows make the simplex problem degenerate: ours is within 1e-5 there)
-        slack = 1e-5 if name == "duplicated" else 1e-12
-        assert objective(ours) <= objective(expected) * (1 + slack) + 1e-12
+        assert objective(ours) <= objective(expected) + 1e-12
 
 
 # --- own references ------------------------------------------------------------------------
@@ -274,6 +280,11 @@ def test_dual_cone_solution_satisfies_the_kkt_conditions(name: str) -> None:
     assert float(((v - lower) * lam).abs().max()) <= 1e-10 * scale
     # the projected gradients J^T v_i are in the dual cone (up to the reg_eps = 1e-4 ridge)
     assert bool(((j @ j.T) @ v.T >= -1e-3 * float((j @ j.T).abs().max())).all())
+    # the accelerator code path (fixed shapes, masked convergence) gives the same answer
+    v_dev, _ = project_to_dual_cone(lower, g, host_shapes=False)
+    torch.testing.assert_close(v_dev, v)
+    v_pre, _ = project_to_dual_cone(lower, g, presolve_iters=20)
+    torch.testing.assert_close(v_pre, v)
     # warm start from the answer: same result
     v2, _ = project_to_dual_cone(lower, g, active=v <= lower)
     torch.testing.assert_close(v2, v)
@@ -292,6 +303,13 @@ def test_pcgrad_equals_explicit_projections_in_parameter_space() -> None:
         projected.append(gi)
     expected = torch.stack(projected).sum(0)
     torch.testing.assert_close(pcgrad_weights(j @ j.T, orders) @ j, expected)
+
+
+@pytest.mark.parametrize("name", ALL_IDS)
+def test_mgda_device_path_equals_host_path(name: str) -> None:
+    j = ALL_J[name]
+    g = j @ j.T
+    torch.testing.assert_close(A.MGDA()._weights_on_device(g), A.MGDA().weights(g))
 
 
 def test_mgda_returns_a_point_of_the_simplex_close_to_min_norm() -> None:
@@ -398,6 +416,16 @@ def test_jacobian_aggregators(make: Callable[[], A.JacobianAggregator], name: st
     assert bool(out.isfinite().all())
     with pytest.raises(TypeError, match="needs the"):
         agg.weights(j @ j.T)
+
+
+def test_weights_are_constants_even_for_a_gramian_on_the_graph() -> None:
+    j = jacobian(4, 6, seed=18).requires_grad_(True)
+    g = j @ j.T
+    for make in GRAMIAN_AGGREGATORS:
+        w = make().weights(g)
+        assert not w.requires_grad
+    for make_j in JACOBIAN_AGGREGATORS:
+        assert not make_j().aggregate(j).requires_grad
 
 
 def test_zero_gramian_gives_finite_weights() -> None:

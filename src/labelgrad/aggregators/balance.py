@@ -57,7 +57,7 @@ def solve_balance(
         target = torch.where(dead, torch.ones_like(w), w.pow(-power))
         residual = g @ w - target
         slope = torch.where(dead, torch.zeros_like(w), power * w.pow(-power - 1))
-        step = torch.linalg.solve(g + torch.diag(slope), residual)
+        step, _ = torch.linalg.solve_ex(g + torch.diag(slope), residual)  # no error-check sync
         # Largest t <= 1 with w - t step >= w / 10 (stay well inside w > 0).
         ratio = torch.where(step > 0, 0.9 * w / step, torch.full_like(w, torch.inf))
         t = ratio.min().clamp(max=1.0)
@@ -79,7 +79,11 @@ class NashMTL(Aggregator):
     :func:`solve_balance` finds it by Newton to relative residual 1e-10, so the two agree to
     TorchJD's own tolerance. Then, as there, if ``|J^T α| = sqrt(α^T G α) > max_norm`` (and
     ``max_norm > 0``) ``α`` is rescaled to norm ``max_norm``. Zero gradients get weight 1 before
-    scaling (TorchJD's cvxpy fails there). With ``update_weights_every = n`` the solve runs every
+    scaling (TorchJD's cvxpy fails there). When G is singular with a non-negative null
+    direction (e.g. ``g_1 = -g_2``, or K > rank with such a combination) no bargaining solution
+    exists: Newton stops
+    after ``max_iters`` with large finite weights and the ``max_norm`` cap sets the scale. With
+    ``update_weights_every = n`` the solve runs every
     n-th call and the other calls reuse the last ``α`` (rescaled for the new G).
 
     Stateful: the last ``α`` (warm start, reuse) is the ``last_weights`` buffer and the call

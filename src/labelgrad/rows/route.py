@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from labelgrad._distributed import CheckedReducer
 from labelgrad._validation import as_class_set
 from labelgrad.rows.rules import present_classes
 from labelgrad.targets import Encoding, TargetsLike
@@ -22,6 +23,14 @@ class Router:
         optimizers: name -> optimizer, in the order given.
         classes: name -> the sorted int64 class indices of that group.
         num_classes: the number of classes the targets carry.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+        >>> router = lg.Router({"ab": (torch.optim.SGD(a.parameters(), lr=0.1), [0, 1]),
+        ...                     "c": (torch.optim.SGD(b.parameters(), lr=0.1), [2])})
+        >>> list(router), router.num_classes
+        (['ab', 'c'], 3)
     """
 
     def __init__(
@@ -63,6 +72,13 @@ class Router:
                     "each class belongs to one optimizer"
                 )
             owner[self.classes[name]] = k
+        for name, opt in self.optimizers.items():
+            inner = getattr(opt, "num_classes", None)
+            if callable(getattr(opt, "observe", None)) and inner != num_classes:
+                raise ValueError(
+                    f"groups[{name!r}]: its optimizer observes targets over {inner} classes but "
+                    f"the router has num_classes={num_classes}; both must use the same class ids"
+                )
         seen: dict[int, str] = {}
         for name, opt in self.optimizers.items():
             for group in opt.param_groups:
@@ -78,6 +94,7 @@ class Router:
         for k, name in enumerate(names):
             self._membership[k, self.classes[name]] = True
         self._present: Tensor | None = None
+        self._present_reducer = CheckedReducer("the present classes of route")
 
     def __getitem__(self, name: str) -> torch.optim.Optimizer:
         return self.optimizers[name]
@@ -139,6 +156,8 @@ class Router:
             )
         present = self._present
         self._present = None
+        # Under DDP every rank must step the same optimizers: the union over ranks.
+        present = self._present_reducer.any(present)
         # The one host read per step.
         hits = (self._membership.to(present.device) & present).any(dim=1).tolist()
         loss = None
