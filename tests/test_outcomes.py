@@ -163,3 +163,15 @@ def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
     md = (out / "results.md").read_text()
     assert "labelgrad bench --outcomes --outcomes-size tiny" in md
     assert "## Goals" in md and "| plain_ce |" in md and "(lt_balanced_accuracy.png)" in md
+
+
+def test_long_tail_falls_back_to_digits_without_fashion_mnist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import labelgrad.datasets as datasets
+    from labelgrad.bench.outcomes import _load_lt
+
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path)  # an empty folder
+    ds, side, source = _load_lt(100.0, 0, SIZES["full"])
+    assert (source, side) == ("digits-LT", 8) and ds.name == "digits-LT IF=100"
+    assert ds.x_train.shape[1] == side * side
