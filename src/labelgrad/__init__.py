@@ -6,8 +6,9 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
-from labelgrad import aggregation
+from labelgrad import aggregation, aggregators, datasets, report
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
+from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
     Chain,
     ClassWeights,
@@ -36,6 +37,7 @@ from labelgrad.policies import (
     pos_neg_weights,
     schedule,
 )
+from labelgrad.rows import Router, RowRules, route
 from labelgrad.targets import Encoding, Targets, TargetsLike
 
 __version__ = "0.1.0"
@@ -54,6 +56,8 @@ __all__ = [
     "MaskUnknown",
     "Policy",
     "PosNegWeights",
+    "Router",
+    "RowRules",
     "Schedule",
     "StatefulPolicy",
     "Targets",
@@ -61,10 +65,13 @@ __all__ = [
     "__version__",
     "aggregate_backward",
     "aggregation",
+    "aggregators",
     "chain",
     "class_weights",
     "clip_per_class",
     "clip_per_sample",
+    "conflicts",
+    "datasets",
     "eqlv2",
     "explain_engine",
     "freeze_classes",
@@ -74,5 +81,7 @@ __all__ = [
     "no_state_update",
     "per_label_losses",
     "pos_neg_weights",
+    "report",
+    "route",
     "schedule",
 ]

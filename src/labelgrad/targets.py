@@ -8,6 +8,7 @@ must say which encoding is meant with ``encoding=``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -91,13 +92,14 @@ class Targets:
         the layout policies see in :meth:`labelgrad.Policy.transform`.
         """
         n, c = self.positive.shape[0], self.num_classes
+        s = math.prod(self.positive.shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
 
         def flat(x: Tensor) -> Tensor:
-            return x.movedim(self.class_dim, -1).reshape(n, -1, c)
+            return x.movedim(self.class_dim, -1).reshape(n, s, c)
 
         indices = None
         if self.indices is not None:
-            indices = self.indices.reshape(n, -1)
+            indices = self.indices.reshape(n, s)
         return Targets(
             positive=flat(self.positive),
             known=flat(self.known),
@@ -151,7 +153,7 @@ class Targets:
                 encoding is ambiguous.
         """
         if isinstance(targets, Targets):
-            return _check_existing(targets, num_classes=num_classes, like=like)
+            return _check_existing(targets, num_classes=num_classes, class_dim=class_dim, like=like)
         if not isinstance(targets, Tensor):
             raise TypeError(
                 f"targets must be a torch.Tensor or labelgrad.Targets, got {type(targets).__name__}"
@@ -354,7 +356,13 @@ def _from_dense(
     )
 
 
-def _check_existing(t: Targets, *, num_classes: int | None, like: Tensor | None) -> Targets:
+def _check_existing(
+    t: Targets, *, num_classes: int | None, class_dim: int, like: Tensor | None
+) -> Targets:
+    if class_dim % t.positive.dim() != t.class_dim:
+        raise ValueError(
+            f"class_dim={class_dim} does not match the given Targets (class_dim={t.class_dim})"
+        )
     if num_classes is not None and num_classes != t.num_classes:
         raise ValueError(
             f"num_classes={num_classes} does not match the given Targets ({t.num_classes} classes)"

@@ -11,6 +11,7 @@ at O(N·C) cost and with no host-device synchronisation.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -197,11 +198,6 @@ class Policy(nn.Module):
                 ignore_index=ignore_index,
                 like=logits,
             )
-            if t.class_dim != class_dim:
-                raise ValueError(
-                    f"the given Targets have class_dim={t.class_dim}, but the policy was called "
-                    f"with class_dim={class_dim}"
-                )
         elif self.requires_targets:
             raise ValueError(
                 f"{type(self).__name__} reads the labels: call it as policy(logits, targets)"
@@ -252,7 +248,7 @@ class _Gate(torch.autograd.Function):
         n, c = shape[0], shape[class_dim]
         flat = grad.movedim(class_dim, -1)
         moved_shape = flat.shape
-        flat = flat.reshape(n, -1, c)
+        flat = flat.reshape(n, math.prod(shape) // max(n * c, 1), c)  # -1 is ambiguous at n=0
         targets = None
         if ctx.has_targets:
             assert proto is not None

@@ -1,0 +1,89 @@
+"""Level-1 benchmark: a training step with and without a chain of policies at the logits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import labelgrad as lg
+from labelgrad.bench._timing import Result, interleaved, ratios
+
+__all__ = ["run"]
+
+
+def _mlp(d_in: int, hidden: int, c: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, c),
+    )  # fmt: skip
+
+
+def _cnn(c: int, width: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * width * 7 * 7, c),
+    )  # fmt: skip
+
+
+def _policy(c: int) -> lg.Chain:
+    weights = torch.linspace(0.5, 2.0, c)
+    return lg.chain(
+        lg.mask_unknown(), lg.class_weights(weights), lg.eqlv2(num_classes=c),
+        lg.clip_per_class(1.0),
+    )  # fmt: skip
+
+
+def _step(model: nn.Module, policy: lg.Policy | None, x: Tensor, y: Tensor) -> Callable[[], None]:
+    target = y.clamp(min=0).float()
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        logits = model(x)
+        if policy is not None:
+            logits = policy(logits, y)
+        F.binary_cross_entropy_with_logits(logits, target).backward()
+
+    return step
+
+
+def run(quick: bool = False) -> list[Result]:
+    """Time plain vs policy-chain training steps of an MLP and a small CNN (CPU).
+
+    Args:
+        quick: tiny sizes and few steps (a smoke run, not a measurement).
+
+    Returns:
+        One row per case, with the ratio to the plain step.
+    """
+    torch.manual_seed(0)
+    c = 100
+    steps, warmup = (3, 1) if quick else (60, 10)
+    batch = 16 if quick else 256
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(-1, 2, (batch, c), generator=g)  # partial multi-hot labels
+    rows: list[Result] = []
+    configs = {
+        "policies/mlp 784-1024-1024": (
+            _mlp(784, 64 if quick else 1024, c),
+            torch.randn(batch, 784, generator=g),
+        ),
+        "policies/cnn 28x28": (
+            _cnn(c, 4 if quick else 32),
+            torch.randn(batch, 1, 28, 28, generator=g),
+        ),
+    }
+    for name, (model, x) in configs.items():
+        times = interleaved(
+            {
+                "plain": _step(model, None, x, y),
+                "chain(mask,weights,eqlv2,clip)": _step(model, _policy(c), x, y),
+            },
+            steps=steps,
+            warmup=warmup,
+        )
+        rows += ratios(name, times, "plain", batch=batch, num_classes=c)
+    return rows

@@ -1,0 +1,157 @@
+"""Targets.coerce: every encoding, every class axis, against a plain reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import labelgrad as lg
+
+
+def reference_from_indices(idx: np.ndarray, c: int, ignore: int, class_dim: int):
+    """Per-entry loops over the label array: slow, obviously right."""
+    shape = (*idx.shape, c)
+    pos = np.zeros(shape, dtype=bool)
+    known = np.zeros(shape, dtype=bool)
+    for pos_idx in np.ndindex(idx.shape):
+        y = idx[pos_idx]
+        if y != ignore:
+            known[pos_idx] = True
+            pos[(*pos_idx, y)] = True
+    return np.moveaxis(pos, -1, class_dim), np.moveaxis(known, -1, class_dim)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 4),
+    c=st.integers(1, 5),
+    extra=st.lists(st.integers(1, 3), max_size=2),
+    class_dim_pos=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_indices_match_reference(n, c, extra, class_dim_pos, seed):
+    rng = np.random.default_rng(seed)
+    ndim_logits = 2 + len(extra)
+    class_dim = 1 + (class_dim_pos - 1) % (ndim_logits - 1)
+    label_shape = (n, *extra)
+    idx = rng.integers(0, c, size=label_shape)
+    idx[rng.random(label_shape) < 0.2] = -100
+    t = lg.Targets.coerce(
+        torch.from_numpy(idx), num_classes=c, class_dim=class_dim, encoding="index"
+    )
+    pos, known = reference_from_indices(idx, c, -100, class_dim)
+    assert t.encoding == "index"
+    assert t.class_dim == class_dim
+    assert torch.equal(t.positive, torch.from_numpy(pos))
+    assert torch.equal(t.known, torch.from_numpy(known))
+    assert t.num_classes == c
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 4),
+    c=st.integers(1, 5),
+    extra=st.lists(st.integers(1, 3), max_size=2),
+    encoding=st.sampled_from(["multi_hot_int", "multi_hot_float", "bool", "soft"]),
+    seed=st.integers(0, 2**16),
+)
+def test_dense_match_reference(n, c, extra, encoding, seed):
+    rng = np.random.default_rng(seed)
+    shape = (n, c, *extra)
+    if encoding == "bool":
+        y = rng.random(shape) < 0.5
+        expect_pos, expect_known = y, np.ones(shape, dtype=bool)
+    elif encoding == "soft":
+        y = rng.random(shape).astype(np.float32)
+        y[rng.random(shape) < 0.2] = -1
+        expect_pos, expect_known = y >= 0.5, y >= 0
+    else:
+        y = rng.integers(-1, 2, size=shape)
+        if encoding == "multi_hot_float":
+            y = y.astype(np.float32)
+        expect_pos, expect_known = y == 1, y != -1
+    like = torch.zeros(shape)
+    t = lg.Targets.coerce(torch.from_numpy(y), like=like)
+    assert t.num_classes == c
+    assert torch.equal(t.positive, torch.from_numpy(expect_pos))
+    assert torch.equal(t.known, torch.from_numpy(expect_known))
+    expect_values = np.where(expect_known, np.where(encoding == "bool", y, y), 0).astype(np.float32)
+    assert torch.equal(t.values, torch.from_numpy(expect_values))
+
+
+def test_token_classification_class_last():
+    logits = torch.zeros(2, 3, 4)  # (N, T, C)
+    y = torch.tensor([[0, 3, -100], [1, 1, 2]])
+    t = lg.Targets.coerce(y, class_dim=-1, like=logits)
+    assert t.class_dim == 2
+    assert t.positive.shape == (2, 3, 4)
+    assert t.positive[0, 1].tolist() == [False, False, False, True]
+    assert not t.known[0, 2].any()
+
+
+def test_class_last_layout_is_n_s_c():
+    y = torch.randint(0, 3, (2, 4, 5))  # segmentation labels (N, H, W)
+    t = lg.Targets.coerce(y, num_classes=3)
+    flat = t.class_last()
+    assert flat.positive.shape == (2, 20, 3)
+    assert torch.equal(flat.indices, y.reshape(2, 20))
+    assert torch.equal(flat.positive.int().argmax(-1), y.reshape(2, 20))
+
+
+def test_targets_passthrough_and_mismatch():
+    t = lg.Targets.coerce(torch.tensor([0, 1]), num_classes=3)
+    assert lg.Targets.coerce(t) is t
+    with pytest.raises(ValueError, match="num_classes=4"):
+        lg.Targets.coerce(t, num_classes=4)
+    with pytest.raises(ValueError, match="do not match logits"):
+        lg.Targets.coerce(t, like=torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"targets": torch.tensor([0, 3])}, ValueError, "class index 3 is out of range"),
+        ({"targets": torch.tensor([0, -2])}, ValueError, "out of range"),
+        ({"targets": [0, 1]}, TypeError, "targets must be a torch.Tensor"),
+        ({"targets": torch.tensor([[0, 2, 1]]), "encoding": "multi_hot"}, ValueError, "only 0, 1"),
+        ({"targets": torch.tensor([[0.5, 1.5, 0.0]])}, ValueError, "probabilities in"),
+        ({"targets": torch.tensor([[0.5, float("nan"), 0.0]])}, ValueError, "NaN"),
+        ({"targets": torch.tensor([0.0, 1.0]), "encoding": "index"}, TypeError, "integer dtype"),
+        ({"targets": torch.tensor([[0, 1, 1]])}, ValueError, "could be class indices"),
+        (
+            {"targets": torch.tensor([[0, 1]]), "num_classes": 3, "encoding": "multi_hot"},
+            ValueError,
+            "num_classes=3 does not match",
+        ),
+        ({"targets": torch.tensor([0]), "class_dim": 5}, ValueError, "class_dim=5 is out of range"),
+        ({"targets": torch.tensor([0]), "class_dim": 0}, ValueError, "must not be 0"),
+        ({"targets": torch.tensor([0]), "num_classes": 0}, ValueError, "positive int"),
+        ({"targets": torch.tensor([0]), "encoding": "onehot"}, ValueError, "encoding must be"),
+    ],
+)
+def test_bad_input_names_the_problem(kwargs, error, match):
+    kwargs.setdefault("num_classes", 3)
+    targets = kwargs.pop("targets")
+    with pytest.raises(error, match=match):
+        lg.Targets.coerce(targets, **kwargs)
+
+
+def test_shape_must_match_logits():
+    with pytest.raises(ValueError, match=r"must have shape \(4,\)"):
+        lg.Targets.coerce(torch.tensor([0, 1, 2]), like=torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="logits' shape"):
+        lg.Targets.coerce(torch.zeros(4, 2), like=torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="fit neither"):
+        lg.Targets.coerce(torch.zeros(4, 3, 2, 2, dtype=torch.long), like=torch.zeros(4, 3))
+
+
+def test_ambiguity_is_resolved_by_explicit_arguments():
+    y = torch.tensor([[0, 1, 1]])
+    as_multi_hot = lg.Targets.coerce(y, num_classes=3, encoding="multi_hot")
+    as_indices = lg.Targets.coerce(y, num_classes=3, encoding="index")
+    assert as_multi_hot.positive.shape == (1, 3)
+    assert as_indices.positive.shape == (1, 3, 3)
+    assert torch.equal(lg.Targets.coerce(y, like=torch.zeros(1, 3)).positive, as_multi_hot.positive)
