@@ -397,3 +397,14 @@ def test_exact_engine_matches_torchjd_mtl_backward() -> None:
     lg.aggregate_backward(losses, shared=trunk, aggregator=lg.aggregators.UPGrad())
     for p, r in zip([*trunk.parameters(), *head.parameters()], ref):
         torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-7)
+
+
+def test_closed_form_non_finite_gramian_raises() -> None:
+    trunk, head = _model()
+    with torch.no_grad():
+        head.weight[0, 0] = float("inf")
+    x, y = _batch()
+    feats = trunk(x)
+    losses = lg.per_label_losses(head(feats), y)
+    with pytest.raises(ValueError, match="not finite"):
+        lg.aggregate_backward(losses, shared=trunk, aggregator=Mean(), features=feats, head=head)

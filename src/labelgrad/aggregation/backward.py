@@ -37,6 +37,12 @@ class Aggregator(Protocol):
 
     Weightings implement ``weights(G) -> (K,)``; aggregators that need more than the Gramian
     (ConFIG, GradDrop) set ``requires_jacobian = True`` and implement ``aggregate(J) -> (P,)``.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> agg: lg.aggregation.Aggregator = lg.aggregators.UPGrad()
+        >>> agg.weights(torch.eye(3)).shape
+        torch.Size([3])
     """
 
     def weights(self, gramian: Tensor, /) -> Tensor:
@@ -55,6 +61,14 @@ class AggregationResult:
             of :class:`labelgrad.aggregation.Amortized` were reused).
         engine: the engine that ran.
         reason: why that engine (what ``explain_engine`` says).
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> net = torch.nn.Linear(3, 2)
+        >>> losses = lg.per_label_losses(net(torch.randn(4, 3)), torch.randint(0, 2, (4, 2)))
+        >>> r = lg.aggregate_backward(losses, shared=net, aggregator=lg.aggregators.Mean())
+        >>> r.engine, tuple(r.gramian.shape), r.weights.tolist()
+        ('exact', (2, 2), [0.5, 0.5])
     """
 
     weights: Tensor | None

@@ -46,6 +46,13 @@ class LossStructure:
             ignored); None otherwise.
         sample_known: for ``kind="sample"``: (N * S,) bool, False where the label is ignored.
         identity_groups: True when every class is its own group, in order (``groups=None``).
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> z = torch.zeros(2, 3, requires_grad=True)
+        >>> s = lg.aggregation.loss_structure(lg.per_label_losses(z, torch.ones(2, 3)))
+        >>> s.kind, s.num_groups, s.logits is z
+        ('column', 3, True)
     """
 
     logits: Tensor

@@ -52,6 +52,15 @@ class Tracker:
     Made by :func:`track`. Each record holds references to tensors autograd keeps anyway (the
     input of a Linear or Conv2d is saved for its backward); the output reference costs nothing
     either while the graph is alive. Records are kept only while gradients are enabled.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
+        >>> tracker = lg.aggregation.track(net)
+        >>> _ = net(torch.randn(4, 2))
+        >>> [type(m).__name__ for m in tracker.calls]
+        ['Linear']
+        >>> tracker.remove()
     """
 
     def __init__(self, module: nn.Module) -> None:
