@@ -80,13 +80,14 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
         lg.aggregate_backward(losses, shared=shared, aggregator=amortized, engine="exact")
         _step(params)
 
-    def representation() -> None:
-        feats = trunk(x)
-        losses = lg.per_label_losses(head(feats), y)
-        lg.aggregate_backward(
-            losses, shared=shared, aggregator=weighting, features=feats, head=head
-        )
-        _step(params)
+    def representation_with(agg: Any) -> Callable[[], None]:
+        def representation() -> None:
+            feats = trunk(x)
+            losses = lg.per_label_losses(head(feats), y)
+            lg.aggregate_backward(losses, shared=shared, aggregator=agg, features=feats, head=head)
+            _step(params)
+
+        return representation
 
     def loop() -> None:
         losses = lg.per_label_losses(head(trunk(x)), y)
@@ -105,7 +106,9 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
     cases: dict[str, Callable[[], object]] = {"plain": plain}
     if k <= 16:
         cases.update({"exact": exact, "loop": loop, "amortized-8": amortized_exact})
-    cases["representation"] = representation
+    cases["representation"] = representation_with(weighting)
+    # The same engine with w = 1/K: the engine's own cost, without the weighting solve.
+    cases["representation (Mean)"] = representation_with(_MeanWeighting())
     if k <= 16:
         try:
             from torchjd.aggregation import Mean as JDMean
@@ -146,10 +149,13 @@ def _single_label_cases(k: int, with_torchjd: bool) -> dict[str, Callable[[], ob
         F.cross_entropy(head(trunk(x)), y).backward()
         _step(params)
 
-    def sample_gramian() -> None:
-        losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
-        lg.aggregate_backward(losses, shared=trunk, aggregator=weighting, engine="sample_gramian")
-        _step(params)
+    def sample_gramian_with(agg: Any) -> Callable[[], None]:
+        def sample_gramian() -> None:
+            losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
+            lg.aggregate_backward(losses, shared=trunk, aggregator=agg, engine="sample_gramian")
+            _step(params)
+
+        return sample_gramian
 
     def exact() -> None:
         losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
@@ -158,7 +164,8 @@ def _single_label_cases(k: int, with_torchjd: bool) -> dict[str, Callable[[], ob
 
     cases: dict[str, Callable[[], object]] = {
         "plain": plain,
-        "sample_gramian": sample_gramian,
+        "sample_gramian": sample_gramian_with(weighting),
+        "sample_gramian (Mean)": sample_gramian_with(_MeanWeighting()),
         "exact": exact,
     }
     if not with_torchjd:
