@@ -158,3 +158,26 @@ def test_sample_gramian_accumulates_and_counts_policy_state_once() -> None:
     lg.per_label_losses(reference(head(trunk(x)), y), y, loss="ce").sum().backward()
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(state[key], value)
+
+
+def test_amortized_with_sample_gramian_reuses_weights() -> None:
+    trunk, head = _mlp(6)
+    x, y = torch.randn(9, 6, dtype=torch.float64), torch.randint(0, 6, (9,))
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    agg = lg.aggregation.Amortized(InvNorm(), every=2)
+    tracker = lg.aggregation.track(trunk)
+    try:
+        losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
+        first = lg.aggregate_backward(losses, shared=trunk, aggregator=agg)
+        assert first.engine == "sample_gramian"
+        trunk.zero_grad(set_to_none=True)
+        losses = lg.per_label_losses(head(trunk(2 * x)), y, loss="ce", groups=groups)
+        ref = torch.autograd.grad(
+            losses, list(trunk.parameters()), grad_outputs=first.weights, retain_graph=True
+        )
+        second = lg.aggregate_backward(losses, shared=trunk, aggregator=agg)
+    finally:
+        tracker.remove()
+    assert second.gramian is None
+    for p, r in zip(trunk.parameters(), ref):
+        torch.testing.assert_close(p.grad, r)

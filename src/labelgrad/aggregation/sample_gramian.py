@@ -52,6 +52,15 @@ class Tracker:
     Made by :func:`track`. Each record holds references to tensors autograd keeps anyway (the
     input of a Linear or Conv2d is saved for its backward); the output reference costs nothing
     either while the graph is alive. Records are kept only while gradients are enabled.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
+        >>> tracker = lg.aggregation.track(net)
+        >>> _ = net(torch.randn(4, 2))
+        >>> [type(m).__name__ for m in tracker.calls]
+        ['Linear']
+        >>> tracker.remove()
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -265,8 +274,11 @@ def run_sample_gramian(
         a, b = _positions(module, a_in, b_out)
         prepared.append((module, a, b))
         p_total += _layer_gramian(a.to(dtype), b.to(dtype), module.bias is not None)
-    member = F.one_hot(group, k).to(dtype) * valid.unsqueeze(1).to(dtype)  # S (N, K)
-    g = member.T @ p_total @ member
+    # G = S^T P S as two scatters over the group ids (no one-hot matrix, no host sync).
+    vmask = valid.to(dtype)
+    p_total = p_total * vmask.unsqueeze(1) * vmask.unsqueeze(0)
+    rows = torch.zeros(k, n, dtype=dtype, device=p_total.device).index_add_(0, group, p_total)
+    g = torch.zeros(k, k, dtype=dtype, device=p_total.device).index_add_(1, group, rows)
     if fb_jac:
         g = g + gramian_of(fb_jac)
     w = weigh(g)
@@ -278,7 +290,8 @@ def run_sample_gramian(
             bc = b * c.to(b.dtype)[:, None, None]
             weight = module.weight
             assert isinstance(weight, Tensor)
-            updates[id(weight)] = torch.einsum("nto,nti->oi", bc, a).reshape(weight.shape)
+            flat_b, flat_a = bc.reshape(-1, bc.shape[-1]), a.reshape(-1, a.shape[-1])
+            updates[id(weight)] = (flat_b.T @ flat_a).reshape(weight.shape)
             if isinstance(module.bias, Tensor):
                 updates[id(module.bias)] = bc.sum((0, 1))
         for p, j in zip(fallback, fb_jac):
