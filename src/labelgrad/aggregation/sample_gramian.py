@@ -142,6 +142,11 @@ def applicability(losses: Tensor, shared: object) -> tuple[bool, str]:
     )
 
 
+def _from_compiled_graph(out: Tensor) -> bool:
+    """Whether ``out`` was produced by a torch.compile'd graph (AOTAutograd's backward node)."""
+    return "CompiledFunction" in type(out.grad_fn).__name__
+
+
 def _supported(module: nn.Module) -> bool:
     if type(module) is nn.Linear:
         return True
@@ -213,6 +218,16 @@ def run_sample_gramian(
         ]
         own = [p for p in module.parameters(recurse=False) if id(p) in wanted]
         if not own or not live:
+            continue
+        if any(_from_compiled_graph(out) for _, out in live):
+            # Inside torch.compile the hook sees a side output of the compiled graph, not the
+            # tensor the next layer consumes: its gradient would be 0. Use the exact engine.
+            warn_once(
+                f"sg-compiled:{type(module).__name__}",
+                f"labelgrad: {type(module).__name__} runs inside a torch.compile'd region; the "
+                "sample-Gramian engine cannot see its real output and uses the exact engine for "
+                "its parameters",
+            )
             continue
         if len(live) == 1 and _supported(module) and live[0][0].shape[0] == n:
             layers.append((module, live[0][0], live[0][1]))
