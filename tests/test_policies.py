@@ -556,6 +556,23 @@ def test_hot_path_has_no_host_sync_on_meta_tensors():
         assert g.shape == z.shape and g.device.type == "meta"
 
 
+@pytest.mark.parametrize(
+    "policy",
+    [
+        lg.mask(torch.tensor([True, False, True])),
+        lg.class_weights(torch.tensor([1.0, 2.0, 3.0])),
+        lg.freeze_classes([1]),
+    ],
+    ids=["mask", "class_weights", "freeze_classes"],
+)
+def test_class_vector_policies_follow_the_gradient_device(policy):
+    """A policy left on the CPU works on logits elsewhere (its (C,) vector follows the grad)."""
+    z = torch.empty(8, 3, device="meta", requires_grad=True)
+    y = torch.empty(8, dtype=torch.long, device="meta")
+    (g,) = torch.autograd.grad(policy(z, y).sum(), z)
+    assert g.shape == z.shape and g.device.type == "meta"
+
+
 def test_user_policy_in_a_few_lines():
     class NegativesOnly(lg.Policy):
         def transform(self, grad, ctx):
