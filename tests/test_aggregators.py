@@ -544,6 +544,25 @@ def test_constructor_validation() -> None:
         A.UPGrad(pref_vector=torch.ones(2)).weights(torch.eye(3))
 
 
+@pytest.mark.parametrize(
+    ("build", "name", "call"),
+    [
+        (lambda v: A.UPGrad(pref_vector=v), "pref_vector", "weights"),
+        (lambda v: A.DualProj(pref_vector=v), "pref_vector", "weights"),
+        (lambda v: A.AlignedMTL(pref_vector=v), "pref_vector", "weights"),
+        (lambda v: A.ConFIG(pref_vector=v), "pref_vector", "aggregate"),
+        (lambda v: A.GradDrop(leak=v), "leak", "aggregate"),
+    ],
+)
+def test_per_row_vectors_are_checked_and_name_the_argument(
+    build: Callable[[Tensor], A.Aggregator], name: str, call: str
+) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be a 1-D tensor"):
+        build(torch.ones(2, 2))
+    with pytest.raises(ValueError, match=f"{name} has 2 entries, expected K = 3"):
+        getattr(build(torch.ones(2)), call)(torch.eye(3))
+
+
 def test_module_call_is_weights() -> None:
     g = torch.eye(3)
     torch.testing.assert_close(A.UPGrad()(g), A.UPGrad().weights(g))
