@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import labelgrad as lg
-from labelgrad._training import MLP, effective_number_weights, epoch_batches, per_class_recall
+from labelgrad._training import (
+    MLP,
+    effective_number_weights,
+    epoch_batches,
+    per_class_recall,
+    progress_bar,
+)
 from labelgrad.datasets import Dataset, digits_lt, hide_labels, yeast
 from labelgrad.report import (
     Section,
@@ -364,25 +370,6 @@ def _yeast_run(
 # --- the demo ---------------------------------------------------------------------------------
 
 
-def _progress(total: int, quiet: bool) -> Any:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress bars are a nicety, never a reason to fail
-        return _NoBar()
-    return tqdm(total=total, disable=quiet, unit="run", desc="labelgrad demo", leave=False)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _plan(has_rows: bool, has_agg: bool) -> tuple[list[str], list[str], list[str], list[str]]:
     digits = ["plain", "class_weights", "plain_sigmoid", "eqlv2"] + (
         ["row_rules"] if has_rows else []
@@ -452,7 +439,7 @@ def _run(
     total = len(seeds) * (
         len(imbalances) * len(digits_methods) + len(partial_methods) + len(agg_methods)
     )
-    bar = _progress(total, quiet)
+    bar = progress_bar(total, quiet=quiet, desc="labelgrad demo", unit="run", leave=False)
     rows: list[Row] = []
     per_class_if100: dict[str, list[list[float]]] = {}
     histories: dict[str, list[list[float]]] = {}

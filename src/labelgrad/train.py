@@ -65,7 +65,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import labelgrad as lg
-from labelgrad._training import MLP, effective_number_weights, epoch_batches, per_class_recall
+from labelgrad._training import (
+    MLP,
+    effective_number_weights,
+    epoch_batches,
+    per_class_recall,
+    progress_bar,
+)
 from labelgrad.datasets import DataError, read_csv, read_idx, read_npz
 from labelgrad.report import (
     Section,
@@ -606,7 +612,13 @@ def run_train(
             opt.step()
         return loss.detach()
 
-    bar = _bar(t["epochs"] * steps_per_epoch, quiet, start_epoch * steps_per_epoch)
+    bar = progress_bar(
+        t["epochs"] * steps_per_epoch,
+        quiet=quiet,
+        desc="labelgrad train",
+        unit="step",
+        initial=start_epoch * steps_per_epoch,
+    )
     t0 = time.perf_counter()
     try:
         for epoch in range(start_epoch, t["epochs"]):
@@ -722,31 +734,3 @@ def _evaluate(model: MLP, data: _Data, dev: torch.device) -> tuple[dict[str, flo
     f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), 0.0)
     micro = float(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()).clamp(min=1))
     return {"macro_f1": float(f1.mean()), "micro_f1": micro}, f1.tolist()
-
-
-class _Bar:
-    def __init__(self, total: int, quiet: bool, initial: int) -> None:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            self._bar: Any = None
-        else:
-            self._bar = tqdm(
-                total=total, initial=initial, disable=quiet, desc="labelgrad train", unit="step"
-            )
-
-    def update(self) -> None:
-        if self._bar is not None:
-            self._bar.update()
-
-    def set_postfix_str(self, s: str) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix_str(s)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _bar(total: int, quiet: bool, initial: int) -> _Bar:
-    return _Bar(total, quiet, initial)
