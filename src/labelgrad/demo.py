@@ -118,7 +118,6 @@ class DemoResult:
     rows: list[Row]
     out: Path
     files: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -127,7 +126,6 @@ class DemoResult:
             "rows": [r.summary() for r in self.rows],
             "out": str(self.out),
             "files": self.files,
-            "skipped": self.skipped,
             "seconds": self.seconds,
         }
 
@@ -300,15 +298,6 @@ def _digits_run(ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch
     )
 
 
-def _bce_per_label(logits: Tensor, targets: Tensor) -> Tensor:
-    """Per-label BCE losses, (K,): the mean over samples of each label's binary cross-entropy."""
-    per_label = getattr(lg, "per_label_losses", None)
-    if per_label is not None:
-        out: Tensor = per_label(logits, targets, loss="bce")
-        return out
-    return F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none").mean(0)
-
-
 def _multilabel_metrics(scores: Tensor, y: Tensor) -> tuple[dict[str, float], list[float]]:
     from sklearn.metrics import average_precision_score, f1_score
 
@@ -346,10 +335,8 @@ def _yeast_setup(
             loss.backward()
         else:
             # Every label is known here; losses.sum() is the same mean BCE as the "sum" run.
-            losses = _bce_per_label(model.head(feats), yb)
-            lg.aggregate_backward(  # type: ignore[attr-defined,unused-ignore]
-                losses, shared=model.trunk.parameters(), aggregator=aggregator
-            )
+            losses = lg.per_label_losses(model.head(feats), yb, loss="bce")
+            lg.aggregate_backward(losses, shared=model.trunk.parameters(), aggregator=aggregator)
         opt.step()
 
     return model, mon, step
@@ -368,20 +355,6 @@ def _yeast_run(
 
 
 # --- the demo ---------------------------------------------------------------------------------
-
-
-def _plan(has_rows: bool, has_agg: bool) -> tuple[list[str], list[str], list[str], list[str]]:
-    digits = ["plain", "class_weights", "plain_sigmoid", "eqlv2"] + (
-        ["row_rules"] if has_rows else []
-    )
-    partial = ["unknown_as_negative", "mask_unknown"]
-    agg = ["sum"] + (["PCGrad", "UPGrad"] if has_agg else [])
-    skipped = []
-    if not has_rows:
-        skipped.append("digits-LT row_rules: needs lg.RowRules, not in this build")
-    if not has_agg:
-        skipped.append("Yeast PCGrad/UPGrad: needs lg.aggregate_backward, not in this build")
-    return digits, partial, agg, skipped
 
 
 def run_demo(
@@ -431,9 +404,9 @@ def _run(
     echo: Callable[[str], None] | None,
     t_start: float,
 ) -> DemoResult:
-    has_rows = hasattr(lg, "RowRules")
-    has_agg = hasattr(lg, "aggregate_backward") and hasattr(lg, "aggregators")
-    digits_methods, partial_methods, agg_methods, skipped = _plan(has_rows, has_agg)
+    digits_methods = ["plain", "class_weights", "plain_sigmoid", "eqlv2", "row_rules"]
+    partial_methods = ["unknown_as_negative", "mask_unknown"]
+    agg_methods = ["sum", "PCGrad", "UPGrad"]
     seeds = [seed + i for i in range(sizes.seeds)]
     imbalances = [10.0, 100.0]
     total = len(seeds) * (
@@ -546,7 +519,7 @@ def _run(
             name = f"monitor_digits_if100_{method}.{suffix}"
             save_monitor(mon, folder / name, names)
             files.append(name)
-    result = DemoResult(rows, folder, files, skipped, time.perf_counter() - t_start)
+    result = DemoResult(rows, folder, files, time.perf_counter() - t_start)
     atomic_write_text(folder / "results.json", json.dumps(result.as_dict(), indent=1) + "\n")
     files.append("results.json")
     _write_demo_report(folder / "report.html", result, conflicts, len(seeds), str(dev))
@@ -555,8 +528,6 @@ def _run(
     if echo is not None:
         header, table = format_rows(rows)
         echo(_plain_table(header, table))
-        for reason in skipped:
-            echo(f"skipped: {reason}")
         echo(f"report: {folder / 'report.html'}  ({result.seconds:.0f} s)")
     return result
 
@@ -578,7 +549,7 @@ def _label_conflicts(model: MLP, ds: Dataset, device: torch.device) -> Tensor:
     """Conflict matrix of the per-label losses' gradients on the trunk, on the training set."""
     x, y = ds.x_train.to(device), ds.y_train.to(device)
     logits = model(x)
-    losses = _bce_per_label(logits, y)
+    losses = lg.per_label_losses(logits, y, loss="bce")
     gram = label_gramian(losses, model.trunk.parameters())
     return lg.conflicts(gram.detach()).cpu()
 
@@ -638,8 +609,6 @@ def _write_demo_report(
                 images=["label_conflicts.png"],
             )
         )
-    if result.skipped:
-        sections.append(Section("Skipped", list(result.skipped)))
     write_report(
         path,
         "labelgrad demo",

@@ -485,9 +485,6 @@ def _build_optimizer(cfg: TrainConfig, model: MLP, data: _Data) -> Any:
         opt = torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
     if cfg.rows is None:
         return opt
-    row_rules = getattr(lg, "RowRules", None)
-    if row_rules is None:
-        raise ConfigError(f"{cfg.file.name}: [rows] needs lg.RowRules, not in this build")
     r = cfg.rows
     kwargs: dict[str, Any] = {"skip_absent": r["skip_absent"]}
     if r["frozen"] is not None:
@@ -498,7 +495,7 @@ def _build_optimizer(cfg: TrainConfig, model: MLP, data: _Data) -> Any:
         counts = data.counts().clamp(min=1).double()
         kwargs["lr_scale"] = ((counts.max() / counts) ** float(r["lr_scale_power"])).float()
     try:
-        return row_rules(opt, rows=model.head, **kwargs)
+        return lg.RowRules(opt, rows=model.head, **kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{cfg.file.name}: [rows]: {err}") from None
 
@@ -509,10 +506,7 @@ def _build_aggregator(cfg: TrainConfig, data: _Data) -> Any:
     name = cfg.file.name
     if data.task != "multilabel":
         raise ConfigError(f"{name}: [aggregation] needs multilabel data (one loss per label)")
-    aggregators = getattr(lg, "aggregators", None)
-    if aggregators is None or not hasattr(lg, "aggregate_backward"):
-        raise ConfigError(f"{name}: [aggregation] needs lg.aggregate_backward, not in this build")
-    cls = getattr(aggregators, cfg.aggregation["aggregator"], None)
+    cls = getattr(lg.aggregators, cfg.aggregation["aggregator"], None)
     if cls is None or not callable(cls):
         raise ConfigError(
             f"{name}: [aggregation] unknown aggregator {cfg.aggregation['aggregator']!r}"
@@ -595,8 +589,8 @@ def run_train(
             target = yb.clamp(min=0).to(logits.dtype)
             if aggregator is not None:
                 # Unknown (-1) labels contribute nothing to the per-label losses.
-                losses = lg.per_label_losses(logits, yb, loss="bce")  # type: ignore[attr-defined,unused-ignore]
-                lg.aggregate_backward(  # type: ignore[attr-defined,unused-ignore]
+                losses = lg.per_label_losses(logits, yb, loss="bce")
+                lg.aggregate_backward(
                     losses, shared=model.trunk.parameters(), aggregator=aggregator
                 )
                 loss = losses.detach().sum()
