@@ -316,6 +316,14 @@ def test_train_on_idx_and_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, out, err = _train([str(cfg), "--out", str(tmp_path / "n"), "--json"], capsys)
     assert code == 0, err
     assert set(json.loads(out)["test"]) == {"macro_f1", "micro_f1"}
+    # Unknown labels are left out of the loss itself: the run equals the one that masks them.
+    plain = _config(tmp_path, '[data]\npath = "m.npz"\n[train]\nepochs = 1\n')
+    code, _, err = _train([str(plain), "--out", str(tmp_path / "p"), "--json"], capsys)
+    assert code == 0, err
+    masked = torch.load(tmp_path / "n" / "checkpoint.pt", weights_only=True)["model"]
+    unmasked = torch.load(tmp_path / "p" / "checkpoint.pt", weights_only=True)["model"]
+    for name, value in masked.items():
+        torch.testing.assert_close(unmasked[name], value, rtol=0, atol=1e-6)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -586,16 +586,16 @@ def run_train(
         logits = policy(model.head(feats), yb)
         loss: Tensor
         if multilabel:
-            target = yb.clamp(min=0).to(logits.dtype)
+            # Mean BCE over the known entries: unknown (-1) labels contribute nothing, with or
+            # without aggregation (the K losses sum to the plain loss).
+            losses = lg.per_label_losses(logits, yb, loss="bce")
             if aggregator is not None:
-                # Unknown (-1) labels contribute nothing to the per-label losses.
-                losses = lg.per_label_losses(logits, yb, loss="bce")
                 lg.aggregate_backward(
                     losses, shared=model.trunk.parameters(), aggregator=aggregator
                 )
                 loss = losses.detach().sum()
             else:
-                loss = F.binary_cross_entropy_with_logits(logits, target)
+                loss = losses.sum()
                 loss.backward()
         else:
             loss = F.cross_entropy(logits, yb)
