@@ -72,7 +72,7 @@ from labelgrad._training import (
     per_class_recall,
     progress_bar,
 )
-from labelgrad.datasets import DataError, read_csv, read_idx, read_npz
+from labelgrad.datasets import DataError, Dataset, Task, read_csv, read_idx, read_npz
 from labelgrad.report import (
     Section,
     atomic_path,
@@ -352,22 +352,7 @@ def _policies(raw: Any, file: str) -> list[dict[str, Any]]:
 # --- data -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Data:
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    num_classes: int
-    task: str
-
-    def counts(self) -> Tensor:
-        if self.task == "multiclass":
-            return torch.bincount(self.y_train, minlength=self.num_classes)
-        return (self.y_train == 1).sum(dim=0)
-
-
-def _load_data(cfg: TrainConfig, seed: int) -> _Data:
+def _load_data(cfg: TrainConfig, seed: int) -> Dataset:
     d = cfg.data
     fmt = d["format"]
     if fmt == "csv":
@@ -387,7 +372,7 @@ def _load_data(cfg: TrainConfig, seed: int) -> _Data:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    task = d["task"] or ("multiclass" if y.ndim == 1 else "multilabel")
+    task: Task = d["task"] or ("multiclass" if y.ndim == 1 else "multilabel")
     if y.dtype.kind == "f" and not (y == np.round(y)).all():
         raise DataError(f"{d['path']}: labels must be integers")
     y = y.astype(np.int64)
@@ -422,16 +407,24 @@ def _load_data(cfg: TrainConfig, seed: int) -> _Data:
     def t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
-    return _Data(
-        t(xtr, torch.float32), t(y[tr], torch.long), t(xte, torch.float32),
-        t(y[te], torch.long), c, task,
-    )  # fmt: skip
+    return Dataset(
+        name=Path(d["path"]).name,
+        x_train=t(xtr, torch.float32),
+        y_train=t(y[tr], torch.long),
+        x_test=t(xte, torch.float32),
+        y_test=t(y[te], torch.long),
+        class_names=tuple(str(k) for k in range(c)),
+        task=task,
+        meta={"source": d["path"], "seed": seed},
+    )
 
 
 # --- building the run -----------------------------------------------------------------------
 
 
-def _build_policy(cfg: TrainConfig, data: _Data, history: int) -> tuple[lg.Policy, lg.GradMonitor]:
+def _build_policy(
+    cfg: TrainConfig, data: Dataset, history: int
+) -> tuple[lg.Policy, lg.GradMonitor]:
     c = data.num_classes
     built: list[lg.Policy] = []
     for spec in cfg.policies:
@@ -443,7 +436,7 @@ def _build_policy(cfg: TrainConfig, data: _Data, history: int) -> tuple[lg.Polic
                 w = (
                     torch.tensor(spec["weights"], dtype=torch.float32)
                     if "weights" in spec
-                    else effective_number_weights(data.counts(), float(spec["beta"]))
+                    else effective_number_weights(data.train_counts(), float(spec["beta"]))
                 )
                 built.append(lg.class_weights(w))
             elif name == "pos_neg_weights":
@@ -471,7 +464,7 @@ def _floats(spec: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _build_optimizer(cfg: TrainConfig, model: MLP, data: _Data) -> Any:
+def _build_optimizer(cfg: TrainConfig, model: MLP, data: Dataset) -> Any:
     t = cfg.train
     params = model.parameters()
     opt: Any
@@ -492,7 +485,7 @@ def _build_optimizer(cfg: TrainConfig, model: MLP, data: _Data) -> Any:
     if r["lr_scale"] is not None:
         kwargs["lr_scale"] = torch.tensor(r["lr_scale"], dtype=torch.float32)
     elif r["lr_scale_power"] is not None:
-        counts = data.counts().clamp(min=1).double()
+        counts = data.train_counts().clamp(min=1).double()
         kwargs["lr_scale"] = ((counts.max() / counts) ** float(r["lr_scale_power"])).float()
     try:
         return lg.RowRules(opt, rows=model.head, **kwargs)
@@ -500,7 +493,7 @@ def _build_optimizer(cfg: TrainConfig, model: MLP, data: _Data) -> Any:
         raise ConfigError(f"{cfg.file.name}: [rows]: {err}") from None
 
 
-def _build_aggregator(cfg: TrainConfig, data: _Data) -> Any:
+def _build_aggregator(cfg: TrainConfig, data: Dataset) -> Any:
     if cfg.aggregation is None:
         return None
     name = cfg.file.name
@@ -644,7 +637,7 @@ def run_train(
         "per_class": per_class,
         "train_seconds": seconds,
     }
-    names = [str(c) for c in range(data.num_classes)]
+    names = list(data.class_names)
     files = ["checkpoint.pt"]
     for fname in ("monitor.csv", "monitor.history.csv", "monitor.json"):
         save_monitor(mon, folder / fname, names)
@@ -660,7 +653,7 @@ def run_train(
         {metric_name: [0.0 if math.isnan(v) else v for v in per_class]},
         names,
         folder / "per_class.png",
-        counts=data.counts().tolist(),
+        counts=data.train_counts().tolist(),
         title=f"per-class test {metric_name}",
     )
     files.append("per_class.png")
@@ -712,7 +705,7 @@ def _save_checkpoint(
         torch.save(state, tmp)
 
 
-def _evaluate(model: MLP, data: _Data, dev: torch.device) -> tuple[dict[str, float], list[float]]:
+def _evaluate(model: MLP, data: Dataset, dev: torch.device) -> tuple[dict[str, float], list[float]]:
     with torch.no_grad():
         logits = model(data.x_test.to(dev)).cpu()
     if data.task == "multiclass":
