@@ -27,21 +27,6 @@ from labelgrad.bench._timing import Result, interleaved, ratios
 __all__ = ["run"]
 
 
-class _MeanWeighting:
-    """w = 1/K (TorchJD's Mean): used when ``lg.aggregators`` is not available."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        k = gramian.shape[0]
-        return torch.full((k,), 1.0 / k, dtype=gramian.dtype, device=gramian.device)
-
-
-def _weighting() -> tuple[Any, str]:
-    aggregators = getattr(lg, "aggregators", None)
-    if aggregators is not None and hasattr(aggregators, "UPGrad"):
-        return aggregators.UPGrad(), "UPGrad"
-    return _MeanWeighting(), "Mean (lg.aggregators not available)"
-
-
 def _mlp(num_classes: int, seed: int = 0) -> tuple[nn.Module, nn.Linear]:
     torch.manual_seed(seed)
     trunk = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
@@ -56,14 +41,14 @@ def _step(params: Sequence[Tensor], lr: float = 1e-3) -> None:
                 p.grad = None
 
 
-def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], object]], str]:
+def _multilabel_cases(k: int, quick: bool) -> dict[str, Callable[[], object]]:
     trunk, head = _mlp(k)
     params = [*trunk.parameters(), *head.parameters()]
     shared = list(trunk.parameters())
     g = torch.Generator().manual_seed(1)
     x = torch.randn(256, 256, generator=g)
     y = (torch.rand(256, k, generator=g) < 0.2).long()
-    weighting, wname = _weighting()
+    weighting = lg.aggregators.UPGrad()
     amortized = lg.aggregation.Amortized(weighting, every=8)
 
     def plain() -> None:
@@ -127,7 +112,7 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
 
             cases["torchjd-upgrad"] = torchjd_case(JDUPGrad())
             cases["torchjd-mean"] = torchjd_case(JDMean())
-    return cases, wname
+    return cases
 
 
 def _single_label_cases(k: int) -> dict[str, Callable[[], object]]:
@@ -138,7 +123,7 @@ def _single_label_cases(k: int) -> dict[str, Callable[[], object]]:
     x = torch.randn(256, 256, generator=g)
     y = torch.randint(0, c, (256,), generator=g)
     groups = torch.arange(c) % k
-    weighting, _ = _weighting()
+    weighting = lg.aggregators.UPGrad()
     lg.aggregation.track(trunk)
     shared = list(trunk.parameters())
 
@@ -184,14 +169,10 @@ def run(quick: bool = False) -> list[Result]:
     steps, warmup = (3, 1) if quick else (30, 5)
     rows: list[Result] = []
     for k in (16, 80):
-        cases, wname = _multilabel_cases(k, quick)
-        times = interleaved(cases, steps=steps, warmup=warmup)
-        rows += ratios(f"aggregation/mlp-multilabel K={k}", times, "plain", weighting=wname)
-    from labelgrad.aggregation import sample_gramian
-
-    if getattr(sample_gramian, "IMPLEMENTED", False):
-        for k in (10, 100):
-            cases = _single_label_cases(k)
-            times = interleaved(cases, steps=max(1, steps // 2), warmup=warmup)
-            rows += ratios(f"aggregation/mlp-single-label K={k}", times, "plain", weighting=wname)
+        times = interleaved(_multilabel_cases(k, quick), steps=steps, warmup=warmup)
+        rows += ratios(f"aggregation/mlp-multilabel K={k}", times, "plain", weighting="UPGrad")
+    for k in (10, 100):
+        cases = _single_label_cases(k)
+        times = interleaved(cases, steps=max(1, steps // 2), warmup=warmup)
+        rows += ratios(f"aggregation/mlp-single-label K={k}", times, "plain", weighting="UPGrad")
     return rows
