@@ -483,6 +483,20 @@ def test_nash_update_weights_every_reuses_the_solution() -> None:
     assert int(agg.calls) == 2
 
 
+def test_nash_reset_restarts_the_update_schedule() -> None:
+    j = jacobian(4, 9, seed=15)
+    gs = [g * (1 + i) for i, g in enumerate([j @ j.T] * 4)]
+    fresh = A.NashMTL(max_norm=0, update_weights_every=3)
+    expected = [fresh.weights(g) for g in gs]
+    agg = A.NashMTL(max_norm=0, update_weights_every=3)
+    for g in gs[:2]:  # two calls of a period of three: reset mid-period
+        agg.weights(g)
+    agg.reset()
+    for g, want in zip(gs, expected):
+        assert torch.equal(agg.weights(g), want)
+    assert int(agg.calls) == len(gs)
+
+
 @pytest.mark.parametrize(
     "make",
     [
