@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,13 @@ def _digits_run(ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch
     )
 
 
+def _digits_lt_run(
+    seed: int, *, imbalance: float, method: str, sizes: Sizes, device: torch.device
+) -> _Run:
+    """:func:`_digits_run` on the digits-LT cut of ``seed``."""
+    return _digits_run(digits_lt(imbalance=imbalance, seed=seed), method, seed, sizes, device)
+
+
 def _multilabel_metrics(scores: Tensor, y: Tensor) -> tuple[dict[str, float], list[float]]:
     from sklearn.metrics import average_precision_score, f1_score
 
@@ -418,25 +426,35 @@ def _run(
     histories: dict[str, list[list[float]]] = {}
     monitors: dict[str, lg.GradMonitor] = {}
     digits_sets: dict[float, Dataset] = {}
+
+    def collect(experiment: str, method: str, run_one: Callable[[int], _Run]) -> list[_Run]:
+        """One table row: ``method`` run once per seed (runs[0] is the first seed's)."""
+        row = Row(experiment, method, {}, [])
+        runs = []
+        for s in seeds:
+            bar.set_postfix_str(f"{experiment}: {method} seed={s}")
+            run = run_one(s)
+            for key, v in run.metrics.items():
+                row.metrics.setdefault(key, []).append(v)
+            row.step_ms.append(run.step_ms)
+            runs.append(run)
+            bar.update()
+        rows.append(row)
+        return runs
+
     try:
         for imb in imbalances:
+            digits_sets[imb] = digits_lt(imbalance=imb, seed=seed)
             for method in digits_methods:
-                row = Row(f"digits-LT IF={imb:g}", method, {}, [])
-                for s in seeds:
-                    ds = digits_lt(imbalance=imb, seed=s)
-                    digits_sets.setdefault(imb, ds)
-                    bar.set_postfix_str(f"digits IF={imb:g} {method} seed={s}")
-                    run = _digits_run(ds, method, s, sizes, dev)
-                    for key, v in run.metrics.items():
-                        row.metrics.setdefault(key, []).append(v)
-                    row.step_ms.append(run.step_ms)
-                    if imb == 100.0:
-                        per_class_if100.setdefault(method, []).append(run.per_class)
-                        if s == seed:
-                            histories[method] = run.history
-                            monitors[method] = run.monitor
-                    bar.update()
-                rows.append(row)
+                runs = collect(
+                    f"digits-LT IF={imb:g}",
+                    method,
+                    partial(_digits_lt_run, imbalance=imb, method=method, sizes=sizes, device=dev),
+                )
+                if imb == 100.0:
+                    per_class_if100[method] = [run.per_class for run in runs]
+                    histories[method] = runs[0].history
+                    monitors[method] = runs[0].monitor
             ds = digits_sets[imb]
             steps = {m: _digits_setup(ds, m, seed, sizes, dev)[2] for m in digits_methods}
             _set_timings(rows[-len(digits_methods) :], steps, ds, ds.y_train, sizes, dev)
@@ -446,31 +464,23 @@ def _run(
             base = _subset(base, sizes.yeast_limit)
         hidden = hide_labels(base.y_train, 0.5, seed=seed)
         for method in partial_methods:
-            row = Row("Yeast, 50% labels hidden", method, {}, [])
-            for s in seeds:
-                bar.set_postfix_str(f"Yeast hidden {method} seed={s}")
-                run = _yeast_run(base, method, s, sizes, dev, hidden)
-                for key, v in run.metrics.items():
-                    row.metrics.setdefault(key, []).append(v)
-                row.step_ms.append(run.step_ms)
-                bar.update()
-            rows.append(row)
+            collect(
+                "Yeast, 50% labels hidden",
+                method,
+                partial(_yeast_run, base, method, sizes=sizes, device=dev, y_train=hidden),
+            )
         steps = {m: _yeast_setup(base, m, seed, dev)[2] for m in partial_methods}
         _set_timings(rows[-len(partial_methods) :], steps, base, hidden, sizes, dev)
 
         conflicts: Tensor | None = None
         for method in agg_methods:
-            row = Row("Yeast, label aggregation", method, {}, [])
-            for s in seeds:
-                bar.set_postfix_str(f"Yeast {method} seed={s}")
-                run = _yeast_run(base, method, s, sizes, dev, base.y_train)
-                for key, v in run.metrics.items():
-                    row.metrics.setdefault(key, []).append(v)
-                row.step_ms.append(run.step_ms)
-                if method == "sum" and s == seed:
-                    conflicts = _label_conflicts(run.model, base, dev)
-                bar.update()
-            rows.append(row)
+            runs = collect(
+                "Yeast, label aggregation",
+                method,
+                partial(_yeast_run, base, method, sizes=sizes, device=dev, y_train=base.y_train),
+            )
+            if method == "sum":
+                conflicts = _label_conflicts(runs[0].model, base, dev)
         steps = {m: _yeast_setup(base, m, seed, dev)[2] for m in agg_methods}
         _set_timings(rows[-len(agg_methods) :], steps, base, base.y_train, sizes, dev)
     finally:
