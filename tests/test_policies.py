@@ -501,6 +501,10 @@ def test_policy_without_targets_says_it_needs_them():
         ),
         (lambda: lg.freeze_classes([0.5]), TypeError, "classes must hold int"),
         (lambda: lg.eqlv2(num_classes=0), ValueError, "num_classes must be a positive int"),
+        (lambda: lg.monitor(num_classes=True), ValueError, "num_classes must be a positive int"),
+        (lambda: lg.monitor(3, history=-1), ValueError, "history must be a non-negative int"),
+        (lambda: lg.schedule(lg.mask_unknown(), 1.5), ValueError, "start_step must be a non"),
+        (lambda: lg.schedule(lg.mask_unknown()).set_step(-2), ValueError, "step must be a non"),
         (
             lambda: lg.schedule(lg.mask_unknown(), start_step=3, end_step=1),
             ValueError,
