@@ -655,6 +655,7 @@ def run_train(
         folder / "per_class.png",
         counts=data.train_counts().tolist(),
         title=f"per-class test {metric_name}",
+        ylabel=f"test {metric_name}",
     )
     files.append("per_class.png")
     summary["files"] = [*files, "metrics.json", "report.html"]
