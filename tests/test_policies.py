@@ -577,6 +577,22 @@ def test_class_vector_policies_follow_the_gradient_device(policy):
     assert g.shape == z.shape and g.device.type == "meta"
 
 
+def test_targets_on_another_device_follow_the_logits():
+    """CPU labels (validated there) work with logits elsewhere: the gate moves them."""
+    policy = lg.chain(
+        lg.mask_unknown(),
+        lg.class_weights(torch.ones(3)),
+        lg.pos_neg_weights(2.0, 0.5),
+        lg.eqlv2(num_classes=3),
+    ).to("meta")
+    z = torch.empty(8, 3, device="meta", requires_grad=True)
+    for y in (torch.tensor([0, 1, 2, -100, 0, 1, 2, 0]), torch.tensor([[1, 0, -1]] * 8)):
+        (g,) = torch.autograd.grad(policy(z, y).sum(), z)
+        assert g.shape == z.shape and g.device.type == "meta"
+    with pytest.raises(ValueError, match="out of range"):
+        policy(z, torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]))  # still validated on the CPU
+
+
 def test_user_policy_in_a_few_lines():
     class NegativesOnly(lg.Policy):
         def transform(self, grad, ctx):
