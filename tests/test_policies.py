@@ -593,6 +593,23 @@ def test_targets_on_another_device_follow_the_logits():
         policy(z, torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]))  # still validated on the CPU
 
 
+def test_clipping_makes_no_host_to_device_copy(monkeypatch):
+    """torch.tensor(value, device=accelerator) is a pageable copy that waits for the stream."""
+    real = torch.tensor
+
+    def tensor(*args, device=None, **kwargs):
+        if device is not None and torch.device(device).type != "cpu":
+            raise AssertionError("host-to-device copy on the backward path")
+        return real(*args, device=device, **kwargs)
+
+    policy = lg.chain(lg.clip_per_class(1.0), lg.clip_per_sample(1.0))
+    z = torch.empty(8, 3, device="meta", requires_grad=True)
+    out = policy(z)
+    monkeypatch.setattr(torch, "tensor", tensor)
+    (g,) = torch.autograd.grad(out.sum(), z)
+    assert g.device.type == "meta"
+
+
 def test_user_policy_in_a_few_lines():
     class NegativesOnly(lg.Policy):
         def transform(self, grad, ctx):

@@ -15,9 +15,11 @@ def _clip(grad: Tensor, ctx: GradContext, max_norm: float, dims: tuple[int, ...]
     # Accumulate in at least float32 (fp16/bf16 gradients overflow or lose the norm).
     acc = torch.promote_types(grad.dtype, torch.float32)
     norm = grad.to(acc).square().sum(dim=dims, keepdim=True).sqrt()
-    limit = torch.tensor(max_norm, dtype=acc, device=grad.device)
+    # A Python scalar, not torch.tensor(max_norm, device=...): that would be a pageable
+    # host-to-device copy on every backward, which waits for the stream on CUDA.
+    limit: Tensor | float = max_norm
     if ctx.grad_scale is not None:
-        limit = limit * ctx.grad_scale.to(acc)  # compare the unscaled norm with max_norm
+        limit = max_norm * ctx.grad_scale.to(acc)  # compare the unscaled norm with max_norm
     # norm == 0 gives inf -> clamped to 1. A non-finite norm leaves the group untouched, so a
     # GradScaler still sees the overflow and skips the step.
     factor = torch.clamp(limit / norm, max=1.0)
