@@ -17,7 +17,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -625,8 +625,3 @@ def _write_demo_report(
         sections,
         footer=f"labelgrad {lg.__version__}, torch {torch.__version__}",
     )
-
-
-def iter_rows(result: DemoResult) -> Iterable[dict[str, Any]]:
-    """The result rows as dicts (for ``--json``)."""
-    return (r.summary() for r in result.rows)
