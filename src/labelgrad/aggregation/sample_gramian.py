@@ -40,8 +40,6 @@ from labelgrad.aggregation.losses import loss_structure
 
 __all__ = ["Tracker", "applicability", "run_sample_gramian", "track"]
 
-IMPLEMENTED = True
-
 _TRACKERS: weakref.WeakKeyDictionary[nn.Module, Tracker] = weakref.WeakKeyDictionary()
 _MAX_CALLS = 4
 

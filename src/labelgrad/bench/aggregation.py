@@ -196,11 +196,8 @@ def run(quick: bool = False) -> list[Result]:
         cases, wname = _multilabel_cases(k, quick)
         times = interleaved(cases, steps=steps, warmup=warmup)
         rows += ratios(f"aggregation/mlp-multilabel K={k}", times, "plain", weighting=wname)
-    from labelgrad.aggregation import sample_gramian
-
-    if getattr(sample_gramian, "IMPLEMENTED", False):
-        for k in (10,) if quick else (10, 100):
-            cases = _single_label_cases(k, with_torchjd=not quick)
-            times = interleaved(cases, steps=max(1, steps // 2), warmup=warmup)
-            rows += ratios(f"aggregation/mlp-single-label K={k}", times, "plain", weighting=wname)
+    for k in (10,) if quick else (10, 100):
+        cases = _single_label_cases(k, with_torchjd=not quick)
+        times = interleaved(cases, steps=max(1, steps // 2), warmup=warmup)
+        rows += ratios(f"aggregation/mlp-single-label K={k}", times, "plain", weighting=wname)
     return rows
