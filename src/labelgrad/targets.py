@@ -277,8 +277,11 @@ def _from_indices(
         class_dim = normalize_class_dim(class_dim, targets.dim() + 1)
     idx = targets.long()
     if validate and idx.numel() > 0:
-        bad = (idx != ignore_index) & ((idx < 0) | (idx >= num_classes))
-        if bool(bad.any()):
+        low, high = (int(v) for v in torch.aminmax(idx))
+        # One min/max pass decides the common case (no ignored labels, all in range).
+        in_range = low >= 0 and high < num_classes
+        bad = None if in_range else (idx != ignore_index) & ((idx < 0) | (idx >= num_classes))
+        if bad is not None and bool(bad.any()):
             first = int(idx[bad][0])
             raise ValueError(
                 f"class index {first} is out of range for num_classes={num_classes} "
@@ -323,27 +326,16 @@ def _from_dense(
     if encoding == "soft" and not targets.is_floating_point():
         targets = targets.float()
     if validate and targets.numel() > 0:
-        if encoding == "multi_hot":
-            ok = (targets == 0) | (targets == 1) | (targets == -1)
-            if not bool(ok.all()):
-                raise ValueError(
-                    "multi_hot targets must contain only 0, 1 and -1 (unknown); for "
-                    "probabilities use a float tensor (soft labels)"
-                )
-        else:
-            ok = ((targets >= 0) & (targets <= 1)) | (targets == -1)
-            if not bool(ok.all()):
-                raise ValueError(
-                    "soft targets must be probabilities in [0, 1], or -1 for unknown labels "
-                    "(NaN and inf are not labels)"
-                )
+        _validate_dense(targets, encoding)
     if targets.dtype == torch.bool:
         positive = targets
         known = torch.ones_like(targets)
         values = targets.float()
     else:
         known = targets >= 0
-        values = torch.where(known, targets, torch.zeros((), dtype=targets.dtype)).float()
+        # -1 (unknown) -> 0; validated values have no other negatives. clamp, not where: one
+        # cheap pass on the hot path.
+        values = targets.clamp(min=0).float()
         positive = values >= 0.5
     return Targets(
         positive=positive,
@@ -354,6 +346,30 @@ def _from_dense(
         indices=None,
         values=values,
     )
+
+
+def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
+    """Raise unless multi-hot values are in {-1, 0, 1} / soft values in [0, 1] or -1."""
+    # One min/max pass decides the common case; the full check runs only when it cannot.
+    low, high = (float(v) for v in torch.aminmax(targets))
+    if encoding == "multi_hot":
+        if not targets.is_floating_point() and low >= -1 and high <= 1:
+            return
+        ok = (targets == 0) | (targets == 1) | (targets == -1)
+        if not bool(ok.all()):
+            raise ValueError(
+                "multi_hot targets must contain only 0, 1 and -1 (unknown); for "
+                "probabilities use a float tensor (soft labels)"
+            )
+        return
+    if low >= 0 and high <= 1:  # False for NaN
+        return
+    ok = ((targets >= 0) & (targets <= 1)) | (targets == -1)
+    if not bool(ok.all()):
+        raise ValueError(
+            "soft targets must be probabilities in [0, 1], or -1 for unknown labels "
+            "(NaN and inf are not labels)"
+        )
 
 
 def _check_existing(
