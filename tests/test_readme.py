@@ -1,0 +1,22 @@
+"""The README's code example runs as written (its three blocks form one script)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_readme_example_runs() -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## What it does, in code") : text.index("## The demo, step by step")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    exec(compile("\n".join(blocks), str(README), "exec"), namespace)
+    opt = namespace["opt"]
+    head = namespace["model"][2]  # type: ignore[index]
+    # The frozen rows of the README's RowRules did not move from their initial values.
+    assert opt.frozen[:3].all()  # type: ignore[attr-defined]
+    assert head.weight.grad is not None
