@@ -9,8 +9,16 @@ from torch import nn
 
 import labelgrad as lg
 
-torch.set_default_dtype(torch.float64)
 TOL = {"rtol": 0.0, "atol": 1e-6}
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """The references are compared in float64; restore the default for other modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def make_model(d_in: int = 6, c: int = 4, seed: int = 0) -> nn.Module:
