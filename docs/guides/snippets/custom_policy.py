@@ -71,8 +71,7 @@ print("positives seen:", policy.positives.tolist(), "of", int(policy.seen), "sam
 # Auxiliary backward passes must not count the batch again.
 before = policy.positives.clone()
 with lg.no_state_update():
-    print("inside no_state_update, state_updates_enabled() =",
-          lg.policies.state_updates_enabled())
+    print("inside no_state_update, state_updates_enabled() =", lg.policies.state_updates_enabled())
     z = torch.zeros(8, 3, requires_grad=True)
     policy(z, y).sum().backward()
 print("statistics unchanged by the auxiliary pass:", torch.equal(before, policy.positives))
@@ -81,8 +80,13 @@ print("statistics unchanged by the auxiliary pass:", torch.equal(before, policy.
 restored = InverseFrequency(num_classes=3)
 restored.load_state_dict(policy.state_dict())
 print("state_dict keys:", sorted(policy.state_dict()))
-print("round trip exact:", all(torch.equal(a, b) for a, b in
-                               zip(policy.state_dict().values(), restored.state_dict().values())))
+print(
+    "round trip exact:",
+    all(
+        torch.equal(a, b)
+        for a, b in zip(policy.state_dict().values(), restored.state_dict().values())
+    ),
+)
 
 # Custom policies compose with the built-in ones.
 combined = lg.chain(lg.mask_unknown(), ScaleNegatives(0.5), lg.clip_per_sample(max_norm=1.0))

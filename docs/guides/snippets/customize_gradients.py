@@ -34,8 +34,10 @@ ref = F.binary_cross_entropy_with_logits(
     model(x), labels.clamp(min=0).float(), weight=known, reduction="sum"
 )
 refs = torch.autograd.grad(ref, list(model.parameters()))
-print("2. mask_unknown vs loss over known labels, max |diff| per parameter:",
-      [f"{float((a - b).abs().max()):.0e}" for a, b in zip(ours, refs)])
+print(
+    "2. mask_unknown vs loss over known labels, max |diff| per parameter:",
+    [f"{float((a - b).abs().max()):.0e}" for a, b in zip(ours, refs)],
+)
 
 # 3. Adam cancels a constant scale: multiplying row c of the gradient by w[c] does not change
 #    row c's step, because Adam divides each coordinate by its own gradient magnitude.

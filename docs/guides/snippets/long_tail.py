@@ -52,7 +52,6 @@ freq = torch.tensor(counts, dtype=torch.float32)
 inv = freq.sum() / (C * freq)  # inverse class frequency, mean ~1
 print("cross-entropy                   :", fit())
 print("class_weights(1/freq)           :", fit(lg.class_weights(inv)))
-print("deferred re-weighting (DRW)     :",
-      fit(lg.schedule(lg.class_weights(inv), start_step=120)))
+print("deferred re-weighting (DRW)     :", fit(lg.schedule(lg.class_weights(inv), start_step=120)))
 print("sigmoid BCE                     :", fit(loss="bce"))
 print("sigmoid BCE + eqlv2             :", fit(lg.eqlv2(num_classes=C), loss="bce"))

@@ -2,6 +2,7 @@
 # of the training labels hidden (-1). Compare: unknowns treated as negatives, unknowns masked
 # with lg.mask_unknown(), and the oracle that sees every label.
 import gzip
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,6 @@ from torch import nn
 import labelgrad as lg
 
 # Yeast ships with river (`pip install 'labelgrad[data]'`); read it with numpy.
-import importlib.util
-
 river = importlib.util.find_spec("river")  # locate the file without importing river
 path = Path(river.origin).parent / "datasets" / "yeast.csv.gz"
 with gzip.open(path, "rt") as fh:
@@ -26,8 +25,10 @@ train, test = perm[:1700], perm[1700:]
 y_train = y[train].clone()
 hidden = torch.rand(y_train.shape, generator=torch.Generator().manual_seed(1)) < 0.6
 y_train[hidden] = -1
-print(f"train labels known: {(y_train >= 0).float().mean():.0%}, positives among known: "
-      f"{(y_train == 1).sum() / (y_train >= 0).sum():.0%}")
+print(
+    f"train labels known: {(y_train >= 0).float().mean():.0%}, positives among known: "
+    f"{(y_train == 1).sum() / (y_train >= 0).sum():.0%}"
+)
 
 
 def fit(labels: torch.Tensor, policy: lg.Policy | None) -> float:
@@ -65,5 +66,7 @@ reference = F.binary_cross_entropy_with_logits(
 )
 g1 = torch.autograd.grad(masked, list(model.parameters()))
 g2 = torch.autograd.grad(reference, list(model.parameters()))
-print(f"max |grad difference| vs the known-labels-only loss: "
-      f"{max(float((a - b).abs().max()) for a, b in zip(g1, g2)):.1e}")
+print(
+    f"max |grad difference| vs the known-labels-only loss: "
+    f"{max(float((a - b).abs().max()) for a, b in zip(g1, g2)):.1e}"
+)
