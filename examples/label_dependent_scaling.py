@@ -27,7 +27,9 @@ def main() -> None:
 
     # labelgrad: one policy at the logits; every parameter gets the weighted loss's gradient.
     logits = lg.class_weights(w)(model(x), y)
-    grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), list(model.parameters()))
+    grads = torch.autograd.grad(
+        F.cross_entropy(logits, y, reduction="sum"), list(model.parameters())
+    )
     ref = torch.autograd.grad(
         F.cross_entropy(model(x), y, weight=w, reduction="sum"), list(model.parameters())
     )

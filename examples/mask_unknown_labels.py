@@ -50,7 +50,9 @@ def main() -> None:
     worst = max((a - b).abs().max().item() for a, b in zip(grads, ref_grads))
     print(f"labelgrad vs loss over known labels only: max |difference| = {worst:.2e}")
     trunk = grads[0].norm().item()
-    print(f"the trunk's gradient is masked too (norm {trunk:.4f}); editing the head's .grad cannot do that")
+    print(
+        f"the trunk's gradient is masked too (norm {trunk:.4f}); editing the head's .grad cannot do that"
+    )
 
 
 if __name__ == "__main__":

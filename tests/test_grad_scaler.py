@@ -63,7 +63,9 @@ def test_without_attaching_the_scaler_clipping_is_scale_dependent():
     policy = make_policy()  # no scaler attached
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 6, generator=g), torch.randint(-1, 2, (8, 4), generator=g)
-    loss = F.binary_cross_entropy_with_logits(policy(model(x), y), y.clamp(min=0).float(), reduction="sum")
+    loss = F.binary_cross_entropy_with_logits(
+        policy(model(x), y), y.clamp(min=0).float(), reduction="sum"
+    )
     scaler.scale(loss).backward()
     scaler.step(opt)
     assert not torch.allclose(model[2].weight, plain_model[2].weight, atol=1e-4)
@@ -88,5 +90,5 @@ def test_overflow_reaches_the_scaler_and_spares_statistics():
 
 
 def test_attach_rejects_non_scalers():
-    with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler"):
+    with pytest.raises(TypeError, match=r"scaler must be a torch\.amp\.GradScaler"):
         lg.clip_per_class(1.0).attach_grad_scaler(object())

@@ -6,6 +6,8 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
+from labelgrad import aggregators
+from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
     Chain,
     ClassWeights,
@@ -34,6 +36,7 @@ from labelgrad.policies import (
     pos_neg_weights,
     schedule,
 )
+from labelgrad.rows import Router, RowRules, route
 from labelgrad.targets import Encoding, Targets, TargetsLike
 
 __version__ = "0.1.0"
@@ -52,15 +55,19 @@ __all__ = [
     "MaskUnknown",
     "Policy",
     "PosNegWeights",
+    "Router",
+    "RowRules",
     "Schedule",
     "StatefulPolicy",
     "Targets",
     "TargetsLike",
     "__version__",
+    "aggregators",
     "chain",
     "class_weights",
     "clip_per_class",
     "clip_per_sample",
+    "conflicts",
     "eqlv2",
     "freeze_classes",
     "mask",
@@ -68,5 +75,6 @@ __all__ = [
     "monitor",
     "no_state_update",
     "pos_neg_weights",
+    "route",
     "schedule",
 ]

@@ -1,0 +1,50 @@
+"""Aggregators: weightings of the K x K Gramian of label-group gradients (and two that need J).
+
+Every aggregator constructs with no arguments (its paper's defaults, TorchJD 0.18's conventions
+where TorchJD ships it) and reads K from its input. Gramian aggregators:
+``agg.weights(G) -> (K,)`` (the update is ``J^T w``); Jacobian aggregators
+(``agg.requires_jacobian``): ``agg.aggregate(J) -> (P,)``. All solve in vectorized torch on the
+input's device: no per-row Python loops, no numpy, quadprog or cvxpy.
+
+Example:
+    >>> import torch
+    >>> import labelgrad as lg
+    >>> J = torch.tensor([[1.0, 0.0], [-0.5, 1.0]])
+    >>> w = lg.aggregators.UPGrad().weights(J @ J.T)
+    >>> bool(((J @ (J.T @ w)) >= -1e-6).all())  # no label's loss goes up to first order
+    True
+"""
+
+from labelgrad.aggregators.aligned_mtl import AlignedMTL
+from labelgrad.aggregators.balance import FairGrad, NashMTL
+from labelgrad.aggregators.base import Aggregator, JacobianAggregator
+from labelgrad.aggregators.basic import Mean, Random, Sum
+from labelgrad.aggregators.cagrad import CAGrad
+from labelgrad.aggregators.conflicts import conflicts
+from labelgrad.aggregators.dual_cone import DualProj, UPGrad
+from labelgrad.aggregators.gradvac import GradVac
+from labelgrad.aggregators.imtlg import IMTLG
+from labelgrad.aggregators.jacobian import ConFIG, GradDrop
+from labelgrad.aggregators.mgda import MGDA
+from labelgrad.aggregators.pcgrad import PCGrad
+
+__all__ = [
+    "IMTLG",
+    "MGDA",
+    "Aggregator",
+    "AlignedMTL",
+    "CAGrad",
+    "ConFIG",
+    "DualProj",
+    "FairGrad",
+    "GradDrop",
+    "GradVac",
+    "JacobianAggregator",
+    "Mean",
+    "NashMTL",
+    "PCGrad",
+    "Random",
+    "Sum",
+    "UPGrad",
+    "conflicts",
+]

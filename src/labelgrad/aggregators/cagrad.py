@@ -1,0 +1,146 @@
+"""CAGrad: the update that maximizes the worst improvement in a ball around the mean gradient."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from labelgrad.aggregators._qp import normalize_gramian, should_check
+from labelgrad.aggregators.base import Aggregator
+
+__all__ = ["CAGrad", "project_to_simplex"]
+
+
+def project_to_simplex(y: Tensor) -> Tensor:
+    """Euclidean projection of ``y`` (..., K) onto the probability simplex (sort-based, exact).
+
+    Example:
+        >>> import torch
+        >>> project_to_simplex(torch.tensor([2.0, 0.0]))
+        tensor([1., 0.])
+    """
+    k = y.shape[-1]
+    sorted_y = torch.sort(y, dim=-1, descending=True).values
+    cumsum = sorted_y.cumsum(dim=-1) - 1
+    index = torch.arange(1, k + 1, dtype=y.dtype, device=y.device)
+    cond = sorted_y - cumsum / index > 0
+    rho = cond.to(y.dtype).cumsum(dim=-1).argmax(dim=-1, keepdim=True)  # last True
+    theta = cumsum.gather(-1, rho) / (rho + 1).to(y.dtype)
+    return (y - theta).clamp(min=0)
+
+
+class CAGrad(Aggregator):
+    r"""CAGrad (Liu et al., `Conflict-Averse Gradient Descent for Multi-task Learning
+    <https://arxiv.org/abs/2110.14048>`_, Algorithm 1), with TorchJD 0.18's conventions.
+
+    On ``Ĝ = G / trace(G)``: ``g_0`` is the mean gradient, ``√φ = c |g_0|``, and
+    ``w* = argmin_{w in simplex} w^T Ĝ 1/K + √φ sqrt(w^T Ĝ w)``; the weights are
+    ``1/K + (√φ / |g_w*|) w*`` (zeros when ``|g_w*| < norm_eps``: already Pareto-stationary).
+    TorchJD solves the simplex problem with cvxpy/Clarabel; here accelerated projected gradient
+    (FISTA with adaptive restart, step ``|g_w| / (√φ λ_max)``, exact sort-based simplex
+    projection) in float64, up to ``max_iters`` steps, stopping when a step moves ``w`` by less
+    than ``tol`` (max-norm; checked every 10 steps). Agreement with TorchJD: ~1e-5 relative on
+    well-conditioned Gramians; looser when the minimizer is not unique (rank-deficient G), where
+    the update ``J^T w`` still agrees.
+
+    Args:
+        c: radius scale of the ball around the mean gradient (paper default 0.5).
+        norm_eps: trace / norm threshold below which G or ``g_w`` counts as zero.
+        max_iters: the most gradient steps.
+        tol: stopping threshold on the step.
+
+    Example:
+        >>> import torch
+        >>> CAGrad().weights(torch.eye(2))
+        tensor([0.7500, 0.7500])
+    """
+
+    def __init__(
+        self,
+        *,
+        c: float = 0.5,
+        norm_eps: float = 0.0001,
+        max_iters: int = 300,
+        tol: float = 1e-10,
+    ) -> None:
+        super().__init__()
+        if c < 0 or norm_eps < 0:
+            raise ValueError(f"c and norm_eps must be non-negative, got {c!r}, {norm_eps!r}")
+        self.c = float(c)
+        self.norm_eps = float(norm_eps)
+        self.max_iters = int(max_iters)
+        self.tol = float(tol)
+
+    def _weights(self, gramian: Tensor, /) -> Tensor:
+        k = gramian.shape[0]
+        g = normalize_gramian(gramian.to(torch.float64), self.norm_eps)
+        tiny = torch.finfo(torch.float64).tiny
+        mean = torch.full((k,), 1.0 / k, dtype=torch.float64, device=g.device)
+        b = g @ mean
+        sqrt_phi = self.c * (mean @ b).clamp(min=0).sqrt()
+        lam_max = torch.linalg.eigvalsh(g)[-1].clamp(min=tiny)
+
+        def objective(w: Tensor) -> Tensor:
+            return w @ b + sqrt_phi * (w @ g @ w).clamp(min=0).sqrt()
+
+        w = mean.clone()
+        y = w.clone()
+        momentum = 1.0
+        f_w = objective(w)
+        for it in range(1, self.max_iters + 1):
+            gy = g @ y
+            norm_y = (y @ gy).clamp(min=0).sqrt()
+            grad = b + sqrt_phi * gy / norm_y.clamp(min=tiny)
+            step = norm_y.clamp(min=1e-12) / (sqrt_phi * lam_max).clamp(min=tiny)
+            w_next = project_to_simplex(y - step * grad)
+            f_next = objective(w_next)
+            worse = f_next > f_w
+            next_momentum = (1 + (1 + 4 * momentum * momentum) ** 0.5) / 2
+            extrapolated = w_next + ((momentum - 1) / next_momentum) * (w_next - w)
+            # Adaptive restart (O'Donoghue & Candès): drop the momentum when f goes up.
+            y = torch.where(worse, w, extrapolated)
+            moved = (w_next - w).abs().max()
+            w = torch.where(worse, w, w_next)
+            f_w = torch.minimum(f_w, f_next)
+            momentum = 1.0 if (g.device.type == "cpu" and bool(worse)) else next_momentum
+            if it % 10 == 0 and should_check(g.device, it) and bool(moved <= self.tol):
+                break
+        w = self._polish(w, g, b, sqrt_phi)
+        norm_w = (w @ g @ w).clamp(min=0).sqrt()
+        weights = mean + sqrt_phi / norm_w.clamp(min=tiny) * w
+        weights = torch.where(norm_w >= self.norm_eps, weights, torch.zeros_like(weights))
+        return weights.to(gramian.dtype)
+
+    @staticmethod
+    def _polish(w: Tensor, g: Tensor, b: Tensor, sqrt_phi: Tensor, steps: int = 6) -> Tensor:
+        """Newton steps on the support of ``w`` (the face of the simplex FISTA found)."""
+        k = w.shape[0]
+        tiny = torch.finfo(torch.float64).tiny
+        support = w > 1e-9
+        sf = support.to(torch.float64)
+        eye = torch.eye(k + 1, dtype=torch.float64, device=w.device)
+        for _ in range(steps):
+            gw = g @ w
+            norm = (w @ gw).clamp(min=1e-24).sqrt()
+            grad = b + sqrt_phi * gw / norm
+            hess = sqrt_phi * (g / norm - torch.outer(gw, gw) / norm**3)
+            # KKT of min f on {w_S : sum w_S = 1}: [H_SS 1; 1^T 0] [dw; mu] = [-grad_S; 0].
+            kkt = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=w.device)
+            kkt[:k, :k] = hess * torch.outer(sf, sf)
+            kkt[:k, k] = sf
+            kkt[k, :k] = sf
+            free = torch.cat([support, torch.ones(1, dtype=torch.bool, device=w.device)])
+            kkt = torch.where(free.unsqueeze(0) & free.unsqueeze(1), kkt, eye)
+            rhs = torch.cat([-grad * sf, torch.zeros(1, dtype=torch.float64, device=w.device)])
+            kkt = torch.nan_to_num(kkt, nan=0.0, posinf=0.0, neginf=0.0)
+            rhs = torch.nan_to_num(rhs, nan=0.0, posinf=0.0, neginf=0.0)
+            dw = torch.linalg.lstsq(kkt, rhs.unsqueeze(-1)).solution.squeeze(-1)[:k] * sf
+            ratio = torch.where(dw < 0, -0.99 * w / dw.clamp(max=-tiny), torch.inf)
+            stepped = (w + ratio.min().clamp(max=1.0) * dw).clamp(min=0)
+            stepped = stepped / stepped.sum()
+            # A degenerate face (|g_w| ~ 0: the weights become 0 anyway) keeps the FISTA point.
+            w = torch.where(stepped.isfinite().all(), stepped, w)
+        return w
+
+    def extra_repr(self) -> str:
+        return f"c={self.c}, norm_eps={self.norm_eps}"

@@ -1,0 +1,122 @@
+"""UPGrad and DualProj: projections onto the dual cone of the gradients (batched QPs)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from labelgrad.aggregators._qp import normalize_gramian, project_to_dual_cone, regularize_gramian
+from labelgrad.aggregators.base import Aggregator
+
+__all__ = ["DualProj", "UPGrad"]
+
+
+def _check_pref(pref_vector: Tensor | None) -> Tensor | None:
+    if pref_vector is None:
+        return None
+    if not isinstance(pref_vector, Tensor) or pref_vector.dim() != 1:
+        raise ValueError("pref_vector must be a 1-D tensor of K preference weights or None")
+    return pref_vector.detach().clone()
+
+
+class _DualConeWeighting(Aggregator):
+    """Shared set-up: TorchJD's normalization and regularization of G, in float64."""
+
+    def __init__(
+        self,
+        *,
+        pref_vector: Tensor | None = None,
+        norm_eps: float = 0.0001,
+        reg_eps: float = 0.0001,
+        warm_start: bool = True,
+    ) -> None:
+        super().__init__()
+        if norm_eps < 0 or reg_eps < 0:
+            raise ValueError(f"norm_eps and reg_eps must be >= 0, got {norm_eps}, {reg_eps}")
+        self.pref_vector = _check_pref(pref_vector)
+        self.norm_eps = float(norm_eps)
+        self.reg_eps = float(reg_eps)
+        self.warm_start = warm_start
+        # The last active sets: speed only (the solution does not depend on them), so not saved.
+        self._active: Tensor | None
+        self.register_buffer("_active", None, persistent=False)
+
+    def _preference(self, gramian: Tensor) -> Tensor:
+        k = gramian.shape[0]
+        if self.pref_vector is None:
+            return torch.full((k,), 1.0 / k, dtype=torch.float64, device=gramian.device)
+        if self.pref_vector.shape[0] != k:
+            raise ValueError(
+                f"pref_vector has {self.pref_vector.shape[0]} entries but the Gramian is {k} x {k}"
+            )
+        return self.pref_vector.to(device=gramian.device, dtype=torch.float64)
+
+    def _project(self, lower: Tensor, gramian: Tensor) -> Tensor:
+        g = regularize_gramian(normalize_gramian(gramian, self.norm_eps), self.reg_eps)
+        active = self._active
+        if not self.warm_start or active is None or active.shape != lower.shape:
+            active = None
+        solution, active = project_to_dual_cone(lower, g, active=active)
+        if self.warm_start:
+            self._active = active
+        return solution
+
+    def extra_repr(self) -> str:
+        return f"norm_eps={self.norm_eps}, reg_eps={self.reg_eps}"
+
+
+class UPGrad(_DualConeWeighting):
+    r"""UPGrad (Quinton & Rey, `Jacobian Descent for Multi-Objective Optimization
+    <https://arxiv.org/abs/2406.16232>`_): project each gradient onto the dual cone of all of
+    them, and combine the projections with the preference weights.
+
+    With ``u = pref_vector`` (default ``1/K``), the weights are ``w = sum_i v_i`` where
+    ``v_i = argmin_{v >= u_i e_i} v^T G v`` (Proposition 1 of the paper), on TorchJD 0.18's
+    ``G / trace(G)`` (zeros when the trace is below ``norm_eps``) plus ``reg_eps * I``. The K QPs
+    are solved together by a batched primal-dual active-set method
+    (:func:`~labelgrad.aggregators._qp.project_to_dual_cone`): exact at termination, in float64,
+    so it matches TorchJD's quadprog solution to round-off. ``warm_start`` reuses the last call's
+    active sets (speed only; the result does not depend on it).
+
+    Args:
+        pref_vector: (K,) preference weights, or None for ``1/K``.
+        norm_eps: trace below which G counts as zero.
+        reg_eps: ridge added to the normalized G.
+        warm_start: start the active-set search from the previous call's sets.
+
+    Example:
+        >>> import torch
+        >>> G = torch.tensor([[1.0, -0.5], [-0.5, 1.0]])
+        >>> UPGrad().weights(G)  # (1/2 + 1/4) each, up to reg_eps
+        tensor([0.7499, 0.7499])
+    """
+
+    def _weights(self, gramian: Tensor, /) -> Tensor:
+        lower = torch.diag(self._preference(gramian))
+        return self._project(lower, gramian.to(torch.float64)).sum(dim=0).to(gramian.dtype)
+
+
+class DualProj(_DualConeWeighting):
+    r"""DualProj: project the preference-weighted gradient onto the dual cone of the gradients.
+
+    ``w = argmin_{v >= u} v^T G v`` with ``u = pref_vector`` (default ``1/K``), i.e. Equation 11
+    of Lopez-Paz & Ranzato, `Gradient Episodic Memory for Continual Learning
+    <https://arxiv.org/abs/1706.08840>`_ applied to the mean gradient, with TorchJD 0.18's
+    normalization, regularization and defaults (see :class:`UPGrad`; same exact solver).
+
+    Args:
+        pref_vector: (K,) preference weights, or None for ``1/K``.
+        norm_eps: trace below which G counts as zero.
+        reg_eps: ridge added to the normalized G.
+        warm_start: start the active-set search from the previous call's set.
+
+    Example:
+        >>> import torch
+        >>> G = torch.tensor([[1.0, -0.9], [-0.9, 1.0]])
+        >>> DualProj().weights(G)
+        tensor([0.5000, 0.5000])
+    """
+
+    def _weights(self, gramian: Tensor, /) -> Tensor:
+        lower = self._preference(gramian).unsqueeze(0)
+        return self._project(lower, gramian.to(torch.float64))[0].to(gramian.dtype)

@@ -1,0 +1,93 @@
+"""Aggregators that need the Jacobian itself: ConFIG and GradDrop."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from labelgrad.aggregators.base import JacobianAggregator
+
+__all__ = ["ConFIG", "GradDrop"]
+
+
+class ConFIG(JacobianAggregator):
+    r"""ConFIG (Liu et al., `ConFIG: Towards Conflict-free Training of Physics Informed Neural
+    Networks <https://arxiv.org/abs/2408.11104>`_, Equation 2), as TorchJD 0.18.
+
+    With unit rows ``ĝ_i = g_i / |g_i|`` (zero rows stay zero), the direction is
+    ``d = normalize(pinv(Ĵ) u)`` (``u = pref_vector``, default ones: the direction with equal
+    positive cosine to every gradient) and the update is ``(sum_i g_i · d) d``. Closed form.
+
+    Args:
+        pref_vector: (K,) preference weights, or None for ones.
+
+    Example:
+        >>> import torch
+        >>> ConFIG().aggregate(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        tensor([1.0000, 1.0000])
+    """
+
+    def __init__(self, *, pref_vector: Tensor | None = None) -> None:
+        super().__init__()
+        if pref_vector is not None and (
+            not isinstance(pref_vector, Tensor) or pref_vector.dim() != 1
+        ):
+            raise ValueError("pref_vector must be a 1-D tensor of K preference weights or None")
+        self.pref_vector = None if pref_vector is None else pref_vector.detach().clone()
+
+    def _aggregate(self, jacobian: Tensor, /) -> Tensor:
+        k = jacobian.shape[0]
+        if self.pref_vector is None:
+            u = torch.ones(k, dtype=jacobian.dtype, device=jacobian.device)
+        elif self.pref_vector.shape[0] != k:
+            raise ValueError(f"pref_vector has {self.pref_vector.shape[0]} entries, expected {k}")
+        else:
+            u = self.pref_vector.to(device=jacobian.device, dtype=jacobian.dtype)
+        units = torch.nan_to_num(jacobian / jacobian.norm(dim=1, keepdim=True), 0.0)
+        direction = torch.nn.functional.normalize(torch.linalg.pinv(units) @ u, dim=0)
+        return (jacobian @ direction).sum() * direction
+
+
+class GradDrop(JacobianAggregator):
+    r"""GradDrop (Chen et al., `Just Pick a Sign: Optimizing Deep Multitask Models with Gradient
+    Sign Dropout <https://arxiv.org/abs/2010.06808>`_, Algorithm 1 lines 10-15), as TorchJD 0.18.
+
+    Per coordinate, the positive sign purity is ``P = (1 + sum_i g_i / sum_i |g_i|) / 2``; with
+    ``U ~ Uniform(0, 1)`` drawn per coordinate, gradient ``i`` keeps its positive entries where
+    ``P > U`` and its negative ones where ``P < U``; the update is
+    ``sum_i (leak_i + (1 - leak_i) M_i) ⊙ g_i``. Vectorized over the K rows.
+
+    Args:
+        leak: (K,) leak values, or None for no leak.
+        generator: the source of ``U`` (on the Jacobian's device); the global one if None.
+
+    Example:
+        >>> import torch
+        >>> GradDrop().aggregate(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # no conflict: the sum
+        tensor([4., 6.])
+    """
+
+    def __init__(
+        self, *, leak: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        if leak is not None and (not isinstance(leak, Tensor) or leak.dim() != 1):
+            raise ValueError("leak must be a 1-D tensor of K leak values or None")
+        self.leak = None if leak is None else leak.detach().clone()
+        self.generator = generator
+
+    def _aggregate(self, jacobian: Tensor, /) -> Tensor:
+        k = jacobian.shape[0]
+        if self.leak is None:
+            leak = torch.zeros(k, dtype=jacobian.dtype, device=jacobian.device)
+        elif self.leak.shape[0] != k:
+            raise ValueError(f"leak has {self.leak.shape[0]} entries but the Jacobian has {k} rows")
+        else:
+            leak = self.leak.to(device=jacobian.device, dtype=jacobian.dtype)
+        purity = 0.5 * (1 + jacobian.sum(dim=0) / jacobian.abs().sum(dim=0))
+        u = torch.rand(
+            purity.shape, generator=self.generator, dtype=jacobian.dtype, device=jacobian.device
+        )
+        keep = ((purity > u) & (jacobian > 0)) | ((purity < u) & (jacobian < 0))
+        scale = leak.unsqueeze(1) + (1 - leak.unsqueeze(1)) * keep.to(jacobian.dtype)
+        return (scale * jacobian).sum(dim=0)

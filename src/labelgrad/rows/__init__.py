@@ -1,0 +1,11 @@
+"""Level 2: per-class update rules for label-owned parameters, and optimizers routed by label.
+
+:class:`RowRules` wraps any torch optimizer and acts on the update of the rows a class owns
+(freeze, per-class learning rate and weight decay, skip classes absent from the batch);
+:func:`route` steps separate optimizers only when their classes occur.
+"""
+
+from labelgrad.rows.route import Router, route
+from labelgrad.rows.rules import RowRules, present_classes
+
+__all__ = ["Router", "RowRules", "present_classes", "route"]

@@ -1,0 +1,136 @@
+"""Parsing and checking of the arguments of :class:`labelgrad.RowRules` (construction time only)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from labelgrad._validation import as_class_set, as_class_vector
+
+__all__ = ["LabelParam", "RowsLike", "class_mask", "class_values", "parse_rows"]
+
+RowsLike = nn.Module | Tensor | Sequence[object]
+"""A Linear head, a parameter whose axis 0 is the class axis, or a list of such items and
+``(param, class_dim)`` pairs."""
+
+
+@dataclass(frozen=True)
+class LabelParam:
+    """A label-owned parameter: its slices along ``class_dim`` belong to the classes in order."""
+
+    param: Tensor
+    class_dim: int
+
+    def per_class(self, values: Tensor) -> Tensor:
+        """Reshape a (C,) vector so that it broadcasts along this parameter's class axis."""
+        shape = [1] * self.param.dim()
+        shape[self.class_dim] = -1
+        return values.reshape(shape)
+
+
+def _from_item(item: object) -> list[LabelParam]:
+    if isinstance(item, nn.Linear):
+        out = [LabelParam(item.weight, 0)]
+        if item.bias is not None:
+            out.append(LabelParam(item.bias, 0))
+        return out
+    if isinstance(item, Tensor):
+        return [_checked(item, 0)]
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Tensor):
+        param, class_dim = item
+        if isinstance(class_dim, bool) or not isinstance(class_dim, int):
+            raise TypeError(f"rows: class_dim must be an int, got {type(class_dim).__name__}")
+        return [_checked(param, class_dim)]
+    raise TypeError(
+        "rows must be an nn.Linear, a parameter with its class axis at dim 0, or a list of "
+        f"those and (param, class_dim) pairs; got {type(item).__name__}"
+    )
+
+
+def _checked(param: Tensor, class_dim: int) -> LabelParam:
+    if param.dim() == 0:
+        raise ValueError("rows: a label-owned parameter needs a class axis, got a 0-d tensor")
+    if not -param.dim() <= class_dim < param.dim():
+        raise ValueError(
+            f"rows: class_dim={class_dim} is out of range for a parameter of shape "
+            f"{tuple(param.shape)}"
+        )
+    if param.is_sparse:
+        raise TypeError("rows: sparse parameters are not supported")
+    return LabelParam(param, class_dim % param.dim())
+
+
+def parse_rows(rows: RowsLike, num_classes: int | None) -> tuple[list[LabelParam], int]:
+    """Return the label-owned parameters in ``rows`` and the number of classes they share."""
+    if isinstance(rows, (nn.Module, Tensor)):
+        items: list[object] = [rows]
+    elif isinstance(rows, Iterable) and not isinstance(rows, (str, bytes)):
+        items = list(rows)
+    else:
+        raise TypeError(
+            "rows must be an nn.Linear, a parameter, or a list of (param, class_dim) pairs; "
+            f"got {type(rows).__name__}"
+        )
+    if not items:
+        raise ValueError("rows must name at least one label-owned parameter")
+    if isinstance(rows, nn.Module) and not isinstance(rows, nn.Linear):
+        raise TypeError(
+            f"rows as a module must be an nn.Linear, got {type(rows).__name__}; pass "
+            "[(param, class_dim), ...] for other layouts"
+        )
+    params = [lp for item in items for lp in _from_item(item)]
+    seen: set[int] = set()
+    for lp in params:
+        if id(lp.param) in seen:
+            raise ValueError("rows names the same parameter twice")
+        seen.add(id(lp.param))
+    sizes = {lp.param.shape[lp.class_dim] for lp in params}
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        bad = [
+            tuple(lp.param.shape) for lp in params if lp.param.shape[lp.class_dim] != num_classes
+        ]
+        if bad:
+            raise ValueError(
+                f"rows: the class axis of a parameter of shape {bad[0]} does not have "
+                f"num_classes={num_classes} entries"
+            )
+    elif len(sizes) != 1:
+        raise ValueError(
+            f"rows: the label-owned parameters disagree on the number of classes {sorted(sizes)}; "
+            "pass matching (param, class_dim) pairs"
+        )
+    return params, num_classes if num_classes is not None else sizes.pop()
+
+
+def class_mask(classes: object, name: str, num_classes: int) -> Tensor:
+    """A (C,) bool CPU mask from a set of class indices (``None`` -> all False)."""
+    mask = torch.zeros(num_classes, dtype=torch.bool)
+    if classes is not None:
+        mask[as_class_set(classes, name, num_classes=num_classes)] = True
+    return mask
+
+
+def class_values(value: object, name: str, num_classes: int) -> Tensor | None:
+    """A (C,) float64 CPU vector of finite non-negative per-class values (a scalar is broadcast
+    on purpose: it means "every class"); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    checked = as_class_vector(value, name, num_classes=num_classes, allow_scalar=True)
+    # as_class_vector checks in float32; keep the caller's precision for exact references.
+    if isinstance(value, Tensor):
+        exact = value.detach().to("cpu", torch.float64)
+    elif isinstance(value, (int, float)):
+        exact = torch.tensor(float(value), dtype=torch.float64)
+    else:
+        exact = torch.tensor([float(v) for v in value], dtype=torch.float64)  # type: ignore[attr-defined]
+    if checked.dim() == 0 or exact.dim() == 0:
+        exact = exact.reshape(()).expand(num_classes)
+    if not all(math.isfinite(v) and v >= 0 for v in exact.tolist()):
+        raise ValueError(f"{name} must be finite and non-negative")
+    return exact.clone()
