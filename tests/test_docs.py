@@ -70,7 +70,7 @@ INTERNAL_MODULES = {
 
 _DIRECTIVE = re.compile(r"^::: *([\w.]+) *$")
 _MEMBER = re.compile(r"^ +- +([\w]+) *$")
-_BUILT_BY = re.compile(r"Built by :func:`~?([\w.]+)`")
+_BUILT_BY = re.compile(r"(?:Built by|see) :func:`~?([\w.]+)`")
 
 
 def _public_modules() -> list[ModuleType]:
@@ -133,7 +133,8 @@ def _has_example(obj: object, module: ModuleType) -> bool:
     doc = inspect.getdoc(obj) or ""
     if re.search(r"^Examples?:$", doc, re.MULTILINE):
         return True
-    # A class built by a factory (``Built by :func:`mask```) is shown by the factory's example.
+    # A class built by a factory ("Built by :func:`mask`", "see :func:`route`") is shown by the
+    # factory's example.
     m = _BUILT_BY.search(doc)
     if m and inspect.isclass(obj):
         factory = getattr(module, m.group(1).rsplit(".", 1)[-1], None)
