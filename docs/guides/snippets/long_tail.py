@@ -25,10 +25,12 @@ x_test, y_test = x_all[test_idx], y_all[test_idx]
 print("training images per class:", counts)
 
 
-def fit(policy=None, loss="ce", steps=200):
+def fit(policy=None, loss="ce", steps=200, lr_scale=None):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, C))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    if lr_scale is not None:  # per-class step sizes of the head rows, in update space
+        opt = lg.RowRules(opt, rows=model[2], lr_scale=lr_scale)
     for _ in range(steps):
         logits = model(x)
         if policy is not None:
@@ -50,8 +52,15 @@ def fit(policy=None, loss="ce", steps=200):
 
 freq = torch.tensor(counts, dtype=torch.float32)
 inv = freq.sum() / (C * freq)  # inverse class frequency, mean ~1
-print("cross-entropy                   :", fit())
-print("class_weights(1/freq)           :", fit(lg.class_weights(inv)))
-print("deferred re-weighting (DRW)     :", fit(lg.schedule(lg.class_weights(inv), start_step=120)))
-print("sigmoid BCE                     :", fit(loss="bce"))
-print("sigmoid BCE + eqlv2             :", fit(lg.eqlv2(num_classes=C), loss="bce"))
+tail_steps = (freq.max() / freq).sqrt()  # Adam step-size multiplier per head row
+runs = {
+    "cross-entropy": fit(),
+    "class_weights(1/freq)": fit(lg.class_weights(inv)),
+    "deferred re-weighting (DRW)": fit(lg.schedule(lg.class_weights(inv), start_step=120)),
+    "sigmoid BCE": fit(loss="bce"),
+    "sigmoid BCE + eqlv2": fit(lg.eqlv2(num_classes=C), loss="bce"),
+    "RowRules(lr_scale=tail_steps)": fit(lr_scale=tail_steps),
+    "class_weights + lr_scale": fit(lg.class_weights(inv), lr_scale=tail_steps),
+}
+for name, result in runs.items():
+    print(f"{name:30}: {result}")
