@@ -93,3 +93,29 @@ combined = lg.chain(lg.mask_unknown(), ScaleNegatives(0.5), lg.clip_per_sample(m
 z = torch.randn(4, 3, requires_grad=True)
 combined(z, torch.tensor([[1, -1, 0]] * 4)).sum().backward()
 print("chained gradient, row 0:", [round(v, 3) for v in z.grad[0].tolist()])
+
+
+# Your own weighting for gradient aggregation (level 3): subclass lg.aggregators.Aggregator and
+# map the K x K Gramian G = J J^T of the label-group gradients to K weights. The update is
+# J^T w, the gradient of sum_k w_k L_k. Here: every label contributes a step of equal length.
+class EqualNorm(lg.aggregators.Aggregator):
+    def _weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        norms = gramian.diagonal().clamp(min=0).sqrt()
+        k = gramian.shape[0]
+        return torch.where(norms > 0, 1 / (k * norms.clamp(min=1e-12)), 0.0)
+
+
+torch.manual_seed(0)
+trunk, head = torch.nn.Linear(5, 8), torch.nn.Linear(8, 3)  # the trunk is shared by 3 labels
+z, y = head(torch.relu(trunk(torch.randn(10, 5)))), torch.randint(0, 2, (10, 3)).float()
+losses = F.binary_cross_entropy_with_logits(z, y, reduction="none").mean(0)  # (K,) = (3,)
+rows = []
+for loss_k in losses:  # J: one row per label, its gradient on the shared parameters
+    grads = torch.autograd.grad(loss_k, list(trunk.parameters()), retain_graph=True)
+    rows.append(torch.cat([g.flatten() for g in grads]))
+jac = torch.stack(rows)
+w = EqualNorm().weights(jac @ jac.T)
+contrib = (w[:, None] * jac).norm(dim=1)
+cos = lg.conflicts(jac @ jac.T)[0]
+print("cosines of label 0 with labels 0, 1, 2:", [round(v, 3) for v in cos.tolist()])
+print("per-label step lengths |w_k g_k|:", [round(v, 4) for v in contrib.tolist()])
