@@ -110,15 +110,18 @@ def _documented() -> tuple[set[int], list[str]]:
             path = m.group(1)
             paths.append(path)
             obj = _resolve(path)
-            members = []
+            members: list[str] = []
+            no_members = False
             for follow in lines[i + 1 :]:
                 if _DIRECTIVE.match(follow) or follow.startswith("#"):
                     break
                 mm = _MEMBER.match(follow)
                 if mm:
                     members.append(mm.group(1))
+                no_members |= bool(re.match(r"^ +members: *(false|\[\]) *$", follow))
             if isinstance(obj, ModuleType):
-                names = members or list(getattr(obj, "__all__", []))
+                # A module directive renders its public members, unless told which or none.
+                names = [] if no_members else members or list(getattr(obj, "__all__", []))
                 ids.update(id(getattr(obj, n)) for n in names)
             else:
                 ids.add(id(obj))
