@@ -210,14 +210,17 @@ def test_api_directives_resolve() -> None:
 def _run_snippet(path: Path) -> str:
     # One thread: on a shared, busy machine torch's intra-op threads spin against other
     # processes and make these small models 10x slower; results do not depend on it.
-    threads = torch.get_num_threads()
+    # The guides run as a user would run them: float32 default, whatever other tests set.
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
             runpy.run_path(str(path), run_name="__main__")
     finally:
         torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
     return buf.getvalue()
 
 
