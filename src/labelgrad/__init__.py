@@ -6,7 +6,8 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
-from labelgrad import aggregators
+from labelgrad import aggregation, aggregators, datasets, report
+from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
 from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
     Chain,
@@ -62,19 +63,25 @@ __all__ = [
     "Targets",
     "TargetsLike",
     "__version__",
+    "aggregate_backward",
+    "aggregation",
     "aggregators",
     "chain",
     "class_weights",
     "clip_per_class",
     "clip_per_sample",
     "conflicts",
+    "datasets",
     "eqlv2",
+    "explain_engine",
     "freeze_classes",
     "mask",
     "mask_unknown",
     "monitor",
     "no_state_update",
+    "per_label_losses",
     "pos_neg_weights",
+    "report",
     "route",
     "schedule",
 ]

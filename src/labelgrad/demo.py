@@ -1,8 +1,603 @@
-"""``labelgrad demo``: placeholder until the demo lands."""
+"""``labelgrad demo``: the three levels on bundled real data, with a table and an HTML report.
+
+Experiments (each method trained from the same seeds; mean ± std over seeds):
+
+(a) digits-LT (scikit-learn's digits cut long-tailed, IF = 10 and 100; balanced test set):
+    plain cross-entropy; ``class_weights`` with effective-number weights (beta = 0.999, see
+    :data:`BETA`); ``eqlv2``; ``RowRules`` giving the head rows of rare classes a larger step.
+    Metrics: balanced accuracy, few-shot accuracy (the 3 rarest classes), median step time.
+(b) Yeast with half the training labels hidden: unknowns treated as negatives vs ``mask_unknown``.
+(c) Yeast: the summed label gradients vs PCGrad and UPGrad on the shared trunk
+    (``lg.aggregate_backward``). Metrics for Yeast: macro mAP and macro F1 at threshold 0.5.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-def run_demo(seed: int = 0) -> int:
-    """Run the demo; returns an exit code."""
-    return 0
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import labelgrad as lg
+from labelgrad._training import MLP, effective_number_weights, epoch_batches, per_class_recall
+from labelgrad.datasets import Dataset, digits_lt, hide_labels, yeast
+from labelgrad.report import (
+    Section,
+    atomic_write_text,
+    check_writable_dir,
+    label_gramian,
+    plot_conflicts,
+    plot_grad_norm_history,
+    plot_per_class_accuracy,
+    save_monitor,
+    write_report,
+)
+
+__all__ = ["BETA", "DemoResult", "Row", "Sizes", "format_rows", "run_demo"]
+
+BETA = 0.999
+"""Effective-number beta of the class_weights run. With at most 131 images per class,
+beta = 0.9999 is indistinguishable from inverse frequency; 0.999 keeps a little of the
+"diminishing returns" of Cui et al. (weight ratio head/tail = E(1)/E(131) ≈ 1/123)."""
+
+TAIL_LR_POWER = 0.5
+"""RowRules run: head row c steps with lr × (n_max / n_c) ** TAIL_LR_POWER, and rows of classes
+absent from a batch do not move (``skip_absent=True``). Of the powers 0, 0.5 and 1 (with and
+without skip_absent) tried on digits-LT IF=100, 0.5 with skip_absent did best."""
+
+SIGMOID_METHODS = ("plain_sigmoid", "eqlv2")
+"""Methods trained with per-class sigmoid BCE instead of softmax cross-entropy: EQLv2 is
+defined for sigmoid classifiers (Tan et al. 2021), so it is compared with plain sigmoid too."""
+
+FEW_SHOT = 3
+"""Few-shot accuracy: mean accuracy over the FEW_SHOT rarest training classes."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much the demo trains (``full`` for ``make demo``, ``tiny`` for tests)."""
+
+    seeds: int
+    digits_epochs: int
+    yeast_epochs: int
+    yeast_limit: int | None
+    batch_size: int = 64
+    yeast_batch_size: int = 128
+
+
+SIZES = {
+    "full": Sizes(seeds=3, digits_epochs=40, yeast_epochs=15, yeast_limit=None),
+    "tiny": Sizes(seeds=2, digits_epochs=1, yeast_epochs=1, yeast_limit=300),
+}
+
+
+@dataclass
+class Row:
+    """One line of the demo table: a method on an experiment, over seeds."""
+
+    experiment: str
+    method: str
+    metrics: dict[str, list[float]]
+    step_ms: list[float]
+    note: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """Means and standard deviations (for JSON)."""
+        out: dict[str, Any] = {"experiment": self.experiment, "method": self.method}
+        for k, v in self.metrics.items():
+            out[k] = {"mean": _mean(v), "std": _std(v), "values": v}
+        out["step_ms"] = {"median": _median(self.step_ms), "values": self.step_ms}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass
+class DemoResult:
+    """Everything the demo measured, and where it wrote its files."""
+
+    rows: list[Row]
+    out: Path
+    files: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "rows": [r.summary() for r in self.rows],
+            "out": str(self.out),
+            "files": self.files,
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+        }
+
+
+def _mean(v: list[float]) -> float:
+    return statistics.fmean(v) if v else math.nan
+
+
+def _std(v: list[float]) -> float:
+    return statistics.stdev(v) if len(v) > 1 else 0.0
+
+
+def _median(v: list[float]) -> float:
+    return statistics.median(v) if v else math.nan
+
+
+def _fmt(v: list[float], scale: float = 100.0) -> str:
+    return f"{scale * _mean(v):5.1f} ± {scale * _std(v):4.1f}"
+
+
+METRIC_NAMES = {
+    "balanced_acc": "balanced acc %",
+    "few_shot_acc": "few-shot acc %",
+    "map": "macro mAP %",
+    "macro_f1": "macro F1 %",
+}
+
+
+def format_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """The demo table as (header, rows of strings)."""
+    header = ["experiment", "method", "metric 1", "metric 2", "step ms"]
+    out = []
+    for r in rows:
+        cells = [f"{METRIC_NAMES[k]}: {_fmt(v)}" for k, v in r.metrics.items()]
+        out.append([r.experiment, r.method, *cells, f"{_median(r.step_ms):.2f}"])
+    return header, out
+
+
+def _plain_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+# --- training loops ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    metrics: dict[str, float]
+    per_class: list[float]
+    step_ms: float
+    history: list[list[float]]
+    model: MLP
+    monitor: lg.GradMonitor
+
+
+StepFn = Callable[[Tensor, Tensor], None]
+
+
+def _timed_epochs(
+    n: int, batch_size: int, epochs: int, seed: int, step: StepFn, x: Tensor, y: Tensor
+) -> float:
+    times = []
+    for epoch in range(epochs):
+        for idx in epoch_batches(n, batch_size, seed=seed, epoch=epoch):
+            t0 = time.perf_counter()
+            step(x[idx], y[idx])
+            times.append(time.perf_counter() - t0)
+    return 1000 * _median(times)
+
+
+def _digits_run(ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device) -> _Run:
+    torch.manual_seed(seed)
+    c = ds.num_classes
+    model = MLP(ds.num_features, [128], c).to(device)
+    counts = ds.train_counts()
+    opt: Any = torch.optim.Adam(model.parameters(), lr=3e-3)
+    steps = sizes.digits_epochs * math.ceil(len(ds.x_train) / sizes.batch_size)
+    mon = lg.monitor(num_classes=c, history=steps)
+    policy: lg.Policy = mon
+    if method == "class_weights":
+        policy = lg.chain(lg.class_weights(effective_number_weights(counts, BETA)), mon)
+    elif method == "eqlv2":
+        policy = lg.chain(lg.eqlv2(num_classes=c), mon)
+    elif method == "row_rules":
+        scale = (counts.max() / counts.clamp(min=1)).double() ** TAIL_LR_POWER
+        # skip_absent: a batch without class c leaves row c (and its Adam moments) untouched,
+        # so rare classes are not pushed down by every batch they are missing from.
+        opt = lg.RowRules(opt, rows=model.head, lr_scale=scale.float().to(device), skip_absent=True)
+    policy.to(device)
+
+    sigmoid = method in SIGMOID_METHODS
+
+    def step(xb: Tensor, yb: Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        logits = policy(model(xb), yb)
+        if sigmoid:
+            # One binary problem per class, summed over classes, averaged over the batch.
+            onehot = F.one_hot(yb, c).to(logits.dtype)
+            loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="sum") / len(yb)
+        else:
+            loss = F.cross_entropy(logits, yb)
+        loss.backward()
+        if method == "row_rules":
+            opt.step(targets=yb)
+        else:
+            opt.step()
+
+    x, y = ds.x_train.to(device), ds.y_train.to(device)
+    step_ms = _timed_epochs(len(x), sizes.batch_size, sizes.digits_epochs, seed, step, x, y)
+    with torch.no_grad():
+        pred = model(ds.x_test.to(device)).argmax(dim=1).cpu()
+    recall = per_class_recall(pred, ds.y_test, c)
+    rarest = counts.argsort()[:FEW_SHOT]
+    return _Run(
+        metrics={
+            "balanced_acc": float(recall.nanmean()),
+            "few_shot_acc": float(recall[rarest].nanmean()),
+        },
+        per_class=recall.tolist(),
+        step_ms=step_ms,
+        history=mon.recent_norms().tolist(),
+        model=model,
+        monitor=mon,
+    )
+
+
+def _bce_per_label(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-label BCE losses, (K,): the mean over samples of each label's binary cross-entropy."""
+    per_label = getattr(lg, "per_label_losses", None)
+    if per_label is not None:
+        out: Tensor = per_label(logits, targets, loss="bce")
+        return out
+    return F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none").mean(0)
+
+
+def _multilabel_metrics(scores: Tensor, y: Tensor) -> tuple[dict[str, float], list[float]]:
+    from sklearn.metrics import average_precision_score, f1_score
+
+    yt, s = y.numpy(), scores.numpy()
+    keep = yt.sum(axis=0) > 0  # AP is undefined for a label with no positive test sample
+    ap = average_precision_score(yt[:, keep], s[:, keep], average=None)
+    f1 = f1_score(yt, (s > 0.5).astype(int), average=None, zero_division=0.0)
+    return {"map": float(ap.mean()), "macro_f1": float(f1.mean())}, [float(v) for v in f1]
+
+
+def _yeast_run(
+    ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device, y_train: Tensor
+) -> _Run:
+    torch.manual_seed(seed)
+    k = ds.num_classes
+    model = MLP(ds.num_features, [128], k).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mon = lg.monitor(num_classes=k)
+    policy: lg.Policy = mon
+    if method == "mask_unknown":
+        policy = lg.chain(lg.mask_unknown(), mon)
+    policy.to(device)
+    aggregator = None
+    if method in ("PCGrad", "UPGrad"):
+        aggregator = getattr(lg.aggregators, method)()
+
+    def step(xb: Tensor, yb: Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        feats = model.features(xb)
+        if aggregator is None:
+            # Unknown (-1) entries become 0-targets; mask_unknown zeroes their gradient.
+            logits = policy(model.head(feats), yb)
+            loss = F.binary_cross_entropy_with_logits(logits, yb.clamp(min=0).float())
+            loss.backward()
+        else:
+            # Every label is known here; losses.sum() is the same mean BCE as the "sum" run.
+            losses = _bce_per_label(model.head(feats), yb)
+            lg.aggregate_backward(  # type: ignore[attr-defined,unused-ignore]
+                losses, shared=model.trunk.parameters(), aggregator=aggregator
+            )
+        opt.step()
+
+    x, y = ds.x_train.to(device), y_train.to(device)
+    step_ms = _timed_epochs(len(x), sizes.yeast_batch_size, sizes.yeast_epochs, seed, step, x, y)
+    with torch.no_grad():
+        scores = torch.sigmoid(model(ds.x_test.to(device))).cpu()
+    metrics, per_class = _multilabel_metrics(scores, ds.y_test)
+    return _Run(metrics, per_class, step_ms, [], model, mon)
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+
+def _progress(total: int, quiet: bool) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are a nicety, never a reason to fail
+        return _NoBar()
+    return tqdm(total=total, disable=quiet, unit="run", desc="labelgrad demo", leave=False)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _plan(has_rows: bool, has_agg: bool) -> tuple[list[str], list[str], list[str], list[str]]:
+    digits = ["plain", "class_weights", "plain_sigmoid", "eqlv2"] + (
+        ["row_rules"] if has_rows else []
+    )
+    partial = ["unknown_as_negative", "mask_unknown"]
+    agg = ["sum"] + (["PCGrad", "UPGrad"] if has_agg else [])
+    skipped = []
+    if not has_rows:
+        skipped.append("digits-LT row_rules: needs lg.RowRules, not in this build")
+    if not has_agg:
+        skipped.append("Yeast PCGrad/UPGrad: needs lg.aggregate_backward, not in this build")
+    return digits, partial, agg, skipped
+
+
+def run_demo(
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    out: str | Path = "labelgrad-out",
+    quiet: bool = False,
+    size: str = "full",
+    echo: Callable[[str], None] | None = print,
+) -> DemoResult:
+    """Run the demo experiments, print the table, write the report; return the results.
+
+    Args:
+        seed: the first seed; the runs use ``seed, seed + 1, ...``.
+        device: where to train ("cpu", "cuda", ...).
+        out: the output folder (created; must be writable).
+        quiet: no progress bar.
+        size: ``"full"`` (``make demo``) or ``"tiny"`` (a seconds-long smoke run for tests).
+        echo: where the table goes (None: nowhere).
+
+    Raises:
+        PermissionError: ``out`` cannot be written (checked before any training).
+    """
+    t_start = time.perf_counter()
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    sizes = SIZES[size]
+    dev = torch.device(device)
+    folder = check_writable_dir(out)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        # These models are tiny: one thread is as fast as several and does not fight for cores.
+        torch.set_num_threads(1)
+    try:
+        return _run(seed, dev, folder, quiet, sizes, echo, t_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    seed: int,
+    dev: torch.device,
+    folder: Path,
+    quiet: bool,
+    sizes: Sizes,
+    echo: Callable[[str], None] | None,
+    t_start: float,
+) -> DemoResult:
+    has_rows = hasattr(lg, "RowRules")
+    has_agg = hasattr(lg, "aggregate_backward") and hasattr(lg, "aggregators")
+    digits_methods, partial_methods, agg_methods, skipped = _plan(has_rows, has_agg)
+    seeds = [seed + i for i in range(sizes.seeds)]
+    imbalances = [10.0, 100.0]
+    total = len(seeds) * (
+        len(imbalances) * len(digits_methods) + len(partial_methods) + len(agg_methods)
+    )
+    bar = _progress(total, quiet)
+    rows: list[Row] = []
+    per_class_if100: dict[str, list[list[float]]] = {}
+    histories: dict[str, list[list[float]]] = {}
+    monitors: dict[str, lg.GradMonitor] = {}
+    digits_sets: dict[float, Dataset] = {}
+    try:
+        for imb in imbalances:
+            for method in digits_methods:
+                row = Row(f"digits-LT IF={imb:g}", method, {}, [])
+                for s in seeds:
+                    ds = digits_lt(imbalance=imb, seed=s)
+                    digits_sets.setdefault(imb, ds)
+                    bar.set_postfix_str(f"digits IF={imb:g} {method} seed={s}")
+                    run = _digits_run(ds, method, s, sizes, dev)
+                    for key, v in run.metrics.items():
+                        row.metrics.setdefault(key, []).append(v)
+                    row.step_ms.append(run.step_ms)
+                    if imb == 100.0:
+                        per_class_if100.setdefault(method, []).append(run.per_class)
+                        if s == seed:
+                            histories[method] = run.history
+                            monitors[method] = run.monitor
+                    bar.update()
+                rows.append(row)
+
+        base = yeast(seed=seed)
+        if sizes.yeast_limit is not None:
+            base = _subset(base, sizes.yeast_limit)
+        hidden = hide_labels(base.y_train, 0.5, seed=seed)
+        for method in partial_methods:
+            row = Row("Yeast, 50% labels hidden", method, {}, [])
+            for s in seeds:
+                bar.set_postfix_str(f"Yeast hidden {method} seed={s}")
+                run = _yeast_run(base, method, s, sizes, dev, hidden)
+                for key, v in run.metrics.items():
+                    row.metrics.setdefault(key, []).append(v)
+                row.step_ms.append(run.step_ms)
+                bar.update()
+            rows.append(row)
+
+        conflicts: Tensor | None = None
+        for method in agg_methods:
+            row = Row("Yeast, label aggregation", method, {}, [])
+            for s in seeds:
+                bar.set_postfix_str(f"Yeast {method} seed={s}")
+                run = _yeast_run(base, method, s, sizes, dev, base.y_train)
+                for key, v in run.metrics.items():
+                    row.metrics.setdefault(key, []).append(v)
+                row.step_ms.append(run.step_ms)
+                if method == "sum" and s == seed:
+                    conflicts = _label_conflicts(run.model, base, dev)
+                bar.update()
+            rows.append(row)
+    finally:
+        bar.close()
+
+    # Files: figures and data first, the report last (each written atomically).
+    files: list[str] = []
+    ds100 = digits_sets[100.0]
+    names = list(ds100.class_names)
+    mean_acc = {
+        m: [statistics.fmean(col) for col in zip(*runs)] for m, runs in per_class_if100.items()
+    }
+    plot_per_class_accuracy(
+        mean_acc,
+        names,
+        folder / "per_class_accuracy.png",
+        counts=ds100.train_counts().tolist(),
+        title=f"digits-LT IF=100: per-class test accuracy (mean over {len(seeds)} seeds)",
+    )
+    files.append("per_class_accuracy.png")
+    plot_grad_norm_history(
+        histories["plain"],
+        names,
+        folder / "grad_norm_plain.png",
+        title="digits-LT IF=100, plain: per-class ‖dL/dlogit‖ per step (GradMonitor)",
+    )
+    files.append("grad_norm_plain.png")
+    if "eqlv2" in histories:
+        plot_grad_norm_history(
+            histories["eqlv2"],
+            names,
+            folder / "grad_norm_eqlv2.png",
+            title="digits-LT IF=100, eqlv2: per-class ‖dL/dlogit‖ per step (GradMonitor)",
+        )
+        files.append("grad_norm_eqlv2.png")
+    if conflicts is not None:
+        plot_conflicts(
+            conflicts.tolist(),
+            list(base.class_names),
+            folder / "label_conflicts.png",
+            title="Yeast: cosine of label gradients on the shared trunk",
+        )
+        files.append("label_conflicts.png")
+    for method, mon in monitors.items():
+        for suffix in ("csv", "history.csv", "json"):
+            name = f"monitor_digits_if100_{method}.{suffix}"
+            save_monitor(mon, folder / name, names)
+            files.append(name)
+    result = DemoResult(rows, folder, files, skipped, time.perf_counter() - t_start)
+    atomic_write_text(folder / "results.json", json.dumps(result.as_dict(), indent=1) + "\n")
+    files.append("results.json")
+    _write_demo_report(folder / "report.html", result, conflicts, len(seeds), str(dev))
+    files.append("report.html")
+    result.seconds = time.perf_counter() - t_start
+    if echo is not None:
+        header, table = format_rows(rows)
+        echo(_plain_table(header, table))
+        for reason in skipped:
+            echo(f"skipped: {reason}")
+        echo(f"report: {folder / 'report.html'}  ({result.seconds:.0f} s)")
+    return result
+
+
+def _subset(ds: Dataset, limit: int) -> Dataset:
+    return Dataset(
+        ds.name,
+        ds.x_train[:limit],
+        ds.y_train[:limit],
+        ds.x_test[:limit],
+        ds.y_test[:limit],
+        ds.class_names,
+        ds.task,
+        ds.meta,
+    )
+
+
+def _label_conflicts(model: MLP, ds: Dataset, device: torch.device) -> Tensor:
+    """Conflict matrix of the per-label losses' gradients on the trunk, on the training set."""
+    x, y = ds.x_train.to(device), ds.y_train.to(device)
+    logits = model(x)
+    losses = _bce_per_label(logits, y)
+    gram = label_gramian(losses, model.trunk.parameters())
+    return lg.conflicts(gram.detach()).cpu()
+
+
+def _conflict_stats(conflicts: Tensor) -> str:
+    k = conflicts.shape[0]
+    off = conflicts[~torch.eye(k, dtype=torch.bool)]
+    return (
+        f"{int((off < 0).sum()) // 2} of {k * (k - 1) // 2} label pairs have conflicting "
+        f"gradients (negative cosine); the most conflicting pair has cosine {float(off.min()):.2f}."
+    )
+
+
+def _write_demo_report(
+    path: Path, result: DemoResult, conflicts: Tensor | None, num_seeds: int, device: str
+) -> None:
+    header, table = format_rows(result.rows)
+    intro = Section(
+        "Results",
+        [
+            f"Mean ± std over {num_seeds} seeds; step time is the median per training step "
+            f"(forward + backward + optimizer) on {device}, measured on a machine that may be "
+            "shared. Balanced accuracy is the mean per-class accuracy on a balanced test set; "
+            f"few-shot accuracy is the mean over the {FEW_SHOT} rarest training classes. "
+            f"class_weights uses effective-number weights with beta={BETA}; row_rules gives head "
+            f"row c the step lr × (n_max/n_c)^{TAIL_LR_POWER} and leaves rows of classes absent "
+            "from a batch untouched (skip_absent).",
+        ],
+        header,
+        [list(r) for r in table],
+    )
+    sections = [intro]
+    sections.append(
+        Section(
+            "Per-class accuracy, digits-LT IF=100",
+            ["Class 0 has the most training images, class 9 the fewest."],
+            images=["per_class_accuracy.png"],
+        )
+    )
+    norm_imgs = [f for f in result.files if f.startswith("grad_norm_")]
+    sections.append(
+        Section(
+            "Per-class gradient norm over training",
+            [
+                "The norm of each class's gradient at the logits per step, recorded by "
+                "lg.monitor (a ring buffer of per-step norms)."
+            ],
+            images=norm_imgs,
+        )
+    )
+    if conflicts is not None:
+        sections.append(
+            Section(
+                "Label conflicts, Yeast",
+                [_conflict_stats(conflicts)],
+                images=["label_conflicts.png"],
+            )
+        )
+    if result.skipped:
+        sections.append(Section("Skipped", list(result.skipped)))
+    write_report(
+        path,
+        "labelgrad demo",
+        sections,
+        footer=f"labelgrad {lg.__version__}, torch {torch.__version__}",
+    )
+
+
+def iter_rows(result: DemoResult) -> Iterable[dict[str, Any]]:
+    """The result rows as dicts (for ``--json``)."""
+    return (r.summary() for r in result.rows)

@@ -1,0 +1,305 @@
+"""One loss per label (or per group of labels) that sum to the ordinary mean loss.
+
+The aggregation engines need the K losses whose gradients conflict. :func:`per_label_losses`
+splits the usual mean loss of a batch into K additive parts without a Python loop over classes:
+the elementwise (or per-sample) losses are summed into their group with ``index_add``. It also
+records how each part depends on the logits (a :class:`LossStructure` attached to the returned
+tensor), which lets the cheap engines avoid per-label backward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from labelgrad.targets import Targets, TargetsLike, normalize_class_dim
+
+__all__ = ["LossStructure", "group_ids", "loss_structure", "per_label_losses"]
+
+LossName = Literal["bce", "ce", "focal"]
+ElementwiseLoss = Callable[[Tensor, Tensor], Tensor]
+GroupsLike = Sequence[Sequence[int]] | Tensor
+
+_STRUCTURE_ATTR = "_labelgrad_loss_structure"
+
+
+@dataclass(frozen=True, eq=False)
+class LossStructure:
+    """How the K losses of :func:`per_label_losses` depend on the logits.
+
+    Attributes:
+        logits: the logits the losses were computed from (as passed in).
+        class_dim: their class axis (non-negative).
+        kind: ``"column"``: loss k depends only on the logits of the classes of group k (BCE,
+            focal, elementwise callables); ``"sample"``: loss k depends only on the logits of the
+            samples whose label is in group k (cross-entropy with class indices: groups are
+            sample-disjoint); ``"dense"``: neither (cross-entropy with soft targets).
+        class_group: (C,) int64 group id of every class, on the logits' device.
+        num_groups: K.
+        sample_group: for ``kind="sample"``: (N * S,) group id of every sample position (0 where
+            ignored); None otherwise.
+        sample_known: for ``kind="sample"``: (N * S,) bool, False where the label is ignored.
+    """
+
+    logits: Tensor
+    class_dim: int
+    kind: Literal["column", "sample", "dense"]
+    class_group: Tensor
+    num_groups: int
+    sample_group: Tensor | None = None
+    sample_known: Tensor | None = None
+
+
+def loss_structure(losses: Tensor) -> LossStructure | None:
+    """The :class:`LossStructure` of losses made by :func:`per_label_losses`, else None.
+
+    Any operation on the losses (``losses * 2``, indexing) returns a new tensor without it, so
+    the engines then take their general path.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> losses = lg.per_label_losses(torch.zeros(4, 3), torch.tensor([0, 1, 2, 1]), loss="ce")
+        >>> lg.aggregation.loss_structure(losses).kind
+        'sample'
+        >>> lg.aggregation.loss_structure(losses * 2) is None
+        True
+    """
+    structure = getattr(losses, _STRUCTURE_ATTR, None)
+    return structure if isinstance(structure, LossStructure) else None
+
+
+def group_ids(groups: object, num_classes: int) -> tuple[Tensor, int]:
+    """Validate ``groups`` and return the (C,) int64 group id of every class (CPU) and K.
+
+    Args:
+        groups: None (every class its own group), a list of lists of class indices that
+            partitions ``range(num_classes)``, or a (C,) integer tensor of group ids in
+            ``[0, K)`` where every id is used.
+        num_classes: C.
+
+    Returns:
+        (group id per class, number of groups K).
+
+    Raises:
+        TypeError: ``groups`` has the wrong type.
+        ValueError: classes out of range, missing or in several groups; empty group ids.
+
+    Example:
+        >>> import labelgrad as lg
+        >>> ids, k = lg.aggregation.group_ids([[0, 2], [1]], num_classes=3)
+        >>> ids.tolist(), k
+        ([0, 1, 0], 2)
+    """
+    if groups is None:
+        return torch.arange(num_classes), num_classes
+    if isinstance(groups, Tensor):
+        ids = groups.detach().cpu()
+        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+            raise TypeError(f"groups as a tensor must hold integer group ids, got {ids.dtype}")
+        if ids.shape != (num_classes,):
+            raise ValueError(
+                f"groups as a tensor must have shape ({num_classes},) (a group id per class), "
+                f"got {tuple(ids.shape)}"
+            )
+        ids = ids.long()
+        if num_classes and int(ids.min()) < 0:
+            raise ValueError("groups must hold non-negative group ids")
+        k = int(ids.max()) + 1 if num_classes else 0
+        used = torch.zeros(k, dtype=torch.bool)
+        used[ids] = True
+        if not bool(used.all()):
+            missing = (~used).nonzero().flatten().tolist()
+            raise ValueError(
+                f"groups: group ids must be 0..K-1 with every id used; unused ids {missing[:10]}"
+            )
+        return ids, k
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+        raise TypeError(
+            "groups must be None, a list of lists of class indices, or a (C,) tensor of group "
+            f"ids, got {type(groups).__name__}"
+        )
+    ids = torch.full((num_classes,), -1, dtype=torch.long)
+    for g, item in enumerate(groups):
+        members: object = item.tolist() if isinstance(item, Tensor) else item
+        if isinstance(members, (str, bytes)) or not isinstance(members, Sequence):
+            raise TypeError(f"groups[{g}] must be a list of class indices, got {members!r}")
+        if len(members) == 0:
+            raise ValueError(f"groups[{g}] is empty: every group needs at least one class")
+        for c in members:
+            if isinstance(c, bool) or not isinstance(c, int):
+                raise TypeError(f"groups[{g}] must hold int class indices, got {c!r}")
+            if not 0 <= c < num_classes:
+                raise ValueError(
+                    f"groups[{g}] holds class {c}, out of range for {num_classes} classes"
+                )
+            if int(ids[c]) != -1:
+                raise ValueError(
+                    f"class {c} is in groups[{int(ids[c])}] and groups[{g}]: groups must not "
+                    "overlap (the K losses must sum to the mean loss)"
+                )
+            ids[c] = g
+    missing = (ids < 0).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(
+            f"groups must cover every class; classes {missing[:10]} are in no group "
+            "(put them in a group of their own, or mask them with a policy)"
+        )
+    return ids, len(groups)
+
+
+def per_label_losses(
+    logits: Tensor,
+    targets: TargetsLike,
+    loss: LossName | ElementwiseLoss = "bce",
+    groups: GroupsLike | None = None,
+    *,
+    class_dim: int = 1,
+    ignore_index: int = -100,
+    focal_gamma: float = 2.0,
+    focal_alpha: float = 0.25,
+) -> Tensor:
+    """Split the mean loss of a batch into K losses, one per label or per group of labels.
+
+    The K losses sum to the ordinary mean loss:
+
+    - ``"bce"``: ``BCEWithLogitsLoss`` (mean) over the known entries; loss k is the sum of the
+      elementwise losses of the classes of group k divided by the number of known entries.
+    - ``"focal"``: the sigmoid focal loss of Lin et al. (2017) with ``focal_gamma`` and
+      ``focal_alpha`` (torchvision's ``sigmoid_focal_loss`` defaults), split like ``"bce"``.
+    - a callable ``loss(logits, targets) -> elementwise losses`` of the logits' shape (e.g.
+      ``functools.partial(F.binary_cross_entropy_with_logits, reduction="none")``), split like
+      ``"bce"``; it sees the logits and float target values with the class axis last.
+    - ``"ce"`` with class indices: ``CrossEntropyLoss(ignore_index=...)`` (mean over the
+      non-ignored samples); loss k is the sum of the losses of the samples whose label is in
+      group k divided by the number of non-ignored samples. With soft or multi-hot targets
+      (probabilities): loss k is ``-sum(y[:, c] * log_softmax(z)[:, c] for c in group k) / N``.
+
+    Unknown labels (``Targets.known`` False) contribute nothing. An empty batch or a batch with
+    every label unknown gives zero losses that still depend on the logits (zero gradient, no NaN).
+
+    Args:
+        logits: (N, C, *) logits, class axis at ``class_dim``; may come out of a policy.
+        targets: any encoding :meth:`labelgrad.Targets.coerce` accepts, or a ``Targets``.
+        loss: ``"bce"``, ``"ce"``, ``"focal"`` or an elementwise callable.
+        groups: None (one loss per class), a list of lists of classes partitioning the classes,
+            or a (C,) tensor of group ids.
+        class_dim: the class axis of the logits.
+        ignore_index: the "no label" class index for class-index targets.
+        focal_gamma: focusing parameter of ``"focal"``.
+        focal_alpha: positive-class weight of ``"focal"`` (negative: 1 - alpha); < 0 disables.
+
+    Returns:
+        A (K,) tensor of losses.
+
+    Raises:
+        TypeError, ValueError: invalid ``loss``, ``groups`` or targets.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> z = torch.randn(8, 4)
+        >>> y = torch.randint(0, 2, (8, 4))
+        >>> losses = lg.per_label_losses(z, y, loss="bce", groups=[[0, 1], [2], [3]])
+        >>> losses.shape
+        torch.Size([3])
+        >>> mean = torch.nn.functional.binary_cross_entropy_with_logits(z, y.float())
+        >>> torch.allclose(losses.sum(), mean)
+        True
+    """
+    if not isinstance(logits, Tensor) or not logits.is_floating_point():
+        raise TypeError("logits must be a floating-point tensor of shape (N, C, *)")
+    cd = normalize_class_dim(class_dim, logits.dim())
+    t = Targets.coerce(targets, class_dim=cd, ignore_index=ignore_index, like=logits)
+    num_classes = logits.shape[cd]
+    ids_cpu, k = group_ids(groups, num_classes)
+    class_group = ids_cpu.to(logits.device)
+    n = logits.shape[0]
+    positions = math.prod(logits.shape[1:]) // max(num_classes, 1)
+
+    def class_last(x: Tensor) -> Tensor:  # (N, C, *) -> (N, S, C); explicit S for empty batches
+        return x.movedim(cd, -1).reshape(n, positions, num_classes)
+
+    z = class_last(logits)
+    known = class_last(t.known)
+    values = class_last(t.values).to(z.dtype)
+
+    if loss == "ce":
+        if t.indices is not None:
+            return _ce_index(logits, z, t.indices.reshape(-1), cd, class_group, k, ignore_index)
+        logp = torch.log_softmax(z, dim=-1)
+        per_entry = -(values * logp) * known
+        denom = max(n * z.shape[1], 1)
+        per_class = per_entry.sum(dim=(0, 1)) / denom
+        return _finish(per_class, class_group, k, logits, cd, "dense")
+
+    if callable(loss) and not isinstance(loss, str):
+        per_entry = loss(z, values)
+        if not isinstance(per_entry, Tensor) or per_entry.shape != z.shape:
+            raise ValueError(
+                "a callable loss must return elementwise losses of the logits' shape "
+                f"{tuple(z.shape)} (use reduction='none'), got "
+                f"{getattr(per_entry, 'shape', type(per_entry).__name__)}"
+            )
+    elif loss == "bce":
+        per_entry = F.binary_cross_entropy_with_logits(z, values, reduction="none")
+    elif loss == "focal":
+        per_entry = _sigmoid_focal(z, values, focal_gamma, focal_alpha)
+    else:
+        raise ValueError(f"loss must be 'bce', 'ce', 'focal' or a callable, got {loss!r}")
+    per_entry = torch.where(known, per_entry, torch.zeros((), dtype=per_entry.dtype))
+    count = known.sum().clamp_min(1).to(per_entry.dtype)
+    per_class = per_entry.sum(dim=(0, 1)) / count
+    return _finish(per_class, class_group, k, logits, cd, "column")
+
+
+def _sigmoid_focal(z: Tensor, y: Tensor, gamma: float, alpha: float) -> Tensor:
+    ce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+    p = torch.sigmoid(z)
+    p_t = p * y + (1 - p) * (1 - y)
+    out = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        out = out * (alpha * y + (1 - alpha) * (1 - y))
+    return out
+
+
+def _ce_index(
+    logits: Tensor,
+    z: Tensor,
+    idx: Tensor,
+    cd: int,
+    class_group: Tensor,
+    k: int,
+    ignore_index: int,
+) -> Tensor:
+    flat = z.reshape(-1, z.shape[-1])
+    valid = idx != ignore_index
+    per_sample = F.cross_entropy(flat, idx, ignore_index=ignore_index, reduction="none")
+    safe = torch.where(valid, idx, torch.zeros((), dtype=idx.dtype))
+    sample_group = class_group[safe]
+    count = valid.sum().clamp_min(1).to(per_sample.dtype)
+    out = torch.zeros(k, dtype=per_sample.dtype, device=z.device)
+    out = out.index_add(0, sample_group, per_sample / count)
+    # With nothing to learn from the sum is a constant; keep it on the graph (zero gradient).
+    out = out + 0 * flat.sum()
+    structure = LossStructure(logits, cd, "sample", class_group, k, sample_group, valid)
+    setattr(out, _STRUCTURE_ATTR, structure)
+    return out
+
+
+def _finish(
+    per_class: Tensor,
+    class_group: Tensor,
+    k: int,
+    logits: Tensor,
+    cd: int,
+    kind: Literal["column", "dense"],
+) -> Tensor:
+    out = torch.zeros(k, dtype=per_class.dtype, device=per_class.device)
+    out = out.index_add(0, class_group, per_class)
+    setattr(out, _STRUCTURE_ATTR, LossStructure(logits, cd, kind, class_group, k))
+    return out

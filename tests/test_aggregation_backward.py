@@ -1,0 +1,345 @@
+"""aggregate_backward: engines against loop-of-autograd references, accumulation, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import labelgrad as lg
+
+
+class Mean:
+    """TorchJD's Mean: w = 1/K, i.e. the gradient of losses.mean()."""
+
+    def weights(self, gramian: Tensor, /) -> Tensor:
+        k = gramian.shape[0]
+        return torch.full((k,), 1.0 / k, dtype=gramian.dtype, device=gramian.device)
+
+
+class Sum:
+    """w = 1: the gradient of losses.sum(), the ordinary mean loss of the batch."""
+
+    def weights(self, gramian: Tensor, /) -> Tensor:
+        return torch.ones(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
+
+
+class InvNorm:
+    """A weighting that depends on G: w_k = 1 / sqrt(G_kk) (equalizes the label gradients)."""
+
+    def weights(self, gramian: Tensor, /) -> Tensor:
+        return gramian.diagonal().clamp_min(1e-12).rsqrt()
+
+
+class SumJacobian:
+    """A Jacobian aggregator: the column sum of J (equals Sum)."""
+
+    requires_jacobian = True
+
+    def aggregate(self, jacobian: Tensor, /) -> Tensor:
+        return jacobian.sum(0)
+
+
+def _model(c: int = 5, d: int = 8) -> tuple[nn.Module, nn.Linear]:
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(6, d), nn.Tanh(), nn.Linear(d, d), nn.Tanh()).double()
+    head = nn.Linear(d, c).double()
+    return trunk, head
+
+
+def _batch(n: int = 12, c: int = 5) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(
+        0, 2, (n, c), generator=g
+    )
+
+
+def _reference_jacobian(losses: Tensor, params: list[Tensor]) -> list[Tensor]:
+    rows = [
+        torch.autograd.grad(losses[k], params, retain_graph=True) for k in range(losses.numel())
+    ]
+    return [torch.stack([r[i] for r in rows]) for i in range(len(params))]
+
+
+def _gramian(jac: list[Tensor]) -> Tensor:
+    flat = torch.cat([j.reshape(j.shape[0], -1) for j in jac], 1)
+    return flat @ flat.T
+
+
+def _grads(params: list[Tensor]) -> list[Tensor]:
+    return [p.grad.clone() for p in params]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("groups", [None, [[0, 3], [1], [2, 4]]])
+@pytest.mark.parametrize("batched", [None, False])
+def test_exact_engine_matches_loop_reference(
+    groups: list[list[int]] | None, batched: bool | None
+) -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    shared = list(trunk.parameters())
+    losses = lg.per_label_losses(head(trunk(x)), y, groups=groups)
+    jac = _reference_jacobian(losses, shared)
+    g_ref = _gramian(jac)
+    w_ref = InvNorm().weights(g_ref)
+    head_ref = torch.autograd.grad(losses.sum(), list(head.parameters()), retain_graph=True)
+    out = lg.aggregate_backward(
+        losses, shared=shared, aggregator=InvNorm(), engine="exact", batched=batched, chunk_size=2
+    )
+    assert out.engine == "exact"
+    torch.testing.assert_close(out.gramian, g_ref, rtol=1e-5, atol=1e-8)
+    for p, j in zip(shared, jac):
+        torch.testing.assert_close(p.grad, torch.tensordot(w_ref, j, dims=1), rtol=1e-5, atol=1e-8)
+    for p, r in zip(head.parameters(), head_ref):
+        torch.testing.assert_close(p.grad, r)
+
+
+def test_mean_equals_backward_of_mean_and_sum_equals_plain_step() -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    shared = list(trunk.parameters())
+    losses = lg.per_label_losses(head(trunk(x)), y)
+    ref_shared = torch.autograd.grad(losses.mean(), shared, retain_graph=True)
+    ref_head = torch.autograd.grad(losses.sum(), list(head.parameters()), retain_graph=True)
+    lg.aggregate_backward(losses, shared=trunk, aggregator=Mean())
+    for p, r in zip(shared, ref_shared):
+        torch.testing.assert_close(p.grad, r)
+    for p, r in zip(head.parameters(), ref_head):
+        torch.testing.assert_close(p.grad, r)
+
+    # Sum weights reproduce an ordinary training step of the mean BCE loss, for every parameter.
+    trunk2, head2 = _model()
+    F.binary_cross_entropy_with_logits(head2(trunk2(x)), y.double()).backward()
+    trunk.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    lg.aggregate_backward(lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=Sum())
+    for a, b in zip(
+        [*trunk.parameters(), *head.parameters()], [*trunk2.parameters(), *head2.parameters()]
+    ):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_gradients_accumulate() -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    params = [*trunk.parameters(), *head.parameters()]
+    lg.aggregate_backward(
+        lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=InvNorm()
+    )
+    once = _grads(params)
+    lg.aggregate_backward(
+        lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=InvNorm()
+    )
+    for p, g in zip(params, once):
+        torch.testing.assert_close(p.grad, 2 * g)
+
+
+def test_jacobian_aggregator_and_no_other_parameters() -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    everything = [*trunk.parameters(), *head.parameters()]
+    losses = lg.per_label_losses(head(trunk(x)), y)
+    ref = torch.autograd.grad(losses.sum(), everything, retain_graph=True)
+    out = lg.aggregate_backward(losses, shared=everything, aggregator=SumJacobian())
+    assert out.weights is None
+    for p, r in zip(everything, ref):
+        torch.testing.assert_close(p.grad, r)
+    with pytest.raises(ValueError, match="exact"):
+        lg.aggregate_backward(
+            lg.per_label_losses(head(trunk(x)), y),
+            shared=trunk,
+            aggregator=SumJacobian(),
+            engine="representation",
+            features=x,
+        )
+
+
+def _feature_reference(
+    losses: Tensor, feats: Tensor, trunk: nn.Module, w_fn: object
+) -> tuple[Tensor, list[Tensor]]:
+    rows = torch.stack(
+        [torch.autograd.grad(losses[k], feats, retain_graph=True)[0] for k in range(losses.numel())]
+    )
+    flat = rows.reshape(rows.shape[0], -1)
+    g = flat @ flat.T
+    w = w_fn.weights(g)  # type: ignore[attr-defined]
+    grads = torch.autograd.grad(
+        feats,
+        list(trunk.parameters()),
+        grad_outputs=torch.tensordot(w, rows, dims=1),
+        retain_graph=True,
+    )
+    return g, list(grads)
+
+
+@pytest.mark.parametrize("closed_form", [False, True])
+@pytest.mark.parametrize("groups", [None, [[0, 3], [1], [2, 4]]])
+def test_representation_engine_matches_reference(
+    closed_form: bool, groups: list[list[int]] | None
+) -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    feats = trunk(x)
+    losses = lg.per_label_losses(head(feats), y, groups=groups)
+    g_ref, trunk_ref = _feature_reference(losses, feats, trunk, InvNorm())
+    head_ref = torch.autograd.grad(losses.sum(), list(head.parameters()), retain_graph=True)
+    out = lg.aggregate_backward(
+        losses,
+        shared=trunk,
+        aggregator=InvNorm(),
+        features=feats,
+        head=head if closed_form else None,
+    )
+    assert out.engine == "representation"
+    assert ("closed form" in out.reason) == closed_form
+    torch.testing.assert_close(out.gramian, g_ref, rtol=1e-5, atol=1e-10)
+    for p, r in zip(trunk.parameters(), trunk_ref):
+        torch.testing.assert_close(p.grad, r)
+    for p, r in zip(head.parameters(), head_ref):
+        torch.testing.assert_close(p.grad, r)
+
+
+def test_representation_single_label_groups_is_diagonal_and_warns() -> None:
+    trunk, head = _model(c=4)
+    x = _batch()[0]
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, -100, 0, 1, 2])
+    for use_head in (True, False):
+        feats = trunk(x)
+        losses = lg.per_label_losses(head(feats), y, loss="ce", groups=[[0, 1], [2, 3]])
+        g_ref, trunk_ref = _feature_reference(losses, feats, trunk, InvNorm())
+        lg.aggregation.engines._WARNED.discard("repr-diagonal")
+        trunk.zero_grad(set_to_none=True)
+        with pytest.warns(UserWarning, match="diagonal"):
+            out = lg.aggregate_backward(
+                losses,
+                shared=trunk,
+                aggregator=InvNorm(),
+                features=feats,
+                head=head if use_head else None,
+            )
+        torch.testing.assert_close(out.gramian, g_ref)
+        assert torch.equal(out.gramian, torch.diag(out.gramian.diagonal()))
+        for p, r in zip(trunk.parameters(), trunk_ref):
+            torch.testing.assert_close(p.grad, r)
+
+
+def test_representation_with_policy_between_uses_batched_path() -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    feats = trunk(x)
+    policy = lg.clip_per_sample(max_norm=0.01)
+    losses = lg.per_label_losses(policy(head(feats), y), y)
+    g_ref, trunk_ref = _feature_reference(losses, feats, trunk, InvNorm())
+    out = lg.aggregate_backward(
+        losses, shared=trunk, aggregator=InvNorm(), features=feats, head=head
+    )
+    assert "closed form" not in out.reason
+    assert "policy" in out.reason
+    torch.testing.assert_close(out.gramian, g_ref)
+    for p, r in zip(trunk.parameters(), trunk_ref):
+        torch.testing.assert_close(p.grad, r)
+
+
+def test_stateful_policy_counts_batch_once() -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    p1, p2 = lg.eqlv2(num_classes=5).double(), lg.eqlv2(num_classes=5).double()
+    lg.per_label_losses(p1(head(trunk(x)), y), y).sum().backward()
+    lg.aggregate_backward(
+        lg.per_label_losses(p2(head(trunk(x)), y), y), shared=trunk, aggregator=Sum()
+    )
+    for a, b in zip(p1.state_dict().values(), p2.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_amortized_reuses_weights_and_round_trips() -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    agg = lg.aggregation.Amortized(InvNorm(), every=3)
+    first = lg.aggregate_backward(
+        lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=agg
+    )
+    trunk.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    x2 = x.flip(0) * 0.5
+    losses = lg.per_label_losses(head(trunk(x2)), y)
+    ref_trunk = torch.autograd.grad(
+        losses, list(trunk.parameters()), grad_outputs=first.weights, retain_graph=True
+    )
+    ref_head = torch.autograd.grad(losses.sum(), list(head.parameters()), retain_graph=True)
+    second = lg.aggregate_backward(losses, shared=trunk, aggregator=agg)
+    assert second.gramian is None
+    assert torch.equal(second.weights, first.weights)
+    for p, r in zip(trunk.parameters(), ref_trunk):
+        torch.testing.assert_close(p.grad, r)
+    for p, r in zip(head.parameters(), ref_head):
+        torch.testing.assert_close(p.grad, r)
+    restored = lg.aggregation.Amortized(InvNorm(), every=3)
+    restored.load_state_dict(agg.state_dict())
+    assert torch.equal(restored.cached_weights, agg.cached_weights)
+    assert int(restored.step) == 2
+    assert not restored.due(5)
+    assert restored.due(4)
+
+
+def test_parameter_subset_engine() -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    losses = lg.per_label_losses(head(trunk(x)), y)
+    last = list(trunk[2].parameters())
+    g_ref = _gramian(_reference_jacobian(losses, last))
+    w = InvNorm().weights(g_ref)
+    ref = torch.autograd.grad(losses, list(trunk.parameters()), grad_outputs=w, retain_graph=True)
+    out = lg.aggregate_backward(losses, shared=trunk, aggregator=InvNorm(), subset=last)
+    assert out.engine == "subset"
+    torch.testing.assert_close(out.gramian, g_ref)
+    for p, r in zip(trunk.parameters(), ref):
+        torch.testing.assert_close(p.grad, r)
+
+
+def test_errors() -> None:
+    trunk, head = _model()
+    x, y = _batch()
+
+    def losses() -> Tensor:
+        return lg.per_label_losses(head(trunk(x)), y)
+
+    with pytest.raises(ValueError, match="1-D"):
+        lg.aggregate_backward(losses().reshape(1, -1), shared=trunk, aggregator=Mean())
+    unused = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="do not reach"):
+        lg.aggregate_backward(losses(), shared=[*trunk.parameters(), unused], aggregator=Mean())
+    with pytest.raises(ValueError, match="not on the autograd graph"):
+        lg.aggregate_backward(
+            losses(),
+            shared=trunk,
+            aggregator=Mean(),
+            features=torch.zeros(3, requires_grad=True) * 1,
+        )
+    with pytest.raises(ValueError, match=r"must return a \(5,\)"):
+        lg.aggregate_backward(
+            losses(),
+            shared=trunk,
+            aggregator=type("Bad", (), {"weights": lambda self, g: g[:2, 0]})(),
+        )
+    with pytest.raises(ValueError, match="engine must be"):
+        lg.aggregate_backward(losses(), shared=trunk, aggregator=Mean(), engine="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs features"):
+        lg.aggregate_backward(losses(), shared=trunk, aggregator=Mean(), engine="representation")
+    with pytest.raises(TypeError, match="iterable of parameters"):
+        lg.aggregate_backward(losses(), shared=3, aggregator=Mean())  # type: ignore[arg-type]
+    bad = head(trunk(x))
+    bad = bad * torch.tensor([1.0, float("inf"), 1.0, 1.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="not finite"):
+        lg.aggregate_backward(lg.per_label_losses(bad, y), shared=trunk, aggregator=Mean())
+    trunk.zero_grad(set_to_none=True)
+    bad = head(trunk(x)) * torch.tensor([1.0, float("inf"), 1.0, 1.0, 1.0], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lg.aggregate_backward(
+            lg.per_label_losses(bad, y), shared=trunk, aggregator=Mean(), nonfinite="propagate"
+        )
+    assert not all(bool(torch.isfinite(p.grad).all()) for p in trunk.parameters())
