@@ -45,6 +45,16 @@ ALLOWED: dict[str, str] = {
     "labelgrad.bench.Result": "a plain dataclass row of the benchmark harness",
     "labelgrad.bench.format_table": "benchmark harness; used by every benchmarks/bench_*.py",
     "labelgrad.bench.ratios": "benchmark harness; used by every labelgrad.bench.<level>.run",
+    "labelgrad.aggregation.AggregationResult": "returned by aggregate_backward (its example)",
+    "labelgrad.aggregation.Aggregator": "a typing Protocol; any lg.aggregators class fits it",
+    "labelgrad.aggregation.LossStructure": "returned by loss_structure (its example)",
+    "labelgrad.aggregation.Tracker": "returned by track (its example)",
+    "labelgrad.datasets.Dataset": "returned by digits_lt / yeast (their examples)",
+    "labelgrad.datasets.read_csv": "reads a user's file: no bundled file to show it on",
+    "labelgrad.datasets.read_npz": "reads a user's file: no bundled file to show it on",
+    "labelgrad.report.Section": "a plain dataclass taken by write_report",
+    "labelgrad.report.atomic_write_text": "file helper of the report writers",
+    "labelgrad.report.check_writable_dir": "file helper of the report writers",
 }
 
 # Every direct submodule of labelgrad that declares __all__ is either public API (each name in
