@@ -1,23 +1,14 @@
 # Labels compete for the shared layers: on Yeast (14 gene-function labels), measure how the
 # per-label gradients conflict, then train with their gradients aggregated by UPGrad instead of
 # summed, with the exact engine and with the cheap representation engine.
-import gzip
-import importlib.util
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch import nn
 
 import labelgrad as lg
+from labelgrad.datasets import yeast
 
-river = importlib.util.find_spec("river")  # Yeast ships with river; read it with numpy
-path = Path(river.origin).parent / "datasets" / "yeast.csv.gz"
-with gzip.open(path, "rt") as fh:
-    data = np.loadtxt(fh, delimiter=",", skiprows=1, dtype=np.float32)
-x, y = torch.from_numpy(data[:, :103]), torch.from_numpy(data[:, 103:]).long()
-perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-train, test = perm[:1700], perm[1700:]
+ds = yeast(seed=0)  # river's bundled copy, read with numpy
+x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
 
 
 def make_model():
@@ -29,7 +20,7 @@ def make_model():
 # 1. How much do the labels conflict? The Gramian G = J J^T of the 14 per-label gradients on the
 #    trunk gives their cosines; aggregate_backward returns it.
 trunk, head = make_model()
-losses = lg.per_label_losses(head(trunk(x[train])), y[train], loss="bce")  # (14,), sums to BCE
+losses = lg.per_label_losses(head(trunk(x_train)), y_train, loss="bce")  # (14,), sums to BCE
 result = lg.aggregate_backward(losses, shared=trunk, aggregator=lg.aggregators.Mean())
 cos = lg.conflicts(result.gramian)
 off_diagonal = cos[~torch.eye(14, dtype=torch.bool)]
@@ -45,9 +36,9 @@ def fit(aggregator=None, engine="exact"):
     opt = torch.optim.Adam([*trunk.parameters(), *head.parameters()], lr=3e-3)
     gen = torch.Generator().manual_seed(1)
     for _ in range(8):
-        for batch in train[torch.randperm(len(train), generator=gen)].split(128):
-            features = trunk(x[batch])
-            losses = lg.per_label_losses(head(features), y[batch], loss="bce")
+        for batch in torch.randperm(len(x_train), generator=gen).split(128):
+            features = trunk(x_train[batch])
+            losses = lg.per_label_losses(head(features), y_train[batch], loss="bce")
             opt.zero_grad()
             if aggregator is None:
                 losses.sum().backward()
@@ -58,8 +49,8 @@ def fit(aggregator=None, engine="exact"):
                 )  # fmt: skip
             opt.step()
     with torch.no_grad():
-        pred = head(trunk(x[test])) > 0
-    truth = y[test].bool()
+        pred = head(trunk(x_test)) > 0
+    truth = y_test.bool()
     tp, fp, fn = (pred & truth).sum(0), (pred & ~truth).sum(0), (~pred & truth).sum(0)
     micro = 2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum())
     macro = (2 * tp / (2 * tp + fp + fn).clamp(min=1)).mean()
