@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import io
 import os
@@ -66,6 +67,8 @@ PUBLIC_MODULES = {
     "labelgrad.bench",
     "labelgrad.datasets",
     "labelgrad.integrations",
+    "labelgrad.integrations.lightning",
+    "labelgrad.integrations.transformers",
     "labelgrad.monitor",
     "labelgrad.policies",
     "labelgrad.report",
@@ -86,10 +89,16 @@ _BUILT_BY = re.compile(r"(?:Built by|see) :func:`~?([\w.]+)`")
 def _public_modules() -> list[ModuleType]:
     """labelgrad and its public submodules (those of PUBLIC_MODULES that exist)."""
     mods: list[ModuleType] = [labelgrad]
-    for info in pkgutil.iter_modules(labelgrad.__path__):
-        name = f"labelgrad.{info.name}"
-        if name in PUBLIC_MODULES:
+    for name in sorted(PUBLIC_MODULES):
+        if importlib.util.find_spec(name.rsplit(".", 1)[0]) is None:
+            continue
+        if importlib.util.find_spec(name) is None:
+            continue
+        try:
             mods.append(importlib.import_module(name))
+        except ModuleNotFoundError as err:  # an optional framework (lightning, ...) is absent
+            if (err.name or "").startswith("labelgrad"):
+                raise
     return mods
 
 
