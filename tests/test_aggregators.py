@@ -242,7 +242,7 @@ def test_cagrad_matches_torchjd_and_reaches_a_lower_objective(name: str) -> None
     if name != "duplicated":
         close(ours, expected, rtol=1e-3)
     diff = ours - expected
-    assert float(diff @ g @ diff) <= 1e-5 * float(expected @ g @ expected) + 1e-20
+    assert float(diff @ g @ diff) <= 1e-6 * float(expected @ g @ expected) + 1e-20
     if name != "K=1":  # and our simplex solution is at least as good as theirs
         gn = normalize_gramian(g, 1e-4)
         mean = torch.full((k,), 1.0 / k, dtype=g.dtype)
@@ -252,9 +252,7 @@ def test_cagrad_matches_torchjd_and_reaches_a_lower_objective(name: str) -> None
             w = (w - mean) / (w - mean).sum()
             return float(w @ gn @ mean + sqrt_phi * (w @ gn @ w).sqrt())
 
-        # (duplicated rows make the simplex problem degenerate: ours is within 1e-5 there)
-        slack = 1e-5 if name == "duplicated" else 1e-12
-        assert objective(ours) <= objective(expected) * (1 + slack) + 1e-12
+        assert objective(ours) <= objective(expected) + 1e-12
 
 
 # --- own references ------------------------------------------------------------------------
@@ -274,6 +272,11 @@ def test_dual_cone_solution_satisfies_the_kkt_conditions(name: str) -> None:
     assert float(((v - lower) * lam).abs().max()) <= 1e-10 * scale
     # the projected gradients J^T v_i are in the dual cone (up to the reg_eps = 1e-4 ridge)
     assert bool(((j @ j.T) @ v.T >= -1e-3 * float((j @ j.T).abs().max())).all())
+    # the accelerator code path (fixed shapes, masked convergence) gives the same answer
+    v_dev, _ = project_to_dual_cone(lower, g, host_shapes=False)
+    torch.testing.assert_close(v_dev, v)
+    v_pre, _ = project_to_dual_cone(lower, g, presolve_iters=20)
+    torch.testing.assert_close(v_pre, v)
     # warm start from the answer: same result
     v2, _ = project_to_dual_cone(lower, g, active=v <= lower)
     torch.testing.assert_close(v2, v)
@@ -292,6 +295,13 @@ def test_pcgrad_equals_explicit_projections_in_parameter_space() -> None:
         projected.append(gi)
     expected = torch.stack(projected).sum(0)
     torch.testing.assert_close(pcgrad_weights(j @ j.T, orders) @ j, expected)
+
+
+@pytest.mark.parametrize("name", ALL_IDS)
+def test_mgda_device_path_equals_host_path(name: str) -> None:
+    j = ALL_J[name]
+    g = j @ j.T
+    torch.testing.assert_close(A.MGDA()._weights_on_device(g), A.MGDA().weights(g))
 
 
 def test_mgda_returns_a_point_of_the_simplex_close_to_min_norm() -> None:

@@ -178,11 +178,19 @@ LR_SCALE = torch.tensor([1.0, 0.5, 2.0, 0.0, 0.25], dtype=DT)
 ROW_WD = torch.tensor([0.0, 0.3, 0.05, 0.1, 0.2], dtype=DT)
 
 
-@pytest.mark.parametrize(("name", "impl", "wd"), variants())
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
+def with_paths() -> list[Any]:
+    """Every variant; Adam/AdamW twice: their fast path and the generic snapshot path."""
+    out = []
+    for v in variants():
+        name, impl, wd = v.values
+        out.append(pytest.param(name, impl, wd, True, id=f"{v.id}"))
+        if OPTIMIZERS[name][0] in (torch.optim.Adam, torch.optim.AdamW):
+            out.append(pytest.param(name, impl, wd, False, id=f"{v.id}-snapshot"))
+    return out
+
+
+@pytest.mark.parametrize(("name", "impl", "wd", "fast"), with_paths())
 def test_matches_split_reference_with_all_rules(name: str, impl: str, wd: float, fast: bool):
-    if not fast and OPTIMIZERS[name][0] not in (torch.optim.Adam, torch.optim.AdamW):
-        pytest.skip("the fast path exists only for Adam/AdamW")
     make = factory(name, impl, wd)
     model = Model()
     ref = SplitReference(model, make, LR_SCALE, ROW_WD)
@@ -198,9 +206,12 @@ def test_matches_split_reference_with_all_rules(name: str, impl: str, wd: float,
     sched_ours = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.8**t)
     sched_ref = torch.optim.lr_scheduler.LambdaLR(ref.opt, lambda t: 0.8**t)
     for t, targets in enumerate(TARGETS):
+        if t == 2:
+            opt.freeze([4])  # row 4 has moved at steps 0-1
         if t == 3:
-            opt.unfreeze([1])  # resumes from the state it had when frozen
-            opt.freeze([4])
+            opt.unfreeze([1])  # frozen from the start: starts from fresh state
+        if t == 4:
+            opt.unfreeze([4])  # resumes from its state of step 1, no stale momentum burst
         frozen = opt.frozen
         present = torch.zeros(C, dtype=torch.bool)
         present[targets] = True
@@ -507,3 +518,39 @@ def test_bad_rows_are_rejected():
     opt2 = lg.RowRules(torch.optim.SGD(model.params(), lr=0.1), rows=model.head)
     with pytest.raises(ValueError, match="out of range"):
         opt2.observe(torch.tensor([5]))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
+def test_non_finite_gradient_in_a_resting_row_leaves_it_and_its_state_bitwise(fast: bool):
+    model = Model(seed=10)
+    opt = lg.RowRules(
+        torch.optim.AdamW(model.params(), lr=0.1, weight_decay=0.1),
+        rows=model.head,
+        frozen=[0],
+        skip_absent=True,
+        fast=fast,
+    )
+    set_grads(model, 0)
+    opt.step(targets=torch.arange(C))
+    before = snapshot(model, opt)
+    set_grads(model, 1)
+    assert model.head.weight.grad is not None
+    model.head.weight.grad[0] = float("nan")  # frozen
+    model.head.weight.grad[3] = float("inf")  # absent
+    opt.step(targets=torch.tensor([1, 2, 4]))
+    assert_rows_unchanged(before, snapshot(model, opt), [0, 3])
+    assert torch.isfinite(model.head.weight[[1, 2, 4]]).all()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
+def test_adam_with_eps_zero_keeps_never_stepped_rows_finite(fast: bool):
+    model = Model(seed=11)
+    opt = lg.RowRules(
+        torch.optim.Adam(model.params(), lr=0.1, eps=0.0), rows=model.head, frozen=[2], fast=fast
+    )
+    w2 = model.head.weight.detach()[2].clone()
+    for t in range(2):
+        set_grads(model, t)
+        opt.step()
+    assert torch.equal(model.head.weight[2], w2)
+    assert torch.isfinite(model.head.weight).all()

@@ -20,19 +20,56 @@ def regularize_gramian(gramian: Tensor, eps: float) -> Tensor:
     return gramian + eps * torch.eye(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
 
 
-def _solve_with_active_set(gramian: Tensor, lower: Tensor, active: Tensor) -> Tensor:
-    """Solve ``G_FF v_F = -G_FA u_A``, ``v_A = u_A`` for each row (batched, masked Cholesky)."""
-    free = ~active
+def _solve_with_active_set(gramian: Tensor, lower: Tensor, active: Tensor, compact: bool) -> Tensor:
+    """Solve ``G_FF v_F = -G_FA u_A``, ``v_A = u_A`` for each row (batched Cholesky).
+
+    On CPU the systems are gathered down to the largest free set (the factorization is cubic in
+    it); elsewhere they stay K x K with identity rows on the active set (no data-dependent shape).
+    """
+    k = gramian.shape[-1]
     fixed = torch.where(active, lower, torch.zeros_like(lower))
-    # M_b = G on free x free, identity elsewhere: PD since G is (one fused pass over B x K x K).
-    eye = torch.eye(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
-    matrix = torch.where(free.unsqueeze(-1) & free.unsqueeze(-2), gramian, eye)
-    rhs = torch.where(free, -(fixed @ gramian), fixed)
+    rhs_full = -(fixed @ gramian)
+    if compact:
+        free_count = (~active).sum(dim=-1)
+        m = int(free_count.max())
+        if m == 0:
+            return fixed
+        # Free coordinates first (stable), then keep the first m columns.
+        index = torch.argsort(active.to(torch.int8), dim=-1, stable=True)[:, :m]
+        valid = torch.arange(m, device=gramian.device) < free_count.unsqueeze(-1)
+        sub = gramian[index.unsqueeze(-1), index.unsqueeze(-2)]
+    else:
+        m = k
+        index = torch.arange(k, device=gramian.device).expand_as(active)
+        valid = ~active
+        sub = gramian.expand(active.shape[0], k, k)
+    eye = torch.eye(m, dtype=gramian.dtype, device=gramian.device)
+    # Identity outside the free x free block keeps every system positive definite.
+    matrix = torch.where(valid.unsqueeze(-1) & valid.unsqueeze(-2), sub, eye)
+    rhs = torch.where(valid, rhs_full.gather(-1, index), torch.zeros_like(rhs_full[:, :m]))
     # M is symmetric, so M.mT is M in the column-major layout LAPACK wants: no copy.
     upper, _ = torch.linalg.cholesky_ex(matrix.mT, upper=True)
     half = torch.linalg.solve_triangular(upper.mT, rhs.unsqueeze(-1), upper=False)
-    solution: Tensor = torch.linalg.solve_triangular(upper, half, upper=True)
-    return solution.squeeze(-1)
+    solved: Tensor = torch.linalg.solve_triangular(upper, half, upper=True).squeeze(-1)
+    return fixed.scatter(-1, index, torch.where(valid, solved, fixed.gather(-1, index)))
+
+
+def _presolve(lower: Tensor, gramian: Tensor, iters: int) -> Tensor:
+    """Guess the active sets with a few accelerated projected-gradient (FISTA) steps."""
+    probe = torch.ones(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
+    for _ in range(8):  # power iteration: λ_max within a few percent from below
+        probe = gramian @ probe
+        probe = probe / probe.norm().clamp(min=torch.finfo(gramian.dtype).tiny)
+    step = 1 / (1.2 * (probe @ gramian @ probe)).clamp(min=torch.finfo(gramian.dtype).tiny)
+    v = lower.clone()
+    y = lower
+    momentum = 1.0
+    for _ in range(iters):
+        v_next = torch.maximum(lower, y - step * (y @ gramian))
+        next_momentum = (1 + (1 + 4 * momentum * momentum) ** 0.5) / 2
+        y = v_next + ((momentum - 1) / next_momentum) * (v_next - v)
+        v, momentum = v_next, next_momentum
+    return v <= lower
 
 
 def project_to_dual_cone(
@@ -40,8 +77,10 @@ def project_to_dual_cone(
     gramian: Tensor,
     *,
     active: Tensor | None = None,
+    presolve_iters: int = 0,
     max_iters: int = 50,
     check_every: int | None = None,
+    host_shapes: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Solve ``min_v v^T G v  s.t.  v >= u`` for every row ``u`` of ``lower``, all at once.
 
@@ -67,6 +106,8 @@ def project_to_dual_cone(
         active: (B, K) bool initial guess of the coordinates where ``v = u``.
         max_iters: the most active-set iterations.
         check_every: iterations between convergence checks.
+        host_shapes: allow data-dependent shapes (compact the batch and the systems); default:
+            on CPU only.
 
     Returns:
         (B, K) solutions ``v`` and the (B, K) final active sets (to warm-start the next call).
@@ -77,17 +118,19 @@ def project_to_dual_cone(
         >>> project_to_dual_cone(torch.tensor([[1.0, 0.0]]), G)[0]
         tensor([[1.0000, 0.5000]])
     """
-    on_cpu = gramian.device.type == "cpu"
+    on_cpu = gramian.device.type == "cpu" if host_shapes is None else host_shapes
     if check_every is None:
         check_every = 1 if on_cpu else 5
     solution = lower.clone()
+    if active is None and presolve_iters > 0:
+        active = _presolve(lower, gramian, presolve_iters)
     if active is None:
         active = (lower @ gramian) > 0
     final_active = active.clone()
     todo = torch.arange(lower.shape[0], device=lower.device)
     sub_lower, sub_active = lower, active
     for it in range(1, max_iters + 1):
-        v = _solve_with_active_set(gramian, sub_lower, sub_active)
+        v = _solve_with_active_set(gramian, sub_lower, sub_active, compact=on_cpu)
         lam = torch.where(sub_active, v @ gramian, torch.zeros_like(v))
         new_active = (lam + sub_lower - v) > 0
         changed = (new_active != sub_active).any(dim=-1)

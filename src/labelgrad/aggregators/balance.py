@@ -57,7 +57,7 @@ def solve_balance(
         target = torch.where(dead, torch.ones_like(w), w.pow(-power))
         residual = g @ w - target
         slope = torch.where(dead, torch.zeros_like(w), power * w.pow(-power - 1))
-        step = torch.linalg.solve(g + torch.diag(slope), residual)
+        step, _ = torch.linalg.solve_ex(g + torch.diag(slope), residual)  # no error-check sync
         # Largest t <= 1 with w - t step >= w / 10 (stay well inside w > 0).
         ratio = torch.where(step > 0, 0.9 * w / step, torch.full_like(w, torch.inf))
         t = ratio.min().clamp(max=1.0)

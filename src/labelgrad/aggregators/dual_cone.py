@@ -22,6 +22,8 @@ def _check_pref(pref_vector: Tensor | None) -> Tensor | None:
 class _DualConeWeighting(Aggregator):
     """Shared set-up: TorchJD's normalization and regularization of G, in float64."""
 
+    _default_presolve = 0
+
     def __init__(
         self,
         *,
@@ -29,6 +31,7 @@ class _DualConeWeighting(Aggregator):
         norm_eps: float = 0.0001,
         reg_eps: float = 0.0001,
         warm_start: bool = True,
+        presolve_iters: int | None = None,
     ) -> None:
         super().__init__()
         if norm_eps < 0 or reg_eps < 0:
@@ -37,6 +40,7 @@ class _DualConeWeighting(Aggregator):
         self.norm_eps = float(norm_eps)
         self.reg_eps = float(reg_eps)
         self.warm_start = warm_start
+        self.presolve_iters = self._default_presolve if presolve_iters is None else presolve_iters
         # The last active sets: speed only (the solution does not depend on them), so not saved.
         self._active: Tensor | None
         self.register_buffer("_active", None, persistent=False)
@@ -56,7 +60,10 @@ class _DualConeWeighting(Aggregator):
         active = self._active
         if not self.warm_start or active is None or active.shape != lower.shape:
             active = None
-        solution, active = project_to_dual_cone(lower, g, active=active)
+        presolve = self.presolve_iters
+        if presolve < 0:  # automatic
+            presolve = 20 if lower.shape[0] * lower.shape[1] >= 32 * 32 else 0
+        solution, active = project_to_dual_cone(lower, g, active=active, presolve_iters=presolve)
         if self.warm_start:
             self._active = active
         return solution
@@ -76,13 +83,17 @@ class UPGrad(_DualConeWeighting):
     are solved together by a batched primal-dual active-set method
     (:func:`~labelgrad.aggregators._qp.project_to_dual_cone`): exact at termination, in float64,
     so it matches TorchJD's quadprog solution to round-off. ``warm_start`` reuses the last call's
-    active sets (speed only; the result does not depend on it).
+    active sets, and otherwise ``presolve_iters`` FISTA steps guess them (speed only: the result
+    does not depend on either).
 
     Args:
         pref_vector: (K,) preference weights, or None for ``1/K``.
         norm_eps: trace below which G counts as zero.
         reg_eps: ridge added to the normalized G.
         warm_start: start the active-set search from the previous call's sets.
+        presolve_iters: accelerated projected-gradient steps that guess the first active sets
+            when there is no warm start (speed only; 0 starts from the non-conflicting rows;
+            default: 20 from K = 32 on, else 0).
 
     Example:
         >>> import torch
@@ -90,6 +101,10 @@ class UPGrad(_DualConeWeighting):
         >>> UPGrad().weights(G)  # (1/2 + 1/4) each, up to reg_eps
         tensor([0.7499, 0.7499])
     """
+
+    # K systems per iteration: from K ~ 32 on, a better first guess saves a whole batched
+    # factorization; below, the factorizations are cheaper than the guess.
+    _default_presolve = -1
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         lower = torch.diag(self._preference(gramian))
@@ -109,6 +124,8 @@ class DualProj(_DualConeWeighting):
         norm_eps: trace below which G counts as zero.
         reg_eps: ridge added to the normalized G.
         warm_start: start the active-set search from the previous call's set.
+        presolve_iters: projected-gradient steps that guess the first active set (speed only;
+            default 0: one system per iteration is cheap).
 
     Example:
         >>> import torch

@@ -19,8 +19,9 @@ class MGDA(Aggregator):
     ``t = argmin_i (G w)_i``, line-search ``γ`` exactly on the segment to ``e_t``, stop once
     ``γ < epsilon`` or after ``max_iters`` steps — TorchJD 0.18's solver and defaults, step for
     step (so the result is its, not the exact minimizer: Frank-Wolfe's gap after ``max_iters``
-    steps is the tolerance). On the device the stop is a mask (no sync); the flag is read every
-    iteration on CPU and every 10 elsewhere.
+    steps is the tolerance). On CPU the line search runs on host scalars (fewer ops); on
+    accelerators it stays on the device, the stop is a mask and the flag is read every 10
+    iterations (one sync each).
 
     Args:
         epsilon: the step size below which the iteration stops.
@@ -43,6 +44,11 @@ class MGDA(Aggregator):
         self.max_iters = int(max_iters)
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
+        if gramian.device.type == "cpu":
+            return self._weights_on_host(gramian)
+        return self._weights_on_device(gramian)
+
+    def _weights_on_device(self, gramian: Tensor) -> Tensor:
         k = gramian.shape[0]
         alpha = torch.full((k,), 1.0 / k, dtype=gramian.dtype, device=gramian.device)
         done = torch.zeros((), dtype=torch.bool, device=gramian.device)
@@ -61,6 +67,29 @@ class MGDA(Aggregator):
             alpha = alpha.index_add(0, t.unsqueeze(0), gamma.unsqueeze(0))
             done = done | (gamma < self.epsilon)
             if should_check(gramian.device, it) and bool(done):
+                break
+        return alpha
+
+    def _weights_on_host(self, gramian: Tensor) -> Tensor:
+        # On CPU, scalars are free to read: the line search runs on Python floats (fewer ops).
+        k = gramian.shape[0]
+        alpha = torch.full((k,), 1.0 / k, dtype=gramian.dtype)
+        diag = gramian.diagonal().tolist()
+        for _ in range(self.max_iters):
+            g_alpha = gramian @ alpha
+            t = int(torch.argmin(g_alpha))
+            a = float(alpha @ gramian[:, t])
+            b = float(alpha @ g_alpha)
+            c = diag[t]
+            if c <= a:
+                gamma = 1.0
+            elif b <= a:
+                gamma = 0.0
+            else:
+                gamma = (b - a) / (b + c - 2 * a)
+            alpha = alpha * (1 - gamma)
+            alpha[t] += gamma
+            if gamma < self.epsilon:
                 break
         return alpha
 

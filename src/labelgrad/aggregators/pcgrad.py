@@ -43,13 +43,17 @@ def pcgrad_weights(gramian: Tensor, orders: Tensor) -> Tensor:
     rows = torch.arange(k, device=gramian.device)
     coefs = torch.eye(k, dtype=gramian.dtype, device=gramian.device)
     diag = gramian.diagonal()
-    safe_diag = torch.where(diag > 0, diag, torch.ones_like(diag))
+    # Per (row, position): -1/|g_j|^2 where the projection may happen (j != i, g_j != 0), else 0.
+    visited_diag = diag[orders]
+    allowed = (orders != rows.unsqueeze(1)) & (visited_diag > 0)
+    neg_inv = torch.where(allowed, -1 / torch.where(allowed, visited_diag, 1.0), 0.0)
+    flat = (rows.unsqueeze(1) * k + orders).t().contiguous()  # (position, row) into coefs
+    orders_t = orders.t().contiguous()
+    neg_inv_t = neg_inv.t().contiguous()
+    flat_coefs = coefs.view(-1)
     for t in range(k):
-        j = orders[:, t]
-        inner = torch.linalg.vecdot(coefs, gramian[j])  # g_i^PC · g_j for every row i
-        project = (inner < 0) & (j != rows) & (diag[j] > 0)
-        step = torch.where(project, -inner / safe_diag[j], torch.zeros_like(inner))
-        coefs.index_put_((rows, j), step, accumulate=True)
+        inner = torch.linalg.vecdot(coefs, gramian[orders_t[t]])  # g_i^PC · g_j, every row i
+        flat_coefs.index_add_(0, flat[t], inner.clamp(max=0) * neg_inv_t[t])
     return coefs.sum(dim=0)
 
 

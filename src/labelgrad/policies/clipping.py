@@ -25,10 +25,11 @@ def _clip(grad: Tensor, ctx: GradContext, max_norm: float, dims: tuple[int, ...]
     return grad * factor.to(grad.dtype)
 
 
-class ClipPerClass(Policy):
-    """Cap the gradient norm of each class over the batch. Built by :func:`clip_per_class`."""
+class _NormClip(Policy):
+    """Cap the L2 norm of groups of entries; subclasses choose the axes a group spans."""
 
     requires_targets = False
+    group_dims: tuple[int, ...] = ()
 
     def __init__(self, max_norm: float) -> None:
         super().__init__()
@@ -38,7 +39,13 @@ class ClipPerClass(Policy):
         return f"max_norm={self.max_norm}"
 
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        return _clip(grad, ctx, self.max_norm, (0, 1))
+        return _clip(grad, ctx, self.max_norm, self.group_dims)
+
+
+class ClipPerClass(_NormClip):
+    """Cap the gradient norm of each class over the batch. Built by :func:`clip_per_class`."""
+
+    group_dims = (0, 1)  # a class's group: every sample and position
 
 
 def clip_per_class(max_norm: float) -> ClipPerClass:
@@ -58,20 +65,10 @@ def clip_per_class(max_norm: float) -> ClipPerClass:
     return ClipPerClass(max_norm)
 
 
-class ClipPerSample(Policy):
+class ClipPerSample(_NormClip):
     """Cap the gradient norm of each sample. Built by :func:`clip_per_sample`."""
 
-    requires_targets = False
-
-    def __init__(self, max_norm: float) -> None:
-        super().__init__()
-        self.max_norm = as_nonnegative_scalar(max_norm, "max_norm", positive=True)
-
-    def extra_repr(self) -> str:
-        return f"max_norm={self.max_norm}"
-
-    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        return _clip(grad, ctx, self.max_norm, (1, 2))
+    group_dims = (1, 2)  # a sample's group: every position and class
 
 
 def clip_per_sample(max_norm: float) -> ClipPerSample:

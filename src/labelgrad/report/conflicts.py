@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from labelgrad.policies.base import no_state_update
+from labelgrad.aggregation.engines import exact_jacobian, gramian_of
 
 __all__ = ["label_gramian"]
 
@@ -15,8 +15,9 @@ __all__ = ["label_gramian"]
 def label_gramian(losses: Tensor, params: Iterable[nn.Parameter]) -> Tensor:
     """The Gramian G = J Jᵀ of the (K,) ``losses``' gradients on ``params``, shape (K, K).
 
-    All K vector-Jacobian products run in one batched backward (``is_grads_batched``), inside
-    :func:`labelgrad.no_state_update` so stateful policies do not count them. The graph is kept.
+    The exact engine of :func:`labelgrad.aggregate_backward` computes it: batched
+    vector-Jacobian products inside :func:`labelgrad.no_state_update`, so stateful policies do
+    not count them. The graph is kept.
 
     Example:
         >>> import torch
@@ -26,21 +27,7 @@ def label_gramian(losses: Tensor, params: Iterable[nn.Parameter]) -> Tensor:
     """
     ps = [p for p in params if p.requires_grad]
     k = losses.numel()
-    eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
-    with no_state_update():
-        grads = torch.autograd.grad(
-            losses.reshape(k),
-            ps,
-            grad_outputs=eye,
-            is_grads_batched=True,
-            retain_graph=True,
-            allow_unused=True,
-        )
-    jac = torch.cat(
-        [
-            (g if g is not None else torch.zeros(k, *p.shape, device=losses.device)).reshape(k, -1)
-            for g, p in zip(grads, ps)
-        ],
-        dim=1,
-    )
-    return jac @ jac.T
+    jacobians = [j for j in exact_jacobian(losses.reshape(k), ps) if j is not None]
+    if not jacobians:
+        return torch.zeros(k, k, dtype=losses.dtype, device=losses.device)
+    return gramian_of(jacobians).to(losses.dtype)

@@ -122,11 +122,19 @@ def adam_step(
         elif isinstance(wd, Tensor) or wd != 0:
             param.mul_(rows(1 - lr * row_lr * wd))
 
-    denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
     if row_lr is None:
+        denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+    elif eps > 0:
+        # m / (sqrt(v) / b2 + eps) * k  ==  m / ((sqrt(v) + eps * b2) / (k * b2)): one fused
+        # addcdiv as in torch. A resting row has k = 0, so its denominator is inf and its update
+        # exactly 0 (the moments of a resting row are finite: it saw a zero gradient).
+        k = rows(row_lr * (-lr / bias_correction1) * bias_correction2_sqrt)
+        denom = second.sqrt().add_(eps * bias_correction2_sqrt).div_(k)
+        param.addcdiv_(exp_avg, denom)
     else:
-        update = exp_avg / denom
-        if moving is not None and eps == 0:
-            update = torch.where(lp.per_class(moving), update, 0.0)  # 0/0 in a resting row
+        denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
+        update = torch.where(
+            lp.per_class(moving if moving is not None else row_lr != 0), exp_avg / denom, 0.0
+        )  # 0/0 in a resting row
         param.addcmul_(update, rows(row_lr * (-lr / bias_correction1)))

@@ -22,6 +22,14 @@ class Router:
         optimizers: name -> optimizer, in the order given.
         classes: name -> the sorted int64 class indices of that group.
         num_classes: the number of classes the targets carry.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+        >>> router = lg.Router({"ab": (torch.optim.SGD(a.parameters(), lr=0.1), [0, 1]),
+        ...                     "c": (torch.optim.SGD(b.parameters(), lr=0.1), [2])})
+        >>> list(router), router.num_classes
+        (['ab', 'c'], 3)
     """
 
     def __init__(
@@ -63,6 +71,13 @@ class Router:
                     "each class belongs to one optimizer"
                 )
             owner[self.classes[name]] = k
+        for name, opt in self.optimizers.items():
+            inner = getattr(opt, "num_classes", None)
+            if callable(getattr(opt, "observe", None)) and inner != num_classes:
+                raise ValueError(
+                    f"groups[{name!r}]: its optimizer observes targets over {inner} classes but "
+                    f"the router has num_classes={num_classes}; both must use the same class ids"
+                )
         seen: dict[int, str] = {}
         for name, opt in self.optimizers.items():
             for group in opt.param_groups:
