@@ -31,7 +31,7 @@ unit: $(STAMP)
 
 # Strict: a broken link, a missing page or a docstring griffe cannot parse fails the build.
 docs-check: $(STAMP)
-	$(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 test: lint typecheck unit docs-check
 
@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(VENV)/bin/labelgrad bench
 
 docs: $(STAMP)
-	$(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build site src/*.egg-info
