@@ -30,7 +30,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q --doctest-modules src/labelgrad tests
 
 # Strict: a broken link, a missing page or a docstring griffe cannot parse fails the build.
-# (Not --quiet: it hides the warnings from the counter that --strict reads, so nothing fails.)
+# Not --quiet: it hides warnings from the counter --strict reads (mkdocs/mkdocs#4126).
 docs-check: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
