@@ -28,7 +28,7 @@ def accuracy(model, classes, among=None):
     return float((logits.argmax(1) == y_all[idx]).float().mean())
 
 
-def phase(model, opt, idx, steps=100, grad_hook=None):
+def phase(model, opt, idx, steps=80, grad_hook=None):
     for _ in range(steps):
         loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
         opt.zero_grad()

@@ -25,7 +25,7 @@ x_test, y_test = x_all[test_idx], y_all[test_idx]
 print("training images per class:", counts)
 
 
-def fit(policy=None, loss="ce", steps=200, lr_scale=None):
+def fit(policy=None, loss="ce", steps=150, lr_scale=None):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, C))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -56,7 +56,7 @@ tail_steps = (freq.max() / freq).sqrt()  # Adam step-size multiplier per head ro
 runs = {
     "cross-entropy": fit(),
     "class_weights(1/freq)": fit(lg.class_weights(inv)),
-    "deferred re-weighting (DRW)": fit(lg.schedule(lg.class_weights(inv), start_step=120)),
+    "deferred re-weighting (DRW)": fit(lg.schedule(lg.class_weights(inv), start_step=90)),
     "sigmoid BCE": fit(loss="bce"),
     "sigmoid BCE + eqlv2": fit(lg.eqlv2(num_classes=C), loss="bce"),
     "RowRules(lr_scale=tail_steps)": fit(lr_scale=tail_steps),
