@@ -88,11 +88,12 @@ def test_demo_table_format() -> None:
     from labelgrad.demo import Row, format_rows
 
     row = Row("e", "m", {"balanced_acc": [0.5, 0.7], "few_shot_acc": [0.1, 0.1]}, [2.0, 4.0])
+    row.timed_ms, row.timed_ratio = 3.0, 1.5
     header, table = format_rows([row])
     assert len(header) == len(table[0]) == 5
     assert table[0][2] == "balanced acc %:  60.0 ± 14.1"
     assert table[0][3] == "few-shot acc %:  10.0 ±  0.0"
-    assert table[0][4] == "3.00"
+    assert table[0][4] == "3.00 (1.50x)"
 
 
 def test_unwritable_out_fails_before_work(
@@ -365,3 +366,34 @@ def test_train_row_rules_freeze_a_class(tmp_path: Path, capsys: pytest.CaptureFi
     assert torch.equal(state["head.weight"][1], init["head.weight"][1])  # frozen row: unchanged
     assert torch.equal(state["head.bias"][1], init["head.bias"][1])
     assert not torch.equal(state["head.weight"][0], init["head.weight"][0])
+
+
+def _multilabel_npz(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random((80, 4)) < 0.4).astype(np.int64)
+    np.savez(tmp_path / "m.npz", x=rng.normal(size=(80, 4)) + y, y=y)
+
+
+def test_train_aggregation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _data(tmp_path)
+    cfg = _config(tmp_path, CONFIG.format(epochs=1) + '\n[aggregation]\naggregator = "UPGrad"\n')
+    code, _, err = _train([str(cfg), "--out", str(tmp_path / "a")], capsys)
+    assert code == 2
+    assert "needs multilabel data" in err
+    import labelgrad as lg
+
+    if not hasattr(lg, "aggregate_backward"):
+        pytest.skip("lg.aggregate_backward is not in this build")
+    _multilabel_npz(tmp_path)
+    text = '[data]\npath = "m.npz"\n[train]\nepochs = 2\n[aggregation]\naggregator = "{}"\n'
+    code, out, err = _train(
+        [str(_config(tmp_path, text.format("UPGrad"))), "--out", str(tmp_path / "u"), "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    assert len(json.loads(out)["epoch_loss"]) == 2
+    code, _, err = _train(
+        [str(_config(tmp_path, text.format("Nope"))), "--out", str(tmp_path / "v")], capsys
+    )
+    assert code == 2
+    assert "unknown aggregator 'Nope'" in err

@@ -554,3 +554,73 @@ def test_adam_with_eps_zero_keeps_never_stepped_rows_finite(fast: bool):
         opt.step()
     assert torch.equal(model.head.weight[2], w2)
     assert torch.isfinite(model.head.weight).all()
+
+
+def test_step_hooks_and_pickling():
+    model = Model(seed=12)
+    opt = lg.RowRules(torch.optim.SGD(model.params(), lr=0.1), rows=model.head, frozen=[1])
+    calls: list[str] = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    set_grads(model, 0)
+    opt.step()
+    assert calls == ["pre", "post"]
+    clone = copy.deepcopy(opt)
+    assert clone.frozen.tolist() == opt.frozen.tolist()
+
+
+class HostSync(AssertionError):
+    pass
+
+
+@pytest.fixture
+def forbid_host_sync(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make every value read-back a tensor offers (item, tolist, bool, int, float, nonzero)
+    raise; on an accelerator each of them would synchronise with the host."""
+
+    def arm() -> None:
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise HostSync("host read on the step path")
+
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero"):
+            monkeypatch.setattr(Tensor, name, refuse)
+        monkeypatch.setattr(torch, "nonzero", refuse)
+
+    return arm
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
+def test_adamw_step_path_reads_nothing_back(fast: bool, forbid_host_sync: Callable[[], None]):
+    model = Model(seed=13)
+    # Only the head, and fused for the snapshot path: torch's own for-loop/foreach AdamW reads
+    # its CPU step counter back (a CPU read, not a sync), which the patch cannot tell apart.
+    opt = lg.RowRules(
+        torch.optim.AdamW(model.head.parameters(), lr=0.1, weight_decay=0.1, fused=not fast),
+        rows=model.head,
+        frozen=[0],
+        lr_scale=LR_SCALE,
+        weight_decay=ROW_WD,
+        skip_absent=True,
+        fast=fast,
+    )
+    set_grads(model, 0)
+    opt.observe(torch.tensor([1, 3]))  # label validation reads CPU values: outside the step
+    forbid_host_sync()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_snapshot_step_path_reads_nothing_back(forbid_host_sync: Callable[[], None]):
+    model = Model(seed=14)
+    opt = lg.RowRules(
+        torch.optim.SGD(model.params(), lr=0.1, momentum=0.9, weight_decay=0.01),
+        rows=model.head,
+        frozen=[0],
+        lr_scale=LR_SCALE,
+        weight_decay=ROW_WD,
+        skip_absent=True,
+    )
+    set_grads(model, 0)
+    opt.observe(torch.tensor([1, 3]))
+    forbid_host_sync()
+    opt.step()

@@ -69,13 +69,14 @@ class Sizes:
     digits_epochs: int
     yeast_epochs: int
     yeast_limit: int | None
+    timing_steps: int = 30
     batch_size: int = 64
     yeast_batch_size: int = 128
 
 
 SIZES = {
     "full": Sizes(seeds=3, digits_epochs=40, yeast_epochs=15, yeast_limit=None),
-    "tiny": Sizes(seeds=2, digits_epochs=1, yeast_epochs=1, yeast_limit=300),
+    "tiny": Sizes(seeds=2, digits_epochs=1, yeast_epochs=1, yeast_limit=300, timing_steps=2),
 }
 
 
@@ -87,6 +88,8 @@ class Row:
     method: str
     metrics: dict[str, list[float]]
     step_ms: list[float]
+    timed_ms: float = math.nan
+    timed_ratio: float = math.nan
     note: str = ""
 
     def summary(self) -> dict[str, Any]:
@@ -94,7 +97,9 @@ class Row:
         out: dict[str, Any] = {"experiment": self.experiment, "method": self.method}
         for k, v in self.metrics.items():
             out[k] = {"mean": _mean(v), "std": _std(v), "values": v}
-        out["step_ms"] = {"median": _median(self.step_ms), "values": self.step_ms}
+        out["train_step_ms"] = {"median": _median(self.step_ms), "values": self.step_ms}
+        out["step_ms"] = self.timed_ms
+        out["step_ratio"] = self.timed_ratio
         if self.note:
             out["note"] = self.note
         return out
@@ -147,11 +152,11 @@ METRIC_NAMES = {
 
 def format_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """The demo table as (header, rows of strings)."""
-    header = ["experiment", "method", "metric 1", "metric 2", "step ms"]
+    header = ["experiment", "method", "metric 1", "metric 2", "step ms (× first)"]
     out = []
     for r in rows:
         cells = [f"{METRIC_NAMES[k]}: {_fmt(v)}" for k, v in r.metrics.items()]
-        out.append([r.experiment, r.method, *cells, f"{_median(r.step_ms):.2f}"])
+        out.append([r.experiment, r.method, *cells, f"{r.timed_ms:.2f} ({r.timed_ratio:.2f}x)"])
     return header, out
 
 
@@ -179,6 +184,39 @@ class _Run:
 StepFn = Callable[[Tensor, Tensor], None]
 
 
+def _interleaved_ms(
+    steps: dict[str, StepFn], xb: Tensor, yb: Tensor, sizes: Sizes, device: torch.device
+) -> dict[str, float]:
+    """Median ms per training step of each method on one fixed batch, timed round-robin.
+
+    Separate training runs on a shared machine see different load; timing the methods in
+    turn, in one loop, lets the load hit each alike (the ``labelgrad.bench`` convention).
+    """
+    from labelgrad.bench import interleaved
+
+    cases = {name: (lambda fn=fn: fn(xb, yb)) for name, fn in steps.items()}
+    times = interleaved(cases, steps=sizes.timing_steps, warmup=3, device=device)
+    return {name: 1000 * t for name, t in times.items()}
+
+
+def _set_timings(
+    rows: list[Row],
+    steps: dict[str, StepFn],
+    ds: Dataset,
+    y_train: Tensor,
+    sizes: Sizes,
+    device: torch.device,
+) -> None:
+    """Fill ``timed_ms`` / ``timed_ratio`` (to the first method) of one experiment's rows."""
+    size = sizes.batch_size if ds.task == "multiclass" else sizes.yeast_batch_size
+    xb, yb = ds.x_train[:size].to(device), y_train[:size].to(device)
+    times = _interleaved_ms(steps, xb, yb, sizes, device)
+    base = times[rows[0].method]
+    for row in rows:
+        row.timed_ms = times[row.method]
+        row.timed_ratio = times[row.method] / base
+
+
 def _timed_epochs(
     n: int, batch_size: int, epochs: int, seed: int, step: StepFn, x: Tensor, y: Tensor
 ) -> float:
@@ -191,7 +229,10 @@ def _timed_epochs(
     return 1000 * _median(times)
 
 
-def _digits_run(ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device) -> _Run:
+def _digits_setup(
+    ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device
+) -> tuple[MLP, lg.GradMonitor, StepFn]:
+    """A fresh model and one training step of ``method`` on digits-LT."""
     torch.manual_seed(seed)
     c = ds.num_classes
     model = MLP(ds.num_features, [128], c).to(device)
@@ -228,6 +269,12 @@ def _digits_run(ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch
         else:
             opt.step()
 
+    return model, mon, step
+
+
+def _digits_run(ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device) -> _Run:
+    model, mon, step = _digits_setup(ds, method, seed, sizes, device)
+    c, counts = ds.num_classes, ds.train_counts()
     x, y = ds.x_train.to(device), ds.y_train.to(device)
     step_ms = _timed_epochs(len(x), sizes.batch_size, sizes.digits_epochs, seed, step, x, y)
     with torch.no_grad():
@@ -266,9 +313,10 @@ def _multilabel_metrics(scores: Tensor, y: Tensor) -> tuple[dict[str, float], li
     return {"map": float(ap.mean()), "macro_f1": float(f1.mean())}, [float(v) for v in f1]
 
 
-def _yeast_run(
-    ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device, y_train: Tensor
-) -> _Run:
+def _yeast_setup(
+    ds: Dataset, method: str, seed: int, device: torch.device
+) -> tuple[MLP, lg.GradMonitor, StepFn]:
+    """A fresh model and one training step of ``method`` on Yeast."""
     torch.manual_seed(seed)
     k = ds.num_classes
     model = MLP(ds.num_features, [128], k).to(device)
@@ -298,6 +346,13 @@ def _yeast_run(
             )
         opt.step()
 
+    return model, mon, step
+
+
+def _yeast_run(
+    ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device, y_train: Tensor
+) -> _Run:
+    model, mon, step = _yeast_setup(ds, method, seed, device)
     x, y = ds.x_train.to(device), y_train.to(device)
     step_ms = _timed_epochs(len(x), sizes.yeast_batch_size, sizes.yeast_epochs, seed, step, x, y)
     with torch.no_grad():
@@ -422,6 +477,9 @@ def _run(
                             monitors[method] = run.monitor
                     bar.update()
                 rows.append(row)
+            ds = digits_sets[imb]
+            steps = {m: _digits_setup(ds, m, seed, sizes, dev)[2] for m in digits_methods}
+            _set_timings(rows[-len(digits_methods) :], steps, ds, ds.y_train, sizes, dev)
 
         base = yeast(seed=seed)
         if sizes.yeast_limit is not None:
@@ -437,6 +495,8 @@ def _run(
                 row.step_ms.append(run.step_ms)
                 bar.update()
             rows.append(row)
+        steps = {m: _yeast_setup(base, m, seed, dev)[2] for m in partial_methods}
+        _set_timings(rows[-len(partial_methods) :], steps, base, hidden, sizes, dev)
 
         conflicts: Tensor | None = None
         for method in agg_methods:
@@ -451,6 +511,8 @@ def _run(
                     conflicts = _label_conflicts(run.model, base, dev)
                 bar.update()
             rows.append(row)
+        steps = {m: _yeast_setup(base, m, seed, dev)[2] for m in agg_methods}
+        _set_timings(rows[-len(agg_methods) :], steps, base, base.y_train, sizes, dev)
     finally:
         bar.close()
 
@@ -550,9 +612,10 @@ def _write_demo_report(
     intro = Section(
         "Results",
         [
-            f"Mean ± std over {num_seeds} seeds; step time is the median per training step "
-            f"(forward + backward + optimizer) on {device}, measured on a machine that may be "
-            "shared. Balanced accuracy is the mean per-class accuracy on a balanced test set; "
+            f"Mean ± std over {num_seeds} seeds. Step time: the median of one training step "
+            f"(forward + backward + optimizer) on {device}, the methods of an experiment timed "
+            "in turn on one fixed batch (interleaved), with the ratio to the experiment's first "
+            "method. Balanced accuracy is the mean per-class accuracy on a balanced test set; "
             f"few-shot accuracy is the mean over the {FEW_SHOT} rarest training classes. "
             f"class_weights uses effective-number weights with beta={BETA}; row_rules gives head "
             f"row c the step lr × (n_max/n_c)^{TAIL_LR_POWER} and leaves rows of classes absent "

@@ -554,6 +554,8 @@ def run_train(
     ckpt_path = folder / "checkpoint.pt"
     start_epoch = 0
     step_losses: list[list[float]] = []
+    if resume and not ckpt_path.exists() and echo is not None:
+        echo(f"no checkpoint at {ckpt_path}: starting from epoch 0")
     if resume and ckpt_path.exists():
         try:
             state = torch.load(ckpt_path, map_location=dev, weights_only=True)

@@ -20,7 +20,35 @@ def regularize_gramian(gramian: Tensor, eps: float) -> Tensor:
     return gramian + eps * torch.eye(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
 
 
-def _solve_with_active_set(gramian: Tensor, lower: Tensor, active: Tensor, compact: bool) -> Tensor:
+def _scratch(
+    workspace: dict[str, Tensor] | None, like: Tensor, numel: int, name: str = "scratch"
+) -> Tensor:
+    """A 1-D scratch buffer of ``numel`` elements, reused across calls when ``workspace`` is given.
+
+    Reuse matters on CPU: with glibc's default ``mmap`` threshold, fresh multi-megabyte
+    temporaries are page-faulted in on every call, which costs more than the factorizations.
+    """
+    if workspace is None:
+        return torch.empty(numel, dtype=like.dtype, device=like.device)
+    buffer = workspace.get(name)
+    if (
+        buffer is None
+        or buffer.numel() < numel
+        or buffer.dtype != like.dtype
+        or buffer.device != like.device
+    ):
+        buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
+        workspace[name] = buffer
+    return buffer[:numel]
+
+
+def _solve_with_active_set(
+    gramian: Tensor,
+    lower: Tensor,
+    active: Tensor,
+    compact: bool,
+    workspace: dict[str, Tensor] | None = None,
+) -> Tensor:
     """Solve ``G_FF v_F = -G_FA u_A``, ``v_A = u_A`` for each row (batched Cholesky).
 
     On CPU the systems are gathered down to the largest free set (the factorization is cubic in
@@ -37,18 +65,30 @@ def _solve_with_active_set(gramian: Tensor, lower: Tensor, active: Tensor, compa
         # Free coordinates first (stable), then keep the first m columns.
         index = torch.argsort(active.to(torch.int8), dim=-1, stable=True)[:, :m]
         valid = torch.arange(m, device=gramian.device) < free_count.unsqueeze(-1)
-        sub = gramian[index.unsqueeze(-1), index.unsqueeze(-2)]
+        # Identity outside the free x free block keeps every system positive definite. The
+        # systems and their factors live in one reused scratch buffer.
+        batch = active.shape[0]
+        scratch = _scratch(workspace, gramian, 2 * batch * m * m)
+        matrix = scratch[: batch * m * m].view(batch, m, m)
+        flat = _scratch(workspace, index, batch * m * m, "index").view(batch, m, m)
+        torch.add(index.unsqueeze(-1) * k, index.unsqueeze(-2), out=flat)
+        torch.index_select(gramian.reshape(-1), 0, flat.view(-1), out=matrix.view(-1))
+        matrix.masked_fill_(~valid.unsqueeze(-1), 0.0)  # broadcast masks: no (B, m, m) temporary
+        matrix.masked_fill_(~valid.unsqueeze(-2), 0.0)
+        matrix.diagonal(dim1=-2, dim2=-1).masked_fill_(~valid, 1.0)
+        factor = scratch[batch * m * m :].view(batch, m, m).mT  # column-major, as LAPACK wants
+        info = torch.empty(batch, dtype=torch.int32, device=gramian.device)
+        torch.linalg.cholesky_ex(matrix.mT, upper=True, out=(factor, info))
+        upper = factor
     else:
         m = k
         index = torch.arange(k, device=gramian.device).expand_as(active)
         valid = ~active
-        sub = gramian.expand(active.shape[0], k, k)
-    eye = torch.eye(m, dtype=gramian.dtype, device=gramian.device)
-    # Identity outside the free x free block keeps every system positive definite.
-    matrix = torch.where(valid.unsqueeze(-1) & valid.unsqueeze(-2), sub, eye)
+        eye = torch.eye(k, dtype=gramian.dtype, device=gramian.device)
+        matrix = torch.where(valid.unsqueeze(-1) & valid.unsqueeze(-2), gramian, eye)
+        # M is symmetric, so M.mT is M in the column-major layout LAPACK wants: no copy.
+        upper, _ = torch.linalg.cholesky_ex(matrix.mT, upper=True)
     rhs = torch.where(valid, rhs_full.gather(-1, index), torch.zeros_like(rhs_full[:, :m]))
-    # M is symmetric, so M.mT is M in the column-major layout LAPACK wants: no copy.
-    upper, _ = torch.linalg.cholesky_ex(matrix.mT, upper=True)
     half = torch.linalg.solve_triangular(upper.mT, rhs.unsqueeze(-1), upper=False)
     solved: Tensor = torch.linalg.solve_triangular(upper, half, upper=True).squeeze(-1)
     return fixed.scatter(-1, index, torch.where(valid, solved, fixed.gather(-1, index)))
@@ -81,6 +121,7 @@ def project_to_dual_cone(
     max_iters: int = 50,
     check_every: int | None = None,
     host_shapes: bool | None = None,
+    workspace: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Solve ``min_v v^T G v  s.t.  v >= u`` for every row ``u`` of ``lower``, all at once.
 
@@ -108,6 +149,7 @@ def project_to_dual_cone(
         check_every: iterations between convergence checks.
         host_shapes: allow data-dependent shapes (compact the batch and the systems); default:
             on CPU only.
+        workspace: a dict in which scratch memory is kept between calls (the caller's).
 
     Returns:
         (B, K) solutions ``v`` and the (B, K) final active sets (to warm-start the next call).
@@ -130,7 +172,9 @@ def project_to_dual_cone(
     todo = torch.arange(lower.shape[0], device=lower.device)
     sub_lower, sub_active = lower, active
     for it in range(1, max_iters + 1):
-        v = _solve_with_active_set(gramian, sub_lower, sub_active, compact=on_cpu)
+        v = _solve_with_active_set(
+            gramian, sub_lower, sub_active, compact=on_cpu, workspace=workspace
+        )
         lam = torch.where(sub_active, v @ gramian, torch.zeros_like(v))
         new_active = (lam + sub_lower - v) > 0
         changed = (new_active != sub_active).any(dim=-1)

@@ -79,7 +79,11 @@ class NashMTL(Aggregator):
     :func:`solve_balance` finds it by Newton to relative residual 1e-10, so the two agree to
     TorchJD's own tolerance. Then, as there, if ``|J^T α| = sqrt(α^T G α) > max_norm`` (and
     ``max_norm > 0``) ``α`` is rescaled to norm ``max_norm``. Zero gradients get weight 1 before
-    scaling (TorchJD's cvxpy fails there). With ``update_weights_every = n`` the solve runs every
+    scaling (TorchJD's cvxpy fails there). When G is singular with a non-negative null
+    direction (e.g. ``g_1 = -g_2``, or K > rank with such a combination) no bargaining solution
+    exists: Newton stops
+    after ``max_iters`` with large finite weights and the ``max_norm`` cap sets the scale. With
+    ``update_weights_every = n`` the solve runs every
     n-th call and the other calls reuse the last ``α`` (rescaled for the new G).
 
     Stateful: the last ``α`` (warm start, reuse) is the ``last_weights`` buffer and the call

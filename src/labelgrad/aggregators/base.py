@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["Aggregator", "JacobianAggregator", "check_gramian", "check_jacobian"]
@@ -96,9 +97,11 @@ class Aggregator(nn.Module):
             gramian: symmetric positive semi-definite (K, K) matrix ``J J^T``.
 
         Returns:
-            The weights ``w``; the update is ``J^T w``.
+            The weights ``w``; the update is ``J^T w``. Constants: computed under
+            ``torch.no_grad()`` (the weightings are not differentiable, as in TorchJD).
         """
-        return self._weights(check_gramian(gramian))
+        with torch.no_grad():
+            return self._weights(check_gramian(gramian))
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         raise NotImplementedError
@@ -140,9 +143,11 @@ class JacobianAggregator(Aggregator):
             jacobian: the stacked per-label gradients, one row per label group.
 
         Returns:
-            The update direction (P,), on the Jacobian's device and dtype.
+            The update direction (P,), on the Jacobian's device and dtype (computed under
+            ``torch.no_grad()``).
         """
-        return self._aggregate(check_jacobian(jacobian))
+        with torch.no_grad():
+            return self._aggregate(check_jacobian(jacobian))
 
     def _aggregate(self, jacobian: Tensor, /) -> Tensor:
         raise NotImplementedError

@@ -44,6 +44,7 @@ class _DualConeWeighting(Aggregator):
         # The last active sets: speed only (the solution does not depend on them), so not saved.
         self._active: Tensor | None
         self.register_buffer("_active", None, persistent=False)
+        self._workspace: dict[str, Tensor] = {}  # scratch memory reused by the solver
 
     def _preference(self, gramian: Tensor) -> Tensor:
         k = gramian.shape[0]
@@ -63,7 +64,10 @@ class _DualConeWeighting(Aggregator):
         presolve = self.presolve_iters
         if presolve < 0:  # automatic
             presolve = 20 if lower.shape[0] * lower.shape[1] >= 32 * 32 else 0
-        solution, active = project_to_dual_cone(lower, g, active=active, presolve_iters=presolve)
+        with torch.no_grad():  # not differentiable (an active-set solve)
+            solution, active = project_to_dual_cone(
+                lower, g, active=active, presolve_iters=presolve, workspace=self._workspace
+            )
         if self.warm_start:
             self._active = active
         return solution

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -58,6 +60,7 @@ class GradDrop(JacobianAggregator):
     ``sum_i (leak_i + (1 - leak_i) M_i) ⊙ g_i``. Vectorized over the K rows.
 
     Args:
+        f: a monotonically increasing map applied to the purity ``P`` (identity if None).
         leak: (K,) leak values, or None for no leak.
         generator: the source of ``U`` (on the Jacobian's device); the global one if None.
 
@@ -68,9 +71,14 @@ class GradDrop(JacobianAggregator):
     """
 
     def __init__(
-        self, *, leak: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        *,
+        f: Callable[[Tensor], Tensor] | None = None,
+        leak: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        self.f = f
         if leak is not None and (not isinstance(leak, Tensor) or leak.dim() != 1):
             raise ValueError("leak must be a 1-D tensor of K leak values or None")
         self.leak = None if leak is None else leak.detach().clone()
@@ -85,6 +93,8 @@ class GradDrop(JacobianAggregator):
         else:
             leak = self.leak.to(device=jacobian.device, dtype=jacobian.dtype)
         purity = 0.5 * (1 + jacobian.sum(dim=0) / jacobian.abs().sum(dim=0))
+        if self.f is not None:
+            purity = self.f(purity)
         u = torch.rand(
             purity.shape, generator=self.generator, dtype=jacobian.dtype, device=jacobian.device
         )

@@ -109,7 +109,9 @@ def adam_step(
         torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
         second = state["max_exp_avg_sq"]
 
-    step: Tensor | float = step_t.item() if step_t.device.type == "cpu" else step_t
+    # Tensor math in float64 (the values torch computes in Python floats), never .item():
+    # no host read, also when the step counter lives on the device (fused).
+    step = step_t.to(torch.float64)
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
 

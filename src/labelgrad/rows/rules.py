@@ -205,6 +205,14 @@ class RowRules(torch.optim.Optimizer):
         """Add a param group to the wrapped optimizer."""
         self.optimizer.add_param_group(param_group)
 
+    def register_step_pre_hook(self, hook: Any) -> Any:
+        """Register a step pre-hook on the wrapped optimizer (it receives that optimizer)."""
+        return self.optimizer.register_step_pre_hook(hook)
+
+    def register_step_post_hook(self, hook: Any) -> Any:
+        """Register a step post-hook on the wrapped optimizer (it receives that optimizer)."""
+        return self.optimizer.register_step_post_hook(hook)
+
     def __repr__(self) -> str:
         return (
             f"RowRules(num_classes={self.num_classes}, skip_absent={self.skip_absent}, "
