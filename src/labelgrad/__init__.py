@@ -7,6 +7,7 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 """
 
 from labelgrad import aggregation, aggregators, datasets, report
+from labelgrad.accumulation import accumulation_window
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
 from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.policies import (
@@ -63,6 +64,7 @@ __all__ = [
     "Targets",
     "TargetsLike",
     "__version__",
+    "accumulation_window",
     "aggregate_backward",
     "aggregation",
     "aggregators",

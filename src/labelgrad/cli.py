@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BENCH_LEVELS,
         help="run only this benchmark (repeatable)",
     )
+    bench.add_argument(
+        "--outcomes",
+        action="store_true",
+        help="run the outcomes benchmark instead (accuracy on real long-tailed and partial-label "
+        "data; writes CSV, JSON, plots and results.md to --out, default labelgrad-outcomes)",
+    )
+    # Hidden: a seconds-long outcomes run for tests.
+    bench.add_argument("--outcomes-size", choices=("tiny",), default=None, help=argparse.SUPPRESS)
 
     train = sub.add_parser(
         "train",
@@ -127,6 +135,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.device != "cpu":
         _device(args.device)
+    if args.outcomes:
+        return _cmd_outcomes(args)
     folder = check_writable_dir(args.out) if args.out else None
     names = args.only or list(BENCH_LEVELS)
     modules: list[tuple[str, Any]] = []
@@ -159,6 +169,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(format_table(rows))
         for name in missing:
             print(f"(no benchmark module labelgrad.bench.{name} in this build)")
+    return 0
+
+
+def _cmd_outcomes(args: argparse.Namespace) -> int:
+    from labelgrad.bench.outcomes import run_outcomes
+
+    result = run_outcomes(
+        size=args.outcomes_size or ("quick" if args.quick else "full"),
+        out=args.out or "labelgrad-outcomes",
+        device=_device(args.device),
+        quiet=args.quiet,
+        echo=None if args.json else print,
+        command=" ".join(["labelgrad", *args.argv]),
+    )
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=1))
     return 0
 
 
@@ -197,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from labelgrad.datasets import DataError, MissingSourceError
     from labelgrad.train import ConfigError
 

@@ -19,11 +19,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from labelgrad._distributed import gradient_world_size
 from labelgrad.targets import Targets, TargetsLike, normalize_class_dim
 
 __all__ = ["GradContext", "Policy", "no_state_update", "state_updates_enabled"]
 
 _STATE_UPDATES = [True]
+# Accumulation windows currently open (labelgrad.accumulation); empty on the common path.
+_OPEN_WINDOWS: list[object] = []
 
 
 @contextlib.contextmanager
@@ -64,9 +67,11 @@ class GradContext:
         targets: the batch's targets, class axis last (``positive``, ``known``, ``values``:
             (N, S, C); ``indices``: (N, S) for class-index labels), or None when the policy was
             called without targets.
-        grad_scale: the loss scale of an attached ``torch.amp.GradScaler`` as a 0-d float32
-            tensor on the gradient's device, or None. Norm thresholds and gradient statistics
-            divide by it so that they do not depend on the scale.
+        grad_scale: the factor between the gradient at the logits and the gradient that is
+            applied, as a 0-d float32 tensor on the gradient's device, or None for 1: the loss
+            scale of an attached ``torch.amp.GradScaler``, times the world size under
+            torch.distributed (DDP and FSDP average gradients over ranks). Norm thresholds and
+            gradient statistics divide by it so that they depend on neither.
         update_state: whether stateful policies may update their statistics in this pass.
     """
 
@@ -213,6 +218,13 @@ class Policy(nn.Module):
             s = scaler._get_scale_async()
             if s is not None:
                 scale = s.to(device=grad.device, dtype=torch.float32)
+        # DDP/FSDP average gradients over ranks: a rank's gradient at the logits is world_size
+        # times its share of the applied gradient. Thresholds and statistics refer to the applied
+        # gradient, so that W ranks behave as one process on the concatenated batch.
+        world = gradient_world_size()
+        if world > 1:
+            w = torch.full((), float(world), dtype=torch.float32, device=grad.device)
+            scale = w if scale is None else scale * w
         return GradContext(targets=targets, grad_scale=scale, update_state=state_updates_enabled())
 
 
@@ -263,6 +275,13 @@ class _Gate(torch.autograd.Function):
                 values=values,
             )
         out = policy.transform(flat, policy._context(flat, targets))
+        if _OPEN_WINDOWS:
+            # Inside an accumulation window: set this micro-batch's statistics aside and restore
+            # the window's starting state (see labelgrad.accumulation).
+            for module in policy.modules():
+                collect = getattr(module, "_collect_window", None)
+                if collect is not None:
+                    collect()
         out = out.reshape(moved_shape).movedim(-1, class_dim)
         return out, None, None, None, None, None
 

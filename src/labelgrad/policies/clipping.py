@@ -5,16 +5,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from labelgrad._distributed import CheckedReducer
 from labelgrad._validation import as_nonnegative_scalar
 from labelgrad.policies.base import GradContext, Policy
 
 __all__ = ["ClipPerClass", "ClipPerSample", "clip_per_class", "clip_per_sample"]
 
 
-def _clip(grad: Tensor, ctx: GradContext, max_norm: float, dims: tuple[int, ...]) -> Tensor:
+def _clip(
+    grad: Tensor,
+    ctx: GradContext,
+    max_norm: float,
+    dims: tuple[int, ...],
+    reducer: CheckedReducer | None = None,
+) -> Tensor:
     # Accumulate in at least float32 (fp16/bf16 gradients overflow or lose the norm).
     acc = torch.promote_types(grad.dtype, torch.float32)
-    norm = grad.to(acc).square().sum(dim=dims, keepdim=True).sqrt()
+    sq = grad.to(acc).square().sum(dim=dims, keepdim=True)
+    if reducer is not None:
+        # The group spans the ranks (a class over the global batch): sum its squared norm.
+        (sq,) = reducer.sum(sq)
+    norm = sq.sqrt()
     limit = torch.tensor(max_norm, dtype=acc, device=grad.device)
     if ctx.grad_scale is not None:
         limit = limit * ctx.grad_scale.to(acc)  # compare the unscaled norm with max_norm
@@ -30,22 +41,29 @@ class _NormClip(Policy):
 
     requires_targets = False
     group_dims: tuple[int, ...] = ()
+    spans_batch = False  # a group includes every sample: under DDP, the global batch
 
     def __init__(self, max_norm: float) -> None:
         super().__init__()
         self.max_norm = as_nonnegative_scalar(max_norm, "max_norm", positive=True)
+        self._reducer = (
+            CheckedReducer(f"the per-group gradient norms of {type(self).__name__}")
+            if self.spans_batch
+            else None
+        )
 
     def extra_repr(self) -> str:
         return f"max_norm={self.max_norm}"
 
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        return _clip(grad, ctx, self.max_norm, self.group_dims)
+        return _clip(grad, ctx, self.max_norm, self.group_dims, self._reducer)
 
 
 class ClipPerClass(_NormClip):
     """Cap the gradient norm of each class over the batch. Built by :func:`clip_per_class`."""
 
     group_dims = (0, 1)  # a class's group: every sample and position
+    spans_batch = True
 
 
 def clip_per_class(max_norm: float) -> ClipPerClass:
@@ -53,7 +71,9 @@ def clip_per_class(max_norm: float) -> ClipPerClass:
 
     For each class c, the vector of all entries (n, c, ...) of the batch is rescaled if its norm
     exceeds ``max_norm``; under an attached GradScaler the threshold applies to the unscaled
-    gradient.
+    gradient. Under torch.distributed the batch is the global batch: the per-class squared norms
+    are summed over ranks in the backward pass (one all-reduce of C floats), so W ranks clip
+    exactly as one process on the concatenated batch.
 
     Example:
         >>> import torch, labelgrad as lg

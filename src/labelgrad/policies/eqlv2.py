@@ -38,7 +38,7 @@ class EQLv2(StatefulPolicy):
         self.alpha = as_nonnegative_scalar(alpha, "alpha")
         self.add_state("pos_grad", torch.zeros(num_classes, dtype=torch.float32))
         self.add_state("neg_grad", torch.zeros(num_classes, dtype=torch.float32))
-        self.add_state("num_updates", torch.zeros((), dtype=torch.float32))
+        self.add_state("num_updates", torch.zeros((), dtype=torch.float32), window="count")
 
     def extra_repr(self) -> str:
         return (

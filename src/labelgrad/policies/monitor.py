@@ -48,14 +48,14 @@ class GradMonitor(StatefulPolicy):
         self.num_classes = num_classes
         self.history_size = history
         c = num_classes
-        self.add_state("num_batches", torch.zeros((), dtype=torch.float32))
-        self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float32))
+        self.add_state("num_batches", torch.zeros((), dtype=torch.float32), window="count")
+        self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float32), window="any")
         self.add_state("pos_abs", torch.zeros(c, dtype=torch.float32))
         self.add_state("neg_abs", torch.zeros(c, dtype=torch.float32))
         self.add_state("sq_norm", torch.zeros(c, dtype=torch.float32))
-        self.add_state("last_norm", torch.zeros(c, dtype=torch.float32))
-        self.add_state("history", torch.zeros(history, c, dtype=torch.float32))
-        self.add_state("history_len", torch.zeros((), dtype=torch.long))
+        self.add_state("last_norm", torch.zeros(c, dtype=torch.float32), window="last")
+        self.add_state("history", torch.zeros(history, c, dtype=torch.float32), window="last")
+        self.add_state("history_len", torch.zeros((), dtype=torch.long), window="last")
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, history={self.history_size}"

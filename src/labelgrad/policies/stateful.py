@@ -7,12 +7,18 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from labelgrad._distributed import all_reduce_sum
+from labelgrad._distributed import CheckedReducer
 from labelgrad.policies.base import Policy
 
-__all__ = ["StatefulPolicy"]
+__all__ = ["StatefulPolicy", "WindowMerge"]
 
 Reduce = Literal["sum"]
+WindowMerge = Literal["sum", "count", "any", "last"]
+"""How a statistic combines over the micro-batches of an accumulation window:
+``"sum"``: increments add up (committed only if every ``"count"`` statistic advanced in every
+micro-batch, i.e. no micro-batch was non-finite); ``"count"``: a per-batch counter, advances by
+its smallest increment (one per window); ``"any"``: advances by its largest increment;
+``"last"``: keeps the value after the last micro-batch."""
 
 
 class StatefulPolicy(Policy):
@@ -27,19 +33,76 @@ class StatefulPolicy(Policy):
     def __init__(self) -> None:
         super().__init__()
         self._defaults: dict[str, Tensor] = {}
+        self._window_merge: dict[str, WindowMerge] = {}
+        self._window_start: dict[str, Tensor] | None = None
+        self._window_parts: list[dict[str, Tensor]] = []
+        self._reducer = CheckedReducer(f"the statistics of {type(self).__name__}")
 
-    def add_state(self, name: str, default: Tensor, reduce: Reduce = "sum") -> None:
+    def add_state(
+        self, name: str, default: Tensor, reduce: Reduce = "sum", window: WindowMerge = "sum"
+    ) -> None:
         """Register a statistic as a persistent buffer, remembering its initial value.
 
         Args:
             name: the buffer's name.
             default: its initial value (cloned).
             reduce: how increments combine across ranks; only "sum" is used so far.
+            window: how it combines over an accumulation window (see :data:`WindowMerge`).
         """
         if reduce != "sum":
             raise ValueError(f"reduce must be 'sum', got {reduce!r}")
+        if window not in ("sum", "count", "any", "last"):
+            raise ValueError(f"window must be 'sum', 'count', 'any' or 'last', got {window!r}")
         self._defaults[name] = default.detach().clone()
+        self._window_merge[name] = window
         self.register_buffer(name, default.detach().clone())
+
+    # Accumulation windows (labelgrad.accumulation_window): every micro-batch sees the state of
+    # the window's start; the increments are set aside and committed once at the end.
+
+    def _open_window(self) -> None:
+        self._window_start = {n: getattr(self, n).detach().clone() for n in self._defaults}
+        self._window_parts = []
+
+    def _collect_window(self) -> None:
+        start = self._window_start
+        if start is None:
+            return
+        part: dict[str, Tensor] = {}
+        for name, merge in self._window_merge.items():
+            buf: Tensor = getattr(self, name)
+            part[name] = buf.detach().clone() if merge == "last" else buf.detach() - start[name]
+            buf.copy_(start[name])
+        self._window_parts.append(part)
+
+    def _close_window(self, commit: bool) -> None:
+        start, parts = self._window_start, self._window_parts
+        self._window_start, self._window_parts = None, []
+        if start is None or not parts or not commit:
+            return
+        counts = [n for n, m in self._window_merge.items() if m == "count"]
+        ok = torch.ones((), dtype=torch.bool, device=start[next(iter(start))].device)
+        merged: dict[str, Tensor] = {}
+        for name, merge in self._window_merge.items():
+            stack = torch.stack([p[name] for p in parts])
+            if merge == "sum":
+                merged[name] = stack.sum(0)
+            elif merge == "count":
+                merged[name] = stack.amin(0)
+            elif merge == "any":
+                merged[name] = stack.amax(0)
+            else:
+                merged[name] = stack[-1]
+        for name in counts:
+            ok = ok & (merged[name] > 0).all()
+        for name, merge in self._window_merge.items():
+            buf = getattr(self, name)
+            if merge == "last":
+                buf.copy_(merged[name])
+            elif merge == "sum":
+                buf.copy_(start[name] + torch.where(ok, merged[name], 0).to(buf.dtype))
+            else:
+                buf.copy_(start[name] + merged[name])
 
     def reset(self) -> None:
         """Restore every statistic to its initial value, in place (device and dtype kept)."""
@@ -47,10 +110,13 @@ class StatefulPolicy(Policy):
             buf: Tensor = getattr(self, name)
             buf.copy_(default.to(buf.device))
 
-    @staticmethod
-    def reduce_increments(*increments: Tensor) -> list[Tensor]:
-        """Sum this batch's increments over all ranks (one collective; no-op on one rank)."""
-        return all_reduce_sum(*increments)
+    def reduce_increments(self, *increments: Tensor) -> list[Tensor]:
+        """Sum this batch's increments over all ranks (one collective; no-op on one rank).
+
+        The first reduction checks that every rank holds increments of the same shapes and
+        raises the same ValueError on every rank otherwise (instead of hanging).
+        """
+        return self._reducer.sum(*increments)
 
     @staticmethod
     def all_finite(*tensors: Tensor) -> Tensor:

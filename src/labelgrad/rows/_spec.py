@@ -29,7 +29,15 @@ class LabelParam:
         """Reshape a (C,) vector so that it broadcasts along this parameter's class axis."""
         shape = [1] * self.param.dim()
         shape[self.class_dim] = -1
-        return values.reshape(shape)
+        out = values.reshape(shape)
+        mesh = getattr(self.param, "device_mesh", None)
+        if mesh is not None and not isinstance(out, type(self.param)):
+            # FSDP2 / DTensor parameter: a replicated DTensor broadcasts against any sharding
+            # of the parameter without communication (each rank uses its own rows).
+            from torch.distributed.tensor import DTensor, Replicate
+
+            out = DTensor.from_local(out, mesh, [Replicate()] * mesh.ndim, run_check=False)
+        return out
 
 
 def _from_item(item: object) -> list[LabelParam]:

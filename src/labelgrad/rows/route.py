@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from labelgrad._distributed import CheckedReducer
 from labelgrad._validation import as_class_set
 from labelgrad.rows.rules import present_classes
 from labelgrad.targets import Encoding, TargetsLike
@@ -93,6 +94,7 @@ class Router:
         for k, name in enumerate(names):
             self._membership[k, self.classes[name]] = True
         self._present: Tensor | None = None
+        self._present_reducer = CheckedReducer("the present classes of route")
 
     def __getitem__(self, name: str) -> torch.optim.Optimizer:
         return self.optimizers[name]
@@ -154,6 +156,8 @@ class Router:
             )
         present = self._present
         self._present = None
+        # Under DDP every rank must step the same optimizers: the union over ranks.
+        present = self._present_reducer.any(present)
         # The one host read per step.
         hits = (self._membership.to(present.device) & present).any(dim=1).tolist()
         loss = None

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from labelgrad._distributed import CheckedReducer
 from labelgrad.rows import _fast
 from labelgrad.rows._families import LR_LINEAR, decay_kind
 from labelgrad.rows._spec import LabelParam, RowsLike, class_mask, class_values, parse_rows
@@ -159,6 +160,7 @@ class RowRules(torch.optim.Optimizer):
                         "weight decay such as SGD, Adam, AdamW, RMSprop, Adagrad)"
                     )
         self._present = torch.zeros(c, dtype=torch.bool, device=self._device)
+        self._present_reducer = CheckedReducer("the present classes of RowRules")
         self._observed = False
         self._in_closure = False
 
@@ -330,6 +332,10 @@ class RowRules(torch.optim.Optimizer):
                 "RowRules(skip_absent=True) needs the batch's targets: call "
                 "opt.observe(targets) for each micro-batch or opt.step(targets=targets)"
             )
+        if self.skip_absent:
+            # Under DDP/FSDP every rank must move the same rows: the present classes are the
+            # union over ranks, as for one process on the global batch (a no-op on one rank).
+            self._present = self._present_reducer.any(self._present)
         moving = self._moving()
         try:
             with torch.no_grad():
@@ -392,7 +398,9 @@ class RowRules(torch.optim.Optimizer):
     ) -> dict[str, Any]:
         p, dim = lp.param, lp.class_dim
         snap: dict[str, Any] = {}
-        dynamic = self.skip_absent
+        # A DTensor (FSDP2) parameter cannot be indexed by class across its shards: take the
+        # whole-tensor path, which selects rows with a broadcast mask (see LabelParam.per_class).
+        dynamic = self.skip_absent or hasattr(p, "device_mesh")
         needs_param = dynamic or self._lr_scale is not None
         kind = decay_kind(self.optimizer, group) if self._weight_decay is not None else None
         if kind == "decoupled":

@@ -1,0 +1,840 @@
+"""The outcomes benchmark: does label-aware gradient control make models better on real data?
+
+Three experiments, every method trained with one fixed recipe per experiment (same model, epochs,
+optimizer, learning rate, batch size, seeds; nothing tuned per method), mean ± std over seeds:
+
+(a) Long tail: Fashion-MNIST-LT (CIFAR-LT protocol, IF = 100 and 10, the official balanced test
+    set), or digits-LT where Fashion-MNIST is not installed, with a small CNN. Methods: plain
+    cross-entropy; ``class_weights`` with effective-number weights (beta = 0.9999); deferred
+    re-weighting (``schedule(class_weights(...), start_step=...)``); plain sigmoid BCE and
+    ``eqlv2`` with sigmoid BCE; ``RowRules`` with a larger step for tail rows; the logit-adjusted
+    loss (Menon et al., ICLR 2021, tau = 1) as the literature's reference point. Metrics:
+    balanced accuracy; many/medium/few-shot accuracy (> 100, 20..100, < 20 training images).
+(b) Partial labels: Yeast with 30/50/70 % of the training labels hidden: unknown-as-negative vs
+    ``mask_unknown`` vs ``mask_unknown`` + ``class_weights``. Metrics: mAP, macro-F1, micro-F1.
+(c) Conflicting labels: Yeast, the plain summed loss vs PCGrad, UPGrad and MGDA on the shared
+    trunk (``aggregate_backward`` with the representation and the exact engine). Metrics:
+    macro-F1, worst-label AP, median step time.
+
+Outputs (in ``out``): ``outcomes.csv``, ``outcomes.json``, PNG plots and ``results.md`` (the
+tables, the plots, the goals and whether they were met, the machine and the command).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import labelgrad as lg
+from labelgrad._training import MLP, effective_number_weights, epoch_batches, per_class_recall
+from labelgrad.bench.metrics import (
+    FEW_SHOT,
+    MANY_SHOT,
+    average_precision,
+    f1_scores,
+    shot_group_accuracy,
+)
+from labelgrad.datasets import (
+    Dataset,
+    MissingSourceError,
+    digits_lt,
+    fashion_mnist_lt,
+    hide_labels,
+    yeast,
+)
+from labelgrad.report import atomic_write_text, check_writable_dir, plot_per_class_accuracy
+from labelgrad.report.plots import _pyplot, _save
+
+__all__ = [
+    "AGG_METHODS",
+    "BETA",
+    "LT_METHODS",
+    "PARTIAL_METHODS",
+    "SIZES",
+    "OutcomesResult",
+    "Record",
+    "Sizes",
+    "SmallCNN",
+    "run_outcomes",
+]
+
+BETA = 0.9999
+"""Effective-number beta of ``class_weights`` and deferred re-weighting (Cui et al., 2019)."""
+
+TAIL_LR_POWER = 0.5
+"""RowRules: head row c steps with lr × (n_max / n_c) ** 0.5, rows of classes absent from a batch
+stay put (skip_absent). The same setting as ``labelgrad demo`` (chosen there on digits-LT, not on
+the data of this benchmark)."""
+
+LA_TAU = 1.0
+"""Logit adjustment: cross-entropy of ``logits + tau * log(prior)`` (Menon et al., 2021)."""
+
+DRW_FRACTION = 2 / 3
+"""Deferred re-weighting starts after this share of the training steps (Cao et al. 2019 start at
+epoch 160 of 200; two thirds leaves the re-weighted phase long enough for a short schedule)."""
+
+LT_METHODS = (
+    "plain_ce",
+    "class_weights",
+    "deferred_reweighting",
+    "plain_sigmoid",
+    "eqlv2",
+    "row_rules",
+    "logit_adjusted",
+)
+"""Long-tail methods. ``plain_ce`` and ``plain_sigmoid`` are the baselines of the softmax and the
+sigmoid methods; ``logit_adjusted`` is the literature's reference (not a labelgrad recipe)."""
+
+LABELGRAD_LT = ("class_weights", "deferred_reweighting", "eqlv2", "row_rules")
+"""The long-tail methods that are labelgrad recipes."""
+
+PARTIAL_METHODS = ("unknown_as_negative", "mask_unknown", "mask_unknown+class_weights")
+AGG_METHODS = (
+    "sum",
+    "PCGrad/representation",
+    "PCGrad/exact",
+    "UPGrad/representation",
+    "UPGrad/exact",
+    "MGDA/representation",
+    "MGDA/exact",
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much the benchmark trains (the same for every method of an experiment).
+
+    Attributes:
+        seeds: runs per method (seeds 0, 1, ...; the data cut and the model both follow the seed).
+        lt_epochs: long-tail training epochs.
+        lt_n_max: images of the largest long-tail class (CIFAR-LT protocol, n_max).
+        lt_test_per_class: test images per class (None: the whole official test set).
+        lt_batch: long-tail batch size.
+        lt_lr: Adam learning rate of the long-tail runs.
+        yeast_epochs: Yeast training epochs.
+        yeast_limit: cap on Yeast train/test samples (None: all).
+        hidden: fractions of Yeast training labels hidden.
+        imbalances: the imbalance factors.
+        agg_methods: the aggregation methods run.
+        fashion: use Fashion-MNIST-LT where installed (False: always digits-LT).
+    """
+
+    seeds: int
+    lt_epochs: int
+    lt_n_max: int
+    lt_test_per_class: int | None
+    yeast_epochs: int
+    yeast_limit: int | None = None
+    lt_batch: int = 64
+    lt_lr: float = 2e-3
+    yeast_batch: int = 128
+    yeast_lr: float = 1e-3
+    hidden: tuple[float, ...] = (0.3, 0.5, 0.7)
+    imbalances: tuple[float, ...] = (100.0, 10.0)
+    agg_methods: tuple[str, ...] = AGG_METHODS
+    fashion: bool = True
+
+
+SIZES = {
+    "full": Sizes(seeds=3, lt_epochs=8, lt_n_max=500, lt_test_per_class=None, yeast_epochs=15),
+    "quick": Sizes(seeds=2, lt_epochs=3, lt_n_max=200, lt_test_per_class=100, yeast_epochs=5),
+    "tiny": Sizes(
+        seeds=2,
+        lt_epochs=1,
+        lt_n_max=40,
+        lt_test_per_class=5,
+        yeast_epochs=1,
+        yeast_limit=200,
+        hidden=(0.5,),
+        agg_methods=("sum", "PCGrad/representation", "UPGrad/exact"),
+        fashion=False,
+    ),
+}
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks and a 64-unit layer (``trunk``), a Linear ``head`` (row c = class c).
+
+    Example:
+        >>> SmallCNN(28, 10)(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, side: int, num_classes: int) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * (side // 4) ** 2, 64),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(self.trunk(x))
+        return out
+
+
+@dataclass
+class Record:
+    """One method on one experiment: every metric's value per seed."""
+
+    experiment: str
+    method: str
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, values: dict[str, float]) -> None:
+        """Append one seed's metric values."""
+        for k, v in values.items():
+            self.metrics.setdefault(k, []).append(v)
+
+    def mean(self, metric: str) -> float:
+        """The mean over seeds (ignoring NaN; NaN when every value is NaN)."""
+        vals = [v for v in self.metrics.get(metric, []) if not math.isnan(v)]
+        return statistics.fmean(vals) if vals else math.nan
+
+    def std(self, metric: str) -> float:
+        """The sample standard deviation over seeds (0 for one seed)."""
+        vals = [v for v in self.metrics.get(metric, []) if not math.isnan(v)]
+        return statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Means, stds and per-seed values (for JSON)."""
+        out: dict[str, Any] = {"experiment": self.experiment, "method": self.method}
+        for k, v in self.metrics.items():
+            out[k] = {"mean": _nan_none(self.mean(k)), "std": _nan_none(self.std(k))}
+            out[k]["values"] = [_nan_none(x) for x in v]
+        return out
+
+
+@dataclass
+class OutcomesResult:
+    """Everything measured, the data that ran, and the files written."""
+
+    records: list[Record]
+    out: Path
+    lt_source: str
+    size: str
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
+    lt_counts: dict[str, list[int]] = field(default_factory=dict)
+    per_class: dict[str, list[float]] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+
+    def find(self, experiment: str, method: str) -> Record | None:
+        """The record of ``method`` on ``experiment``, if it ran."""
+        for r in self.records:
+            if r.experiment == experiment and r.method == method:
+                return r
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "size": self.size,
+            "lt_source": self.lt_source,
+            "seconds": self.seconds,
+            "records": [r.summary() for r in self.records],
+            "lt_train_counts": self.lt_counts,
+            "goals": goals(self),
+            "files": self.files,
+            "machine": machine(),
+        }
+
+
+def _nan_none(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers come from."""
+    import os
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "labelgrad": lg.__version__,
+    }
+
+
+# --- training loops ---------------------------------------------------------------------------
+
+
+def _epochs(n: int, batch: int, epochs: int, seed: int, step: Callable[[Tensor], None]) -> float:
+    """Run ``epochs`` epochs of ``step(index_batch)``; return the median step time in ms."""
+    times = []
+    for epoch in range(epochs):
+        for idx in epoch_batches(n, batch, seed=seed, epoch=epoch):
+            t0 = time.perf_counter()
+            step(idx)
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times) if times else math.nan
+
+
+def _load_lt(imbalance: float, seed: int, sizes: Sizes) -> tuple[Dataset, int, str]:
+    """Fashion-MNIST-LT where installed, else digits-LT: (dataset, image side, source name)."""
+    if not sizes.fashion:
+        return digits_lt(imbalance, seed=seed), 8, "digits-LT"
+    try:
+        ds = fashion_mnist_lt(
+            imbalance, seed=seed, n_max=sizes.lt_n_max, test_per_class=sizes.lt_test_per_class
+        )
+        return ds, 28, "Fashion-MNIST-LT"
+    except MissingSourceError:
+        return digits_lt(imbalance, seed=seed), 8, "digits-LT"
+
+
+def _lt_run(
+    ds: Dataset, side: int, method: str, seed: int, sizes: Sizes, dev: torch.device
+) -> tuple[dict[str, float], Tensor]:
+    torch.manual_seed(seed)
+    c = ds.num_classes
+    model = SmallCNN(side, c).to(dev)
+    counts = ds.train_counts()
+    opt: Any = torch.optim.Adam(model.parameters(), lr=sizes.lt_lr)
+    n = len(ds.x_train)
+    total_steps = sizes.lt_epochs * math.ceil(n / sizes.lt_batch)
+    weights = effective_number_weights(counts, BETA).to(dev)
+    policy: nn.Module | None = None
+    if method == "class_weights":
+        policy = lg.class_weights(weights)
+    elif method == "deferred_reweighting":
+        policy = lg.schedule(lg.class_weights(weights), start_step=int(DRW_FRACTION * total_steps))
+    elif method == "eqlv2":
+        policy = lg.eqlv2(num_classes=c)
+    elif method == "row_rules":
+        scale = (counts.max() / counts.clamp(min=1)).double() ** TAIL_LR_POWER
+        opt = lg.RowRules(opt, rows=model.head, lr_scale=scale.float().to(dev), skip_absent=True)
+    if policy is not None:
+        policy.to(dev)
+    log_prior = torch.log(counts.double() / counts.sum()).float().to(dev)
+    sigmoid = method in ("plain_sigmoid", "eqlv2")
+    x = ds.x_train.view(n, 1, side, side).to(dev)
+    y = ds.y_train.to(dev)
+
+    def step(idx: Tensor) -> None:
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        logits = model(xb)
+        if policy is not None:
+            logits = policy(logits, yb)
+        if sigmoid:
+            # One binary problem per class, summed over classes, averaged over the batch (EQLv2's
+            # statistics need a fixed normalisation).
+            onehot = F.one_hot(yb, c).to(logits.dtype)
+            loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="sum") / len(yb)
+        elif method == "logit_adjusted":
+            loss = F.cross_entropy(logits + LA_TAU * log_prior, yb)
+        else:
+            loss = F.cross_entropy(logits, yb)
+        loss.backward()
+        if method == "row_rules":
+            opt.step(targets=yb)
+        else:
+            opt.step()
+
+    model.train()
+    _epochs(n, sizes.lt_batch, sizes.lt_epochs, seed, step)
+    model.eval()
+    xt = ds.x_test.view(len(ds.x_test), 1, side, side)
+    with torch.no_grad():
+        pred = torch.cat([model(xb.to(dev)).argmax(1).cpu() for xb in xt.split(1000)])
+    recall = per_class_recall(pred, ds.y_test, c)
+    groups = shot_group_accuracy(recall, counts)
+    metrics = {"balanced_acc": float(recall.nanmean())}
+    metrics.update({f"{k}_acc": v for k, v in groups.items()})
+    return metrics, recall
+
+
+def _yeast_metrics(scores: Tensor, y: Tensor) -> dict[str, float]:
+    ap = average_precision(scores, y)
+    macro, micro, _ = f1_scores((scores > 0.5).long(), y)
+    return {
+        "map": float(ap.nanmean()),
+        "worst_ap": float(ap[~ap.isnan()].min()),
+        "macro_f1": macro,
+        "micro_f1": micro,
+    }
+
+
+def _yeast_run(
+    ds: Dataset, y_train: Tensor, method: str, seed: int, sizes: Sizes, dev: torch.device
+) -> dict[str, float]:
+    torch.manual_seed(seed)
+    k = ds.num_classes
+    model = MLP(ds.num_features, [128], k).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=sizes.yeast_lr)
+    policy: nn.Module | None = None
+    if method == "mask_unknown":
+        policy = lg.mask_unknown()
+    elif method == "mask_unknown+class_weights":
+        known_pos = (y_train == 1).sum(0)
+        policy = lg.chain(
+            lg.mask_unknown(), lg.class_weights(effective_number_weights(known_pos, BETA))
+        )
+    if policy is not None:
+        policy.to(dev)
+    agg_name, _, engine = method.partition("/")
+    aggregator = getattr(lg.aggregators, agg_name)() if engine else None
+    x, y = ds.x_train.to(dev), y_train.to(dev)
+
+    def step(idx: Tensor) -> None:
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        feats = model.features(xb)
+        logits = model.head(feats)
+        if aggregator is None:
+            if policy is not None:
+                logits = policy(logits, yb)
+            # Unknown (-1) entries are 0-targets here; mask_unknown zeroes their gradient.
+            F.binary_cross_entropy_with_logits(logits, yb.clamp(min=0).float()).backward()
+        else:
+            # The K losses sum to the same mean BCE as the "sum" run.
+            losses = lg.per_label_losses(logits, yb)
+            extra: dict[str, Any] = {}
+            if engine == "representation":
+                extra = {"features": feats, "head": model.head}
+            lg.aggregate_backward(
+                losses,
+                model.trunk.parameters(),
+                aggregator,
+                engine="representation" if engine == "representation" else "exact",
+                **extra,
+            )
+        opt.step()
+
+    step_ms = _epochs(len(x), sizes.yeast_batch, sizes.yeast_epochs, seed, step)
+    with torch.no_grad():
+        scores = torch.sigmoid(model(ds.x_test.to(dev))).cpu()
+    out = _yeast_metrics(scores, ds.y_test)
+    out["step_ms"] = step_ms
+    return out
+
+
+def _subset(ds: Dataset, limit: int | None) -> Dataset:
+    if limit is None:
+        return ds
+    return Dataset(
+        ds.name,
+        ds.x_train[:limit],
+        ds.y_train[:limit],
+        ds.x_test[:limit],
+        ds.y_test[:limit],
+        ds.class_names,
+        ds.task,
+        ds.meta,
+    )
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+
+
+def run_outcomes(
+    *,
+    size: str = "full",
+    out: str | Path = "labelgrad-outcomes",
+    device: str = "cpu",
+    quiet: bool = False,
+    echo: Callable[[str], None] | None = print,
+    command: str = "labelgrad bench --outcomes",
+) -> OutcomesResult:
+    """Run the three experiments, write the CSV, JSON, plots and results.md; return the results.
+
+    Args:
+        size: ``"full"``, ``"quick"`` (minutes on 2 CPU cores) or ``"tiny"`` (a smoke test).
+        out: the output folder (created; checked writable before any training).
+        device: where to train.
+        quiet: no progress bar.
+        echo: where the tables go (None: nowhere).
+        command: the command line recorded in results.md.
+
+    Raises:
+        ValueError: an unknown size.
+        PermissionError: ``out`` cannot be written.
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    sizes = SIZES[size]
+    dev = torch.device(device)
+    folder = check_writable_dir(out)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        # Small models: one thread is about as fast as two and leaves a core to other work.
+        torch.set_num_threads(1)
+    try:
+        result = _run(sizes, size, dev, folder, quiet, echo)
+        write_outputs(result, command)
+    finally:
+        torch.set_num_threads(threads)
+    if echo is not None:
+        echo(markdown_tables(result))
+        echo(f"files in {folder}: {', '.join(result.files)} ({result.seconds:.0f} s)")
+    return result
+
+
+def _bar(total: int, quiet: bool) -> Any:
+    from labelgrad.demo import _NoBar
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, disable=quiet, unit="run", desc="outcomes", leave=False)
+
+
+def _run(
+    sizes: Sizes,
+    size: str,
+    dev: torch.device,
+    folder: Path,
+    quiet: bool,
+    echo: Callable[[str], None] | None,
+) -> OutcomesResult:
+    t0 = time.perf_counter()
+    seeds = list(range(sizes.seeds))
+    total = len(seeds) * (
+        len(sizes.imbalances) * len(LT_METHODS)
+        + len(sizes.hidden) * len(PARTIAL_METHODS)
+        + len(sizes.agg_methods)
+    )
+    bar = _bar(total, quiet)
+    records: list[Record] = []
+    result = OutcomesResult(records, folder, "", size)
+    try:
+        for imb in sizes.imbalances:
+            recs = {m: Record("", m) for m in LT_METHODS}
+            per_class: dict[str, list[Tensor]] = {m: [] for m in LT_METHODS}
+            for s in seeds:
+                ds, side, source = _load_lt(imb, s, sizes)
+                result.lt_source = source
+                result.class_names = list(ds.class_names)
+                if s == 0:
+                    result.lt_counts[f"IF={imb:g}"] = ds.train_counts().tolist()
+                for m in LT_METHODS:
+                    bar.set_postfix_str(f"{source} IF={imb:g} {m} seed={s}")
+                    metrics, recall = _lt_run(ds, side, m, s, sizes, dev)
+                    recs[m].add(metrics)
+                    per_class[m].append(recall)
+                    bar.update()
+            for m in LT_METHODS:
+                recs[m].experiment = f"{result.lt_source} IF={imb:g}"
+                records.append(recs[m])
+                result.per_class[f"IF={imb:g}/{m}"] = torch.stack(per_class[m]).nanmean(0).tolist()
+        for frac in sizes.hidden:
+            recs = {m: Record(f"Yeast, {frac:.0%} hidden", m) for m in PARTIAL_METHODS}
+            for s in seeds:
+                ds = _subset(yeast(seed=s), sizes.yeast_limit)
+                hidden = hide_labels(ds.y_train, frac, seed=s)
+                for m in PARTIAL_METHODS:
+                    bar.set_postfix_str(f"Yeast {frac:.0%} hidden {m} seed={s}")
+                    recs[m].add(_yeast_run(ds, hidden, m, s, sizes, dev))
+                    bar.update()
+            records.extend(recs.values())
+        recs = {m: Record("Yeast, label aggregation", m) for m in sizes.agg_methods}
+        for s in seeds:
+            ds = _subset(yeast(seed=s), sizes.yeast_limit)
+            for m in sizes.agg_methods:
+                bar.set_postfix_str(f"Yeast aggregation {m} seed={s}")
+                recs[m].add(_yeast_run(ds, ds.y_train, m, s, sizes, dev))
+                bar.update()
+        records.extend(recs.values())
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+def _cell(r: Record | None, metric: str, scale: float = 100.0, digits: int = 1) -> str:
+    if r is None or metric not in r.metrics:
+        return "—"
+    m = r.mean(metric)
+    if math.isnan(m):
+        return "—"
+    return f"{scale * m:.{digits}f} ± {scale * r.std(metric):.{digits}f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _experiments(result: OutcomesResult, prefix: str) -> list[str]:
+    seen: list[str] = []
+    for r in result.records:
+        if r.experiment.startswith(prefix) and r.experiment not in seen:
+            seen.append(r.experiment)
+    return seen
+
+
+def markdown_tables(result: OutcomesResult) -> str:
+    """The three result tables as Markdown (mean ± std over seeds, in %; step time in ms)."""
+    parts = []
+    lt_header = ["method", "balanced acc", "many-shot", "medium-shot", "few-shot"]
+    for exp in _experiments(result, result.lt_source):
+        rows = []
+        for m in LT_METHODS:
+            r = result.find(exp, m)
+            rows.append(
+                [m] + [_cell(r, k) for k in ("balanced_acc", "many_acc", "medium_acc", "few_acc")]
+            )
+        parts.append(f"**{exp}** (accuracy %, balanced test set)\n\n" + _md_table(lt_header, rows))
+    partial_header = ["hidden", "method", "mAP", "macro-F1", "micro-F1"]
+    rows = []
+    for exp in _experiments(result, "Yeast, "):
+        if not exp.endswith("hidden"):
+            continue
+        for m in PARTIAL_METHODS:
+            r = result.find(exp, m)
+            rows.append(
+                [exp.split(", ")[1].split()[0], m]
+                + [_cell(r, k) for k in ("map", "macro_f1", "micro_f1")]
+            )
+    if rows:
+        parts.append("**Yeast, partial labels** (%)\n\n" + _md_table(partial_header, rows))
+    agg_header = ["method/engine", "macro-F1", "worst-label AP", "mAP", "step ms (median)"]
+    rows = []
+    for r in result.records:
+        if r.experiment == "Yeast, label aggregation":
+            step = statistics.median(r.metrics["step_ms"])
+            rows.append(
+                [r.method]
+                + [_cell(r, k) for k in ("macro_f1", "worst_ap", "map")]
+                + [f"{step:.2f}"]
+            )
+    if rows:
+        parts.append("**Yeast, conflicting labels** (%)\n\n" + _md_table(agg_header, rows))
+    return "\n\n".join(parts)
+
+
+def goals(result: OutcomesResult) -> dict[str, Any]:
+    """The acceptance goals, the measured differences and whether they were met."""
+    out: dict[str, Any] = {}
+    exp = f"{result.lt_source} IF=100"
+    plain = result.find(exp, "plain_ce")
+    if plain is not None:
+        best = max(
+            (r for m in LABELGRAD_LT if (r := result.find(exp, m)) is not None),
+            key=lambda r: r.mean("balanced_acc"),
+        )
+        gain = 100 * (best.mean("balanced_acc") - plain.mean("balanced_acc"))
+        out["long_tail"] = {
+            "goal": f"best labelgrad recipe >= +5 balanced-accuracy points over plain CE on {exp}",
+            "best_method": best.method,
+            "gain_points": gain,
+            "met": gain >= 5.0,
+        }
+    unk, mask = (result.find("Yeast, 50% hidden", m) for m in PARTIAL_METHODS[:2])
+    if unk is not None and mask is not None:
+        gain = 100 * (mask.mean("map") - unk.mean("map"))
+        out["partial"] = {
+            "goal": "mask_unknown >= +3 mAP points over unknown-as-negative, Yeast, 50% hidden",
+            "gain_points": gain,
+            "met": gain >= 3.0,
+        }
+    return out
+
+
+def _csv(result: OutcomesResult) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["experiment", "method", "metric", "mean", "std", "seeds", "values"])
+    for r in result.records:
+        for k, v in r.metrics.items():
+            w.writerow(
+                [
+                    r.experiment,
+                    r.method,
+                    k,
+                    f"{r.mean(k):.6g}",
+                    f"{r.std(k):.6g}",
+                    len(v),
+                    ";".join(f"{x:.6g}" for x in v),
+                ]
+            )
+    return buf.getvalue()
+
+
+def _plot_lt_bars(result: OutcomesResult, path: Path) -> Path:
+    plt = _pyplot()
+    exps = _experiments(result, result.lt_source)
+    fig, axes = plt.subplots(1, len(exps), figsize=(4.2 * len(exps), 3.2), squeeze=False)
+    for ax, exp in zip(axes[0], exps):
+        recs = [result.find(exp, m) for m in LT_METHODS]
+        means = [100 * r.mean("balanced_acc") if r else 0.0 for r in recs]
+        stds = [100 * r.std("balanced_acc") if r else 0.0 for r in recs]
+        colors = [
+            "#888888" if m in ("plain_ce", "plain_sigmoid") else "#3465a4" for m in LT_METHODS
+        ]
+        colors[LT_METHODS.index("logit_adjusted")] = "#cc7a00"
+        ax.bar(range(len(LT_METHODS)), means, yerr=stds, color=colors, capsize=3)
+        ax.set_xticks(range(len(LT_METHODS)), LT_METHODS, rotation=40, ha="right", fontsize=7)
+        lo = min(means) - 10
+        ax.set_ylim(max(0.0, lo), min(100.0, max(means) + 5))
+        ax.set_ylabel("balanced accuracy %")
+        ax.set_title(exp, fontsize=9)
+    return _save(fig, path)
+
+
+def _plot_partial(result: OutcomesResult, path: Path) -> Path:
+    plt = _pyplot()
+    exps = [e for e in _experiments(result, "Yeast, ") if e.endswith("hidden")]
+    fracs = [float(e.split(", ")[1].split("%")[0]) for e in exps]
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    for m in PARTIAL_METHODS:
+        recs = [result.find(e, m) for e in exps]
+        ax.errorbar(
+            fracs,
+            [100 * r.mean("map") if r else math.nan for r in recs],
+            yerr=[100 * r.std("map") if r else 0.0 for r in recs],
+            marker="o",
+            capsize=3,
+            label=m,
+        )
+    ax.set_xlabel("training labels hidden %")
+    ax.set_ylabel("test mAP %")
+    ax.set_title("Yeast, partial labels", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _plot_aggregation(result: OutcomesResult, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    for r in result.records:
+        if r.experiment != "Yeast, label aggregation":
+            continue
+        step = statistics.median(r.metrics["step_ms"])
+        ax.errorbar(
+            [step],
+            [100 * r.mean("macro_f1")],
+            yerr=[100 * r.std("macro_f1")],
+            marker="o",
+            capsize=3,
+            label=r.method,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("median step time, ms (log)")
+    ax.set_ylabel("macro-F1 %")
+    ax.set_title("Yeast: label aggregation", fontsize=9)
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
+    g = goals(result)
+    sizes = SIZES[result.size]
+    mach = machine()
+    lines = [
+        "# labelgrad outcomes",
+        "",
+        f"Produced by `{command}` (size `{result.size}`) in {result.seconds / 60:.1f} min on "
+        f"{mach['platform']}, {mach['cpu_count']} CPU cores, torch {mach['torch']}, "
+        f"1 torch thread. Mean ± std over {sizes.seeds} seeds (0..{sizes.seeds - 1}); each seed "
+        "draws its own data cut (long-tail subset, Yeast split, hidden labels) and model "
+        "initialisation, the same for every method.",
+        "",
+        "## Goals",
+        "",
+    ]
+    if "long_tail" in g:
+        lt = g["long_tail"]
+        lines.append(
+            f"- {lt['goal']}: best is `{lt['best_method']}` at {lt['gain_points']:+.1f} points "
+            f"— **{'met' if lt['met'] else 'not met'}**."
+        )
+    if "partial" in g:
+        pa = g["partial"]
+        lines.append(
+            f"- {pa['goal']}: {pa['gain_points']:+.1f} points "
+            f"— **{'met' if pa['met'] else 'not met'}**."
+        )
+    counts = ", ".join(f"{k}: {v}" for k, v in result.lt_counts.items())
+    lines += [
+        "",
+        "## Recipe (identical for every method of an experiment; nothing tuned per method)",
+        "",
+        f"- Long tail: **{result.lt_source}** (CIFAR-LT protocol, n_max = {sizes.lt_n_max}; "
+        f"training images per class {counts}); test set: "
+        + (
+            "the official balanced test set (1,000 per class)"
+            if sizes.lt_test_per_class is None
+            else f"{sizes.lt_test_per_class} per class of the official test set"
+        )
+        + f". SmallCNN (2 conv blocks, 64-unit layer, Linear head), Adam lr {sizes.lt_lr}, "
+        f"batch {sizes.lt_batch}, {sizes.lt_epochs} epochs. Many-shot > {MANY_SHOT} training "
+        f"images, few-shot < {FEW_SHOT}, medium in between (— where a group is empty).",
+        f"- class_weights: effective-number weights, beta = {BETA}; deferred_reweighting: the "
+        f"same weights from step {DRW_FRACTION:.2f} × total (`lg.schedule`); eqlv2: "
+        "`lg.eqlv2` defaults with sigmoid BCE (compare with plain_sigmoid); row_rules: "
+        f"`lg.RowRules`, head row c steps with lr × (n_max/n_c)^{TAIL_LR_POWER}, skip_absent; "
+        f"logit_adjusted: cross-entropy of logits + {LA_TAU} × log prior (Menon et al. 2021), "
+        "the literature's reference, not a labelgrad recipe.",
+        f"- Yeast: MLP 103-128-14, Adam lr {sizes.yeast_lr}, batch {sizes.yeast_batch}, "
+        f"{sizes.yeast_epochs} epochs, 70/30 train/test split; F1 at threshold 0.5; mAP over "
+        "labels with a positive test sample. Hidden labels: `hide_labels` marks entries unknown; "
+        "unknown_as_negative trains on them as 0, mask_unknown zeroes their gradient, "
+        f"+class_weights adds effective-number weights (beta {BETA}) of the known positives.",
+        "- Aggregation: the per-label BCE losses (`lg.per_label_losses`) aggregated on the MLP "
+        "trunk by `lg.aggregate_backward` (engine representation: closed-form Gramian at the "
+        "features; exact: per-label gradients of the trunk); sum = the plain mean BCE.",
+        "",
+        "## Results",
+        "",
+        markdown_tables(result),
+        "",
+    ]
+    for img in images:
+        lines += [f"![{img}]({img})", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(result: OutcomesResult, command: str) -> list[str]:
+    """Write outcomes.csv, outcomes.json, the plots and results.md into ``result.out``."""
+    folder = result.out
+    images = []
+    _plot_lt_bars(result, folder / "lt_balanced_accuracy.png")
+    images.append("lt_balanced_accuracy.png")
+    key = "IF=100"
+    if key in result.lt_counts:
+        plot_per_class_accuracy(
+            {m: result.per_class[f"{key}/{m}"] for m in LT_METHODS},
+            result.class_names,
+            folder / "lt_per_class_if100.png",
+            counts=result.lt_counts[key],
+            title=f"{result.lt_source} IF=100: per-class test accuracy (mean over seeds)",
+        )
+        images.append("lt_per_class_if100.png")
+    _plot_partial(result, folder / "yeast_partial_map.png")
+    images.append("yeast_partial_map.png")
+    _plot_aggregation(result, folder / "yeast_aggregation.png")
+    images.append("yeast_aggregation.png")
+    result.files = [*images, "outcomes.csv", "outcomes.json", "results.md"]
+    atomic_write_text(folder / "outcomes.csv", _csv(result))
+    atomic_write_text(folder / "outcomes.json", json.dumps(result.as_dict(), indent=1) + "\n")
+    atomic_write_text(folder / "results.md", _results_md(result, command, images))
+    return result.files
