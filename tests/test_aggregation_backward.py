@@ -343,3 +343,68 @@ def test_errors() -> None:
             lg.per_label_losses(bad, y), shared=trunk, aggregator=Mean(), nonfinite="propagate"
         )
     assert not all(bool(torch.isfinite(p.grad).all()) for p in trunk.parameters())
+
+
+def test_with_lg_aggregators_upgrad_and_config() -> None:
+    trunk, head = _model()
+    x, y = _batch()
+    shared = list(trunk.parameters())
+    losses = lg.per_label_losses(head(trunk(x)), y)
+    jac = _reference_jacobian(losses, shared)
+    flat = torch.cat([j.reshape(j.shape[0], -1) for j in jac], 1)
+    w_ref = lg.aggregators.UPGrad().weights(flat @ flat.T)
+    update_ref = lg.aggregators.ConFIG().aggregate(flat)
+    out = lg.aggregate_backward(losses, shared=shared, aggregator=lg.aggregators.UPGrad())
+    torch.testing.assert_close(out.weights, w_ref)
+    for p, j in zip(shared, jac):
+        torch.testing.assert_close(p.grad, torch.tensordot(w_ref, j, dims=1))
+    trunk.zero_grad(set_to_none=True)
+    losses = lg.per_label_losses(head(trunk(x)), y)
+    lg.aggregate_backward(losses, shared=shared, aggregator=lg.aggregators.ConFIG())
+    got = torch.cat([p.grad.reshape(-1) for p in shared])  # type: ignore[union-attr]
+    torch.testing.assert_close(got, update_ref)
+
+
+def test_amortized_upgrad_state_dict() -> None:
+    agg = lg.aggregation.Amortized(lg.aggregators.UPGrad(), every=4)
+    trunk, head = _model()
+    x, y = _batch()
+    lg.aggregate_backward(lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=agg)
+    clone = lg.aggregation.Amortized(lg.aggregators.UPGrad(), every=4)
+    clone.load_state_dict(agg.state_dict())
+    assert torch.equal(clone.cached_weights, agg.cached_weights)
+    assert not clone.due(5)
+    with pytest.raises(ValueError, match="cannot be amortized"):
+        lg.aggregation.Amortized(lg.aggregators.ConFIG())
+
+
+def test_exact_engine_matches_torchjd_mtl_backward() -> None:
+    torchjd = pytest.importorskip("torchjd", reason="TorchJD is an optional test dependency")
+    from torchjd.aggregation import UPGrad as JDUPGrad
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    del torchjd
+    trunk, head = _model()
+    x, y = _batch()
+    feats = trunk(x)
+    losses = lg.per_label_losses(head(feats), y)
+    mtl_backward(list(losses.unbind()), features=feats, retain_graph=True)
+    jac_to_grad(list(trunk.parameters()), JDUPGrad())
+    ref = [p.grad.clone() for p in [*trunk.parameters(), *head.parameters()]]  # type: ignore[union-attr]
+    for p in [*trunk.parameters(), *head.parameters()]:
+        p.grad = None
+    losses = lg.per_label_losses(head(trunk(x)), y)
+    lg.aggregate_backward(losses, shared=trunk, aggregator=lg.aggregators.UPGrad())
+    for p, r in zip([*trunk.parameters(), *head.parameters()], ref):
+        torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-7)
+
+
+def test_closed_form_non_finite_gramian_raises() -> None:
+    trunk, head = _model()
+    with torch.no_grad():
+        head.weight[0, 0] = float("inf")
+    x, y = _batch()
+    feats = trunk(x)
+    losses = lg.per_label_losses(head(feats), y)
+    with pytest.raises(ValueError, match="not finite"):
+        lg.aggregate_backward(losses, shared=trunk, aggregator=Mean(), features=feats, head=head)

@@ -158,3 +158,53 @@ def test_sample_gramian_accumulates_and_counts_policy_state_once() -> None:
     lg.per_label_losses(reference(head(trunk(x)), y), y, loss="ce").sum().backward()
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(state[key], value)
+
+
+def test_amortized_with_sample_gramian_reuses_weights() -> None:
+    trunk, head = _mlp(6)
+    x, y = torch.randn(9, 6, dtype=torch.float64), torch.randint(0, 6, (9,))
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    agg = lg.aggregation.Amortized(InvNorm(), every=2)
+    tracker = lg.aggregation.track(trunk)
+    try:
+        losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
+        first = lg.aggregate_backward(losses, shared=trunk, aggregator=agg)
+        assert first.engine == "sample_gramian"
+        trunk.zero_grad(set_to_none=True)
+        losses = lg.per_label_losses(head(trunk(2 * x)), y, loss="ce", groups=groups)
+        ref = torch.autograd.grad(
+            losses, list(trunk.parameters()), grad_outputs=first.weights, retain_graph=True
+        )
+        second = lg.aggregate_backward(losses, shared=trunk, aggregator=agg)
+    finally:
+        tracker.remove()
+    assert second.gramian is None
+    for p, r in zip(trunk.parameters(), ref):
+        torch.testing.assert_close(p.grad, r)
+
+
+def test_compiled_tracked_trunk_matches_eager() -> None:
+    """Inside torch.compile the hooks see side outputs of the compiled graph (gradient 0); the
+    engine must notice and use the exact engine for those layers instead of writing zeros."""
+    import warnings
+
+    import labelgrad as lg
+
+    torch.manual_seed(0)
+    trunk = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    head = torch.nn.Linear(8, 6)
+    tracker = lg.aggregation.track(trunk)
+    x, y = torch.randn(10, 4), torch.randint(0, 6, (10,))
+    groups = [[0, 1, 2], [3, 4, 5]]
+    grads = []
+    for forward in (trunk, torch.compile(trunk)):
+        trunk.zero_grad()
+        losses = lg.per_label_losses(head(forward(x).relu()), y, loss="ce", groups=groups)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lg.aggregate_backward(losses, shared=trunk, aggregator=lg.aggregators.UPGrad())
+        grads.append([p.grad.clone() for p in trunk.parameters()])
+    tracker.remove()
+    for eager, compiled in zip(*grads, strict=True):
+        assert compiled.abs().sum() > 0
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-6)

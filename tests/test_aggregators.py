@@ -483,6 +483,20 @@ def test_nash_update_weights_every_reuses_the_solution() -> None:
     assert int(agg.calls) == 2
 
 
+def test_nash_reset_restarts_the_update_schedule() -> None:
+    j = jacobian(4, 9, seed=15)
+    gs = [g * (1 + i) for i, g in enumerate([j @ j.T] * 4)]
+    fresh = A.NashMTL(max_norm=0, update_weights_every=3)
+    expected = [fresh.weights(g) for g in gs]
+    agg = A.NashMTL(max_norm=0, update_weights_every=3)
+    for g in gs[:2]:  # two calls of a period of three: reset mid-period
+        agg.weights(g)
+    agg.reset()
+    for g, want in zip(gs, expected):
+        assert torch.equal(agg.weights(g), want)
+    assert int(agg.calls) == len(gs)
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -542,6 +556,25 @@ def test_constructor_validation() -> None:
         A.UPGrad(pref_vector=torch.ones(2, 2))
     with pytest.raises(ValueError, match="pref_vector has 2 entries"):
         A.UPGrad(pref_vector=torch.ones(2)).weights(torch.eye(3))
+
+
+@pytest.mark.parametrize(
+    ("build", "name", "call"),
+    [
+        (lambda v: A.UPGrad(pref_vector=v), "pref_vector", "weights"),
+        (lambda v: A.DualProj(pref_vector=v), "pref_vector", "weights"),
+        (lambda v: A.AlignedMTL(pref_vector=v), "pref_vector", "weights"),
+        (lambda v: A.ConFIG(pref_vector=v), "pref_vector", "aggregate"),
+        (lambda v: A.GradDrop(leak=v), "leak", "aggregate"),
+    ],
+)
+def test_per_row_vectors_are_checked_and_name_the_argument(
+    build: Callable[[Tensor], A.Aggregator], name: str, call: str
+) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be a 1-D tensor"):
+        build(torch.ones(2, 2))
+    with pytest.raises(ValueError, match=f"{name} has 2 entries, expected K = 3"):
+        getattr(build(torch.ones(2)), call)(torch.eye(3))
 
 
 def test_module_call_is_weights() -> None:

@@ -146,3 +146,19 @@ def test_bad_groups_raise_naming_the_problem():
     router = lg.route(groups)
     with pytest.raises(RuntimeError, match="targets"):
         router.step()
+
+
+def test_observe_takes_ignore_index_for_segmentation_labels():
+    """(N, H, W) class maps with ignore_index=255 (void pixels), validated on the CPU."""
+    head_a, head_b = nn.Linear(4, 6, dtype=DT), nn.Linear(4, 6, dtype=DT)
+    rules = lg.RowRules(torch.optim.SGD(head_a.parameters(), lr=0.1), rows=head_a, skip_absent=True)
+    router = lg.route(
+        {"a": (rules, [0, 1, 2]), "b": (torch.optim.SGD(head_b.parameters(), lr=0.1), [3, 4, 5])}
+    )
+    y = torch.tensor([[[1, 255], [255, 1]], [[2, 2], [255, 255]]])
+    with pytest.raises(ValueError, match="class index 255 is out of range"):
+        router.observe(y)  # the default ignore_index (-100) does not cover the void label
+    router.observe(y, ignore_index=255)
+    expected = [False, True, True, False, False, False]
+    assert rules.present.tolist() == expected
+    assert lg.rows.present_classes(y, 6, ignore_index=255).tolist() == expected

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "effective_number_weights", "epoch_batches", "per_class_recall"]
+__all__ = [
+    "MLP",
+    "effective_number_weights",
+    "epoch_batches",
+    "per_class_recall",
+    "progress_bar",
+]
 
 
 class MLP(nn.Module):
@@ -85,3 +92,32 @@ def per_class_recall(pred: Tensor, y: Tensor, num_classes: int) -> Tensor:
     hits = torch.bincount(y[pred == y], minlength=num_classes).double()
     total = torch.bincount(y, minlength=num_classes).double()
     return torch.where(total > 0, hits / total.clamp(min=1), float("nan"))
+
+
+class _NoBar:
+    """What :func:`progress_bar` returns without tqdm: the calls labelgrad makes, doing nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, *, quiet: bool, desc: str, **options: Any) -> Any:
+    """A ``tqdm`` progress bar (``options`` are passed on), or a silent stand-in without tqdm.
+
+    tqdm is an optional dependency: a progress bar is a nicety, never a reason to fail.
+
+    Example:
+        >>> bar = progress_bar(3, quiet=True, desc="example")
+        >>> bar.update(); bar.close()
+    """
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, disable=quiet, desc=desc, **options)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["as_class_set", "as_class_vector", "as_nonnegative_scalar"]
+__all__ = ["as_class_set", "as_class_vector", "as_count", "as_nonnegative_scalar"]
 
 
 def as_nonnegative_scalar(value: object, name: str, *, positive: bool = False) -> float:
@@ -19,6 +19,17 @@ def as_nonnegative_scalar(value: object, name: str, *, positive: bool = False) -
         kind = "positive" if positive else "non-negative"
         raise ValueError(f"{name} must be a finite {kind} number, got {value!r}")
     return v
+
+
+def as_count(value: object, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as an int >= ``minimum`` (0 or 1), or raise naming ``name``.
+
+    bool is refused although it is an int (``num_classes=True`` is a mistake, not 1).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "positive" if minimum >= 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    return value
 
 
 def as_class_vector(

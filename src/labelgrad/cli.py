@@ -152,7 +152,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not modules:
         raise UsageError(f"no benchmark modules found (looked for {', '.join(names)})")
     rows: list[Any] = []
-    bar = _bar(len(modules), args.quiet, "labelgrad bench")
+    from labelgrad._training import progress_bar
+
+    bar = progress_bar(len(modules), quiet=args.quiet, desc="labelgrad bench", leave=False)
     try:
         for name, mod in modules:
             bar.set_postfix_str(name)
@@ -203,16 +205,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
     return 0
-
-
-def _bar(total: int, quiet: bool, desc: str) -> Any:
-    from labelgrad.demo import _NoBar
-
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, disable=quiet, desc=desc, leave=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

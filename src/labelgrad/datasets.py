@@ -429,6 +429,14 @@ def read_csv(
     Raises:
         DataError: unreadable or ragged rows, non-numeric cells, non-integer labels, a label
             column out of range.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
+        >>> _ = f.write_text("a,b,label\\n0.5,1.5,2\\n1.0,2.0,0\\n")
+        >>> x, y = read_csv(f, label_columns=[-1])
+        >>> x.tolist(), y.tolist()
+        ([[0.5, 1.5], [1.0, 2.0]], [[2], [0]])
     """
     file = Path(path)
     opener = gzip.open if file.suffix == ".gz" else open
@@ -490,6 +498,14 @@ def read_npz(
 
     Raises:
         DataError: unreadable archive, missing keys, or arrays of mismatched length.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "d.npz"
+        >>> np.savez(f, x=np.zeros((3, 2, 2)), y=np.array([0, 1, 1]))
+        >>> x, y = read_npz(f)
+        >>> x.shape, y.tolist()
+        ((3, 4), [0, 1, 1])
     """
     file = Path(path)
     try:

@@ -17,8 +17,9 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import labelgrad as lg
-from labelgrad._training import MLP, effective_number_weights, epoch_batches, per_class_recall
+from labelgrad._training import (
+    MLP,
+    effective_number_weights,
+    epoch_batches,
+    per_class_recall,
+    progress_bar,
+)
 from labelgrad.datasets import Dataset, digits_lt, hide_labels, yeast
 from labelgrad.report import (
     Section,
@@ -112,7 +119,6 @@ class DemoResult:
     rows: list[Row]
     out: Path
     files: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -121,7 +127,6 @@ class DemoResult:
             "rows": [r.summary() for r in self.rows],
             "out": str(self.out),
             "files": self.files,
-            "skipped": self.skipped,
             "seconds": self.seconds,
         }
 
@@ -294,13 +299,11 @@ def _digits_run(ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch
     )
 
 
-def _bce_per_label(logits: Tensor, targets: Tensor) -> Tensor:
-    """Per-label BCE losses, (K,): the mean over samples of each label's binary cross-entropy."""
-    per_label = getattr(lg, "per_label_losses", None)
-    if per_label is not None:
-        out: Tensor = per_label(logits, targets, loss="bce")
-        return out
-    return F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none").mean(0)
+def _digits_lt_run(
+    seed: int, *, imbalance: float, method: str, sizes: Sizes, device: torch.device
+) -> _Run:
+    """:func:`_digits_run` on the digits-LT cut of ``seed``."""
+    return _digits_run(digits_lt(imbalance=imbalance, seed=seed), method, seed, sizes, device)
 
 
 def _multilabel_metrics(scores: Tensor, y: Tensor) -> tuple[dict[str, float], list[float]]:
@@ -340,10 +343,8 @@ def _yeast_setup(
             loss.backward()
         else:
             # Every label is known here; losses.sum() is the same mean BCE as the "sum" run.
-            losses = _bce_per_label(model.head(feats), yb)
-            lg.aggregate_backward(  # type: ignore[attr-defined,unused-ignore]
-                losses, shared=model.trunk.parameters(), aggregator=aggregator
-            )
+            losses = lg.per_label_losses(model.head(feats), yb, loss="bce")
+            lg.aggregate_backward(losses, shared=model.trunk.parameters(), aggregator=aggregator)
         opt.step()
 
     return model, mon, step
@@ -362,39 +363,6 @@ def _yeast_run(
 
 
 # --- the demo ---------------------------------------------------------------------------------
-
-
-def _progress(total: int, quiet: bool) -> Any:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress bars are a nicety, never a reason to fail
-        return _NoBar()
-    return tqdm(total=total, disable=quiet, unit="run", desc="labelgrad demo", leave=False)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _plan(has_rows: bool, has_agg: bool) -> tuple[list[str], list[str], list[str], list[str]]:
-    digits = ["plain", "class_weights", "plain_sigmoid", "eqlv2"] + (
-        ["row_rules"] if has_rows else []
-    )
-    partial = ["unknown_as_negative", "mask_unknown"]
-    agg = ["sum"] + (["PCGrad", "UPGrad"] if has_agg else [])
-    skipped = []
-    if not has_rows:
-        skipped.append("digits-LT row_rules: needs lg.RowRules, not in this build")
-    if not has_agg:
-        skipped.append("Yeast PCGrad/UPGrad: needs lg.aggregate_backward, not in this build")
-    return digits, partial, agg, skipped
 
 
 def run_demo(
@@ -444,39 +412,49 @@ def _run(
     echo: Callable[[str], None] | None,
     t_start: float,
 ) -> DemoResult:
-    has_rows = hasattr(lg, "RowRules")
-    has_agg = hasattr(lg, "aggregate_backward") and hasattr(lg, "aggregators")
-    digits_methods, partial_methods, agg_methods, skipped = _plan(has_rows, has_agg)
+    digits_methods = ["plain", "class_weights", "plain_sigmoid", "eqlv2", "row_rules"]
+    partial_methods = ["unknown_as_negative", "mask_unknown"]
+    agg_methods = ["sum", "PCGrad", "UPGrad"]
     seeds = [seed + i for i in range(sizes.seeds)]
     imbalances = [10.0, 100.0]
     total = len(seeds) * (
         len(imbalances) * len(digits_methods) + len(partial_methods) + len(agg_methods)
     )
-    bar = _progress(total, quiet)
+    bar = progress_bar(total, quiet=quiet, desc="labelgrad demo", unit="run", leave=False)
     rows: list[Row] = []
     per_class_if100: dict[str, list[list[float]]] = {}
     histories: dict[str, list[list[float]]] = {}
     monitors: dict[str, lg.GradMonitor] = {}
     digits_sets: dict[float, Dataset] = {}
+
+    def collect(experiment: str, method: str, run_one: Callable[[int], _Run]) -> list[_Run]:
+        """One table row: ``method`` run once per seed (runs[0] is the first seed's)."""
+        row = Row(experiment, method, {}, [])
+        runs = []
+        for s in seeds:
+            bar.set_postfix_str(f"{experiment}: {method} seed={s}")
+            run = run_one(s)
+            for key, v in run.metrics.items():
+                row.metrics.setdefault(key, []).append(v)
+            row.step_ms.append(run.step_ms)
+            runs.append(run)
+            bar.update()
+        rows.append(row)
+        return runs
+
     try:
         for imb in imbalances:
+            digits_sets[imb] = digits_lt(imbalance=imb, seed=seed)
             for method in digits_methods:
-                row = Row(f"digits-LT IF={imb:g}", method, {}, [])
-                for s in seeds:
-                    ds = digits_lt(imbalance=imb, seed=s)
-                    digits_sets.setdefault(imb, ds)
-                    bar.set_postfix_str(f"digits IF={imb:g} {method} seed={s}")
-                    run = _digits_run(ds, method, s, sizes, dev)
-                    for key, v in run.metrics.items():
-                        row.metrics.setdefault(key, []).append(v)
-                    row.step_ms.append(run.step_ms)
-                    if imb == 100.0:
-                        per_class_if100.setdefault(method, []).append(run.per_class)
-                        if s == seed:
-                            histories[method] = run.history
-                            monitors[method] = run.monitor
-                    bar.update()
-                rows.append(row)
+                runs = collect(
+                    f"digits-LT IF={imb:g}",
+                    method,
+                    partial(_digits_lt_run, imbalance=imb, method=method, sizes=sizes, device=dev),
+                )
+                if imb == 100.0:
+                    per_class_if100[method] = [run.per_class for run in runs]
+                    histories[method] = runs[0].history
+                    monitors[method] = runs[0].monitor
             ds = digits_sets[imb]
             steps = {m: _digits_setup(ds, m, seed, sizes, dev)[2] for m in digits_methods}
             _set_timings(rows[-len(digits_methods) :], steps, ds, ds.y_train, sizes, dev)
@@ -486,31 +464,23 @@ def _run(
             base = _subset(base, sizes.yeast_limit)
         hidden = hide_labels(base.y_train, 0.5, seed=seed)
         for method in partial_methods:
-            row = Row("Yeast, 50% labels hidden", method, {}, [])
-            for s in seeds:
-                bar.set_postfix_str(f"Yeast hidden {method} seed={s}")
-                run = _yeast_run(base, method, s, sizes, dev, hidden)
-                for key, v in run.metrics.items():
-                    row.metrics.setdefault(key, []).append(v)
-                row.step_ms.append(run.step_ms)
-                bar.update()
-            rows.append(row)
+            collect(
+                "Yeast, 50% labels hidden",
+                method,
+                partial(_yeast_run, base, method, sizes=sizes, device=dev, y_train=hidden),
+            )
         steps = {m: _yeast_setup(base, m, seed, dev)[2] for m in partial_methods}
         _set_timings(rows[-len(partial_methods) :], steps, base, hidden, sizes, dev)
 
         conflicts: Tensor | None = None
         for method in agg_methods:
-            row = Row("Yeast, label aggregation", method, {}, [])
-            for s in seeds:
-                bar.set_postfix_str(f"Yeast {method} seed={s}")
-                run = _yeast_run(base, method, s, sizes, dev, base.y_train)
-                for key, v in run.metrics.items():
-                    row.metrics.setdefault(key, []).append(v)
-                row.step_ms.append(run.step_ms)
-                if method == "sum" and s == seed:
-                    conflicts = _label_conflicts(run.model, base, dev)
-                bar.update()
-            rows.append(row)
+            runs = collect(
+                "Yeast, label aggregation",
+                method,
+                partial(_yeast_run, base, method, sizes=sizes, device=dev, y_train=base.y_train),
+            )
+            if method == "sum":
+                conflicts = _label_conflicts(runs[0].model, base, dev)
         steps = {m: _yeast_setup(base, m, seed, dev)[2] for m in agg_methods}
         _set_timings(rows[-len(agg_methods) :], steps, base, base.y_train, sizes, dev)
     finally:
@@ -559,7 +529,7 @@ def _run(
             name = f"monitor_digits_if100_{method}.{suffix}"
             save_monitor(mon, folder / name, names)
             files.append(name)
-    result = DemoResult(rows, folder, files, skipped, time.perf_counter() - t_start)
+    result = DemoResult(rows, folder, files, time.perf_counter() - t_start)
     atomic_write_text(folder / "results.json", json.dumps(result.as_dict(), indent=1) + "\n")
     files.append("results.json")
     _write_demo_report(folder / "report.html", result, conflicts, len(seeds), str(dev))
@@ -568,8 +538,6 @@ def _run(
     if echo is not None:
         header, table = format_rows(rows)
         echo(_plain_table(header, table))
-        for reason in skipped:
-            echo(f"skipped: {reason}")
         echo(f"report: {folder / 'report.html'}  ({result.seconds:.0f} s)")
     return result
 
@@ -591,7 +559,7 @@ def _label_conflicts(model: MLP, ds: Dataset, device: torch.device) -> Tensor:
     """Conflict matrix of the per-label losses' gradients on the trunk, on the training set."""
     x, y = ds.x_train.to(device), ds.y_train.to(device)
     logits = model(x)
-    losses = _bce_per_label(logits, y)
+    losses = lg.per_label_losses(logits, y, loss="bce")
     gram = label_gramian(losses, model.trunk.parameters())
     return lg.conflicts(gram.detach()).cpu()
 
@@ -651,16 +619,9 @@ def _write_demo_report(
                 images=["label_conflicts.png"],
             )
         )
-    if result.skipped:
-        sections.append(Section("Skipped", list(result.skipped)))
     write_report(
         path,
         "labelgrad demo",
         sections,
         footer=f"labelgrad {lg.__version__}, torch {torch.__version__}",
     )
-
-
-def iter_rows(result: DemoResult) -> Iterable[dict[str, Any]]:
-    """The result rows as dicts (for ``--json``)."""
-    return (r.summary() for r in result.rows)

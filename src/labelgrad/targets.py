@@ -15,6 +15,8 @@ from typing import Literal, TypeAlias
 import torch
 from torch import Tensor
 
+from labelgrad._validation import as_count
+
 __all__ = ["Encoding", "Targets", "TargetsLike"]
 
 Encoding = Literal["index", "multi_hot", "soft"]
@@ -160,10 +162,8 @@ class Targets:
             )
         if encoding is not None and encoding not in _ENCODINGS:
             raise ValueError(f"encoding must be one of {_ENCODINGS} or None, got {encoding!r}")
-        if num_classes is not None and (
-            not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
-        ):
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if num_classes is not None:
+            as_count(num_classes, "num_classes")
         if targets.is_complex():
             raise TypeError("targets must be a real tensor (integer, bool or float)")
         enc = _infer_encoding(targets, encoding, num_classes, class_dim, like)

@@ -65,8 +65,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import labelgrad as lg
-from labelgrad._training import MLP, effective_number_weights, epoch_batches, per_class_recall
-from labelgrad.datasets import DataError, read_csv, read_idx, read_npz
+from labelgrad._training import (
+    MLP,
+    effective_number_weights,
+    epoch_batches,
+    per_class_recall,
+    progress_bar,
+)
+from labelgrad.datasets import DataError, Dataset, Task, read_csv, read_idx, read_npz
 from labelgrad.report import (
     Section,
     atomic_path,
@@ -346,22 +352,7 @@ def _policies(raw: Any, file: str) -> list[dict[str, Any]]:
 # --- data -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Data:
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    num_classes: int
-    task: str
-
-    def counts(self) -> Tensor:
-        if self.task == "multiclass":
-            return torch.bincount(self.y_train, minlength=self.num_classes)
-        return (self.y_train == 1).sum(dim=0)
-
-
-def _load_data(cfg: TrainConfig, seed: int) -> _Data:
+def _load_data(cfg: TrainConfig, seed: int) -> Dataset:
     d = cfg.data
     fmt = d["format"]
     if fmt == "csv":
@@ -381,7 +372,7 @@ def _load_data(cfg: TrainConfig, seed: int) -> _Data:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    task = d["task"] or ("multiclass" if y.ndim == 1 else "multilabel")
+    task: Task = d["task"] or ("multiclass" if y.ndim == 1 else "multilabel")
     if y.dtype.kind == "f" and not (y == np.round(y)).all():
         raise DataError(f"{d['path']}: labels must be integers")
     y = y.astype(np.int64)
@@ -416,16 +407,24 @@ def _load_data(cfg: TrainConfig, seed: int) -> _Data:
     def t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
-    return _Data(
-        t(xtr, torch.float32), t(y[tr], torch.long), t(xte, torch.float32),
-        t(y[te], torch.long), c, task,
-    )  # fmt: skip
+    return Dataset(
+        name=Path(d["path"]).name,
+        x_train=t(xtr, torch.float32),
+        y_train=t(y[tr], torch.long),
+        x_test=t(xte, torch.float32),
+        y_test=t(y[te], torch.long),
+        class_names=tuple(str(k) for k in range(c)),
+        task=task,
+        meta={"source": d["path"], "seed": seed},
+    )
 
 
 # --- building the run -----------------------------------------------------------------------
 
 
-def _build_policy(cfg: TrainConfig, data: _Data, history: int) -> tuple[lg.Policy, lg.GradMonitor]:
+def _build_policy(
+    cfg: TrainConfig, data: Dataset, history: int
+) -> tuple[lg.Policy, lg.GradMonitor]:
     c = data.num_classes
     built: list[lg.Policy] = []
     for spec in cfg.policies:
@@ -437,7 +436,7 @@ def _build_policy(cfg: TrainConfig, data: _Data, history: int) -> tuple[lg.Polic
                 w = (
                     torch.tensor(spec["weights"], dtype=torch.float32)
                     if "weights" in spec
-                    else effective_number_weights(data.counts(), float(spec["beta"]))
+                    else effective_number_weights(data.train_counts(), float(spec["beta"]))
                 )
                 built.append(lg.class_weights(w))
             elif name == "pos_neg_weights":
@@ -465,7 +464,7 @@ def _floats(spec: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _build_optimizer(cfg: TrainConfig, model: MLP, data: _Data) -> Any:
+def _build_optimizer(cfg: TrainConfig, model: MLP, data: Dataset) -> Any:
     t = cfg.train
     params = model.parameters()
     opt: Any
@@ -479,9 +478,6 @@ def _build_optimizer(cfg: TrainConfig, model: MLP, data: _Data) -> Any:
         opt = torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
     if cfg.rows is None:
         return opt
-    row_rules = getattr(lg, "RowRules", None)
-    if row_rules is None:
-        raise ConfigError(f"{cfg.file.name}: [rows] needs lg.RowRules, not in this build")
     r = cfg.rows
     kwargs: dict[str, Any] = {"skip_absent": r["skip_absent"]}
     if r["frozen"] is not None:
@@ -489,24 +485,21 @@ def _build_optimizer(cfg: TrainConfig, model: MLP, data: _Data) -> Any:
     if r["lr_scale"] is not None:
         kwargs["lr_scale"] = torch.tensor(r["lr_scale"], dtype=torch.float32)
     elif r["lr_scale_power"] is not None:
-        counts = data.counts().clamp(min=1).double()
+        counts = data.train_counts().clamp(min=1).double()
         kwargs["lr_scale"] = ((counts.max() / counts) ** float(r["lr_scale_power"])).float()
     try:
-        return row_rules(opt, rows=model.head, **kwargs)
+        return lg.RowRules(opt, rows=model.head, **kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{cfg.file.name}: [rows]: {err}") from None
 
 
-def _build_aggregator(cfg: TrainConfig, data: _Data) -> Any:
+def _build_aggregator(cfg: TrainConfig, data: Dataset) -> Any:
     if cfg.aggregation is None:
         return None
     name = cfg.file.name
     if data.task != "multilabel":
         raise ConfigError(f"{name}: [aggregation] needs multilabel data (one loss per label)")
-    aggregators = getattr(lg, "aggregators", None)
-    if aggregators is None or not hasattr(lg, "aggregate_backward"):
-        raise ConfigError(f"{name}: [aggregation] needs lg.aggregate_backward, not in this build")
-    cls = getattr(aggregators, cfg.aggregation["aggregator"], None)
+    cls = getattr(lg.aggregators, cfg.aggregation["aggregator"], None)
     if cls is None or not callable(cls):
         raise ConfigError(
             f"{name}: [aggregation] unknown aggregator {cfg.aggregation['aggregator']!r}"
@@ -586,16 +579,16 @@ def run_train(
         logits = policy(model.head(feats), yb)
         loss: Tensor
         if multilabel:
-            target = yb.clamp(min=0).to(logits.dtype)
+            # Mean BCE over the known entries: unknown (-1) labels contribute nothing, with or
+            # without aggregation (the K losses sum to the plain loss).
+            losses = lg.per_label_losses(logits, yb, loss="bce")
             if aggregator is not None:
-                # Unknown (-1) labels contribute nothing to the per-label losses.
-                losses = lg.per_label_losses(logits, yb, loss="bce")  # type: ignore[attr-defined,unused-ignore]
-                lg.aggregate_backward(  # type: ignore[attr-defined,unused-ignore]
+                lg.aggregate_backward(
                     losses, shared=model.trunk.parameters(), aggregator=aggregator
                 )
                 loss = losses.detach().sum()
             else:
-                loss = F.binary_cross_entropy_with_logits(logits, target)
+                loss = losses.sum()
                 loss.backward()
         else:
             loss = F.cross_entropy(logits, yb)
@@ -606,7 +599,13 @@ def run_train(
             opt.step()
         return loss.detach()
 
-    bar = _bar(t["epochs"] * steps_per_epoch, quiet, start_epoch * steps_per_epoch)
+    bar = progress_bar(
+        t["epochs"] * steps_per_epoch,
+        quiet=quiet,
+        desc="labelgrad train",
+        unit="step",
+        initial=start_epoch * steps_per_epoch,
+    )
     t0 = time.perf_counter()
     try:
         for epoch in range(start_epoch, t["epochs"]):
@@ -638,7 +637,7 @@ def run_train(
         "per_class": per_class,
         "train_seconds": seconds,
     }
-    names = [str(c) for c in range(data.num_classes)]
+    names = list(data.class_names)
     files = ["checkpoint.pt"]
     for fname in ("monitor.csv", "monitor.history.csv", "monitor.json"):
         save_monitor(mon, folder / fname, names)
@@ -654,8 +653,9 @@ def run_train(
         {metric_name: [0.0 if math.isnan(v) else v for v in per_class]},
         names,
         folder / "per_class.png",
-        counts=data.counts().tolist(),
+        counts=data.train_counts().tolist(),
         title=f"per-class test {metric_name}",
+        ylabel=f"test {metric_name}",
     )
     files.append("per_class.png")
     summary["files"] = [*files, "metrics.json", "report.html"]
@@ -706,7 +706,7 @@ def _save_checkpoint(
         torch.save(state, tmp)
 
 
-def _evaluate(model: MLP, data: _Data, dev: torch.device) -> tuple[dict[str, float], list[float]]:
+def _evaluate(model: MLP, data: Dataset, dev: torch.device) -> tuple[dict[str, float], list[float]]:
     with torch.no_grad():
         logits = model(data.x_test.to(dev)).cpu()
     if data.task == "multiclass":
@@ -722,31 +722,3 @@ def _evaluate(model: MLP, data: _Data, dev: torch.device) -> tuple[dict[str, flo
     f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), 0.0)
     micro = float(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()).clamp(min=1))
     return {"macro_f1": float(f1.mean()), "micro_f1": micro}, f1.tolist()
-
-
-class _Bar:
-    def __init__(self, total: int, quiet: bool, initial: int) -> None:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            self._bar: Any = None
-        else:
-            self._bar = tqdm(
-                total=total, initial=initial, disable=quiet, desc="labelgrad train", unit="step"
-            )
-
-    def update(self) -> None:
-        if self._bar is not None:
-            self._bar.update()
-
-    def set_postfix_str(self, s: str) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix_str(s)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _bar(total: int, quiet: bool, initial: int) -> _Bar:
-    return _Bar(total, quiet, initial)

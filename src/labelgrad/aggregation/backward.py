@@ -17,10 +17,9 @@ from torch import Tensor, nn
 
 from labelgrad.aggregation import _graph
 from labelgrad.aggregation.engines import (
-    FeatureJacobian,
+    closed_form,
     exact_jacobian,
     gramian_of,
-    linear_head_feature_jacobian,
     representation_jacobian,
     warn_once,
 )
@@ -38,6 +37,12 @@ class Aggregator(Protocol):
 
     Weightings implement ``weights(G) -> (K,)``; aggregators that need more than the Gramian
     (ConFIG, GradDrop) set ``requires_jacobian = True`` and implement ``aggregate(J) -> (P,)``.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> agg: lg.aggregation.Aggregator = lg.aggregators.UPGrad()
+        >>> agg.weights(torch.eye(3)).shape
+        torch.Size([3])
     """
 
     def weights(self, gramian: Tensor, /) -> Tensor:
@@ -56,6 +61,14 @@ class AggregationResult:
             of :class:`labelgrad.aggregation.Amortized` were reused).
         engine: the engine that ran.
         reason: why that engine (what ``explain_engine`` says).
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> net = torch.nn.Linear(3, 2)
+        >>> losses = lg.per_label_losses(net(torch.randn(4, 3)), torch.randint(0, 2, (4, 2)))
+        >>> r = lg.aggregate_backward(losses, shared=net, aggregator=lg.aggregators.Mean())
+        >>> r.engine, tuple(r.gramian.shape), r.weights.tolist()
+        ('exact', (2, 2), [0.5, 0.5])
     """
 
     weights: Tensor | None
@@ -390,6 +403,7 @@ def _weights(aggregator: Any, g: Tensor, nonfinite: str) -> Tensor:
             f"{type(aggregator).__name__}.weights(G) must return a ({k},) tensor, got "
             f"{getattr(w, 'shape', type(w).__name__)}"
         )
+    _remember(aggregator, w)
     return w
 
 
@@ -454,7 +468,6 @@ def _run_exact(
         return AggregationResult(None, None, "exact", reason)
     g = gramian_of(jac)
     w = _weights(aggregator, g, nonfinite)
-    _remember(aggregator, w)
     updates = [torch.tensordot(w.to(j.dtype), j, dims=1) for j in jac]
     _plain_backward_of_others(losses, params, updates)
     return AggregationResult(w, g, "exact", reason)
@@ -529,13 +542,13 @@ def _run_representation(
     if "closed form" in reason:
         assert structure is not None
         assert isinstance(head, nn.Linear)
-        fj: FeatureJacobian = linear_head_feature_jacobian(losses, structure, head)
-    else:
-        rows = _rows_per_chunk([features], chunk_size, budget)
-        fj = representation_jacobian(losses, features, chunk_size=rows, batched=batched)
+        return _closed_form_backward(
+            losses, structure, head, features, aggregator, nonfinite, reason
+        )
+    rows = _rows_per_chunk([features], chunk_size, budget)
+    fj = representation_jacobian(losses, features, chunk_size=rows, batched=batched)
     g = fj.gramian()
     w = _weights(aggregator, g, nonfinite)
-    _remember(aggregator, w)
     weighted = fj.combine(w, features.shape).to(features.dtype)
     handle = features.register_hook(lambda _g: weighted)
     try:
@@ -543,3 +556,34 @@ def _run_representation(
     finally:
         handle.remove()
     return AggregationResult(w, g, "representation", reason)
+
+
+def _closed_form_backward(
+    losses: Tensor,
+    structure: LossStructure,
+    head: nn.Linear,
+    features: Tensor,
+    aggregator: Any,
+    nonfinite: str,
+    reason: str,
+) -> AggregationResult:
+    """One ordinary backward: D is caught at the logits, G and w are formed when the backward
+    reaches the features, whose gradient is replaced by the weighted one."""
+    found: dict[str, Tensor] = {}
+
+    def at_logits(grad: Tensor) -> None:
+        found["d"] = grad
+
+    def at_features(grad: Tensor) -> Tensor:
+        fj = closed_form(found["d"], structure, head)
+        found["g"] = fj.gramian()
+        found["w"] = _weights(aggregator, found["g"], nonfinite)
+        return fj.combine(found["w"], features.shape).to(grad.dtype)
+
+    handles = [structure.logits.register_hook(at_logits), features.register_hook(at_features)]
+    try:
+        torch.autograd.backward(losses.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return AggregationResult(found["w"], found["g"], "representation", reason)

@@ -32,6 +32,7 @@ from labelgrad.policies import no_state_update
 
 __all__ = [
     "FeatureJacobian",
+    "closed_form",
     "exact_jacobian",
     "gramian_of",
     "linear_head_feature_jacobian",
@@ -152,6 +153,7 @@ class FeatureJacobian:
     group_of_row: Tensor | None = None  # sample kind: (M,) group id of each position
     group_of_col: Tensor | None = None  # column kind: (C,) group id of each class
     num_groups: int = 0
+    identity: bool = False  # column kind: every class its own group, in order
 
     def gramian(self) -> Tensor:
         """The K x K Gramian of the per-label feature gradients."""
@@ -165,6 +167,8 @@ class FeatureJacobian:
         if self.kind == "column":
             assert self.group_of_col is not None
             gc = (d.T @ d) * (w @ w.T)  # (C, C)
+            if self.identity:
+                return gc
             ids = self.group_of_col
             rows = torch.zeros(k, gc.shape[1], dtype=dtype, device=gc.device).index_add_(0, ids, gc)
             return torch.zeros(k, k, dtype=dtype, device=gc.device).index_add_(1, ids, rows)
@@ -185,7 +189,7 @@ class FeatureJacobian:
         w = weights.to(d.dtype)
         if self.kind == "column":
             assert self.group_of_col is not None
-            scaled = d * w[self.group_of_col]
+            scaled = d * (w if self.identity else w[self.group_of_col])
         else:
             assert self.group_of_row is not None
             scaled = d * w[self.group_of_row].unsqueeze(1)
@@ -211,8 +215,15 @@ def linear_head_feature_jacobian(
     """Closed form for ``logits = head(features)``: only the gradient at the logits is needed."""
     with no_state_update():
         (d,) = torch.autograd.grad(losses.sum(), structure.logits, retain_graph=True)
-    c = d.shape[structure.class_dim]
-    d2 = d.movedim(structure.class_dim, -1).reshape(-1, c)
+    return closed_form(d, structure, head)
+
+
+def closed_form(
+    logit_grad: Tensor, structure: LossStructure, head: torch.nn.Linear
+) -> FeatureJacobian:
+    """The closed-form :class:`FeatureJacobian` from D = d losses.sum() / d logits."""
+    c = logit_grad.shape[structure.class_dim]
+    d2 = logit_grad.movedim(structure.class_dim, -1).reshape(-1, c)
     weight = head.weight.detach()
     if structure.kind == "column":
         return FeatureJacobian(
@@ -221,6 +232,7 @@ def linear_head_feature_jacobian(
             kind="column",
             group_of_col=structure.class_group,
             num_groups=structure.num_groups,
+            identity=structure.identity_groups,
         )
     return FeatureJacobian(
         logit_grad=d2,

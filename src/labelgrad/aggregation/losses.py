@@ -45,6 +45,14 @@ class LossStructure:
         sample_group: for ``kind="sample"``: (N * S,) group id of every sample position (0 where
             ignored); None otherwise.
         sample_known: for ``kind="sample"``: (N * S,) bool, False where the label is ignored.
+        identity_groups: True when every class is its own group, in order (``groups=None``).
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> z = torch.zeros(2, 3, requires_grad=True)
+        >>> s = lg.aggregation.loss_structure(lg.per_label_losses(z, torch.ones(2, 3)))
+        >>> s.kind, s.num_groups, s.logits is z
+        ('column', 3, True)
     """
 
     logits: Tensor
@@ -54,6 +62,7 @@ class LossStructure:
     num_groups: int
     sample_group: Tensor | None = None
     sample_known: Tensor | None = None
+    identity_groups: bool = False
 
 
 def loss_structure(losses: Tensor) -> LossStructure | None:
@@ -235,7 +244,7 @@ def per_label_losses(
         per_entry = -(values * logp) * known
         denom = max(n * z.shape[1], 1)
         per_class = per_entry.sum(dim=(0, 1)) / denom
-        return _finish(per_class, class_group, k, logits, cd, "dense")
+        return _finish(per_class, class_group, k, logits, cd, "dense", groups is None)
 
     if callable(loss) and not isinstance(loss, str):
         per_entry = loss(z, values)
@@ -254,7 +263,7 @@ def per_label_losses(
     per_entry = torch.where(known, per_entry, torch.zeros((), dtype=per_entry.dtype))
     count = known.sum().clamp_min(1).to(per_entry.dtype)
     per_class = per_entry.sum(dim=(0, 1)) / count
-    return _finish(per_class, class_group, k, logits, cd, "column")
+    return _finish(per_class, class_group, k, logits, cd, "column", groups is None)
 
 
 def _sigmoid_focal(z: Tensor, y: Tensor, gamma: float, alpha: float) -> Tensor:
@@ -298,8 +307,13 @@ def _finish(
     logits: Tensor,
     cd: int,
     kind: Literal["column", "dense"],
+    identity: bool,
 ) -> Tensor:
-    out = torch.zeros(k, dtype=per_class.dtype, device=per_class.device)
-    out = out.index_add(0, class_group, per_class)
-    setattr(out, _STRUCTURE_ATTR, LossStructure(logits, cd, kind, class_group, k))
+    if identity:
+        out = per_class
+    else:
+        out = torch.zeros(k, dtype=per_class.dtype, device=per_class.device)
+        out = out.index_add(0, class_group, per_class)
+    structure = LossStructure(logits, cd, kind, class_group, k, identity_groups=identity)
+    setattr(out, _STRUCTURE_ATTR, structure)
     return out

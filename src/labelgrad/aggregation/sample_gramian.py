@@ -40,8 +40,6 @@ from labelgrad.aggregation.losses import loss_structure
 
 __all__ = ["Tracker", "applicability", "run_sample_gramian", "track"]
 
-IMPLEMENTED = True
-
 _TRACKERS: weakref.WeakKeyDictionary[nn.Module, Tracker] = weakref.WeakKeyDictionary()
 _MAX_CALLS = 4
 
@@ -52,6 +50,15 @@ class Tracker:
     Made by :func:`track`. Each record holds references to tensors autograd keeps anyway (the
     input of a Linear or Conv2d is saved for its backward); the output reference costs nothing
     either while the graph is alive. Records are kept only while gradients are enabled.
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
+        >>> tracker = lg.aggregation.track(net)
+        >>> _ = net(torch.randn(4, 2))
+        >>> [type(m).__name__ for m in tracker.calls]
+        ['Linear']
+        >>> tracker.remove()
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -133,6 +140,11 @@ def applicability(losses: Tensor, shared: object) -> tuple[bool, str]:
     )
 
 
+def _from_compiled_graph(out: Tensor) -> bool:
+    """Whether ``out`` was produced by a torch.compile'd graph (AOTAutograd's backward node)."""
+    return "CompiledFunction" in type(out.grad_fn).__name__
+
+
 def _supported(module: nn.Module) -> bool:
     if type(module) is nn.Linear:
         return True
@@ -205,6 +217,16 @@ def run_sample_gramian(
         own = [p for p in module.parameters(recurse=False) if id(p) in wanted]
         if not own or not live:
             continue
+        if any(_from_compiled_graph(out) for _, out in live):
+            # Inside torch.compile the hook sees a side output of the compiled graph, not the
+            # tensor the next layer consumes: its gradient would be 0. Use the exact engine.
+            warn_once(
+                f"sg-compiled:{type(module).__name__}",
+                f"labelgrad: {type(module).__name__} runs inside a torch.compile'd region; the "
+                "sample-Gramian engine cannot see its real output and uses the exact engine for "
+                "its parameters",
+            )
+            continue
         if len(live) == 1 and _supported(module) and live[0][0].shape[0] == n:
             layers.append((module, live[0][0], live[0][1]))
             covered.update(id(p) for p in own)
@@ -265,8 +287,11 @@ def run_sample_gramian(
         a, b = _positions(module, a_in, b_out)
         prepared.append((module, a, b))
         p_total += _layer_gramian(a.to(dtype), b.to(dtype), module.bias is not None)
-    member = F.one_hot(group, k).to(dtype) * valid.unsqueeze(1).to(dtype)  # S (N, K)
-    g = member.T @ p_total @ member
+    # G = S^T P S as two scatters over the group ids (no one-hot matrix, no host sync).
+    vmask = valid.to(dtype)
+    p_total = p_total * vmask.unsqueeze(1) * vmask.unsqueeze(0)
+    rows = torch.zeros(k, n, dtype=dtype, device=p_total.device).index_add_(0, group, p_total)
+    g = torch.zeros(k, k, dtype=dtype, device=p_total.device).index_add_(1, group, rows)
     if fb_jac:
         g = g + gramian_of(fb_jac)
     w = weigh(g)
@@ -278,7 +303,8 @@ def run_sample_gramian(
             bc = b * c.to(b.dtype)[:, None, None]
             weight = module.weight
             assert isinstance(weight, Tensor)
-            updates[id(weight)] = torch.einsum("nto,nti->oi", bc, a).reshape(weight.shape)
+            flat_b, flat_a = bc.reshape(-1, bc.shape[-1]), a.reshape(-1, a.shape[-1])
+            updates[id(weight)] = (flat_b.T @ flat_a).reshape(weight.shape)
             if isinstance(module.bias, Tensor):
                 updates[id(module.bias)] = bc.sum((0, 1))
         for p, j in zip(fallback, fb_jac):

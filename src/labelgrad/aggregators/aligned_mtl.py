@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.base import Aggregator, optional_vector, per_row_vector
 
 __all__ = ["AlignedMTL"]
 
@@ -38,21 +38,12 @@ class AlignedMTL(Aggregator):
         super().__init__()
         if scale_mode not in ("min", "median", "rmse"):
             raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")
-        if pref_vector is not None and (
-            not isinstance(pref_vector, Tensor) or pref_vector.dim() != 1
-        ):
-            raise ValueError("pref_vector must be a 1-D tensor of K preference weights or None")
-        self.pref_vector = None if pref_vector is None else pref_vector.detach().clone()
+        self.pref_vector = optional_vector(pref_vector, "pref_vector")
         self.scale_mode: ScaleMode = scale_mode
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         k = gramian.shape[0]
-        if self.pref_vector is None:
-            u = torch.full((k,), 1.0 / k, dtype=gramian.dtype, device=gramian.device)
-        elif self.pref_vector.shape[0] != k:
-            raise ValueError(f"pref_vector has {self.pref_vector.shape[0]} entries, expected {k}")
-        else:
-            u = self.pref_vector.to(device=gramian.device, dtype=gramian.dtype)
+        u = per_row_vector(self.pref_vector, k, 1.0 / k, "pref_vector", like=gramian)
         lam, vecs = torch.linalg.eigh(gramian, UPLO="U")
         tol = lam.max() * k * torch.finfo(gramian.dtype).eps
         kept = lam > tol

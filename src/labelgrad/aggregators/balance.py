@@ -114,16 +114,18 @@ class NashMTL(Aggregator):
         self.update_weights_every = int(update_weights_every)
         self.register_buffer("last_weights", torch.zeros(0))
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+        # A host copy of ``calls``: deciding whether to re-solve must not read the device.
+        self._count = 0
 
     def reset(self) -> None:
         """Forget the last weights and the call counter."""
         self.last_weights = torch.zeros(0, device=self.last_weights.device)
         self.calls.zero_()
+        self._count = 0
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         k = gramian.shape[0]
         fresh = self.last_weights.shape != (k,)
-        # The counter is host-side bookkeeping (a Python int copy avoids a device sync).
         count = self._count
         if fresh or count % self.update_weights_every == 0:
             norm = torch.linalg.matrix_norm(gramian).clamp(min=torch.finfo(gramian.dtype).tiny)
@@ -140,14 +142,6 @@ class NashMTL(Aggregator):
                 update_norm > self.max_norm, alpha / update_norm * self.max_norm, alpha
             )
         return alpha
-
-    @property
-    def _count(self) -> int:
-        return int(self.__dict__.get("_host_count", 0))
-
-    @_count.setter
-    def _count(self, value: int) -> None:
-        self.__dict__["_host_count"] = value
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         saved = state_dict.get(prefix + "last_weights")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Aggregator", "JacobianAggregator", "check_gramian", "check_jacobian"]
+__all__ = [
+    "Aggregator",
+    "JacobianAggregator",
+    "check_gramian",
+    "check_jacobian",
+    "optional_vector",
+    "per_row_vector",
+]
 
 
 def _host_checkable(t: Tensor) -> bool:
@@ -69,6 +76,47 @@ def check_jacobian(jacobian: object, /) -> Tensor:
     if _host_checkable(jacobian) and not bool(jacobian.isfinite().all()):
         raise ValueError("the Jacobian has non-finite entries (inf or nan)")
     return jacobian
+
+
+def optional_vector(value: object, name: str) -> Tensor | None:
+    """A detached copy of an optional (K,) constructor argument, or raise naming ``name``.
+
+    Example:
+        >>> import torch
+        >>> optional_vector(torch.ones(3), "pref_vector")
+        tensor([1., 1., 1.])
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Tensor) or value.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor of K values or None")
+    return value.detach().clone()
+
+
+def per_row_vector(
+    vector: Tensor | None,
+    k: int,
+    default: float,
+    name: str,
+    *,
+    like: Tensor,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``vector`` on ``like``'s device (and ``dtype``, default ``like``'s), or ``default`` K times.
+
+    Raises a ValueError naming ``name`` when ``vector`` does not have K entries.
+
+    Example:
+        >>> import torch
+        >>> per_row_vector(None, 2, 0.5, "pref_vector", like=torch.eye(2))
+        tensor([0.5000, 0.5000])
+    """
+    dtype = like.dtype if dtype is None else dtype
+    if vector is None:
+        return torch.full((k,), default, dtype=dtype, device=like.device)
+    if vector.shape[0] != k:
+        raise ValueError(f"{name} has {vector.shape[0]} entries, expected K = {k}")
+    return vector.to(device=like.device, dtype=dtype)
 
 
 class Aggregator(nn.Module):

@@ -6,17 +6,9 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._qp import normalize_gramian, project_to_dual_cone, regularize_gramian
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.base import Aggregator, optional_vector, per_row_vector
 
 __all__ = ["DualProj", "UPGrad"]
-
-
-def _check_pref(pref_vector: Tensor | None) -> Tensor | None:
-    if pref_vector is None:
-        return None
-    if not isinstance(pref_vector, Tensor) or pref_vector.dim() != 1:
-        raise ValueError("pref_vector must be a 1-D tensor of K preference weights or None")
-    return pref_vector.detach().clone()
 
 
 class _DualConeWeighting(Aggregator):
@@ -36,7 +28,7 @@ class _DualConeWeighting(Aggregator):
         super().__init__()
         if norm_eps < 0 or reg_eps < 0:
             raise ValueError(f"norm_eps and reg_eps must be >= 0, got {norm_eps}, {reg_eps}")
-        self.pref_vector = _check_pref(pref_vector)
+        self.pref_vector = optional_vector(pref_vector, "pref_vector")
         self.norm_eps = float(norm_eps)
         self.reg_eps = float(reg_eps)
         self.warm_start = warm_start
@@ -48,13 +40,9 @@ class _DualConeWeighting(Aggregator):
 
     def _preference(self, gramian: Tensor) -> Tensor:
         k = gramian.shape[0]
-        if self.pref_vector is None:
-            return torch.full((k,), 1.0 / k, dtype=torch.float64, device=gramian.device)
-        if self.pref_vector.shape[0] != k:
-            raise ValueError(
-                f"pref_vector has {self.pref_vector.shape[0]} entries but the Gramian is {k} x {k}"
-            )
-        return self.pref_vector.to(device=gramian.device, dtype=torch.float64)
+        return per_row_vector(
+            self.pref_vector, k, 1.0 / k, "pref_vector", like=gramian, dtype=torch.float64
+        )
 
     def _project(self, lower: Tensor, gramian: Tensor) -> Tensor:
         g = regularize_gramian(normalize_gramian(gramian, self.norm_eps), self.reg_eps)

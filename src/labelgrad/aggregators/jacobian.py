@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import JacobianAggregator
+from labelgrad.aggregators.base import JacobianAggregator, optional_vector, per_row_vector
 
 __all__ = ["ConFIG", "GradDrop"]
 
@@ -31,20 +31,10 @@ class ConFIG(JacobianAggregator):
 
     def __init__(self, *, pref_vector: Tensor | None = None) -> None:
         super().__init__()
-        if pref_vector is not None and (
-            not isinstance(pref_vector, Tensor) or pref_vector.dim() != 1
-        ):
-            raise ValueError("pref_vector must be a 1-D tensor of K preference weights or None")
-        self.pref_vector = None if pref_vector is None else pref_vector.detach().clone()
+        self.pref_vector = optional_vector(pref_vector, "pref_vector")
 
     def _aggregate(self, jacobian: Tensor, /) -> Tensor:
-        k = jacobian.shape[0]
-        if self.pref_vector is None:
-            u = torch.ones(k, dtype=jacobian.dtype, device=jacobian.device)
-        elif self.pref_vector.shape[0] != k:
-            raise ValueError(f"pref_vector has {self.pref_vector.shape[0]} entries, expected {k}")
-        else:
-            u = self.pref_vector.to(device=jacobian.device, dtype=jacobian.dtype)
+        u = per_row_vector(self.pref_vector, jacobian.shape[0], 1.0, "pref_vector", like=jacobian)
         units = torch.nan_to_num(jacobian / jacobian.norm(dim=1, keepdim=True), 0.0)
         direction = torch.nn.functional.normalize(torch.linalg.pinv(units) @ u, dim=0)
         return (jacobian @ direction).sum() * direction
@@ -79,19 +69,11 @@ class GradDrop(JacobianAggregator):
     ) -> None:
         super().__init__()
         self.f = f
-        if leak is not None and (not isinstance(leak, Tensor) or leak.dim() != 1):
-            raise ValueError("leak must be a 1-D tensor of K leak values or None")
-        self.leak = None if leak is None else leak.detach().clone()
+        self.leak = optional_vector(leak, "leak")
         self.generator = generator
 
     def _aggregate(self, jacobian: Tensor, /) -> Tensor:
-        k = jacobian.shape[0]
-        if self.leak is None:
-            leak = torch.zeros(k, dtype=jacobian.dtype, device=jacobian.device)
-        elif self.leak.shape[0] != k:
-            raise ValueError(f"leak has {self.leak.shape[0]} entries but the Jacobian has {k} rows")
-        else:
-            leak = self.leak.to(device=jacobian.device, dtype=jacobian.dtype)
+        leak = per_row_vector(self.leak, jacobian.shape[0], 0.0, "leak", like=jacobian)
         purity = 0.5 * (1 + jacobian.sum(dim=0) / jacobian.abs().sum(dim=0))
         if self.f is not None:
             purity = self.f(purity)

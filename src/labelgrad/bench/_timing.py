@@ -82,13 +82,25 @@ def interleaved(
 
 
 def ratios(benchmark: str, times: Mapping[str, float], baseline: str, **extra: Any) -> list[Result]:
-    """Turn :func:`interleaved` medians into rows with ratios to ``baseline``."""
+    """Turn :func:`interleaved` medians into rows with ratios to ``baseline``.
+
+    Example:
+        >>> [(r.case, r.ratio) for r in ratios("demo", {"plain": 0.002, "chain": 0.003}, "plain")]
+        [('plain', 1.0), ('chain', 1.5)]
+    """
     base = times[baseline]
     return [Result(benchmark, name, 1000 * t, t / base, dict(extra)) for name, t in times.items()]
 
 
 def format_table(rows: list[Result]) -> str:
-    """A plain-text table of benchmark rows."""
+    """A plain-text table of benchmark rows.
+
+    Example:
+        >>> table = format_table(ratios("demo", {"plain": 0.002}, "plain"))
+        >>> print(table)  # doctest: +NORMALIZE_WHITESPACE
+        benchmark  case  median ms  ratio
+        demo       plain     2.000  1.00x
+    """
     lines = [f"{'benchmark':<34} {'case':<28} {'median ms':>10} {'ratio':>7}"]
     for r in rows:
         lines.append(f"{r.benchmark:<34} {r.case:<28} {r.median_ms:>10.3f} {r.ratio:>6.2f}x")

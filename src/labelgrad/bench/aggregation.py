@@ -80,13 +80,14 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
         lg.aggregate_backward(losses, shared=shared, aggregator=amortized, engine="exact")
         _step(params)
 
-    def representation() -> None:
-        feats = trunk(x)
-        losses = lg.per_label_losses(head(feats), y)
-        lg.aggregate_backward(
-            losses, shared=shared, aggregator=weighting, features=feats, head=head
-        )
-        _step(params)
+    def representation_with(agg: Any) -> Callable[[], None]:
+        def representation() -> None:
+            feats = trunk(x)
+            losses = lg.per_label_losses(head(feats), y)
+            lg.aggregate_backward(losses, shared=shared, aggregator=agg, features=feats, head=head)
+            _step(params)
+
+        return representation
 
     def loop() -> None:
         losses = lg.per_label_losses(head(trunk(x)), y)
@@ -105,7 +106,9 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
     cases: dict[str, Callable[[], object]] = {"plain": plain}
     if k <= 16:
         cases.update({"exact": exact, "loop": loop, "amortized-8": amortized_exact})
-    cases["representation"] = representation
+    cases["representation"] = representation_with(weighting)
+    # The same engine with w = 1/K: the engine's own cost, without the weighting solve.
+    cases["representation (Mean)"] = representation_with(_MeanWeighting())
     if k <= 16:
         try:
             from torchjd.aggregation import Mean as JDMean
@@ -130,7 +133,7 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
     return cases, wname
 
 
-def _single_label_cases(k: int) -> dict[str, Callable[[], object]]:
+def _single_label_cases(k: int, with_torchjd: bool) -> dict[str, Callable[[], object]]:
     c = 100
     trunk, head = _mlp(c)
     params = [*trunk.parameters(), *head.parameters()]
@@ -146,10 +149,13 @@ def _single_label_cases(k: int) -> dict[str, Callable[[], object]]:
         F.cross_entropy(head(trunk(x)), y).backward()
         _step(params)
 
-    def sample_gramian() -> None:
-        losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
-        lg.aggregate_backward(losses, shared=trunk, aggregator=weighting, engine="sample_gramian")
-        _step(params)
+    def sample_gramian_with(agg: Any) -> Callable[[], None]:
+        def sample_gramian() -> None:
+            losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
+            lg.aggregate_backward(losses, shared=trunk, aggregator=agg, engine="sample_gramian")
+            _step(params)
+
+        return sample_gramian
 
     def exact() -> None:
         losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
@@ -158,9 +164,12 @@ def _single_label_cases(k: int) -> dict[str, Callable[[], object]]:
 
     cases: dict[str, Callable[[], object]] = {
         "plain": plain,
-        "sample_gramian": sample_gramian,
+        "sample_gramian": sample_gramian_with(weighting),
+        "sample_gramian (Mean)": sample_gramian_with(_MeanWeighting()),
         "exact": exact,
     }
+    if not with_torchjd:
+        return cases
     try:
         from torchjd.aggregation import UPGrad as JDUPGrad
         from torchjd.autojac import jac_to_grad, mtl_backward
@@ -180,18 +189,15 @@ def _single_label_cases(k: int) -> dict[str, Callable[[], object]]:
 
 
 def run(quick: bool = False) -> list[Result]:
-    """Time the engines; ``quick`` uses fewer steps (for smoke tests)."""
+    """Time the engines; ``quick``: fewer steps, no K = 100 single-label or its TorchJD peer."""
     steps, warmup = (3, 1) if quick else (30, 5)
     rows: list[Result] = []
     for k in (16, 80):
         cases, wname = _multilabel_cases(k, quick)
         times = interleaved(cases, steps=steps, warmup=warmup)
         rows += ratios(f"aggregation/mlp-multilabel K={k}", times, "plain", weighting=wname)
-    from labelgrad.aggregation import sample_gramian
-
-    if getattr(sample_gramian, "IMPLEMENTED", False):
-        for k in (10, 100):
-            cases = _single_label_cases(k)
-            times = interleaved(cases, steps=max(1, steps // 2), warmup=warmup)
-            rows += ratios(f"aggregation/mlp-single-label K={k}", times, "plain", weighting=wname)
+    for k in (10,) if quick else (10, 100):
+        cases = _single_label_cases(k, with_torchjd=not quick)
+        times = interleaved(cases, steps=max(1, steps // 2), warmup=warmup)
+        rows += ratios(f"aggregation/mlp-single-label K={k}", times, "plain", weighting=wname)
     return rows

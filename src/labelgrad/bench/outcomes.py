@@ -39,7 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import labelgrad as lg
-from labelgrad._training import MLP, effective_number_weights, epoch_batches, per_class_recall
+from labelgrad._training import (
+    MLP,
+    effective_number_weights,
+    epoch_batches,
+    per_class_recall,
+    progress_bar,
+)
 from labelgrad.bench.metrics import (
     FEW_SHOT,
     MANY_SHOT,
@@ -494,13 +500,7 @@ def run_outcomes(
 
 
 def _bar(total: int, quiet: bool) -> Any:
-    from labelgrad.demo import _NoBar
-
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, disable=quiet, unit="run", desc="outcomes", leave=False)
+    return progress_bar(total, quiet=quiet, desc="outcomes", unit="run", leave=False)
 
 
 def _run(

@@ -203,6 +203,10 @@ class Policy(nn.Module):
                 ignore_index=ignore_index,
                 like=logits,
             )
+            if t.device != logits.device:
+                # Labels often stay where the loader put them (the CPU): checked there for free,
+                # then copied over (a host-to-device copy, not a read-back).
+                t = t.to(logits.device)
         elif self.requires_targets:
             raise ValueError(
                 f"{type(self).__name__} reads the labels: call it as policy(logits, targets)"

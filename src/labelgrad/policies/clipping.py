@@ -26,9 +26,11 @@ def _clip(
         # The group spans the ranks (a class over the global batch): sum its squared norm.
         (sq,) = reducer.sum(sq)
     norm = sq.sqrt()
-    limit = torch.tensor(max_norm, dtype=acc, device=grad.device)
+    # A Python scalar, not torch.tensor(max_norm, device=...): that would be a pageable
+    # host-to-device copy on every backward, which waits for the stream on CUDA.
+    limit: Tensor | float = max_norm
     if ctx.grad_scale is not None:
-        limit = limit * ctx.grad_scale.to(acc)  # compare the unscaled norm with max_norm
+        limit = max_norm * ctx.grad_scale.to(acc)  # compare the unscaled norm with max_norm
     # norm == 0 gives inf -> clamped to 1. A non-finite norm leaves the group untouched, so a
     # GradScaler still sees the overflow and skips the step.
     factor = torch.clamp(limit / norm, max=1.0)

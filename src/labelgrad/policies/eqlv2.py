@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad._validation import as_nonnegative_scalar
+from labelgrad._validation import as_count, as_nonnegative_scalar
 from labelgrad.policies.base import GradContext
 from labelgrad.policies.stateful import StatefulPolicy
 
@@ -28,9 +28,7 @@ class EQLv2(StatefulPolicy):
         self, num_classes: int, *, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = as_count(num_classes, "num_classes")
         self.gamma = as_nonnegative_scalar(gamma, "gamma")
         self.mu = float(mu)
         if not torch.isfinite(torch.tensor(self.mu)):

@@ -50,7 +50,8 @@ class Mask(Policy):
 
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
         if self._keep_fn is None:
-            return _zero_where_not(self.keep, grad)
+            # Moved like the other policies' vectors: a policy need not be .to()'d with the model.
+            return _zero_where_not(self.keep.to(grad.device), grad)
         t = ctx.require_targets(self)
         keep = self._keep_fn(t)
         keep_obj: object = keep

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from labelgrad._validation import as_count
 from labelgrad.policies.base import GradContext
 from labelgrad.policies.stateful import StatefulPolicy
 
@@ -41,12 +42,8 @@ class GradMonitor(StatefulPolicy):
 
     def __init__(self, num_classes: int, *, history: int = 0) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
-            raise ValueError(f"history must be a non-negative int, got {history!r}")
-        self.num_classes = num_classes
-        self.history_size = history
+        self.num_classes = as_count(num_classes, "num_classes")
+        self.history_size = as_count(history, "history", minimum=0)
         c = num_classes
         self.add_state("num_batches", torch.zeros((), dtype=torch.float32), window="count")
         self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float32), window="any")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from labelgrad._validation import as_count
 from labelgrad.policies.base import GradContext, Policy
 
 __all__ = ["Schedule", "schedule"]
@@ -23,9 +24,9 @@ class Schedule(Policy):
         super().__init__()
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a labelgrad Policy, got {type(policy).__name__}")
-        for name, v in (("start_step", start_step), ("end_step", end_step)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        as_count(start_step, "start_step", minimum=0)
+        if end_step is not None:
+            as_count(end_step, "end_step", minimum=0)
         if end_step is not None and end_step < start_step:
             raise ValueError(
                 f"end_step={end_step} must not be smaller than start_step={start_step}"
@@ -52,7 +53,7 @@ class Schedule(Policy):
 
     def set_step(self, step: int) -> None:
         """Set the step counter, e.g. to count optimizer steps under gradient accumulation."""
-        self.num_steps.fill_(step)
+        self.num_steps.fill_(as_count(step, "step", minimum=0))
 
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
         step = self.num_steps.clone()

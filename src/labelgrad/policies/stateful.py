@@ -28,6 +28,26 @@ class StatefulPolicy(Policy):
     class then gives them ``state_dict`` round-trips, ``.to(device)``, :meth:`reset` and a
     cross-rank reduction of each batch's increments (:meth:`reduce_increments`) for free, so that
     every rank of a DDP job applies the same weights.
+
+    Example:
+        A policy that counts the positive labels it has seen per class, in a few lines:
+
+        >>> import torch, labelgrad as lg
+        >>> class CountPositives(lg.StatefulPolicy):
+        ...     def __init__(self, num_classes):
+        ...         super().__init__()
+        ...         self.add_state("seen", torch.zeros(num_classes))
+        ...     def transform(self, grad, ctx):
+        ...         if ctx.update_state:
+        ...             t = ctx.require_targets(self)
+        ...             (inc,) = self.reduce_increments(t.positive.float().sum(dim=(0, 1)))
+        ...             self.seen.add_(inc)
+        ...         return grad
+        >>> policy = CountPositives(3)
+        >>> z = torch.zeros(4, 3, requires_grad=True)
+        >>> policy(z, torch.tensor([0, 2, 2, 2])).sum().backward()
+        >>> policy.seen.tolist(), list(policy.state_dict())
+        ([1.0, 0.0, 3.0], ['seen'])
     """
 
     def __init__(self) -> None:

@@ -44,7 +44,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "metrics.json"
+        >>> atomic_write_text(target, "{}")
+        >>> target.read_text()
+        '{}'
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -54,6 +62,12 @@ def check_writable_dir(path: str | os.PathLike[str]) -> Path:
 
     Raises:
         PermissionError: with a one-line message naming the folder, when it cannot be written.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp()) / "out" / "run1"
+        >>> check_writable_dir(folder) == folder, folder.is_dir()
+        (True, True)
     """
     folder = Path(path)
     try:

@@ -41,6 +41,7 @@ def plot_per_class_accuracy(
     *,
     counts: Sequence[int] | None = None,
     title: str = "",
+    ylabel: str = "test accuracy",
 ) -> Path:
     """Grouped bars: per-class accuracy of each method; the training counts on the labels.
 
@@ -50,6 +51,7 @@ def plot_per_class_accuracy(
         path: the PNG to write.
         counts: training samples per class, shown under each class name.
         title: the figure title.
+        ylabel: the y-axis label (any per-class score in [0, 1], e.g. "test F1").
 
     Example:
         >>> import tempfile, pathlib
@@ -69,7 +71,7 @@ def plot_per_class_accuracy(
         labels = [f"{n}\n(n={m})" for n, m in zip(class_names, counts)]
     ax.set_xticks(range(len(class_names)), labels, fontsize=7)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=k, loc="lower left")
     return _save(fig, path)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from labelgrad._validation import as_class_set, as_class_vector
+from labelgrad._validation import as_class_set, as_class_vector, as_count
 
 __all__ = ["LabelParam", "RowsLike", "class_mask", "class_values", "parse_rows"]
 
@@ -98,8 +98,7 @@ def parse_rows(rows: RowsLike, num_classes: int | None) -> tuple[list[LabelParam
         seen.add(id(lp.param))
     sizes = {lp.param.shape[lp.class_dim] for lp in params}
     if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        as_count(num_classes, "num_classes")
         bad = [
             tuple(lp.param.shape) for lp in params if lp.param.shape[lp.class_dim] != num_classes
         ]

@@ -113,21 +113,33 @@ class Router:
         return f"Router({groups})"
 
     def observe(
-        self, targets: TargetsLike, *, class_dim: int = 1, encoding: Encoding | None = None
+        self,
+        targets: TargetsLike,
+        *,
+        class_dim: int = 1,
+        encoding: Encoding | None = None,
+        ignore_index: int = -100,
     ) -> None:
         """Add the classes with a positive label in ``targets`` to this step's present classes.
 
         Routed optimizers that observe targets themselves (a :class:`labelgrad.RowRules`) observe
-        them too.
+        them too. ``class_dim``, ``encoding`` and ``ignore_index`` are passed on to
+        :meth:`labelgrad.Targets.coerce`.
         """
-        hit = present_classes(targets, self.num_classes, class_dim=class_dim, encoding=encoding)
+        hit = present_classes(
+            targets,
+            self.num_classes,
+            class_dim=class_dim,
+            encoding=encoding,
+            ignore_index=ignore_index,
+        )
         self._present = (
             hit if self._present is None else self._present | hit.to(self._present.device)
         )
         for opt in self.optimizers.values():
             observe = getattr(opt, "observe", None)
             if callable(observe):
-                observe(targets, class_dim=class_dim, encoding=encoding)
+                observe(targets, class_dim=class_dim, encoding=encoding, ignore_index=ignore_index)
 
     def step(
         self,

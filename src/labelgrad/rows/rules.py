@@ -24,17 +24,27 @@ def present_classes(
     *,
     class_dim: int = 1,
     encoding: Encoding | None = None,
+    ignore_index: int = -100,
 ) -> Tensor:
     """The (C,) bool mask of classes with a positive label anywhere in ``targets``.
 
-    Computed on the targets' device without a host synchronisation.
+    Computed on the targets' device without a host synchronisation. ``class_dim``,
+    ``encoding`` and ``ignore_index`` are passed on to :meth:`labelgrad.Targets.coerce`.
 
     Example:
         >>> import torch
         >>> present_classes(torch.tensor([2, 0, 2, -100]), 4).tolist()
         [True, False, True, False]
+        >>> present_classes(torch.tensor([[1, 255], [1, 1]]), 4, ignore_index=255).tolist()
+        [False, True, False, False]
     """
-    t = Targets.coerce(targets, num_classes=num_classes, class_dim=class_dim, encoding=encoding)
+    t = Targets.coerce(
+        targets,
+        num_classes=num_classes,
+        class_dim=class_dim,
+        encoding=encoding,
+        ignore_index=ignore_index,
+    )
     if t.indices is not None:
         idx = t.indices.reshape(-1)
         hit = torch.zeros(num_classes + 1, dtype=torch.bool, device=idx.device)
@@ -263,13 +273,18 @@ class RowRules(torch.optim.Optimizer):
     # -- labels ---------------------------------------------------------------------------------
 
     def observe(
-        self, targets: TargetsLike, *, class_dim: int = 1, encoding: Encoding | None = None
+        self,
+        targets: TargetsLike,
+        *,
+        class_dim: int = 1,
+        encoding: Encoding | None = None,
+        ignore_index: int = -100,
     ) -> None:
         """Add the classes with a positive label in ``targets`` to the classes present this step.
 
         Call it for every micro-batch of a gradient-accumulation window; the window closes at
         :meth:`step`. Any label encoding is accepted (see :meth:`labelgrad.Targets.coerce`;
-        ``class_dim`` and ``encoding`` are passed on to it).
+        ``class_dim``, ``encoding`` and ``ignore_index`` are passed on to it).
 
         Example:
             >>> import torch, labelgrad as lg
@@ -280,7 +295,13 @@ class RowRules(torch.optim.Optimizer):
             >>> opt.present.tolist()
             [True, False, True]
         """
-        hit = present_classes(targets, self.num_classes, class_dim=class_dim, encoding=encoding)
+        hit = present_classes(
+            targets,
+            self.num_classes,
+            class_dim=class_dim,
+            encoding=encoding,
+            ignore_index=ignore_index,
+        )
         self._present |= hit.to(self._device, non_blocking=True)
         self._observed = True
 
