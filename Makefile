@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.labelgrad-installed
 
-.PHONY: demo test lint typecheck unit bench docs clean
+.PHONY: demo test lint typecheck unit docs-check bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,18 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q --doctest-modules src/labelgrad tests
 
-test: lint typecheck unit
+# Strict: a broken link, a missing page or a docstring griffe cannot parse fails the build.
+# Not --quiet: it hides warnings from the counter --strict reads (mkdocs/mkdocs#4126).
+docs-check: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+test: lint typecheck unit docs-check
 
 bench: $(STAMP)
 	$(VENV)/bin/labelgrad bench
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build site src/*.egg-info

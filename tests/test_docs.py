@@ -1,0 +1,275 @@
+"""The documentation is complete and its code runs.
+
+1. Every name in ``labelgrad.__all__`` and in each public submodule's ``__all__`` is rendered by a
+   ``::: path`` directive of the API reference (docs/api/*.md), and its docstring carries a
+   doctested ``Example:`` section (run by ``pytest --doctest-modules src/labelgrad``), or it is in
+   ``ALLOWED`` with a reason.
+2. Every guide snippet (docs/guides/snippets/*.py) runs, and prints what its ``.out`` file (the
+   output shown in the guide) records. Regenerate the records after a deliberate change with
+   ``LABELGRAD_UPDATE_DOCS=1 pytest tests/test_docs.py``.
+3. Every snippet file is included by some guide, and every include points at a file that exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import io
+import os
+import pkgutil
+import re
+import runpy
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+import labelgrad
+
+ROOT = Path(__file__).parents[1]
+DOCS = ROOT / "docs"
+SNIPPETS = sorted((DOCS / "guides" / "snippets").glob("*.py"))
+UPDATE = os.environ.get("LABELGRAD_UPDATE_DOCS") == "1"
+
+# name -> why it needs no Example: section of its own. A reason of the form "snippet:<file>"
+# means the guide snippet <file> shows it in use (and the test checks that the snippet names it).
+ALLOWED: dict[str, str] = {
+    "labelgrad.__version__": "a version string",
+    "labelgrad.Encoding": "a Literal type alias; its values are documented in its docstring",
+    "labelgrad.TargetsLike": "a type alias (Tensor | Targets)",
+    "labelgrad.GradContext": "snippet:custom_policy.py",
+    "labelgrad.policies.state_updates_enabled": "snippet:custom_policy.py",
+    "labelgrad.bench.Result": "a plain dataclass row of the benchmark harness",
+    "labelgrad.datasets.Dataset": "returned by digits_lt / yeast (their examples)",
+    "labelgrad.report.Section": "a plain dataclass taken by write_report",
+    "labelgrad.integrations.lightning.default_targets": "the callback's default batch reader",
+    "labelgrad.integrations.lightning.aggregate_backward": (
+        "needs a LightningModule attached to a trainer; tests/test_lightning.py runs it"
+    ),
+}
+
+# Every direct submodule of labelgrad that declares __all__ is either public API (each name in
+# its __all__ must be documented) or internal with a reason.
+PUBLIC_MODULES = {
+    "labelgrad.accumulation",
+    "labelgrad.aggregation",
+    "labelgrad.aggregators",
+    "labelgrad.bench",
+    "labelgrad.datasets",
+    "labelgrad.integrations",
+    "labelgrad.integrations.distributed",
+    "labelgrad.integrations.lightning",
+    "labelgrad.integrations.transformers",
+    "labelgrad.monitor",
+    "labelgrad.policies",
+    "labelgrad.report",
+    "labelgrad.rows",
+    "labelgrad.targets",
+}
+INTERNAL_MODULES = {
+    "labelgrad.cli": "the command's implementation; its commands are documented in docs/api/cli.md",
+    "labelgrad.demo": "implementation of `labelgrad demo`",
+    "labelgrad.train": "implementation of `labelgrad train`; its config keys are in docs/api/cli.md",
+}
+
+_DIRECTIVE = re.compile(r"^::: *([\w.]+) *$")
+_MEMBER = re.compile(r"^ +- +([\w]+) *$")
+_BUILT_BY = re.compile(r"(?:Built by|see) :func:`~?([\w.]+)`")
+
+
+def _public_modules() -> list[ModuleType]:
+    """labelgrad and its public submodules (those of PUBLIC_MODULES that exist)."""
+    mods: list[ModuleType] = [labelgrad]
+    for name in sorted(PUBLIC_MODULES):
+        if importlib.util.find_spec(name.rsplit(".", 1)[0]) is None:
+            continue
+        if importlib.util.find_spec(name) is None:
+            continue
+        try:
+            mods.append(importlib.import_module(name))
+        except ModuleNotFoundError as err:  # an optional framework (lightning, ...) is absent
+            if (err.name or "").startswith("labelgrad"):
+                raise
+    return mods
+
+
+def _resolve(path: str) -> object:
+    """Import ``a.b.c`` as the longest importable module prefix, then attribute access."""
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(path)
+
+
+def _documented() -> tuple[set[int], list[str]]:
+    """ids of the objects the API reference renders, and the directives' paths."""
+    ids: set[int] = set()
+    paths: list[str] = []
+    for page in sorted((DOCS / "api").glob("*.md")):
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines):
+            m = _DIRECTIVE.match(line)
+            if not m:
+                continue
+            path = m.group(1)
+            paths.append(path)
+            obj = _resolve(path)
+            members: list[str] = []
+            no_members = False
+            for follow in lines[i + 1 :]:
+                if _DIRECTIVE.match(follow) or follow.startswith("#"):
+                    break
+                mm = _MEMBER.match(follow)
+                if mm:
+                    members.append(mm.group(1))
+                no_members |= bool(re.match(r"^ +members: *(false|\[\]) *$", follow))
+            if isinstance(obj, ModuleType):
+                # A module directive renders its public members, unless told which or none.
+                names = [] if no_members else members or list(getattr(obj, "__all__", []))
+                ids.update(id(getattr(obj, n)) for n in names)
+            else:
+                ids.add(id(obj))
+    return ids, paths
+
+
+def _has_example(obj: object, module: ModuleType) -> bool:
+    if isinstance(obj, ModuleType):
+        return obj.__name__ in PUBLIC_MODULES  # its members are checked one by one
+    if inspect.isclass(obj) and issubclass(obj, BaseException):
+        return True  # an error type: documented (the reference lists it), nothing to run
+    doc = inspect.getdoc(obj) or ""
+    if re.search(r"^Examples?:$", doc, re.MULTILINE):
+        return True
+    # A class built by a factory ("Built by :func:`mask`", "see :func:`route`") is shown by the
+    # factory's example.
+    m = _BUILT_BY.search(doc)
+    if m and inspect.isclass(obj):
+        factory = getattr(module, m.group(1).rsplit(".", 1)[-1], None)
+        return factory is not None and "Example:" in (inspect.getdoc(factory) or "")
+    return False
+
+
+def _public_names() -> list[tuple[ModuleType, str]]:
+    return [(mod, name) for mod in _public_modules() for name in mod.__all__]
+
+
+def test_every_submodule_is_classified() -> None:
+    unclassified = []
+    for info in pkgutil.iter_modules(labelgrad.__path__):
+        name = f"labelgrad.{info.name}"
+        if info.name.startswith("_") or name in PUBLIC_MODULES or name in INTERNAL_MODULES:
+            continue
+        if hasattr(importlib.import_module(name), "__all__"):
+            unclassified.append(name)
+    assert not unclassified, f"add to PUBLIC_MODULES or INTERNAL_MODULES: {unclassified}"
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    ids, _ = _documented()
+    mods = _public_modules()
+    missing = sorted(
+        f"{mod.__name__}.{name}"
+        for mod, name in _public_names()
+        if id(getattr(mod, name)) not in ids
+        and f"{mod.__name__}.{name}" not in ALLOWED
+        and not (isinstance(getattr(mod, name), ModuleType) and getattr(mod, name) in mods)
+    )
+    assert not missing, f"public names missing from docs/api/*.md (add a ::: directive): {missing}"
+
+
+def test_every_public_name_has_an_example_or_a_reason() -> None:
+    missing = []
+    for mod, name in _public_names():
+        key = f"{mod.__name__}.{name}"
+        if _has_example(getattr(mod, name), mod):
+            continue
+        # The same object re-exported at the top level counts under either name.
+        reason = ALLOWED.get(key) or ALLOWED.get(f"labelgrad.{name}")
+        if reason is None:
+            missing.append(key)
+        elif reason.startswith("snippet:"):
+            snippet = DOCS / "guides" / "snippets" / reason.removeprefix("snippet:")
+            assert name in snippet.read_text(), f"{snippet} does not show {name}"
+    assert not missing, f"public names without an Example: section or an ALLOWED reason: {missing}"
+
+
+def test_allowed_entries_are_still_needed() -> None:
+    """Remove an ALLOWED entry once its name is gone or has an example of its own."""
+    stale = []
+    for key in ALLOWED:
+        mod_name, name = key.rsplit(".", 1)
+        mod = importlib.import_module(mod_name)
+        if name not in getattr(mod, "__all__", []) or _has_example(getattr(mod, name), mod):
+            stale.append(key)
+    assert not stale, f"stale ALLOWED entries: {stale}"
+
+
+def test_api_directives_resolve() -> None:
+    _, paths = _documented()
+    assert paths, "no ::: directives found in docs/api"
+    for path in paths:
+        _resolve(path)  # raises if a directive names something that does not exist
+
+
+def _run_snippet(path: Path) -> str:
+    # One thread: on a shared, busy machine torch's intra-op threads spin against other
+    # processes and make these small models 10x slower; results do not depend on it.
+    # The guides run as a user would run them: float32 default, whatever other tests set.
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            runpy.run_path(str(path), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+    return buf.getvalue()
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _same_output(got: str, want: str) -> bool:
+    """Equal text, numbers equal up to float noise (other BLAS, other CPU)."""
+    if _NUMBER.sub("#", got) != _NUMBER.sub("#", want):
+        return False
+    for a, b in zip(_NUMBER.findall(got), _NUMBER.findall(want)):
+        x, y = float(a), float(b)
+        if abs(x - y) > 1e-4 + 1e-3 * abs(y):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("path", SNIPPETS, ids=[p.stem for p in SNIPPETS])
+def test_guide_snippet_prints_its_recorded_output(path: Path) -> None:
+    got = _run_snippet(path)
+    record = path.with_suffix(".out")
+    if UPDATE:
+        record.write_text(got)
+    assert record.exists(), f"{record} missing: run with LABELGRAD_UPDATE_DOCS=1"
+    want = record.read_text()
+    assert _same_output(got, want), f"{path.name} printed:\n{got}\nthe guide shows:\n{want}"
+
+
+def test_every_snippet_is_included_and_every_include_exists() -> None:
+    included: set[str] = set()
+    for page in DOCS.rglob("*.md"):
+        for target in re.findall(r'--8<-- "([^"]+)"', page.read_text()):
+            assert (DOCS / "guides" / "snippets" / target).exists() or (ROOT / target).exists(), (
+                f"{page}: include {target} not found"
+            )
+            included.add(Path(target).name)
+    for path in SNIPPETS:
+        assert path.name in included, f"{path.name} is not included by any guide"
+        assert path.with_suffix(".out").name in included, f"{path.stem}.out is not shown"
