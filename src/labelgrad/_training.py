@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ __all__ = [
     "epoch_batches",
     "per_class_recall",
     "progress_bar",
+    "small_model_threads",
 ]
 
 
@@ -121,3 +123,27 @@ def progress_bar(total: int, *, quiet: bool, desc: str, **options: Any) -> Any:
     except ImportError:
         return _NoBar()
     return tqdm(total=total, disable=quiet, desc=desc, **options)
+
+
+@contextlib.contextmanager
+def small_model_threads(device: torch.device) -> Iterator[None]:
+    """On the CPU, run the block with one intra-op thread, then restore the previous count.
+
+    The demo's and benchmarks' models are tiny: one thread is as fast as several there and does
+    not fight other processes for cores.
+
+    Example:
+        >>> before = torch.get_num_threads()
+        >>> with small_model_threads(torch.device("cpu")):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

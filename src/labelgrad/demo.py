@@ -34,6 +34,7 @@ from labelgrad._training import (
     epoch_batches,
     per_class_recall,
     progress_bar,
+    small_model_threads,
 )
 from labelgrad.datasets import Dataset, digits_lt, hide_labels, yeast
 from labelgrad.report import (
@@ -393,14 +394,8 @@ def run_demo(
     sizes = SIZES[size]
     dev = torch.device(device)
     folder = check_writable_dir(out)
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        # These models are tiny: one thread is as fast as several and does not fight for cores.
-        torch.set_num_threads(1)
-    try:
+    with small_model_threads(dev):
         return _run(seed, dev, folder, quiet, sizes, echo, t_start)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(

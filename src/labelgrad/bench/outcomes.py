@@ -45,6 +45,7 @@ from labelgrad._training import (
     epoch_batches,
     per_class_recall,
     progress_bar,
+    small_model_threads,
 )
 from labelgrad.bench.metrics import (
     FEW_SHOT,
@@ -484,15 +485,9 @@ def run_outcomes(
     sizes = SIZES[size]
     dev = torch.device(device)
     folder = check_writable_dir(out)
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        # Small models: one thread is about as fast as two and leaves a core to other work.
-        torch.set_num_threads(1)
-    try:
+    with small_model_threads(dev):
         result = _run(sizes, size, dev, folder, quiet, echo)
         write_outputs(result, command)
-    finally:
-        torch.set_num_threads(threads)
     if echo is not None:
         echo(markdown_tables(result))
         echo(f"files in {folder}: {', '.join(result.files)} ({result.seconds:.0f} s)")
