@@ -155,3 +155,13 @@ def test_bad_groups(groups: object, error: type[Exception], match: str) -> None:
 def test_bad_loss_name() -> None:
     with pytest.raises(ValueError, match="loss must be"):
         lg.per_label_losses(_z(2, 3), torch.zeros(2, 3, dtype=torch.long), loss="mse")  # type: ignore[arg-type]
+
+
+def test_cpu_targets_follow_the_logits_device() -> None:
+    """Labels often stay on the CPU; the losses must be computed on the logits' device."""
+    import labelgrad as lg
+
+    logits = torch.zeros(4, 3, device="meta")
+    losses = lg.per_label_losses(logits, torch.tensor([[1, 0, -1]] * 4), loss="bce")
+    assert losses.device.type == "meta"
+    assert losses.shape == (3,)

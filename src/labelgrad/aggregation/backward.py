@@ -285,7 +285,9 @@ def aggregate_backward(
             None.
         batched: True: vmap only; False: loop of K backward passes; None: vmap, loop fallback.
         nonfinite: ``"raise"``: a non-finite Gramian raises ValueError; ``"propagate"``: the
-            plain (non-finite) gradient is written so that ``GradScaler`` skips the step.
+            plain (non-finite) gradient is written so that ``GradScaler`` skips the step. The
+            check reads a flag back to the host, so it runs on CPU tensors only; on accelerators
+            both modes propagate (no host sync per step).
 
     Returns:
         An :class:`AggregationResult` (weights, Gramian, engine, reason).
@@ -389,21 +391,38 @@ def _jacobian_checked(
 
 def _weights(aggregator: Any, g: Tensor, nonfinite: str) -> Tensor:
     k = g.shape[0]
-    if not bool(torch.isfinite(g).all()):
-        if nonfinite == "propagate":
-            return torch.ones(k, dtype=g.dtype, device=g.device)
-        raise ValueError(
-            "the Gramian of the label gradients is not finite (inf/NaN in some label's gradient, "
-            "e.g. a diverged model or a half-precision overflow); pass nonfinite='propagate' to "
-            "write the non-finite plain gradient instead (GradScaler then skips the step)"
-        )
+    finite = torch.isfinite(g).all()
+    if g.device.type == "cpu":  # reading the flag back is free on the CPU
+        if not bool(finite):
+            if nonfinite == "propagate":
+                return torch.ones(k, dtype=g.dtype, device=g.device)
+            raise ValueError(
+                "the Gramian of the label gradients is not finite (inf/NaN in some label's "
+                "gradient, e.g. a diverged model or a half-precision overflow); pass "
+                "nonfinite='propagate' to write the non-finite plain gradient instead "
+                "(GradScaler then skips the step)"
+            )
+    else:
+        # On an accelerator the decision stays on the device (no host sync): the weighting sees
+        # a finite G, and a non-finite G selects plain weights, so the non-finite gradient
+        # reaches .grad and a GradScaler skips the step.
+        safe = torch.where(torch.isfinite(g), g, torch.zeros((), dtype=g.dtype, device=g.device))
+        w = _checked_weights(aggregator, safe, k)
+        w = torch.where(finite, w, torch.ones_like(w))
+        _remember(aggregator, w)
+        return w
+    w = _checked_weights(aggregator, g, k)
+    _remember(aggregator, w)
+    return w
+
+
+def _checked_weights(aggregator: Any, g: Tensor, k: int) -> Tensor:
     w = aggregator.weights(g)
     if not isinstance(w, Tensor) or w.shape != (k,):
         raise ValueError(
             f"{type(aggregator).__name__}.weights(G) must return a ({k},) tensor, got "
             f"{getattr(w, 'shape', type(w).__name__)}"
         )
-    _remember(aggregator, w)
     return w
 
 
@@ -455,7 +474,8 @@ def _run_exact(
     k = losses.numel()
     if _requires_jacobian(aggregator):
         flat = torch.cat([j.reshape(k, -1) for j in jac], dim=1)
-        if not bool(torch.isfinite(flat).all()) and nonfinite == "raise":
+        # Checked where that is free (CPU); elsewhere the non-finite update reaches .grad.
+        if nonfinite == "raise" and flat.device.type == "cpu" and not bool(flat.isfinite().all()):
             raise ValueError("the Jacobian of the label losses is not finite (inf/NaN)")
         update = aggregator.aggregate(flat)
         if not isinstance(update, Tensor) or update.shape != (flat.shape[1],):

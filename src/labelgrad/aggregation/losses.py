@@ -224,6 +224,9 @@ def per_label_losses(
         raise TypeError("logits must be a floating-point tensor of shape (N, C, *)")
     cd = normalize_class_dim(class_dim, logits.dim())
     t = Targets.coerce(targets, class_dim=cd, ignore_index=ignore_index, like=logits)
+    if t.device != logits.device:
+        # Validated where they were (free on the CPU), then copied, as Policy.forward does.
+        t = t.to(logits.device)
     num_classes = logits.shape[cd]
     ids_cpu, k = group_ids(groups, num_classes)
     class_group = ids_cpu.to(logits.device)
