@@ -12,6 +12,7 @@ C - 1 the fewest; the test split stays balanced.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 import os
@@ -104,6 +105,24 @@ class Dataset:
         if self.task == "multiclass":
             return torch.bincount(self.y_train, minlength=self.num_classes)
         return (self.y_train == 1).sum(dim=0)
+
+    def head(self, limit: int | None) -> Dataset:
+        """The first ``limit`` training and test samples (all of them for None), for quick runs.
+
+        Example:
+            >>> ds = digits_lt(imbalance=10.0, seed=0).head(20)
+            >>> len(ds.y_train), len(ds.y_test)
+            (20, 20)
+        """
+        if limit is None:
+            return self
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train[:limit],
+            y_train=self.y_train[:limit],
+            x_test=self.x_test[:limit],
+            y_test=self.y_test[:limit],
+        )
 
 
 def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]:

@@ -454,9 +454,7 @@ def _run(
             steps = {m: _digits_setup(ds, m, seed, sizes, dev)[2] for m in digits_methods}
             _set_timings(rows[-len(digits_methods) :], steps, ds, ds.y_train, sizes, dev)
 
-        base = yeast(seed=seed)
-        if sizes.yeast_limit is not None:
-            base = _subset(base, sizes.yeast_limit)
+        base = yeast(seed=seed).head(sizes.yeast_limit)
         hidden = hide_labels(base.y_train, 0.5, seed=seed)
         for method in partial_methods:
             collect(
@@ -535,19 +533,6 @@ def _run(
         echo(_plain_table(header, table))
         echo(f"report: {folder / 'report.html'}  ({result.seconds:.0f} s)")
     return result
-
-
-def _subset(ds: Dataset, limit: int) -> Dataset:
-    return Dataset(
-        ds.name,
-        ds.x_train[:limit],
-        ds.y_train[:limit],
-        ds.x_test[:limit],
-        ds.y_test[:limit],
-        ds.class_names,
-        ds.task,
-        ds.meta,
-    )
 
 
 def _label_conflicts(model: MLP, ds: Dataset, device: torch.device) -> Tensor:

@@ -439,21 +439,6 @@ def _yeast_run(
     return out
 
 
-def _subset(ds: Dataset, limit: int | None) -> Dataset:
-    if limit is None:
-        return ds
-    return Dataset(
-        ds.name,
-        ds.x_train[:limit],
-        ds.y_train[:limit],
-        ds.x_test[:limit],
-        ds.y_test[:limit],
-        ds.class_names,
-        ds.task,
-        ds.meta,
-    )
-
-
 # --- the benchmark ----------------------------------------------------------------------------
 
 
@@ -539,7 +524,7 @@ def _run(
         for frac in sizes.hidden:
             recs = {m: Record(f"Yeast, {frac:.0%} hidden", m) for m in PARTIAL_METHODS}
             for s in seeds:
-                ds = _subset(yeast(seed=s), sizes.yeast_limit)
+                ds = yeast(seed=s).head(sizes.yeast_limit)
                 hidden = hide_labels(ds.y_train, frac, seed=s)
                 for m in PARTIAL_METHODS:
                     bar.set_postfix_str(f"Yeast {frac:.0%} hidden {m} seed={s}")
@@ -548,7 +533,7 @@ def _run(
             records.extend(recs.values())
         recs = {m: Record("Yeast, label aggregation", m) for m in sizes.agg_methods}
         for s in seeds:
-            ds = _subset(yeast(seed=s), sizes.yeast_limit)
+            ds = yeast(seed=s).head(sizes.yeast_limit)
             for m in sizes.agg_methods:
                 bar.set_postfix_str(f"Yeast aggregation {m} seed={s}")
                 recs[m].add(_yeast_run(ds, ds.y_train, m, s, sizes, dev))
