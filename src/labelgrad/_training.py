@@ -7,12 +7,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "MLP",
     "effective_number_weights",
     "epoch_batches",
+    "one_vs_all_bce",
     "per_class_recall",
     "progress_bar",
     "small_model_threads",
@@ -147,3 +149,17 @@ def small_model_threads(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def one_vs_all_bce(logits: Tensor, y: Tensor) -> Tensor:
+    """Sigmoid BCE of class indices as C binary problems, summed over classes, mean over samples.
+
+    The normalisation is fixed per sample (not per entry), which EQLv2's gradient statistics
+    need to be comparable across batches.
+
+    Example:
+        >>> round(float(one_vs_all_bce(torch.zeros(2, 3), torch.tensor([0, 2]))), 4)  # 3 log 2
+        2.0794
+    """
+    onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, onehot, reduction="sum") / len(y)

@@ -32,6 +32,7 @@ from labelgrad._training import (
     MLP,
     effective_number_weights,
     epoch_batches,
+    one_vs_all_bce,
     per_class_recall,
     progress_bar,
     small_model_threads,
@@ -264,9 +265,7 @@ def _digits_setup(
         opt.zero_grad(set_to_none=True)
         logits = policy(model(xb), yb)
         if sigmoid:
-            # One binary problem per class, summed over classes, averaged over the batch.
-            onehot = F.one_hot(yb, c).to(logits.dtype)
-            loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="sum") / len(yb)
+            loss = one_vs_all_bce(logits, yb)
         else:
             loss = F.cross_entropy(logits, yb)
         loss.backward()

@@ -43,6 +43,7 @@ from labelgrad._training import (
     MLP,
     effective_number_weights,
     epoch_batches,
+    one_vs_all_bce,
     per_class_recall,
     progress_bar,
     small_model_threads,
@@ -347,10 +348,7 @@ def _lt_run(
         if policy is not None:
             logits = policy(logits, yb)
         if sigmoid:
-            # One binary problem per class, summed over classes, averaged over the batch (EQLv2's
-            # statistics need a fixed normalisation).
-            onehot = F.one_hot(yb, c).to(logits.dtype)
-            loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="sum") / len(yb)
+            loss = one_vs_all_bce(logits, yb)
         elif method == "logit_adjusted":
             loss = F.cross_entropy(logits + LA_TAU * log_prior, yb)
         else:
