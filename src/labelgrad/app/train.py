@@ -67,14 +67,10 @@ from torch import Tensor
 import labelgrad as lg
 from labelgrad.app.datasets import DataError, Dataset, Task, read_csv, read_idx, read_npz
 from labelgrad.app.html import Section, write_report
+from labelgrad.app.metrics import multiclass_metrics, multilabel_metrics
 from labelgrad.app.plots import plot_grad_norm_history, plot_per_class_accuracy
-from labelgrad.app.training import (
-    MLP,
-    effective_number_weights,
-    epoch_batches,
-    per_class_recall,
-    progress_bar,
-)
+from labelgrad.app.recipes import effective_number_weights, tail_lr_scale
+from labelgrad.app.training import MLP, epoch_batches, progress_bar
 from labelgrad.report import atomic_path, atomic_write_text, check_writable_dir, save_monitor
 
 if sys.version_info >= (3, 11):
@@ -478,8 +474,7 @@ def _build_optimizer(cfg: TrainConfig, model: MLP, data: Dataset) -> Any:
     if r["lr_scale"] is not None:
         kwargs["lr_scale"] = torch.tensor(r["lr_scale"], dtype=torch.float32)
     elif r["lr_scale_power"] is not None:
-        counts = data.train_counts().clamp(min=1).double()
-        kwargs["lr_scale"] = ((counts.max() / counts) ** float(r["lr_scale_power"])).float()
+        kwargs["lr_scale"] = tail_lr_scale(data.train_counts(), float(r["lr_scale_power"]))
     try:
         return lg.RowRules(opt, rows=model.head, **kwargs)
     except (ValueError, TypeError) as err:
@@ -501,6 +496,131 @@ def _build_aggregator(cfg: TrainConfig, data: Dataset) -> Any:
 
 
 # --- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Parts:
+    """The objects of one training run, built from the config."""
+
+    model: MLP
+    policy: lg.Policy
+    monitor: lg.GradMonitor
+    optimizer: Any
+    aggregator: Any
+    rows: bool
+
+
+def _build(cfg: TrainConfig, data: Dataset, seed: int, dev: torch.device) -> _Parts:
+    torch.manual_seed(seed)
+    model = MLP(data.x_train.shape[1], cfg.model["hidden"], data.num_classes).to(dev)
+    policy, mon = _build_policy(cfg, data, history=MONITOR_HISTORY)
+    policy.to(dev)
+    opt = _build_optimizer(cfg, model, data)
+    return _Parts(model, policy, mon, opt, _build_aggregator(cfg, data), cfg.rows is not None)
+
+
+def _make_step(parts: _Parts, multilabel: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    """One optimizer step on a batch; returns the batch's loss (no host sync)."""
+    model, policy, opt, aggregator = parts.model, parts.policy, parts.optimizer, parts.aggregator
+
+    def step(xb: Tensor, yb: Tensor) -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        feats = model.features(xb)
+        logits = policy(model.head(feats), yb)
+        loss: Tensor
+        if multilabel:
+            # Mean BCE over the known entries: unknown (-1) labels contribute nothing, with or
+            # without aggregation (the K losses sum to the plain loss).
+            losses = lg.per_label_losses(logits, yb, loss="bce")
+            if aggregator is not None:
+                lg.aggregate_backward(
+                    losses, shared=model.trunk.parameters(), aggregator=aggregator
+                )
+                loss = losses.detach().sum()
+            else:
+                loss = losses.sum()
+                loss.backward()
+        else:
+            loss = F.cross_entropy(logits, yb)
+            loss.backward()
+        if parts.rows:
+            opt.step(targets=yb)
+        else:
+            opt.step()
+        return loss.detach()
+
+    return step
+
+
+def _resume(
+    ckpt_path: Path, cfg: TrainConfig, parts: _Parts, dev: torch.device, echo: Any
+) -> tuple[int, list[list[float]]]:
+    """Restore the run from ``ckpt_path``; returns (start epoch, per-step losses so far)."""
+    if not ckpt_path.exists():
+        if echo is not None:
+            echo(f"no checkpoint at {ckpt_path}: starting from epoch 0")
+        return 0, []
+    try:
+        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
+    except Exception as err:
+        raise DataError(f"{ckpt_path}: cannot load checkpoint ({err})") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise DataError(f"{ckpt_path}: not a labelgrad train checkpoint")
+    if state["fingerprint"] != cfg.fingerprint():
+        raise ConfigError(
+            f"{ckpt_path} was written for a different config (only [train] epochs may change)"
+        )
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.policy.load_state_dict(state["policy"])
+    start_epoch = int(state["epoch"])
+    step_losses = [list(map(float, e)) for e in state["losses"]]
+    if start_epoch > cfg.train["epochs"]:
+        raise ConfigError(
+            f"checkpoint is at epoch {start_epoch}, beyond [train] epochs = {cfg.train['epochs']}"
+        )
+    return start_epoch, step_losses
+
+
+def _train_epochs(
+    cfg: TrainConfig,
+    parts: _Parts,
+    data: Dataset,
+    seed: int,
+    dev: torch.device,
+    start_epoch: int,
+    step_losses: list[list[float]],
+    ckpt_path: Path,
+    quiet: bool,
+) -> None:
+    """Train from ``start_epoch`` to the configured epochs, checkpointing after each."""
+    t = cfg.train
+    x, y = data.x_train.to(dev), data.y_train.to(dev)
+    step = _make_step(parts, data.task == "multilabel")
+    steps_per_epoch = math.ceil(len(x) / t["batch_size"])
+    bar = progress_bar(
+        t["epochs"] * steps_per_epoch,
+        quiet=quiet,
+        desc="labelgrad train",
+        unit="step",
+        initial=start_epoch * steps_per_epoch,
+    )
+    try:
+        for epoch in range(start_epoch, t["epochs"]):
+            losses_t = []
+            for idx in epoch_batches(len(x), t["batch_size"], seed=seed, epoch=epoch):
+                losses_t.append(step(x[idx], y[idx]))
+                bar.update()
+            epoch_losses = torch.stack(losses_t).tolist()  # one host sync per epoch
+            if not all(math.isfinite(v) for v in epoch_losses):
+                raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}")
+            step_losses.append(epoch_losses)
+            bar.set_postfix_str(
+                f"epoch {epoch + 1} loss {sum(epoch_losses) / len(epoch_losses):.4f}"
+            )
+            _save_checkpoint(ckpt_path, cfg, epoch + 1, parts, step_losses)
+    finally:
+        bar.close()
 
 
 def run_train(
@@ -527,102 +647,17 @@ def run_train(
     folder = check_writable_dir(out)
     data = _load_data(cfg, seed)
     dev = torch.device(device)
-    t = cfg.train
-    steps_per_epoch = math.ceil(len(data.x_train) / t["batch_size"])
-    torch.manual_seed(seed)
-    model = MLP(data.x_train.shape[1], cfg.model["hidden"], data.num_classes).to(dev)
-    policy, mon = _build_policy(cfg, data, history=MONITOR_HISTORY)
-    policy.to(dev)
-    opt = _build_optimizer(cfg, model, data)
-    aggregator = _build_aggregator(cfg, data)
-    uses_rows = cfg.rows is not None
-
+    parts = _build(cfg, data, seed, dev)
     ckpt_path = folder / "checkpoint.pt"
-    start_epoch = 0
-    step_losses: list[list[float]] = []
-    if resume and not ckpt_path.exists() and echo is not None:
-        echo(f"no checkpoint at {ckpt_path}: starting from epoch 0")
-    if resume and ckpt_path.exists():
-        try:
-            state = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        except Exception as err:
-            raise DataError(f"{ckpt_path}: cannot load checkpoint ({err})") from None
-        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-            raise DataError(f"{ckpt_path}: not a labelgrad train checkpoint")
-        if state["fingerprint"] != cfg.fingerprint():
-            raise ConfigError(
-                f"{ckpt_path} was written for a different config (only [train] epochs may change)"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        policy.load_state_dict(state["policy"])
-        start_epoch = int(state["epoch"])
-        step_losses = [list(map(float, e)) for e in state["losses"]]
-        if start_epoch > t["epochs"]:
-            raise ConfigError(
-                f"checkpoint is at epoch {start_epoch}, beyond [train] epochs = {t['epochs']}"
-            )
-
-    x, y = data.x_train.to(dev), data.y_train.to(dev)
-    multilabel = data.task == "multilabel"
-
-    def step(xb: Tensor, yb: Tensor) -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        feats = model.features(xb)
-        logits = policy(model.head(feats), yb)
-        loss: Tensor
-        if multilabel:
-            # Mean BCE over the known entries: unknown (-1) labels contribute nothing, with or
-            # without aggregation (the K losses sum to the plain loss).
-            losses = lg.per_label_losses(logits, yb, loss="bce")
-            if aggregator is not None:
-                lg.aggregate_backward(
-                    losses, shared=model.trunk.parameters(), aggregator=aggregator
-                )
-                loss = losses.detach().sum()
-            else:
-                loss = losses.sum()
-                loss.backward()
-        else:
-            loss = F.cross_entropy(logits, yb)
-            loss.backward()
-        if uses_rows:
-            opt.step(targets=yb)
-        else:
-            opt.step()
-        return loss.detach()
-
-    bar = progress_bar(
-        t["epochs"] * steps_per_epoch,
-        quiet=quiet,
-        desc="labelgrad train",
-        unit="step",
-        initial=start_epoch * steps_per_epoch,
-    )
+    start_epoch, step_losses = _resume(ckpt_path, cfg, parts, dev, echo) if resume else (0, [])
     t0 = time.perf_counter()
-    try:
-        for epoch in range(start_epoch, t["epochs"]):
-            losses_t = []
-            for idx in epoch_batches(len(x), t["batch_size"], seed=seed, epoch=epoch):
-                losses_t.append(step(x[idx], y[idx]))
-                bar.update()
-            epoch_losses = torch.stack(losses_t).tolist()  # one host sync per epoch
-            if not all(math.isfinite(v) for v in epoch_losses):
-                raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}")
-            step_losses.append(epoch_losses)
-            bar.set_postfix_str(
-                f"epoch {epoch + 1} loss {sum(epoch_losses) / len(epoch_losses):.4f}"
-            )
-            _save_checkpoint(ckpt_path, cfg, epoch + 1, model, opt, policy, step_losses)
-    finally:
-        bar.close()
+    _train_epochs(cfg, parts, data, seed, dev, start_epoch, step_losses, ckpt_path, quiet)
     seconds = time.perf_counter() - t0
-
-    metrics, per_class = _evaluate(model, data, dev)
+    metrics, per_class = _evaluate(parts.model, data, dev)
     summary: dict[str, Any] = {
         "config": str(cfg.file),
         "seed": seed,
-        "epochs": t["epochs"],
+        "epochs": cfg.train["epochs"],
         "resumed_from_epoch": start_epoch,
         "epoch_loss": [sum(e) / len(e) for e in step_losses],
         "step_losses": step_losses,
@@ -630,12 +665,29 @@ def run_train(
         "per_class": per_class,
         "train_seconds": seconds,
     }
+    _write_outputs(folder, cfg, data, parts, summary)
+    if echo is not None:
+        echo(
+            f"trained {cfg.train['epochs']} epochs (from epoch {start_epoch}), final loss "
+            f"{summary['epoch_loss'][-1]:.4f}; "
+            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        )
+        echo(f"wrote {folder / 'report.html'}")
+    return summary
+
+
+def _write_outputs(
+    folder: Path, cfg: TrainConfig, data: Dataset, parts: _Parts, summary: dict[str, Any]
+) -> None:
+    """metrics.json and the monitor exports first, then the figures, the report last."""
     names = list(data.class_names)
-    files = ["checkpoint.pt"]
+    files = ["checkpoint.pt", "metrics.json"]
+    summary["files"] = files
+    atomic_write_text(folder / "metrics.json", json.dumps(summary, indent=1) + "\n")
     for fname in ("monitor.csv", "monitor.history.csv", "monitor.json"):
-        save_monitor(mon, folder / fname, names)
+        save_monitor(parts.monitor, folder / fname, names)
         files.append(fname)
-    history = mon.recent_norms().tolist()
+    history = parts.monitor.recent_norms().tolist()
     if history:
         plot_grad_norm_history(
             history, names, folder / "grad_norm.png", title="per-class ‖dL/dlogit‖ per step"
@@ -643,7 +695,7 @@ def run_train(
         files.append("grad_norm.png")
     metric_name = "accuracy" if data.task == "multiclass" else "F1"
     plot_per_class_accuracy(
-        {metric_name: [0.0 if math.isnan(v) else v for v in per_class]},
+        {metric_name: [0.0 if math.isnan(v) else v for v in summary["per_class"]]},
         names,
         folder / "per_class.png",
         counts=data.train_counts().tolist(),
@@ -651,8 +703,6 @@ def run_train(
         ylabel=f"test {metric_name}",
     )
     files.append("per_class.png")
-    summary["files"] = [*files, "metrics.json", "report.html"]
-    atomic_write_text(folder / "metrics.json", json.dumps(summary, indent=1) + "\n")
     write_report(
         folder / "report.html",
         f"labelgrad train: {cfg.file.name}",
@@ -661,38 +711,30 @@ def run_train(
                 "Test metrics",
                 [f"{len(data.x_train)} training and {len(data.x_test)} test samples."],
                 ["metric", "value"],
-                [[k, f"{v:.4f}"] for k, v in metrics.items()],
+                [[k, f"{v:.4f}"] for k, v in summary["test"].items()],
             ),
             Section("Per-class test metric", images=["per_class.png"]),
             Section("Per-class gradient norm", images=[f for f in files if f == "grad_norm.png"]),
         ],
     )
-    if echo is not None:
-        echo(
-            f"trained {t['epochs']} epochs (from epoch {start_epoch}), final loss "
-            f"{summary['epoch_loss'][-1]:.4f}; "
-            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        )
-        echo(f"wrote {folder / 'report.html'}")
-    return summary
+    files.append("report.html")
+    atomic_write_text(folder / "metrics.json", json.dumps(summary, indent=1) + "\n")
 
 
 def _save_checkpoint(
     path: Path,
     cfg: TrainConfig,
     epoch: int,
-    model: MLP,
-    opt: Any,
-    policy: lg.Policy,
+    parts: _Parts,
     losses: list[list[float]],
 ) -> None:
     state = {
         "version": CHECKPOINT_VERSION,
         "fingerprint": cfg.fingerprint(),
         "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "policy": policy.state_dict(),
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "policy": parts.policy.state_dict(),
         "losses": losses,
     }
     with atomic_path(path) as tmp:
@@ -700,18 +742,11 @@ def _save_checkpoint(
 
 
 def _evaluate(model: MLP, data: Dataset, dev: torch.device) -> tuple[dict[str, float], list[float]]:
+    """Test metrics (:mod:`labelgrad.app.metrics`) and the per-class recall / per-label F1."""
     with torch.no_grad():
         logits = model(data.x_test.to(dev)).cpu()
     if data.task == "multiclass":
-        recall = per_class_recall(logits.argmax(dim=1), data.y_test, data.num_classes)
-        acc = float((logits.argmax(dim=1) == data.y_test).double().mean())
-        return {"accuracy": acc, "balanced_accuracy": float(recall.nanmean())}, recall.tolist()
-    pred = logits > 0
-    known = data.y_test >= 0
-    pos = data.y_test == 1
-    tp = (pred & pos).sum(0).double()
-    fp = (pred & ~pos & known).sum(0).double()
-    fn = (~pred & pos).sum(0).double()
-    f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), 0.0)
-    micro = float(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()).clamp(min=1))
-    return {"macro_f1": float(f1.mean()), "micro_f1": micro}, f1.tolist()
+        metrics, recall = multiclass_metrics(logits, data.y_test, data.num_classes)
+        return metrics, recall.tolist()
+    metrics, per_label = multilabel_metrics(torch.sigmoid(logits), data.y_test)
+    return metrics, per_label.tolist()
