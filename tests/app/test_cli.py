@@ -262,7 +262,7 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     [
         ("1,2,0\n3,4\n", "", "row 2 has 2 cells"),
         ("1,2,0\n3,x,1\n", "", "non-numeric"),
-        ("1,2,0\n3,4,7\n5,6,1\n", "num_classes = 3", "labels out of range"),
+        ("1,2,0\n3,4,7\n5,6,1\n", "num_classes = 3", "data row 2 has label 7, out of range"),
         ("1,2,0\n3,4,1\n", "label_columns = [9]", "label column 9 out of range"),
     ],
 )
@@ -396,4 +396,4 @@ def test_train_aggregation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         [str(_config(tmp_path, text.format("Nope"))), "--out", str(tmp_path / "v")], capsys
     )
     assert code == 2
-    assert "unknown aggregator 'Nope'" in err
+    assert "'Nope' is not an aggregator (expected one of: " in err
