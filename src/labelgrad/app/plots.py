@@ -87,8 +87,8 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     plt = pyplot()
     final = Path(path)
     w, h = fig.get_size_inches()
-    if w < _WIDTH_IN:
-        fig.set_size_inches(_WIDTH_IN, h * _WIDTH_IN / w if w < 0.6 * _WIDTH_IN else h)
+    if w < _WIDTH_IN:  # scaled as a whole: the tight bounding box trims margins, not content
+        fig.set_size_inches(_WIDTH_IN, h * _WIDTH_IN / w)
     try:
         with atomic_path(final) as tmp:
             fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.3)
@@ -226,7 +226,7 @@ def plot_conflicts(
     np.fill_diagonal(m, np.nan)
     off = np.abs(m[~np.isnan(m)])
     span = float(off.max()) if off.size and off.max() > 0 else 1.0
-    fig, ax = plt.subplots(figsize=(9.0, 7.5))
+    fig, ax = plt.subplots(figsize=(_WIDTH_IN, 10.0))
     cmap = plt.get_cmap("RdBu").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-span, vmax=span)
     ax.set_xticks(range(k), list(class_names), rotation=90)
@@ -306,7 +306,7 @@ def plot_confusion(
     rows = counts.sum(axis=1, keepdims=True)
     frac = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(9.0, 7.5))
+    fig, ax = plt.subplots(figsize=(_WIDTH_IN, 10.0))
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     if k <= 20:
         for i in range(k):
