@@ -110,7 +110,8 @@ def plot_per_class_accuracy(
     title: str = "",
     ylabel: str = "test accuracy",
     errors: Mapping[str, Sequence[float]] | None = None,
-    count_label: str = "train n",
+    count_label: str = "training samples",
+    legend_title: str = "method",
 ) -> Path:
     """Grouped bars: per-class accuracy of each method; the sample counts under the class names.
 
@@ -122,7 +123,9 @@ def plot_per_class_accuracy(
         title: the figure title.
         ylabel: the y-axis label (any per-class score in [0, 1], e.g. "test F1").
         errors: method name -> the standard deviation of each class's value (error bars).
-        count_label: what ``counts`` are, e.g. "train n" or "test n".
+        count_label: what ``counts`` are, e.g. "training samples" or "test samples" (the
+            x-axis label says it; each tick shows n=count).
+        legend_title: the legend's title (what the keys of ``accuracy`` are).
 
     Example:
         >>> import tempfile, pathlib
@@ -141,15 +144,15 @@ def plot_per_class_accuracy(
         ax.bar(xs, list(values), width=width, label=name, color=colors[i], yerr=yerr, capsize=2)
     labels = list(class_names)
     if counts is not None:
-        labels = [f"{n}\n({count_label}={m})" for n, m in zip(class_names, counts)]
-    rotate = len(class_names) > 12
+        labels = [f"{n}\nn={m}" for n, m in zip(class_names, counts)]
+    rotate = len(class_names) > 12 or max(len(str(n)) for n in class_names) > 8
     ax.set_xticks(range(len(class_names)), labels, rotation=90 if rotate else 0)
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("class")
+    ax.set_xlabel("class" if counts is None else f"class (n = {count_label})")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="x", visible=False)
-    _legend_outside(ax, title="method")
+    _legend_outside(ax, title=legend_title)
     return save_figure(fig, path)
 
 
