@@ -1,7 +1,7 @@
 """The report's figures, drawn with matplotlib's Agg backend and saved atomically as PNG.
 
 One style for every figure, chosen to be read at a glance on a report page: at least 1000 px
-wide (:data:`MIN_WIDTH_PX`), tick labels of at least 10 pt, axis labels everywhere, a categorical
+wide, tick labels of at least 10 pt, axis labels everywhere, a categorical
 palette for classes, legends outside the data, error bars where a mean over seeds is shown.
 """
 
@@ -16,7 +16,6 @@ from typing import Any
 from labelgrad.report import atomic_path
 
 __all__ = [
-    "MIN_WIDTH_PX",
     "plot_conflicts",
     "plot_confusion",
     "plot_grad_norm_history",
@@ -25,9 +24,6 @@ __all__ = [
     "pyplot",
     "save_figure",
 ]
-
-MIN_WIDTH_PX = 1000
-"""Every figure is saved at least this many pixels wide."""
 
 _DPI = 100
 _WIDTH_IN = 12.0  # 1200 px before the tight bounding box trims the margins
@@ -58,7 +54,7 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("plots need matplotlib: pip install 'labelgrad[cli]'") from None
+        raise ImportError("plots need matplotlib: pip install 'labelgrad[cli,data]'") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -76,7 +72,7 @@ def _palette(n: int) -> list[Any]:
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` to ``path`` as PNG atomically (never a half-written file), then close it.
 
-    The figure is widened where needed so that the PNG is at least :data:`MIN_WIDTH_PX` wide.
+    The figure is widened where needed so that the PNG is at least 1000 px wide.
 
     Example:
         >>> import tempfile, pathlib
