@@ -53,20 +53,21 @@ class Krum(Aggregator):
         self.n_selected = checked
 
     def _byzantine(self, k: int) -> int:
-        f = (k - 3) // 2 if self.n_byzantine is None else self.n_byzantine
-        if k < f + 3 or k < 3:
+        f = max((k - 3) // 2, 0) if self.n_byzantine is None else self.n_byzantine
+        if k < f + 3:
             raise ValueError(f"Krum with n_byzantine = {f} needs K >= {f + 3} rows, got K = {k}")
         if k < self.n_selected:
             raise ValueError(f"Krum needs K >= n_selected = {self.n_selected} rows, got K = {k}")
-        return max(f, 0)
+        return f
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         k = gramian.shape[0]
         f = self._byzantine(k)
         diag = gramian.diagonal()
         dist = (diag.unsqueeze(0) + diag.unsqueeze(1) - 2 * gramian).clamp(min=0).sqrt()
-        # The k - f - 1 smallest include the zero distance to itself: summing them is the score.
-        scores = torch.topk(dist, k=k - f - 1, largest=False).values.sum(dim=1)
+        # The k - f - 1 smallest include the zero distance to itself.
+        # TorchJD's order of summation (the zero first dropped), so that near-ties break alike.
+        scores = torch.topk(dist, k=k - f - 1, largest=False).values[:, 1:].sum(dim=1)
         chosen = torch.topk(scores, k=self.n_selected, largest=False).indices
         weights = torch.zeros(k, dtype=gramian.dtype, device=gramian.device)
         return weights.index_fill(0, chosen, 1.0 / self.n_selected)
