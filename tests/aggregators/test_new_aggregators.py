@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -26,6 +27,8 @@ HAS_TORCHJD = importlib.util.find_spec("torchjd") is not None
 needs_torchjd = pytest.mark.skipif(not HAS_TORCHJD, reason="torchjd 0.18 is not installed")
 DTYPES = [torch.float64, torch.float32]
 DTYPE_IDS = ["float64", "float32"]
+
+
 def random_jacobian(k: int, p: int, seed: int, dtype: torch.dtype = torch.float64) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     scale = 1 + 3 * torch.rand(k, 1, generator=g, dtype=torch.float64)
@@ -38,7 +41,8 @@ def ill_conditioned(k: int, p: int, cond: float, seed: int) -> Tensor:
     u, _ = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(p, k, generator=g, dtype=torch.float64))
     s = torch.logspace(0, -0.5 * torch.log10(torch.tensor(cond)).item(), k, dtype=torch.float64)
-    return u @ torch.diag(s) @ v.T
+    out: Tensor = u @ torch.diag(s) @ v.T
+    return out
 
 
 def hard_jacobians() -> dict[str, Tensor]:
@@ -78,7 +82,7 @@ def cross_matrix(j: Tensor, seed: int) -> Tensor:
     return j1 @ j2.T
 
 
-NEW_GRAMIAN: list[Callable[[], A.Aggregator]] = [
+NEW_GRAMIAN: list[Callable[[], Any]] = [
     A.Constant,
     A.Krum,
     A.CRMOGM,
@@ -86,7 +90,7 @@ NEW_GRAMIAN: list[Callable[[], A.Aggregator]] = [
     A.SDMGrad,
     A.PCD,
 ]
-NEW_JACOBIAN: list[Callable[[], A.JacobianAggregator]] = [A.TrimmedMean, A.ExcessMTL]
+NEW_JACOBIAN: list[Callable[[], Any]] = [A.TrimmedMean, A.ExcessMTL]
 
 
 # --- all of them ------------------------------------------------------------------------------
@@ -96,7 +100,7 @@ NEW_JACOBIAN: list[Callable[[], A.JacobianAggregator]] = [A.TrimmedMean, A.Exces
 @pytest.mark.parametrize("name", HARD_IDS)
 @pytest.mark.parametrize("make", NEW_GRAMIAN + NEW_JACOBIAN, ids=lambda f: f.__name__)
 def test_defaults_give_finite_results_on_hard_inputs(
-    make: Callable[[], A.Aggregator], name: str, dtype: torch.dtype
+    make: Callable[[], Any], name: str, dtype: torch.dtype
 ) -> None:
     j = HARD[name].to(dtype)
     agg = make()
@@ -138,7 +142,7 @@ def test_constructor_validation() -> None:
     with pytest.raises(ValueError, match="alpha"):
         A.CRMOGM(alpha=1.5)
     with pytest.raises(TypeError, match="Gramian Aggregator"):
-        A.CRMOGM(A.ConFIG())  # type: ignore[arg-type]
+        A.CRMOGM(A.ConFIG())
     with pytest.raises(ValueError, match="gamma"):
         A.MoDo(gamma=0.0)
     with pytest.raises(ValueError, match="momentum"):
@@ -269,7 +273,10 @@ def sequence(j: Tensor, steps: int, seed: int) -> list[Tensor]:
     return [j + scale * torch.randn(j.shape, generator=g, dtype=j.dtype) for _ in range(steps)]
 
 
-def assert_state_round_trip(make: Callable[[], torch.nn.Module], feed: Callable, inputs) -> None:  # type: ignore[type-arg]
+Feed = Callable[[Any, Tensor], Tensor]
+
+
+def assert_state_round_trip(make: Callable[[], Any], feed: Feed, inputs: list[Tensor]) -> None:
     """Run half the inputs, save, load into a fresh module, run the rest on both: bitwise equal."""
     first = make()
     half = len(inputs) // 2
@@ -285,11 +292,11 @@ def assert_state_round_trip(make: Callable[[], torch.nn.Module], feed: Callable,
         assert torch.equal(feed(first, x), feed(second, x))
 
 
-def assert_reset_restarts(make: Callable[[], torch.nn.Module], feed: Callable, inputs) -> None:  # type: ignore[type-arg]
+def assert_reset_restarts(make: Callable[[], Any], feed: Feed, inputs: list[Tensor]) -> None:
     agg = make()
     for x in inputs[:2]:
         feed(agg, x)
-    agg.reset()  # type: ignore[operator]
+    agg.reset()
     fresh = make()
     for x in inputs:
         assert torch.equal(feed(agg, x), feed(fresh, x))
@@ -311,7 +318,9 @@ STATEFUL_IDS += ["rank-deficient", "duplicated", "opposite", "zero-rows", "stati
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("warmup", [0, 2])
 @pytest.mark.parametrize("name", STATEFUL_IDS)
-def test_excess_mtl_matches_torchjd_step_by_step(name: str, warmup: int, dtype: torch.dtype) -> None:
+def test_excess_mtl_matches_torchjd_step_by_step(
+    name: str, warmup: int, dtype: torch.dtype
+) -> None:
     import torchjd.aggregation as ta
 
     ours = A.ExcessMTL(n_warmup_steps=warmup)
@@ -324,7 +333,9 @@ def test_excess_mtl_matches_torchjd_step_by_step(name: str, warmup: int, dtype: 
         rtol = 1e-12 if dtype == torch.float64 else 1e-5
         assert relative_error(out, expected) <= rtol
         assert relative_error(ours.task_weights, ref.weighting._weights) <= rtol
-        assert torch.allclose(ours.task_weights.sum().double(), torch.tensor(1.0, dtype=torch.float64))
+        assert torch.allclose(
+            ours.task_weights.sum().double(), torch.tensor(1.0, dtype=torch.float64)
+        )
 
 
 def test_excess_mtl_state() -> None:
@@ -376,7 +387,8 @@ def test_cr_mogm_default_smooths_mgda() -> None:
     wrapped.weights(gs[0])
     assert "aggregator.sq_norm_ema" in wrapped.state_dict()
     wrapped.reset()
-    assert wrapped.aggregator.sq_norm_ema.numel() == 0  # type: ignore[union-attr]
+    assert isinstance(wrapped.aggregator, A.PCD)
+    assert wrapped.aggregator.sq_norm_ema.numel() == 0
 
 
 def reference_simplex_projection(y: Tensor) -> Tensor:
@@ -396,9 +408,14 @@ def reference_simplex_projection(y: Tensor) -> Tensor:
 @pytest.mark.parametrize("spread", [1e-3, 1.0, 1e6])
 def test_simplex_projection_matches_bisection(k: int, spread: float) -> None:
     g = torch.Generator().manual_seed(k)
-    for y in (spread * torch.randn(k, generator=g, dtype=torch.float64), torch.full((k,), 3.0, dtype=torch.float64)):
+    for y in (
+        spread * torch.randn(k, generator=g, dtype=torch.float64),
+        torch.full((k,), 3.0, dtype=torch.float64),
+    ):
         out = project_to_simplex(y)
-        torch.testing.assert_close(out, reference_simplex_projection(y).to(y.dtype), atol=1e-9 * max(spread, 1), rtol=0)
+        torch.testing.assert_close(
+            out, reference_simplex_projection(y).to(y.dtype), atol=1e-9 * max(spread, 1), rtol=0
+        )
         assert bool((out >= 0).all()) and abs(float(out.sum()) - 1) < 1e-9
 
 
@@ -406,7 +423,9 @@ def test_simplex_projection_matches_bisection(k: int, spread: float) -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", STATEFUL_IDS)
 @pytest.mark.parametrize("method", ["MoDo", "SDMGrad"])
-def test_modo_sdmgrad_match_torchjd_step_by_step(name: str, method: str, dtype: torch.dtype) -> None:
+def test_modo_sdmgrad_match_torchjd_step_by_step(
+    name: str, method: str, dtype: torch.dtype
+) -> None:
     import torchjd.aggregation as ta
 
     ours = getattr(A, method)()
@@ -437,7 +456,10 @@ def direct_modo(a_seq: list[Tensor], gamma: float = 0.1, rho: float = 0.1) -> li
 
 
 def test_modo_matches_direct_implementation() -> None:
-    a_seq = [cross_matrix(j, seed=i) for i, j in enumerate(sequence(random_jacobian(6, 14, seed=39), 8, seed=40))]
+    a_seq = [
+        cross_matrix(j, seed=i)
+        for i, j in enumerate(sequence(random_jacobian(6, 14, seed=39), 8, seed=40))
+    ]
     agg = A.MoDo()
     for a, want in zip(a_seq, direct_modo(a_seq)):
         torch.testing.assert_close(agg.weights(a), want, rtol=0, atol=1e-9)
@@ -445,7 +467,10 @@ def test_modo_matches_direct_implementation() -> None:
 
 @pytest.mark.parametrize("method", ["MoDo", "SDMGrad"])
 def test_modo_sdmgrad_state(method: str) -> None:
-    a_seq = [cross_matrix(j, seed=i) for i, j in enumerate(sequence(random_jacobian(5, 12, seed=41), 6, seed=42))]
+    a_seq = [
+        cross_matrix(j, seed=i)
+        for i, j in enumerate(sequence(random_jacobian(5, 12, seed=41), 6, seed=42))
+    ]
     make = getattr(A, method)
     assert_state_round_trip(make, _weigh, a_seq)
     assert_reset_restarts(make, _weigh, a_seq)
@@ -454,3 +479,133 @@ def test_modo_sdmgrad_state(method: str) -> None:
     g3 = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
     # K changed: the iterate restarts from uniform, as a fresh aggregator's.
     assert torch.equal(agg.weights(g3), make().weights(g3))
+
+
+# --- PCD --------------------------------------------------------------------------------------
+
+PCD_IDS = [*STATEFUL_IDS, "ill-cond-1e8-K24"]
+
+
+@needs_torchjd
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("tau", [0.02, 0.5, "vector"])
+@pytest.mark.parametrize("name", PCD_IDS)
+def test_pcd_matches_torchjd_step_by_step(name: str, tau: float | str, dtype: torch.dtype) -> None:
+    import torchjd.aggregation as ta
+
+    k = HARD[name].shape[0]
+    taus: float | Tensor = (
+        torch.linspace(0.0, 1.0, max(k - 1, 0), dtype=torch.float64)
+        if isinstance(tau, str)
+        else tau
+    )
+    ours, ref = A.PCD(tau=taus), ta.PCDWeighting(tau=taus)
+    for j in sequence(HARD[name], 4, seed=43):
+        g = (j @ j.T).to(dtype)
+        # Both solve in float64; float32 only rounds the input and output.
+        assert relative_error(ours.weights(g), ref(g)) <= (1e-8 if dtype == torch.float64 else 1e-5)
+    assert int(ours.fallbacks) == 0
+
+
+def enumerate_pcd(j: Tensor, tau: float) -> Tensor:
+    """PCD's first-call direction by enumerating working sets (the paper's Appendix B.2 method):
+    for every subset S of secondaries, solve the equality-constrained problem and keep the KKT
+    point; none means infeasible (the direction is then g_1)."""
+    k = j.shape[0]
+    g = j @ j.T
+    s = 1 / (g.diagonal() + 1e-8).sqrt()  # the first call's debiased EMA is |g_i|^2 itself
+    jn = j * s.unsqueeze(1)
+    gn = jn @ jn.T
+    h, lower = gn[1:, 1:], tau * gn.diagonal()[1:] - gn[1:, 0]
+    tol = 1e-8 * float(gn.diagonal().max())
+    best: Tensor | None = None
+    for mask in range(2 ** (k - 1)):
+        idx = [i for i in range(k - 1) if mask >> i & 1]
+        mu = torch.zeros(k - 1, dtype=j.dtype)
+        if idx:
+            mu[idx] = torch.linalg.lstsq(h[idx][:, idx], lower[idx].unsqueeze(1)).solution[:, 0]
+        slack = h @ mu - lower
+        if bool((mu >= -tol).all()) and bool((slack >= -tol * (1 + mu.abs().sum())).all()):
+            d = jn[0] + mu @ jn[1:]
+            if best is None or float(d.norm()) < float(best.norm()) - 1e-9:
+                best = d  # all KKT points give the same d; ties only from rounding
+    if best is None:
+        return j[0].clone()
+    if float(best.norm()) <= 1e-7 * float(jn.norm()):
+        return torch.zeros_like(best)
+    scaled: Tensor = best * (j[0].norm() / best.norm())
+    return scaled
+
+
+@pytest.mark.parametrize("tau", [0.02, 0.3])
+@pytest.mark.parametrize("name", [n for n in PCD_IDS if 2 <= HARD[n].shape[0] <= 9])
+def test_pcd_matches_enumeration_of_working_sets(name: str, tau: float) -> None:
+    j = HARD[name]
+    if float(j[0].norm()) == 0:  # zero primary gradient: exactly zero weights
+        assert torch.equal(A.PCD(tau=tau).weights(j @ j.T), torch.zeros(j.shape[0], dtype=j.dtype))
+        return
+    d = j.T @ A.PCD(tau=tau).weights(j @ j.T)
+    want = enumerate_pcd(j, tau)
+    assert relative_error(d, want) <= 1e-6
+    if float(want.norm()) > 0:
+        assert abs(float(d.norm()) / float(j[0].norm()) - 1) < 1e-9  # rescaled to |g_1|
+
+
+@pytest.mark.parametrize("name", ["random-K7", "ill-cond-1e8", "opposite", "random-K16"])
+def test_pcd_certificate_and_fallback(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = HARD[name]
+    g = j @ j.T
+    expected = A.PCD(tau=0.5).weights(g)
+    # A solver that stops early (zero multipliers: constraints violated) must be caught by the
+    # certificate and repaired by the fallback.
+    monkeypatch.setattr(
+        pcd_module,
+        "solve_pcd_dual",
+        lambda gn, taus, **_: (torch.zeros(gn.shape[0] - 1, dtype=gn.dtype), True),
+    )
+    agg = A.PCD(tau=0.5)
+    w = agg.weights(g)
+    assert relative_error(w, expected) <= 1e-9
+    # Zero multipliers are right when no constraint binds; otherwise the fallback ran (once).
+    assert int(agg.fallbacks) == int(bool((expected[1:] != 0).any()) or name == "opposite")
+
+
+def test_pcd_certificate_values() -> None:
+    g = torch.tensor([[1.0, -1.0], [-1.0, 2.0]], dtype=torch.float64)
+    taus = torch.zeros(1, dtype=torch.float64)
+    assert float(pcd_module.pcd_certificate(g, taus, torch.tensor([0.5]))) == 0.0
+    assert float(pcd_module.pcd_certificate(g, taus, torch.tensor([0.0]))) > 0.1  # violated
+    assert (
+        float(pcd_module.pcd_certificate(g, taus, torch.tensor([1.0]))) > 0.1
+    )  # slack > 0, mu > 0
+
+
+def test_pcd_scale_invariance_of_secondaries() -> None:
+    # Multiplying a secondary row by a constant at every call leaves the update unchanged (up to
+    # eps): the constraints are on normalized gradients.
+    js = sequence(random_jacobian(4, 10, seed=44), 4, seed=45)
+    plain, scaled = A.PCD(tau=0.3, eps=0.0), A.PCD(tau=0.3, eps=0.0)
+    for j in js:
+        j2 = j.clone()
+        j2[2] *= 1e3
+        d1 = j.T @ plain.weights(j @ j.T)
+        d2 = j2.T @ scaled.weights(j2 @ j2.T)
+        assert relative_error(d2, d1) <= 1e-9
+
+
+def test_pcd_state() -> None:
+    gs = [j @ j.T for j in sequence(random_jacobian(5, 12, seed=46), 6, seed=47)]
+    assert_state_round_trip(A.PCD, _weigh, gs)
+    assert_reset_restarts(A.PCD, _weigh, gs)
+    agg = A.PCD()
+    agg.weights(gs[0])
+    g3 = gs[0][:3, :3]
+    assert torch.equal(agg.weights(g3), A.PCD().weights(g3))  # K changed: the EMA restarts
+    # A non-finite Gramian (only reachable off the CPU, where it is not validated): NaN weights,
+    # the state untouched.
+    before = {k: v.clone() for k, v in agg.state_dict().items()}
+    with torch.no_grad():
+        out = agg._weights(torch.full((3, 3), float("nan"), dtype=torch.float64))
+    assert bool(out.isnan().all())
+    for key, value in agg.state_dict().items():
+        assert torch.equal(value, before[key])

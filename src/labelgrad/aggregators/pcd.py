@@ -109,10 +109,8 @@ def _add_constraint(
     return True
 
 
-def _projected_gradient(gramian: Tensor, taus: Tensor, iters: int = 5000) -> Tensor:
-    # Robust fallback: accelerated projected gradient on the dual (slow, but it cannot cycle).
-    h = gramian[1:, 1:]
-    lower = taus * h.diagonal() - gramian[1:, 0]
+def _accelerated_projected_gradient(h: Tensor, lower: Tensor, iters: int) -> Tensor:
+    # Cannot cycle; on an infeasible problem (unbounded dual) it runs off along a Farkas ray.
     step = 1.0 / max(float(torch.linalg.eigvalsh(h).max()), 1e-300)
     mu = torch.zeros_like(lower)
     y, t = mu.clone(), 1.0
@@ -122,6 +120,37 @@ def _projected_gradient(gramian: Tensor, taus: Tensor, iters: int = 5000) -> Ten
         y = new + ((t - 1) / t_next) * (new - mu)
         mu, t = new, t_next
     return mu
+
+
+def _infeasible(h: Tensor, lower: Tensor, mu: Tensor) -> bool:
+    # Farkas: v >= 0 with |sum_j v_j g_j| = sqrt(v^T h v) tiny but lower^T v > 0 means any
+    # feasible d has |d| >= lower^T v / sqrt(v^T h v): beyond 1e4 x the scale, call it infeasible.
+    v = mu / mu.sum().clamp(min=1e-300)
+    gain = float(lower @ v)
+    return gain > 0 and float(v @ h @ v).__abs__() ** 0.5 <= 1e-4 * gain
+
+
+def _fallback(gramian: Tensor, taus: Tensor, iters: int = 2000) -> tuple[Tensor, bool]:
+    # Robust fallback: accelerated projected gradient on the dual, then a primal-dual active-set
+    # polish from its support (exact once the support is right). Returns (mu, feasible).
+    h = gramian[1:, 1:]
+    lower = taus * h.diagonal() - gramian[1:, 0]
+    mu = ray = _accelerated_projected_gradient(h, lower, iters)
+    best, best_res = mu, pcd_certificate(gramian, taus, mu)
+    for _ in range(h.shape[0] + 1):
+        if float(best_res) <= CERTIFICATE_TOL:
+            return best, True
+        free = (mu - (h @ mu - lower)) > 0  # semismooth Newton's guess of the positive set
+        if not bool(free.any()):
+            break
+        mu = torch.zeros_like(mu)
+        mu[free] = torch.linalg.lstsq(h[free][:, free], lower[free].unsqueeze(1)).solution[:, 0]
+        res = pcd_certificate(gramian, taus, mu)
+        if res < best_res:
+            best, best_res = mu, res
+    if float(best_res) > CERTIFICATE_TOL and _infeasible(h, lower, ray):
+        return torch.zeros_like(best), False
+    return best, True
 
 
 class PCD(Aggregator):
@@ -141,7 +170,9 @@ class PCD(Aggregator):
     of the Gramian per call) by the dual active-set method :func:`solve_pcd_dual`; the answer is
     checked against the KKT conditions (:func:`pcd_certificate`, tolerance ``CERTIFICATE_TOL``
     relative to ``max G̃_ii (1 + |μ|_1)``) and, where the check fails, re-solved by accelerated
-    projected gradient, keeping the better certified of the two; ``fallbacks`` counts those calls.
+    projected gradient polished by primal-dual active-set steps, keeping the better certified
+    of the two (or declaring the constraints infeasible when the gradient iterate is a Farkas ray:
+    ``v >= 0`` with ``|sum_j v_j g̃_j| <= 1e-4 sum_j v_j b_j``); ``fallbacks`` counts those calls.
 
     State, in buffers (``state_dict`` round-trips; restarted by :meth:`reset` or when K changes):
     ``sq_norm_ema`` (K,) float64 and the call count ``steps``. A non-finite Gramian (possible off
@@ -214,8 +245,10 @@ class PCD(Aggregator):
         mu, feasible = solve_pcd_dual(normalized, taus, dependence_tol=dependence_tol)
         if feasible and float(pcd_certificate(normalized, taus, mu)) > CERTIFICATE_TOL:
             self.fallbacks += 1
-            other = _projected_gradient(normalized, taus)
-            if pcd_certificate(normalized, taus, other) < pcd_certificate(normalized, taus, mu):
+            other, feasible = _fallback(normalized, taus)
+            if not feasible or pcd_certificate(normalized, taus, other) < pcd_certificate(
+                normalized, taus, mu
+            ):
                 mu = other
         return torch.cat([mu.new_ones(1), mu.clamp(min=0)])
 
