@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 import labelgrad as lg
@@ -638,3 +640,60 @@ def test_aggregate_backward_writes_the_aggregated_gradient(make: Callable[[], An
     lg.aggregate_backward(losses(), shared=trunk, aggregator=make(), engine="exact")
     got = torch.cat([p.grad.flatten() for p in params if p.grad is not None])
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+# --- hypothesis: random structure ---------------------------------------------------------------
+
+
+@st.composite
+def structured_jacobians(draw: st.DrawFn, max_k: int = 6) -> Tensor:
+    """Small Jacobians with rows of very different scales, some duplicated, negated or zero."""
+    k = draw(st.integers(2, max_k))
+    p = draw(st.integers(1, 8))
+    j = random_jacobian(k, p, seed=draw(st.integers(0, 10_000)))
+    exponents = draw(st.lists(st.integers(-4, 4), min_size=k, max_size=k))
+    j = j * torch.tensor([10.0**e for e in exponents], dtype=j.dtype).unsqueeze(1)
+    for i in range(1, k):
+        kind = draw(st.sampled_from(["keep", "keep", "dup", "neg", "zero"]))
+        src = draw(st.integers(0, i - 1))
+        if kind == "dup":
+            j[i] = j[src]
+        elif kind == "neg":
+            j[i] = -j[src]
+        elif kind == "zero":
+            j[i] = 0
+    return j
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=64))
+def test_simplex_projection_hypothesis(values: list[float]) -> None:
+    y = torch.tensor(values, dtype=torch.float64)
+    torch.testing.assert_close(
+        project_to_simplex(y), reference_simplex_projection(y), atol=1e-9, rtol=0
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(j=structured_jacobians(), tau=st.sampled_from([0.0, 0.02, 0.3, 1.0]))
+def test_pcd_matches_enumeration_hypothesis(j: Tensor, tau: float) -> None:
+    agg = A.PCD(tau=tau)
+    d = j.T @ agg.weights(j @ j.T)
+    if float(j[0].norm()) == 0:
+        assert float(d.abs().max()) == 0.0
+        return
+    # 1e-6 relative to |g_1|: the enumeration's lstsq on rank-deficient sets is the looser side.
+    assert float((d - enumerate_pcd(j, tau)).norm()) <= 1e-6 * float(j[0].norm())
+
+
+@needs_torchjd
+@settings(max_examples=60, deadline=None)
+@given(j=structured_jacobians(max_k=9), f=st.integers(0, 3), n_selected=st.integers(1, 3))
+def test_krum_matches_torchjd_hypothesis(j: Tensor, f: int, n_selected: int) -> None:
+    import torchjd.aggregation as ta
+
+    g = j @ j.T
+    if g.shape[0] < max(f + 3, n_selected):
+        return
+    ours = A.Krum(n_byzantine=f, n_selected=n_selected).weights(g)
+    assert torch.equal(ours, ta.KrumWeighting(f, n_selected)(g))
