@@ -31,8 +31,9 @@ class ExcessMTL(JacobianAggregator):
 
     State, in buffers (``state_dict`` round-trips; restarted by :meth:`reset` or when the
     Jacobian's shape changes): ``sq_grad_sum`` (K, P), ``task_weights``, ``baseline``,
-    ``warmup_sum`` (K,) and the call count ``steps``. No host read: the warmup branches are
-    ``torch.where`` on the device.
+    ``warmup_sum`` (K,) and the call count ``steps``. ``sq_grad_sum`` is as large as J itself (K
+    times the shared parameters). No host read: the warmup branches are ``torch.where`` on the
+    device.
 
     Args:
         robust_step_size: the step size ``η`` of the weight update (> 0).
