@@ -29,7 +29,8 @@ def project_to_simplex(y: Tensor) -> Tensor:
     u = torch.sort(y, descending=True).values
     thresholds = (u.cumsum(0) - 1) / torch.arange(1, k + 1, dtype=y.dtype, device=y.device)
     rho = (u > thresholds).sum().clamp(min=1) - 1
-    return (y - thresholds[rho]).clamp(min=0)
+    # gather, not thresholds[rho]: indexing with a 0-dim tensor reads it on the host.
+    return (y - thresholds.gather(0, rho.view(1))).clamp(min=0)
 
 
 class _SimplexState(Aggregator):
