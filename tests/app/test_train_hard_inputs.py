@@ -233,7 +233,11 @@ def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(trained_once: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the 1-epoch run, and the config that asks for 2 epochs on resume."""
     shutil.copytree(trained_once, tmp_path, dirs_exist_ok=True)
-    return tmp_path / "c.toml", tmp_path / "labelgrad-out" / "checkpoint.pt"
+    ckpt = tmp_path / "labelgrad-out" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["data"][0]["path"] = str((tmp_path / "d.csv").resolve())  # the copy's data file
+    torch.save(state, ckpt)
+    return tmp_path / "c.toml", ckpt
 
 
 def test_resume_with_another_seed_is_refused(trained: tuple[Path, Path]) -> None:

@@ -228,7 +228,9 @@ class TrainConfig:
         """A hash of everything but the epoch count and patience: a checkpoint only resumes the
         same run."""
         payload = {
-            "data": self.data,
+            # The data files are identified by path, size and content in the checkpoint itself
+            # (data_identity), with a message that says which changed.
+            "data": {k: v for k, v in self.data.items() if k not in ("path", "labels")},
             "model": self.model,
             "train": {k: v for k, v in self.train.items() if k not in ("epochs", "patience")},
             "policies": self.policies,
