@@ -7,7 +7,10 @@
 2. Every guide snippet (docs/guides/snippets/*.py) runs, and prints what its ``.out`` file (the
    output shown in the guide) records. Regenerate the records after a deliberate change with
    ``LABELGRAD_UPDATE_DOCS=1 pytest tests/test_docs.py``.
-3. Every snippet file is included by some guide, and every include points at a file that exists.
+3. Every snippet file is shown by some guide, and the guides' Markdown holds the current code
+   and output of its snippets (written by docs/gen_docs.py between ``<!-- snippet: NAME -->``
+   markers, so that the pages read on the repository page as well as on the site); the API
+   pages' name lists (``<!-- names -->``) are current too.
 """
 
 from __future__ import annotations
@@ -264,14 +267,72 @@ def test_guide_snippet_prints_its_recorded_output(path: Path) -> None:
     assert _same_output(got, want), f"{path.name} printed:\n{got}\nthe guide shows:\n{want}"
 
 
-def test_every_snippet_is_included_and_every_include_exists() -> None:
-    included: set[str] = set()
+def _gen_docs() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_docs", DOCS / "gen_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_snippet_is_shown_by_a_guide() -> None:
+    shown: set[str] = set()
     for page in DOCS.rglob("*.md"):
-        for target in re.findall(r'--8<-- "([^"]+)"', page.read_text()):
-            assert (DOCS / "guides" / "snippets" / target).exists() or (ROOT / target).exists(), (
-                f"{page}: include {target} not found"
-            )
-            included.add(Path(target).name)
+        shown.update(m[2] for m in _gen_docs().SNIPPET_BLOCK.finditer(page.read_text()))
     for path in SNIPPETS:
-        assert path.name in included, f"{path.name} is not included by any guide"
-        assert path.with_suffix(".out").name in included, f"{path.stem}.out is not shown"
+        assert path.name in shown, f"{path.name} is not shown by any guide (<!-- snippet: -->)"
+        assert path.with_suffix(".out").name in shown, f"{path.stem}.out is not shown"
+
+
+def test_pages_read_on_their_own() -> None:
+    """Guides hold their code (no build-time include a repository page would show as text)."""
+    for page in DOCS.rglob("*.md"):
+        if page.name in {"changelog.md", "contributing.md"}:
+            continue  # the repository's own CHANGELOG.md / CONTRIBUTING.md, shown on the site
+        assert "--8<--" not in page.read_text(), f"{page}: inline the code with docs/gen_docs.py"
+
+
+def test_generated_blocks_are_up_to_date() -> None:
+    """Every guide shows its snippet's current code and output, every API page its name list.
+
+    Fix a failure with ``PYTHONPATH=src python docs/gen_docs.py``.
+    """
+    gen = _gen_docs()
+    if UPDATE:
+        gen.main([])
+    stale = [str(p.relative_to(ROOT)) for p in gen.stale_pages()]
+    assert not stale, f"out of date (run: PYTHONPATH=src python docs/gen_docs.py): {stale}"
+
+
+def test_gen_docs_rewrites_a_stale_block() -> None:
+    gen = _gen_docs()
+    name = SNIPPETS[0].name
+    stale = f"intro\n<!-- snippet: {name} -->\n```python\nold code\n```\n<!-- /snippet -->\nend\n"
+    fresh = gen.render(stale)
+    assert fresh != stale
+    assert SNIPPETS[0].read_text().rstrip() in fresh
+    assert fresh.startswith("intro\n") and fresh.endswith("<!-- /snippet -->\nend\n")
+    assert gen.render(fresh) == fresh
+    with pytest.raises(FileNotFoundError, match=r"no_such\.py"):
+        gen.render("<!-- snippet: no_such.py -->\n<!-- /snippet -->\n")
+
+
+def test_api_pages_list_their_names_for_plain_markdown_readers() -> None:
+    for page in sorted((DOCS / "api").glob("*.md")):
+        text = page.read_text()
+        if re.search(r"^::: ", text, re.M):
+            assert "<!-- names -->" in text, f"{page}: add <!-- names --> <!-- /names -->"
+
+
+_FENCE = re.compile(r"^(`{3,})[^\n]*\n(.*?)^\1$", re.S | re.M)
+
+
+def test_code_in_the_docs_fits_the_column() -> None:
+    """Code blocks of the pages wrap at 88 characters: the site's column cuts longer lines."""
+    long = []
+    for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]:
+        for block in _FENCE.finditer(page.read_text()):
+            long += [
+                f"{page.name}: {line[:50]}..." for line in block[2].splitlines() if len(line) > 88
+            ]
+    assert not long, f"code lines over 88 characters: {long}"

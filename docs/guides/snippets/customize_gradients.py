@@ -13,9 +13,9 @@ x = torch.randn(8, 20)
 labels = torch.randint(0, 2, (8, 5))
 labels[torch.rand(8, 5) < 0.4] = -1  # -1: unknown
 
-# 1. Shapes: the head's weight gradient is (5, 10), one row per class; a 5-vector of labels
-#    broadcasts along the input axis and raises, and a (batch, 5) label tensor cannot say
-#    "label 3 of sample 7 is unknown" on a (5, 10) gradient at all.
+# 1. Shapes: the head's weight gradient is (5, 10), one row per class; a 5-vector of
+#    labels broadcasts along the input axis and raises, and a (batch, 5) label tensor
+#    cannot say "label 3 of sample 7 is unknown" on a (5, 10) gradient at all.
 F.binary_cross_entropy_with_logits(model(x), labels.clamp(min=0).float()).backward()
 try:
     head.weight.grad *= labels[0].float()
@@ -23,11 +23,13 @@ except RuntimeError as err:
     print("1. param.grad *= labels:", str(err).split(" at ")[0])
 model.zero_grad()
 
-# 2. Reach: even a correctly shaped edit of the head's .grad leaves the trunk learning from the
-#    unknown labels. A policy at the logits changes dL/dlogits per sample and class, so every
-#    parameter gets the gradient of the loss over the known labels.
+# 2. Reach: even a correctly shaped edit of the head's .grad leaves the trunk learning
+#    from the unknown labels. A policy at the logits changes dL/dlogits per sample and
+#    class, so every parameter gets the gradient of the loss over the known labels.
 logits = lg.mask_unknown()(model(x), labels)
-loss = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0).float(), reduction="sum")
+loss = F.binary_cross_entropy_with_logits(
+    logits, labels.clamp(min=0).float(), reduction="sum"
+)
 ours = torch.autograd.grad(loss, list(model.parameters()))
 known = (labels >= 0).float()
 ref = F.binary_cross_entropy_with_logits(
@@ -35,12 +37,13 @@ ref = F.binary_cross_entropy_with_logits(
 )
 refs = torch.autograd.grad(ref, list(model.parameters()))
 print(
-    "2. mask_unknown vs loss over known labels, max |diff| per parameter:",
+    "2. mask_unknown vs the loss over known labels, max |diff|:",
     [f"{float((a - b).abs().max()):.0e}" for a, b in zip(ours, refs)],
 )
 
-# 3. Adam cancels a constant scale: multiplying row c of the gradient by w[c] does not change
-#    row c's step, because Adam divides each coordinate by its own gradient magnitude.
+# 3. Adam cancels a constant scale: multiplying row c of the gradient by w[c] does not
+#    change row c's step, because Adam divides each coordinate by its own gradient
+#    magnitude.
 w = torch.tensor([1.0, 1.0, 1.0, 5.0, 0.1])
 steps = []
 for scale_rows in (False, True):
@@ -53,12 +56,16 @@ for scale_rows in (False, True):
         m.weight.grad *= w[:, None]
     opt.step()
     steps.append((m.weight.detach() - before).norm(dim=1))
-print("3. Adam step norm per row, plain     :", [round(v, 4) for v in steps[0].tolist()])
-print("   Adam step norm per row, grad *= w :", [round(v, 4) for v in steps[1].tolist()])
+print(
+    "3. Adam step norm per row, plain     :", [round(v, 4) for v in steps[0].tolist()]
+)
+print(
+    "   Adam step norm per row, grad *= w :", [round(v, 4) for v in steps[1].tolist()]
+)
 
-# 4. Optimizers undo masks: a row whose gradient is zeroed still moves under momentum, Adam's
-#    moments and decoupled weight decay. Here class 4 is "frozen" by zeroing its .grad after the
-#    first step; it keeps drifting.
+# 4. Optimizers undo masks: a row whose gradient is zeroed still moves under momentum,
+#    Adam's moments and decoupled weight decay. Here class 4 is "frozen" by zeroing its
+#    .grad after the first step; it keeps drifting.
 torch.manual_seed(0)
 m = nn.Linear(20, 5)
 opt = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.05)
