@@ -7,6 +7,12 @@ the Markdown itself, between marker comments, instead of being included at build
 - ``<!-- snippet: NAME -->`` ... ``<!-- /snippet -->``: a fenced block holding the file
   docs/guides/snippets/NAME (``python`` for a ``.py`` guide program, ``text`` for the ``.out``
   output it records; tests/test_docs.py runs each program and compares with its ``.out``).
+  ``<!-- snippet: NAME K -->`` shows part K only: in a program, the lines from the comment
+  ``# K. ...`` to the next numbered comment (K = 0: the lines before ``# 1.``); in an output,
+  the lines from the one starting ``K. `` to the next numbered one.
+- ``<!-- literal: MODULE LANG -->`` ... ``<!-- /literal -->``: the first literal block (the
+  indented block after ``::``) of MODULE's docstring, fenced as LANG (e.g. the TOML keys of
+  ``labelgrad train``, kept where the code is and shown on the command's page).
 - ``<!-- names -->`` ... ``<!-- /names -->`` on an API page: one line per ``::: path``
   directive that follows on the page, the name and the first paragraph of its docstring.
 
@@ -19,19 +25,24 @@ Usage, from the repository root (with the sources importable, e.g. ``PYTHONPATH=
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import inspect
+import itertools
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 SNIPPETS = DOCS / "guides" / "snippets"
 
-SNIPPET_BLOCK = re.compile(r"(<!-- snippet: (\S+) -->\n)(.*?)(<!-- /snippet -->)", re.S)
+SNIPPET_BLOCK = re.compile(r"(<!-- snippet: (\S+)(?: (\d+))? -->\n)(.*?)(<!-- /snippet -->)", re.S)
+LITERAL_BLOCK = re.compile(r"(<!-- literal: ([\w.]+) (\w+) -->\n)(.*?)(<!-- /literal -->)", re.S)
 NAMES_BLOCK = re.compile(r"(<!-- names -->\n)(.*?)(<!-- /names -->)", re.S)
 DIRECTIVE = re.compile(r"^::: *([\w.]+) *$", re.M)
-_ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj):`~?([\w.]+)`")
+_ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj):`(~?)([\w.]+)`")
+_RST_LINK = re.compile(r"`([^`<]+?) <([^>]+)>`_")
 
 
 def _fence(body: str, lang: str) -> str:
@@ -41,13 +52,41 @@ def _fence(body: str, lang: str) -> str:
     return f"{ticks}{lang}\n{body.rstrip()}\n{ticks}\n"
 
 
-def snippet_block(name: str) -> str:
-    """The fenced block that shows docs/guides/snippets/``name``."""
+def _part(text: str, part: int, python: bool) -> str:
+    """Part ``part`` of a numbered program or output (see the module docstring)."""
+    start = re.compile(r"^# (\d+)\. " if python else r"^(\d+)\. ")
+    parts: dict[int, list[str]] = {0: []}
+    current = 0
+    for line in text.splitlines():
+        m = start.match(line)
+        if m:
+            current = int(m[1])
+            parts[current] = []
+        parts[current].append(line)
+    if part not in parts or not parts[part]:
+        raise ValueError(f"no part {part}: numbered parts are {sorted(parts)}")
+    return "\n".join(parts[part]).strip("\n") + "\n"
+
+
+def snippet_block(name: str, part: int | None = None) -> str:
+    """The fenced block that shows docs/guides/snippets/``name`` (or one numbered part)."""
     path = SNIPPETS / name
     if not path.is_file():
         raise FileNotFoundError(f"snippet {name!r}: {path} does not exist")
-    lang = "python" if path.suffix == ".py" else "text"
-    return _fence(path.read_text(encoding="utf-8"), lang)
+    python = path.suffix == ".py"
+    text = path.read_text(encoding="utf-8")
+    if part is not None:
+        text = _part(text, part, python)
+    return _fence(text, "python" if python else "text")
+
+
+def literal_block(module: str, lang: str) -> str:
+    """The first ``::`` literal block of ``module``'s docstring, dedented and fenced."""
+    doc = inspect.getdoc(importlib.import_module(module)) or ""
+    m = re.search(r"::\n\n((?:(?: {4}.*)?\n)+)", doc + "\n")
+    if m is None:
+        raise ValueError(f"{module}'s docstring has no literal block (text ending in '::')")
+    return _fence(textwrap.dedent(m[1]), lang)
 
 
 def _resolve(path: str) -> object:
@@ -74,11 +113,47 @@ def _display_name(path: str, obj: object) -> str:
     return "lg." + path.removeprefix("labelgrad.")
 
 
-def _summary(obj: object) -> str:
-    """The first paragraph of the docstring, on one line, with reST roles as code."""
-    doc = inspect.getdoc(obj) or ""
+def _attribute_doc(path: str, obj: object) -> str:
+    """The docstring under a module-level assignment (a type alias), as griffe reads it."""
+    name = path.rsplit(".", 1)[-1]
+    # The defining module: the first labelgrad module that holds this object under that name
+    # and has the docstring (a re-export in a package __init__ has none).
+    modules = [m for k, m in sorted(sys.modules.items()) if k.startswith("labelgrad") and m]
+    for module in modules:
+        if getattr(module, name, None) is obj:
+            doc = _assignment_doc(inspect.getsource(module), name)
+            if doc:
+                return doc
+    return ""
+
+
+def _assignment_doc(source: str, name: str) -> str:
+    body = ast.parse(source).body
+    for node, after in itertools.pairwise(body):
+        target: ast.expr | None = node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        if (
+            isinstance(target, ast.Name)
+            and target.id == name
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            return inspect.cleandoc(after.value.value)
+    return ""
+
+
+def _summary(path: str, obj: object) -> str:
+    """The first paragraph of the docstring, on one line, with reST markup as Markdown."""
+    if inspect.isclass(obj) or inspect.isroutine(obj):
+        doc = inspect.getdoc(obj) or ""
+    else:  # a type alias or a constant: its docstring is the string under its assignment
+        doc = _attribute_doc(path, obj)
     first = " ".join(doc.split("\n\n", 1)[0].split())
-    first = _ROLE.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", first)
+    # reST shows `~a.b.c` as `c` and `a.b.c` as written.
+    first = _ROLE.sub(lambda m: f"`{m[2].rsplit('.', 1)[-1] if m[1] else m[2]}`", first)
+    first = _RST_LINK.sub(r"[\1](\2)", first)
     return first.replace("``", "`")
 
 
@@ -89,13 +164,16 @@ def names_block(page_text: str) -> str:
         obj = _resolve(path)
         if inspect.ismodule(obj):
             continue
-        lines.append(f"- [`{_display_name(path, obj)}`](#{path}): {_summary(obj)}")
+        lines.append(f"- [`{_display_name(path, obj)}`](#{path}): {_summary(path, obj)}")
     return "\n".join(lines) + "\n"
 
 
 def render(text: str) -> str:
     """``text`` with every generated block rewritten."""
-    text = SNIPPET_BLOCK.sub(lambda m: m[1] + snippet_block(m[2]) + m[4], text)
+    text = SNIPPET_BLOCK.sub(
+        lambda m: m[1] + snippet_block(m[2], None if m[3] is None else int(m[3])) + m[5], text
+    )
+    text = LITERAL_BLOCK.sub(lambda m: m[1] + literal_block(m[2], m[3]) + m[5], text)
     if NAMES_BLOCK.search(text):
         text = NAMES_BLOCK.sub(lambda m: m[1] + names_block(text) + m[3], text)
     return text

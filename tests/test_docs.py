@@ -336,3 +336,14 @@ def test_code_in_the_docs_fits_the_column() -> None:
                 f"{page.name}: {line[:50]}..." for line in block[2].splitlines() if len(line) > 88
             ]
     assert not long, f"code lines over 88 characters: {long}"
+
+
+def test_home_page_example_runs() -> None:
+    """The home page's code defines every name it uses, and the policy masks the unknowns."""
+    text = (DOCS / "index.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code is not None
+    namespace: dict[str, object] = {"__name__": "docs_index"}
+    exec(compile(code[1], "docs/index.md", "exec"), namespace)
+    model = namespace["model"]
+    assert all(p.grad is not None for p in model.parameters())  # type: ignore[attr-defined]
