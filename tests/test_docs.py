@@ -347,3 +347,22 @@ def test_home_page_example_runs() -> None:
     exec(compile(code[1], "docs/index.md", "exec"), namespace)
     model = namespace["model"]
     assert all(p.grad is not None for p in model.parameters())  # type: ignore[attr-defined]
+
+
+_OLD_MODULES = re.compile(
+    r"\blg\.datasets\b|\blabelgrad\.(?:bench|datasets|cli|demo|train)\b|"
+    r"(?:lg|labelgrad)\.report\.(?:plot_|write_report)|src/labelgrad/bench/"
+)
+
+
+def test_docs_name_the_application_where_it_lives() -> None:
+    """The application moved to labelgrad.app (CHANGELOG); no page names the old modules."""
+    pages = [*DOCS.rglob("*.md"), ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
+    pages += [ROOT / "benchmarks" / "README.md", *(ROOT / "examples").glob("*.py")]
+    stale = [
+        f"{page.relative_to(ROOT)}: {m[0]}"
+        for page in pages
+        if page.exists()
+        for m in _OLD_MODULES.finditer(page.read_text(encoding="utf-8"))
+    ]
+    assert not stale, f"old module names (now under labelgrad.app): {stale}"
