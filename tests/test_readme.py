@@ -29,4 +29,3 @@ def test_quick_start_is_make_demo_then_make_test() -> None:
     assert block is not None
     commands = [line.split("#")[0].strip() for line in block[1].splitlines() if line.strip()]
     assert commands == ["make demo", "make test"]
-
