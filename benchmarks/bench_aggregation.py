@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from labelgrad.bench import format_table
-from labelgrad.bench.aggregation import run
+from labelgrad.app.bench import format_table
+from labelgrad.app.bench.aggregation import run
 
 if __name__ == "__main__":
     if "--threads" in sys.argv:

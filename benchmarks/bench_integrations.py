@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from labelgrad.bench import format_table
-from labelgrad.bench.integrations import run
+from labelgrad.app.bench import format_table
+from labelgrad.app.bench.integrations import run
 
 if __name__ == "__main__":
     print(format_table(run(quick="--quick" in sys.argv)))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from labelgrad.bench._timing import format_table
-from labelgrad.bench.rows import run
+from labelgrad.app.bench.rows import run
+from labelgrad.app.bench.timing import format_table
 
 if __name__ == "__main__":
     print(format_table(run(quick="--quick" in sys.argv)))

@@ -5,8 +5,8 @@ Run: ``PYTHONPATH=src python benchmarks/bench_weightings.py [--quick]``.
 
 import sys
 
-from labelgrad.bench._timing import format_table
-from labelgrad.bench.weightings import run
+from labelgrad.app.bench.timing import format_table
+from labelgrad.app.bench.weightings import run
 
 if __name__ == "__main__":
     print(format_table(run(quick="--quick" in sys.argv)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from labelgrad.cli import main
+from labelgrad.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", "--outcomes", *sys.argv[1:]]))

@@ -42,9 +42,9 @@ ALLOWED: dict[str, str] = {
     "labelgrad.TargetsLike": "a type alias (Tensor | Targets)",
     "labelgrad.GradContext": "snippet:custom_policy.py",
     "labelgrad.policies.state_updates_enabled": "snippet:custom_policy.py",
-    "labelgrad.bench.Result": "a plain dataclass row of the benchmark harness",
-    "labelgrad.datasets.Dataset": "returned by digits_lt / yeast (their examples)",
-    "labelgrad.report.Section": "a plain dataclass taken by write_report",
+    "labelgrad.app.bench.Result": "a plain dataclass row of the benchmark harness",
+    "labelgrad.app.datasets.Dataset": "returned by digits_lt / yeast (their examples)",
+    "labelgrad.app.html.Section": "a plain dataclass taken by write_report",
     "labelgrad.integrations.lightning.default_targets": "the callback's default batch reader",
     "labelgrad.integrations.lightning.aggregate_backward": (
         "needs a LightningModule attached to a trainer; tests/test_lightning.py runs it"
@@ -57,8 +57,10 @@ PUBLIC_MODULES = {
     "labelgrad.accumulation",
     "labelgrad.aggregation",
     "labelgrad.aggregators",
-    "labelgrad.bench",
-    "labelgrad.datasets",
+    "labelgrad.app.bench",
+    "labelgrad.app.datasets",
+    "labelgrad.app.html",
+    "labelgrad.app.plots",
     "labelgrad.integrations",
     "labelgrad.integrations.distributed",
     "labelgrad.integrations.lightning",
@@ -70,9 +72,9 @@ PUBLIC_MODULES = {
     "labelgrad.targets",
 }
 INTERNAL_MODULES = {
-    "labelgrad.cli": "the command's implementation; its commands are documented in docs/api/cli.md",
-    "labelgrad.demo": "implementation of `labelgrad demo`",
-    "labelgrad.train": "implementation of `labelgrad train`; its config keys are in docs/api/cli.md",
+    "labelgrad.app.cli": "the command's implementation; its commands are documented in docs/api/cli.md",
+    "labelgrad.app.demo": "implementation of `labelgrad demo`",
+    "labelgrad.app.train": "implementation of `labelgrad train`; its config keys are in docs/api/cli.md",
 }
 
 _DIRECTIVE = re.compile(r"^::: *([\w.]+) *$")

@@ -6,7 +6,7 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 (:mod:`labelgrad.aggregation`).
 """
 
-from labelgrad import aggregation, aggregators, datasets, report
+from labelgrad import aggregation, aggregators, report
 from labelgrad.accumulation import accumulation_window
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
 from labelgrad.aggregators.conflicts import conflicts
@@ -73,7 +73,6 @@ __all__ = [
     "clip_per_class",
     "clip_per_sample",
     "conflicts",
-    "datasets",
     "eqlv2",
     "explain_engine",
     "freeze_classes",

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import labelgrad as lg
-from labelgrad.datasets import yeast
+from labelgrad.app.datasets import yeast
 
 ds = yeast(seed=0)  # river's bundled copy, read with numpy
 x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import labelgrad as lg
-from labelgrad.datasets import hide_labels, yeast
+from labelgrad.app.datasets import hide_labels, yeast
 
 ds = yeast(seed=0)  # read from the copy river bundles: nothing is downloaded
 x_train, x_test, y_test = ds.x_train, ds.x_test, ds.y_test

@@ -65,24 +65,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import labelgrad as lg
-from labelgrad._training import (
+from labelgrad.app.datasets import DataError, Dataset, Task, read_csv, read_idx, read_npz
+from labelgrad.app.html import Section, write_report
+from labelgrad.app.plots import plot_grad_norm_history, plot_per_class_accuracy
+from labelgrad.app.training import (
     MLP,
     effective_number_weights,
     epoch_batches,
     per_class_recall,
     progress_bar,
 )
-from labelgrad.datasets import DataError, Dataset, Task, read_csv, read_idx, read_npz
-from labelgrad.report import (
-    Section,
-    atomic_path,
-    atomic_write_text,
-    check_writable_dir,
-    plot_grad_norm_history,
-    plot_per_class_accuracy,
-    save_monitor,
-    write_report,
-)
+from labelgrad.report import atomic_path, atomic_write_text, check_writable_dir, save_monitor
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -232,7 +225,7 @@ def load_config(path: str | Path) -> TrainConfig:
         >>> load_config(d / "c.toml")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        labelgrad.train.ConfigError: c.toml: unknown table [trian] (expected: data, model, ...)
+        labelgrad.app.train.ConfigError: c.toml: unknown table [trian] (expected: data, model, ...)
     """
     file = Path(path)
     name = file.name

@@ -14,14 +14,7 @@ import torch
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
-from labelgrad.bench.metrics import (  # noqa: E402
-    average_precision,
-    balanced_accuracy,
-    f1_scores,
-    mean_average_precision,
-    shot_group_accuracy,
-)
-from labelgrad.bench.outcomes import (  # noqa: E402
+from labelgrad.app.bench.outcomes import (  # noqa: E402
     LT_METHODS,
     PARTIAL_METHODS,
     SIZES,
@@ -29,7 +22,14 @@ from labelgrad.bench.outcomes import (  # noqa: E402
     Record,
     goals,
 )
-from labelgrad.cli import main  # noqa: E402
+from labelgrad.app.cli import main  # noqa: E402
+from labelgrad.app.metrics import (  # noqa: E402
+    average_precision,
+    balanced_accuracy,
+    f1_scores,
+    mean_average_precision,
+    shot_group_accuracy,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -168,8 +168,8 @@ def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
 def test_long_tail_falls_back_to_digits_without_fashion_mnist(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import labelgrad.datasets as datasets
-    from labelgrad.bench.outcomes import _load_lt
+    import labelgrad.app.datasets as datasets
+    from labelgrad.app.bench.outcomes import _load_lt
 
     monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path)  # an empty folder
     ds, side, source = _load_lt(100.0, 0, SIZES["full"])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from labelgrad import aggregators
-from labelgrad.bench._timing import Result, interleaved, ratios
+from labelgrad.app.bench.timing import Result, interleaved, ratios
 
 __all__ = ["run"]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from labelgrad.bench._timing import Result, interleaved, ratios
+from labelgrad.app.bench.timing import Result, interleaved, ratios
 from labelgrad.rows import RowRules
 
 __all__ = ["run"]

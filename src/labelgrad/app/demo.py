@@ -28,7 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import labelgrad as lg
-from labelgrad._training import (
+from labelgrad.app.datasets import Dataset, digits_lt, hide_labels, yeast
+from labelgrad.app.html import Section, write_report
+from labelgrad.app.plots import plot_conflicts, plot_grad_norm_history, plot_per_class_accuracy
+from labelgrad.app.training import (
     MLP,
     effective_number_weights,
     epoch_batches,
@@ -37,18 +40,7 @@ from labelgrad._training import (
     progress_bar,
     small_model_threads,
 )
-from labelgrad.datasets import Dataset, digits_lt, hide_labels, yeast
-from labelgrad.report import (
-    Section,
-    atomic_write_text,
-    check_writable_dir,
-    label_gramian,
-    plot_conflicts,
-    plot_grad_norm_history,
-    plot_per_class_accuracy,
-    save_monitor,
-    write_report,
-)
+from labelgrad.report import atomic_write_text, check_writable_dir, label_gramian, save_monitor
 
 __all__ = ["BETA", "DemoResult", "Row", "Sizes", "format_rows", "run_demo"]
 
@@ -197,9 +189,9 @@ def _interleaved_ms(
     """Median ms per training step of each method on one fixed batch, timed round-robin.
 
     Separate training runs on a shared machine see different load; timing the methods in
-    turn, in one loop, lets the load hit each alike (the ``labelgrad.bench`` convention).
+    turn, in one loop, lets the load hit each alike (the ``labelgrad.app.bench`` convention).
     """
-    from labelgrad.bench import interleaved
+    from labelgrad.app.bench import interleaved
 
     cases = {name: (lambda fn=fn: fn(xb, yb)) for name, fn in steps.items()}
     times = interleaved(cases, steps=sizes.timing_steps, warmup=3, device=device)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labelgrad.report._atomic import atomic_write_text
+from labelgrad.report import atomic_write_text
 
 __all__ = ["Section", "write_report"]
 

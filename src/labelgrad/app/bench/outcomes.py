@@ -39,7 +39,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import labelgrad as lg
-from labelgrad._training import (
+from labelgrad.app.datasets import (
+    Dataset,
+    MissingSourceError,
+    digits_lt,
+    fashion_mnist_lt,
+    hide_labels,
+    yeast,
+)
+from labelgrad.app.metrics import (
+    FEW_SHOT,
+    MANY_SHOT,
+    average_precision,
+    f1_scores,
+    shot_group_accuracy,
+)
+from labelgrad.app.plots import plot_per_class_accuracy, pyplot, save_figure
+from labelgrad.app.training import (
     MLP,
     effective_number_weights,
     epoch_batches,
@@ -48,23 +64,7 @@ from labelgrad._training import (
     progress_bar,
     small_model_threads,
 )
-from labelgrad.bench.metrics import (
-    FEW_SHOT,
-    MANY_SHOT,
-    average_precision,
-    f1_scores,
-    shot_group_accuracy,
-)
-from labelgrad.datasets import (
-    Dataset,
-    MissingSourceError,
-    digits_lt,
-    fashion_mnist_lt,
-    hide_labels,
-    yeast,
-)
-from labelgrad.report import atomic_write_text, check_writable_dir, plot_per_class_accuracy
-from labelgrad.report.plots import _pyplot, _save
+from labelgrad.report import atomic_write_text, check_writable_dir
 
 __all__ = [
     "AGG_METHODS",
@@ -658,7 +658,7 @@ def _csv(result: OutcomesResult) -> str:
 
 
 def _plot_lt_bars(result: OutcomesResult, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     exps = _experiments(result, result.lt_source)
     fig, axes = plt.subplots(1, len(exps), figsize=(4.2 * len(exps), 3.2), squeeze=False)
     for ax, exp in zip(axes[0], exps):
@@ -675,11 +675,11 @@ def _plot_lt_bars(result: OutcomesResult, path: Path) -> Path:
         ax.set_ylim(max(0.0, lo), min(100.0, max(means) + 5))
         ax.set_ylabel("balanced accuracy %")
         ax.set_title(exp, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_partial(result: OutcomesResult, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     exps = [e for e in _experiments(result, "Yeast, ") if e.endswith("hidden")]
     fracs = [float(e.split(", ")[1].split("%")[0]) for e in exps]
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
@@ -697,11 +697,11 @@ def _plot_partial(result: OutcomesResult, path: Path) -> Path:
     ax.set_ylabel("test mAP %")
     ax.set_title("Yeast, partial labels", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_aggregation(result: OutcomesResult, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     for r in result.records:
         if r.experiment != "Yeast, label aggregation":
@@ -720,7 +720,7 @@ def _plot_aggregation(result: OutcomesResult, path: Path) -> Path:
     ax.set_ylabel("macro-F1 %")
     ax.set_title("Yeast: label aggregation", fontsize=9)
     ax.legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:

@@ -7,12 +7,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from labelgrad.report._atomic import atomic_path
+from labelgrad.report import atomic_path
 
-__all__ = ["plot_conflicts", "plot_grad_norm_history", "plot_per_class_accuracy"]
+__all__ = [
+    "plot_conflicts",
+    "plot_grad_norm_history",
+    "plot_per_class_accuracy",
+    "pyplot",
+    "save_figure",
+]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot with the Agg backend, or an ImportError naming the extra to install.
+
+    Example:
+        >>> plt = pyplot()
+        >>> plt.get_backend().lower()
+        'agg'
+    """
     try:
         import matplotlib
     except ImportError:
@@ -23,8 +36,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    plt = _pyplot()
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically (never a half-written file), then close it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> fig = pyplot().figure()
+        >>> save_figure(fig, pathlib.Path(tempfile.mkdtemp()) / "f.png").exists()
+        True
+    """
+    plt = pyplot()
     final = Path(path)
     try:
         with atomic_path(final) as tmp:
@@ -59,7 +80,7 @@ def plot_per_class_accuracy(
         >>> plot_per_class_accuracy({"a": [0.5, 1.0]}, ["x", "y"], p).exists()
         True
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.2))
     k = max(1, len(accuracy))
     width = 0.8 / k
@@ -75,7 +96,7 @@ def plot_per_class_accuracy(
     ax.set_title(title, fontsize=9)
     # Outside the axes: whichever classes score high, the legend never hides a bar.
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_grad_norm_history(
@@ -103,7 +124,7 @@ def plot_grad_norm_history(
     """
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     data = np.asarray(history, dtype=np.float64).reshape(-1, len(class_names))
     if smooth > 1 and len(data) >= smooth:
         kernel = np.ones(smooth) / smooth
@@ -117,7 +138,7 @@ def plot_grad_norm_history(
     ax.set_ylabel("‖dL/dlogit‖ of the class")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=min(len(class_names), 7), loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_conflicts(
@@ -135,7 +156,7 @@ def plot_conflicts(
         >>> plot_conflicts([[1.0, -0.5], [-0.5, 1.0]], ["a", "b"], p).exists()
         True
     """
-    plt = _pyplot()
+    plt = pyplot()
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
     im = ax.imshow(matrix, cmap="RdBu", vmin=-1, vmax=1)
@@ -143,4 +164,4 @@ def plot_conflicts(
     ax.set_yticks(range(k), list(class_names), fontsize=6)
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine of label gradients")
-    return _save(fig, path)
+    return save_figure(fig, path)

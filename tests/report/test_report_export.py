@@ -1,4 +1,4 @@
-"""GradMonitor export, the conflict matrix, atomic writes and the HTML report."""
+"""GradMonitor export, the conflict matrix and atomic writes (library code)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ import torch
 
 import labelgrad as lg
 from labelgrad.report import (
-    Section,
     atomic_path,
     label_gramian,
     log_monitor_tensorboard,
     monitor_records,
     save_monitor,
-    write_report,
 )
 
 
@@ -112,15 +110,3 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
-
-
-def test_report_refuses_missing_images(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.png"):
-        write_report(tmp_path / "r.html", "t", [Section("s", images=["nope.png"])])
-    assert not (tmp_path / "r.html").exists()
-    (tmp_path / "ok.png").write_bytes(b"\x89PNG")
-    write_report(tmp_path / "r.html", "<t>", [Section("s", ["a & b"], images=["ok.png"])])
-    text = (tmp_path / "r.html").read_text()
-    assert "&lt;t&gt;" in text
-    assert "a &amp; b" in text
-    assert 'src="ok.png"' in text

@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["BENCH_LEVELS", "UsageError", "build_parser", "main"]
 
 BENCH_LEVELS = ("policies", "rows", "weightings", "aggregation")
-"""The benchmark modules ``labelgrad bench`` runs, ``labelgrad.bench.<name>``, where present."""
+"""The benchmark modules ``labelgrad bench`` runs, ``labelgrad.app.bench.<name>``, where present."""
 
 
 class UsageError(Exception):
@@ -114,7 +114,7 @@ def _device(name: str) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from labelgrad.demo import run_demo
+    from labelgrad.app.demo import run_demo
 
     result = run_demo(
         seed=args.seed,
@@ -130,7 +130,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from labelgrad.bench import format_table
+    from labelgrad.app.bench import format_table
     from labelgrad.report import atomic_write_text, check_writable_dir
 
     if args.device != "cpu":
@@ -142,7 +142,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     modules: list[tuple[str, Any]] = []
     missing: list[str] = []
     for name in names:
-        full = f"labelgrad.bench.{name}"
+        full = f"labelgrad.app.bench.{name}"
         try:
             modules.append((name, importlib.import_module(full)))
         except ModuleNotFoundError as err:
@@ -152,7 +152,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not modules:
         raise UsageError(f"no benchmark modules found (looked for {', '.join(names)})")
     rows: list[Any] = []
-    from labelgrad._training import progress_bar
+    from labelgrad.app.training import progress_bar
 
     bar = progress_bar(len(modules), quiet=args.quiet, desc="labelgrad bench", leave=False)
     try:
@@ -170,12 +170,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows))
         for name in missing:
-            print(f"(no benchmark module labelgrad.bench.{name} in this build)")
+            print(f"(no benchmark module labelgrad.app.bench.{name} in this build)")
     return 0
 
 
 def _cmd_outcomes(args: argparse.Namespace) -> int:
-    from labelgrad.bench.outcomes import run_outcomes
+    from labelgrad.app.bench.outcomes import run_outcomes
 
     result = run_outcomes(
         size=args.outcomes_size or ("quick" if args.quick else "full"),
@@ -191,7 +191,7 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from labelgrad.train import run_train
+    from labelgrad.app.train import run_train
 
     summary = run_train(
         args.config,
@@ -216,8 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    from labelgrad.datasets import DataError, MissingSourceError
-    from labelgrad.train import ConfigError
+    from labelgrad.app.datasets import DataError, MissingSourceError
+    from labelgrad.app.train import ConfigError
 
     commands = {"demo": _cmd_demo, "bench": _cmd_bench, "train": _cmd_train}
     try:

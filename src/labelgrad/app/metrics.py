@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad._training import per_class_recall
+from labelgrad.app.training import per_class_recall
 
 __all__ = [
     "FEW_SHOT",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from labelgrad.datasets import (
+from labelgrad.app.datasets import (
     DataError,
     MissingSourceError,
     digits_lt,
@@ -110,7 +110,7 @@ def test_yeast_matches_the_csv_read_independently() -> None:
 
 @needs_river
 def test_yeast_does_not_import_river() -> None:
-    code = "import sys, labelgrad.datasets as d; d.yeast(); print('river' in sys.modules)"
+    code = "import sys, labelgrad.app.datasets as d; d.yeast(); print('river' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

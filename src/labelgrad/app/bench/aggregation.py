@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import labelgrad as lg
-from labelgrad.bench._timing import Result, interleaved, ratios
+from labelgrad.app.bench.timing import Result, interleaved, ratios
 
 __all__ = ["run"]
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from labelgrad.bench import Result
-from labelgrad.cli import main
+from labelgrad.app.bench import Result
+from labelgrad.app.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script_entry_point() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "labelgrad.cli", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "labelgrad.app.cli", "--version"], capture_output=True, text=True
     )
     assert out.returncode == 0
     assert out.stdout.startswith("labelgrad ")
@@ -85,7 +85,7 @@ def test_demo_writes_a_complete_report(demo_out: tuple[Path, dict[str, object]])
 
 
 def test_demo_table_format() -> None:
-    from labelgrad.demo import Row, format_rows
+    from labelgrad.app.demo import Row, format_rows
 
     row = Row("e", "m", {"balanced_acc": [0.5, 0.7], "few_shot_acc": [0.1, 0.1]}, [2.0, 4.0])
     row.timed_ms, row.timed_ratio = 3.0, 1.5
@@ -108,7 +108,7 @@ def test_unwritable_out_fails_before_work(
 
 
 def _fake_bench(monkeypatch: pytest.MonkeyPatch) -> None:
-    mod = types.ModuleType("labelgrad.bench.policies")
+    mod = types.ModuleType("labelgrad.app.bench.policies")
 
     def run(quick: bool = False) -> list[Result]:
         return [
@@ -117,7 +117,7 @@ def _fake_bench(monkeypatch: pytest.MonkeyPatch) -> None:
         ]
 
     mod.run = run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "labelgrad.bench.policies", mod)
+    monkeypatch.setitem(sys.modules, "labelgrad.app.bench.policies", mod)
 
 
 def test_bench_gathers_modules(
@@ -143,7 +143,7 @@ def test_bench_without_modules_is_a_usage_error(
     real = importlib.import_module
 
     def fake(name: str, package: str | None = None) -> types.ModuleType:
-        if name.startswith("labelgrad.bench."):
+        if name.startswith("labelgrad.app.bench."):
             raise ModuleNotFoundError(name=name)
         return real(name, package)
 
@@ -364,7 +364,7 @@ def test_train_row_rules_freeze_a_class(tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 0, err
     state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["model"]
     torch.manual_seed(0)  # the run's initialisation, rebuilt independently
-    from labelgrad._training import MLP
+    from labelgrad.app.training import MLP
 
     init = MLP(5, [16], 3).state_dict()
     assert torch.equal(state["head.weight"][1], init["head.weight"][1])  # frozen row: unchanged

@@ -1,0 +1,102 @@
+"""The layout rules: the library never imports the application, nor another package's privates.
+
+The library is ``labelgrad`` without ``labelgrad.app``. It may use its own package-wide helpers
+(``labelgrad._validation``, ``labelgrad._distributed``) and, inside a subpackage, that
+subpackage's private modules; nothing else private crosses a package boundary. The application
+(``labelgrad.app``) uses the library's public names only.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+APP_ONLY = {"tqdm", "matplotlib", "sklearn", "river"}
+
+
+def _modules() -> list[tuple[str, ast.Module]]:
+    out = []
+    for path in sorted((SRC / "labelgrad").rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out.append((name, ast.parse(path.read_text(), str(path))))
+    return out
+
+
+def _imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
+    found: list[tuple[str, list[str]]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            found.extend((a.name, []) for a in node.names)
+    return found
+
+
+def _package(module: str, is_package: bool) -> str:
+    return module if is_package else module.rpartition(".")[0]
+
+
+def test_the_library_never_imports_the_application() -> None:
+    bad = [
+        f"{name} imports {target}"
+        for name, tree in _modules()
+        if not name.startswith("labelgrad.app")
+        for target, _ in _imports(tree)
+        if target == "labelgrad.app"
+        or target.startswith("labelgrad.app.")
+        or target.split(".")[0] in APP_ONLY
+    ]
+    assert not bad, bad
+
+
+def test_no_private_name_crosses_a_package_boundary() -> None:
+    bad = []
+    packages = {name for name, _ in _modules()} - {"labelgrad"}
+    for name, tree in _modules():
+        here = _package(name, (SRC / Path(*name.split("."))).is_dir())
+        for target, names in _imports(tree):
+            if not target.startswith("labelgrad"):
+                continue
+            parts = target.split(".")
+            for i, part in enumerate(parts):
+                if part.startswith("_") and not part.startswith("__"):
+                    owner = ".".join(parts[:i])
+                    break
+            else:
+                private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                if not private:
+                    continue
+                owner = (
+                    target
+                    if target in packages or target == "labelgrad"
+                    else (target.rpartition(".")[0])
+                )
+            library_wide = owner == "labelgrad" and not name.startswith("labelgrad.app")
+            if not (
+                library_wide
+                or here == owner
+                or (here.startswith(owner + ".")
+                and owner != "labelgrad")
+            ):
+                bad.append(f"{name} imports private {target} {names}")
+    assert not bad, bad
+
+
+def test_import_labelgrad_pulls_in_no_application_dependency() -> None:
+    # torch itself imports tqdm (torch.hub) where it is installed: compare with torch alone.
+    code = (
+        "import sys, importlib; importlib.import_module(sys.argv[1]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'tqdm','matplotlib','sklearn','river'}))"
+    )
+
+    def run(module: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", code, module], capture_output=True, text=True, check=True
+        ).stdout
+
+    assert run("labelgrad") == run("torch")
+    assert "matplotlib" not in run("labelgrad") and "sklearn" not in run("labelgrad")
