@@ -22,6 +22,7 @@ LR_LINEAR: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.RMSprop,
     torch.optim.Adagrad,
     torch.optim.Adadelta,
+    torch.optim.SparseAdam,
 )
 
 # Optimizers that add weight_decay * param to the gradient (L2), unless the group says

@@ -110,12 +110,13 @@ class RowRules(torch.optim.Optimizer):
     optimizer, foreach and fused variants included, goes through the exact snapshot path: copy
     the affected rows of the parameter and of every state tensor shaped like it, let the
     optimizer step, restore and rescale. ``lr_scale`` is exact for optimizers whose update is
-    linear in ``lr`` (SGD, Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta; a
-    warning says so for the others); per-class ``weight_decay`` is supported for optimizers with
-    L2 (coupled) or decoupled (AdamW-style) weight decay. Refused with a TypeError: optimizers
-    whose ``step`` needs a closure (LBFGS) and optimizers that couple the rows of a parameter
-    (Muon, Adafactor). State that is neither shaped like the parameter nor a scalar (a custom
-    optimizer's) cannot be protected row by row: a warning names it.
+    linear in ``lr`` (SGD, Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta,
+    SparseAdam; a warning says so for the others, e.g. Rprop and ASGD); per-class
+    ``weight_decay`` is supported for optimizers with L2 (coupled) or decoupled (AdamW-style)
+    weight decay. Refused with a TypeError: optimizers whose ``step`` needs a closure (LBFGS)
+    and optimizers that couple the rows of a parameter (Muon, Adafactor). State that is neither
+    shaped like the parameter nor a scalar (a custom optimizer's) cannot be protected row by
+    row: a warning names it.
 
     It is an optimizer: ``param_groups``, ``state``, ``zero_grad``, ``state_dict`` and
     ``add_param_group`` are the wrapped optimizer's, LR schedulers and
