@@ -254,10 +254,10 @@ class Router:
         if meta is not None:
             mine = {name: _type_name(opt) for name, opt in self.optimizers.items()}
             for name, saved in dict(meta.get("types", {})).items():
-                if saved != mine.get(name):
+                if name in mine and saved != mine[name]:
                     raise ValueError(
                         f"state_dict: group {name!r} was saved from {saved}, this router's is "
-                        f"{mine.get(name)}; load it into a router with the same optimizer types"
+                        f"{mine[name]}; load it into a router with the same optimizer types"
                     )
             saved_always = list(meta.get("always_types", []))
             if saved_always != [_type_name(opt) for opt in self.always]:
