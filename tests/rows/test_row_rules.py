@@ -317,20 +317,25 @@ def test_gradient_accumulation_unions_observed_classes():
 
 
 @pytest.mark.parametrize(
-    ("targets", "expected"),
+    ("targets", "encoding", "expected"),
     [
-        (torch.tensor([1, -100, 1]), [False, True, False, False, False]),
-        (torch.tensor([[1, -1, 0, 0, 0]]).float(), [True, False, False, False, False]),
-        (torch.tensor([[False, True, False, False, True]]), [False, True, False, False, True]),
-        (torch.tensor([[0.2, 0.9, 0.0, 0.6, 0.1]]), [False, True, False, True, False]),
-        (torch.tensor([[[4, 2], [2, 2]]]), [False, False, True, False, True]),  # (N, H, W)
-        (torch.zeros(0, dtype=torch.long), [False] * 5),
+        (torch.tensor([1, -100, 1]), None, [False, True, False, False, False]),
+        (torch.tensor([[1, -1, 0, 0, 0]]).float(), None, [True, False, False, False, False]),
+        (torch.tensor([[1, -1, 0, 0, 1]]), "multi_hot", [True, False, False, False, True]),
+        (
+            torch.tensor([[False, True, False, False, True]]),
+            None,
+            [False, True, False, False, True],
+        ),
+        (torch.tensor([[0.2, 0.9, 0.0, 0.6, 0.1]]), None, [False, True, False, True, False]),
+        (torch.tensor([[[4, 2], [2, 2]]]), "index", [False, False, True, False, True]),  # (N, H, W)
+        (torch.zeros(0, dtype=torch.long), None, [False] * 5),
     ],
 )
-def test_observe_accepts_every_encoding(targets: Tensor, expected: list[bool]):
+def test_observe_accepts_every_encoding(targets: Tensor, encoding: Any, expected: list[bool]):
     model = Model()
     opt = lg.RowRules(torch.optim.SGD(model.params(), lr=0.1), rows=model.head)
-    opt.observe(targets)
+    opt.observe(targets, encoding=encoding)
     assert opt.present.tolist() == expected
 
 
