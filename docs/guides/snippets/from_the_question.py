@@ -118,27 +118,26 @@ try:
     lg.route({"frequent": (opts["frequent"], frequent), "rare": (opts["rare"], rare)})
 except ValueError as err:
     print("   lg.route refuses it:", str(err).split(" is owned")[0], "is shared")
-# labelgrad: one optimizer for the shared trunk, stepped on every batch, and one per
-# head (one head per group), stepped only when the group's classes occur in the batch.
+# labelgrad: one optimizer for the shared trunk, stepped on every batch (always=), and
+# one per head (a head per group), stepped only when the group's classes occur.
 trunk = nn.Sequential(nn.Linear(20, 16), nn.ReLU())
 heads = nn.ModuleDict({"frequent": nn.Linear(16, 3), "rare": nn.Linear(16, 2)})
-trunk_opt = torch.optim.SGD(trunk.parameters(), lr=0.1, momentum=0.9)
 router = lg.route(
     {
         "frequent": (torch.optim.SGD(heads["frequent"].parameters(), lr=0.1), frequent),
         "rare": (torch.optim.Adam(heads["rare"].parameters(), lr=1e-3), rare),
-    }
+    },
+    always=[torch.optim.SGD(trunk.parameters(), lr=0.1, momentum=0.9)],
 )
 rare_before = heads["rare"].weight.detach().clone()
 trunk_before = trunk[0].weight.detach().clone()
 features = trunk(x[:8])
 logits = torch.cat([heads["frequent"](features), heads["rare"](features)], dim=1)
 F.cross_entropy(logits, batch_labels).backward()
-trunk_opt.step()
-router.step(targets=batch_labels)
+router.step(targets=batch_labels)  # the trunk, and the heads of the classes present
 trunk_moved = not torch.equal(trunk[0].weight, trunk_before)
 rare_moved = not torch.equal(heads["rare"].weight, rare_before)
-print(f"   trunk + lg.route: trunk moved {trunk_moved}, rare head moved {rare_moved}")
+print(f"   lg.route(always=): trunk moved {trunk_moved}, rare head moved {rare_moved}")
 
 # 5. Per-label regularisation. As written: a param group per class. A row of a weight
 #    is not a leaf tensor, so torch refuses; RowRules(weight_decay=) gives row c its own
