@@ -369,3 +369,17 @@ def test_docs_name_the_application_where_it_lives() -> None:
         for m in _OLD_MODULES.finditer(page.read_text(encoding="utf-8"))
     ]
     assert not stale, f"old module names (now under labelgrad.app): {stale}"
+
+
+def test_pages_link_without_mkdocs_autorefs() -> None:
+    """``[text][labelgrad.X]`` renders as raw brackets on the repository page: link the API page.
+
+    Write ``[text](../api/rows.md#labelgrad.RowRules)``: the built site checks the anchor
+    (``mkdocs build --strict``), and the repository page opens the API page.
+    """
+    autorefs = [
+        f"{page.relative_to(ROOT)}: {m[0]}"
+        for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]
+        for m in re.finditer(r"\]\[labelgrad[\w.]*\]", page.read_text(encoding="utf-8"))
+    ]
+    assert not autorefs, f"autoref links (use a relative link with an anchor): {autorefs}"
