@@ -27,7 +27,15 @@ from torch import Tensor, nn
 import labelgrad as lg
 
 IGNORE = -100
-DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, torch.float32, torch.float64]
+DTYPES = [
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int32,
+    torch.int64,
+    torch.float32,
+    torch.float64,
+]
 VALUES = [0, 1, -1, 2, 0.5, 0.49, 0.7, IGNORE, 255, float("nan"), float("inf"), 3]
 
 
@@ -72,8 +80,10 @@ def documented(t: Tensor, c: int, encoding: Any, like: Tensor | None) -> list[bo
         return [float(k) in values for k in range(c)]
     if t.dim() < 2 or t.shape[1] != c or (like is not None and like.shape != t.shape):
         raise Refused
-    ok = (lambda v: v in (-1.0, 0.0, 1.0)) if enc == "multi_hot" else (
-        lambda v: v == -1.0 or 0.0 <= v <= 1.0
+    ok = (
+        (lambda v: v in (-1.0, 0.0, 1.0))
+        if enc == "multi_hot"
+        else (lambda v: v == -1.0 or 0.0 <= v <= 1.0)
     )
     if any(math.isnan(v) or not ok(v) for v in values):
         raise Refused
@@ -102,7 +112,9 @@ def coherent(draw: st.DrawFn) -> tuple[Tensor, int, Any, Tensor | None]:
         dtype = draw(st.sampled_from([torch.float32, torch.float64]))
         pool = [0.0, 0.2, 0.5, 0.7, 1.0, -1.0]
         shape = tuple(logits.shape)
-    raw = draw(st.lists(st.sampled_from(pool), min_size=math.prod(shape), max_size=math.prod(shape)))
+    raw = draw(
+        st.lists(st.sampled_from(pool), min_size=math.prod(shape), max_size=math.prod(shape))
+    )
     t = torch.tensor(raw, dtype=torch.float64).to(dtype).reshape(shape)
     encoding = draw(st.sampled_from([None, enc]))
     like = draw(st.sampled_from([None, logits]))
@@ -166,9 +178,7 @@ def check(t: Tensor, c: int, encoding: Any, like: Tensor | None, observe: Any, p
     assert got == expected, (t.dtype, tuple(t.shape), t.tolist(), c, encoding, like)
 
 
-FUZZ = settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
