@@ -227,3 +227,14 @@ def test_known_cases(targets: Tensor, encoding: Any, expected: list[bool] | None
         check(t, c, e, like, opt.observe, lambda: opt.present.tolist())
         if expected is not None:
             assert opt.present.tolist() == expected
+
+
+def test_uint8_255_is_not_read_as_unknown():
+    """Found by the fuzz: uint8 255 == -1 compares True, so 255 passed as "unknown" and was
+    then read as a positive label."""
+    h = nn.Linear(2, 2)
+    opt = lg.RowRules(torch.optim.SGD(h.parameters(), lr=0.1), rows=h)
+    with pytest.raises(ValueError, match="multi_hot targets must contain only"):
+        opt.observe(torch.tensor([[0, 255]], dtype=torch.uint8), encoding="multi_hot")
+    with pytest.raises(ValueError, match="multi_hot targets must contain only"):
+        lg.Targets.coerce(torch.tensor([[0, 255]], dtype=torch.uint8), encoding="multi_hot")
