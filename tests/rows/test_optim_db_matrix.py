@@ -39,10 +39,14 @@ if "expecttest" not in sys.modules:
         stub = types.ModuleType("expecttest")
         stub.TestCase = unittest.TestCase  # type: ignore[attr-defined]
         sys.modules["expecttest"] = stub
-from torch.testing._internal.common_optimizers import optim_db  # noqa: E402
+from torch.testing._internal.common_optimizers import optim_db
 
 C, D = 4, 3
-REFUSED = {torch.optim.LBFGS: "closure", torch.optim.Muon: "couples", torch.optim.Adafactor: "couples"}
+REFUSED = {
+    torch.optim.LBFGS: "closure",
+    torch.optim.Muon: "couples",
+    torch.optim.Adafactor: "couples",
+}
 # Update linear in lr (the optimizer's own math, not labelgrad's list): lr_scale is exact.
 LINEAR = (
     torch.optim.SGD,
@@ -156,7 +160,9 @@ class Split:
     def step(self, t: int, sparse: bool) -> None:
         gw, gb, gt = grads(t, self.trunk.dtype)
         pairs = [(self.trunk, gt)]
-        pairs += [(self.w[c], gw[c]) for c in self.rows] + [(self.b[c], gb[c : c + 1]) for c in self.rows]
+        pairs += [(self.w[c], gw[c]) for c in self.rows] + [
+            (self.b[c], gb[c : c + 1]) for c in self.rows
+        ]
         for p, g in pairs:
             p.grad = g.to_sparse() if sparse else g.clone()
         self.opt.step()
@@ -243,7 +249,12 @@ def test_c_lr_scale_is_a_param_group_with_the_scaled_lr(
 @pytest.mark.parametrize(("cls", "kwargs", "dtype"), CASES)
 def test_d_state_dict_round_trip_continues_bitwise(cls: Any, kwargs: dict[str, Any], dtype: Any):
     sparse = is_sparse(cls)
-    targets = [torch.tensor([0, 1, 2]), torch.tensor([1, 3]), torch.tensor([0, 3]), torch.tensor([2])]
+    targets = [
+        torch.tensor([0, 1, 2]),
+        torch.tensor([1, 3]),
+        torch.tensor([0, 3]),
+        torch.tensor([2]),
+    ]
     scale = [1.0, 0.5, 2.0, 0.25] if issubclass(cls, LINEAR) else None
 
     def make(head: Head) -> lg.RowRules:

@@ -44,7 +44,12 @@ def router_for(m: TrunkAndHeads) -> lg.Router:
     )
 
 
-BATCHES = [torch.tensor([0, 3, 1]), torch.tensor([0, 1, 1]), torch.tensor([4, 4]), torch.tensor([2])]
+BATCHES = [
+    torch.tensor([0, 3, 1]),
+    torch.tensor([0, 1, 1]),
+    torch.tensor([4, 4]),
+    torch.tensor([2]),
+]
 
 
 def test_trunk_steps_every_time_heads_only_with_their_classes():
@@ -109,4 +114,6 @@ def test_state_dict_round_trip_with_always():
     without = lg.route({"frequent": (optimizers(other)["frequent"], [0, 1, 2])}, num_classes=5)
     sd = router.state_dict()
     with pytest.raises(ValueError, match="always"):
-        without.load_state_dict({"frequent": sd["frequent"], "__labelgrad_route__": sd["__labelgrad_route__"]})
+        without.load_state_dict(
+            {"frequent": sd["frequent"], "__labelgrad_route__": sd["__labelgrad_route__"]}
+        )

@@ -27,7 +27,15 @@ from torch import Tensor, nn
 import labelgrad as lg
 
 IGNORE = -100
-DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, torch.float32, torch.float64]
+DTYPES = [
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int32,
+    torch.int64,
+    torch.float32,
+    torch.float64,
+]
 VALUES = [0, 1, -1, 2, 0.5, 0.49, 0.7, IGNORE, 255, float("nan"), float("inf"), 3]
 
 
@@ -72,8 +80,10 @@ def documented(t: Tensor, c: int, encoding: Any, like: Tensor | None) -> list[bo
         return [float(k) in values for k in range(c)]
     if t.dim() < 2 or t.shape[1] != c or (like is not None and like.shape != t.shape):
         raise Refused
-    ok = (lambda v: v in (-1.0, 0.0, 1.0)) if enc == "multi_hot" else (
-        lambda v: v == -1.0 or 0.0 <= v <= 1.0
+    ok = (
+        (lambda v: v in (-1.0, 0.0, 1.0))
+        if enc == "multi_hot"
+        else (lambda v: v == -1.0 or 0.0 <= v <= 1.0)
     )
     if any(math.isnan(v) or not ok(v) for v in values):
         raise Refused
@@ -102,7 +112,9 @@ def coherent(draw: st.DrawFn) -> tuple[Tensor, int, Any, Tensor | None]:
         dtype = draw(st.sampled_from([torch.float32, torch.float64]))
         pool = [0.0, 0.2, 0.5, 0.7, 1.0, -1.0]
         shape = tuple(logits.shape)
-    raw = draw(st.lists(st.sampled_from(pool), min_size=math.prod(shape), max_size=math.prod(shape)))
+    raw = draw(
+        st.lists(st.sampled_from(pool), min_size=math.prod(shape), max_size=math.prod(shape))
+    )
     t = torch.tensor(raw, dtype=torch.float64).to(dtype).reshape(shape)
     encoding = draw(st.sampled_from([None, enc]))
     like = draw(st.sampled_from([None, logits]))
@@ -166,9 +178,7 @@ def check(t: Tensor, c: int, encoding: Any, like: Tensor | None, observe: Any, p
     assert got == expected, (t.dtype, tuple(t.shape), t.tolist(), c, encoding, like)
 
 
-FUZZ = settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -217,3 +227,14 @@ def test_known_cases(targets: Tensor, encoding: Any, expected: list[bool] | None
         check(t, c, e, like, opt.observe, lambda: opt.present.tolist())
         if expected is not None:
             assert opt.present.tolist() == expected
+
+
+def test_uint8_255_is_not_read_as_unknown():
+    """Found by the fuzz: uint8 255 == -1 compares True, so 255 passed as "unknown" and was
+    then read as a positive label."""
+    h = nn.Linear(2, 2)
+    opt = lg.RowRules(torch.optim.SGD(h.parameters(), lr=0.1), rows=h)
+    with pytest.raises(ValueError, match="multi_hot targets must contain only"):
+        opt.observe(torch.tensor([[0, 255]], dtype=torch.uint8), encoding="multi_hot")
+    with pytest.raises(ValueError, match="multi_hot targets must contain only"):
+        lg.Targets.coerce(torch.tensor([[0, 255]], dtype=torch.uint8), encoding="multi_hot")

@@ -127,7 +127,9 @@ def test_state_dict_keeps_which_rows_have_started():
         set_grads(hh, 1)
         oo.step(targets=torch.arange(C))
     assert torch.equal(h.weight, h2.weight)
-    assert torch.equal(opt.state[h.weight]["momentum_buffer"], opt2.state[h2.weight]["momentum_buffer"])
+    assert torch.equal(
+        opt.state[h.weight]["momentum_buffer"], opt2.state[h2.weight]["momentum_buffer"]
+    )
     # the first step of rows 2 and 3 set their buffer to the gradient itself
     assert torch.equal(opt.state[h.weight]["momentum_buffer"][2:], grads(1)[0][2:])
 
@@ -274,7 +276,11 @@ def saved_rules() -> dict[str, Any]:
         ("frozen", torch.tensor([1, 0, 0, 0]), "\\['frozen'\\] must be a bool tensor"),
         ("lr_scale", torch.ones(3, dtype=torch.float64), "\\['lr_scale'\\] must be a float tensor"),
         ("lr_scale", torch.tensor([1.0, -1.0, 1.0, 1.0]), "\\['lr_scale'\\] must be finite"),
-        ("weight_decay", torch.tensor([0.0, float("nan"), 0.0, 0.0]), "\\['weight_decay'\\] must be"),
+        (
+            "weight_decay",
+            torch.tensor([0.0, float("nan"), 0.0, 0.0]),
+            "\\['weight_decay'\\] must be",
+        ),
         ("present", torch.zeros(5, dtype=torch.bool), "'present'"),
         ("skip_absent", 1, "\\['skip_absent'\\] must be a bool"),
         ("num_classes", 5, "num_classes=5"),
@@ -343,7 +349,9 @@ def test_grad_scaler_steps_a_router_like_the_plain_route():
 
     def build(seed: int) -> tuple[nn.Module, lg.Router]:
         torch.manual_seed(seed)
-        model = nn.ModuleDict({"trunk": nn.Linear(3, 3), "a": nn.Linear(3, 2), "b": nn.Linear(3, 2)})
+        model = nn.ModuleDict(
+            {"trunk": nn.Linear(3, 3), "a": nn.Linear(3, 2), "b": nn.Linear(3, 2)}
+        )
         router = lg.route(
             {
                 "a": (torch.optim.Adam(model["a"].parameters(), lr=0.1), [0, 1]),

@@ -183,9 +183,7 @@ def checked_rules_state(
         out[key] = rules[key]
     started = rules.get("started")
     out["started"] = (
-        None
-        if started is None
-        else _saved_mask(started, "started", (num_params, num_classes))
+        None if started is None else _saved_mask(started, "started", (num_params, num_classes))
     )
     return out
 
