@@ -26,6 +26,7 @@ import re
 import runpy
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -383,3 +384,26 @@ def test_pages_link_without_mkdocs_autorefs() -> None:
         for m in re.finditer(r"\]\[labelgrad[\w.]*\]", page.read_text(encoding="utf-8"))
     ]
     assert not autorefs, f"autoref links (use a relative link with an anchor): {autorefs}"
+
+
+def test_gen_docs_keeps_a_names_list_it_cannot_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an optional framework the list stays as written; a labelgrad import error raises."""
+    gen = _gen_docs()
+    page = (
+        "# P\n\n<!-- names -->\n- old\n<!-- /names -->\n\n::: labelgrad.integrations.lightning.X\n"
+    )
+
+    def missing(name: str) -> Any:
+        def resolve(path: str) -> object:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        return resolve
+
+    monkeypatch.setattr(gen, "_resolve", missing("lightning"))
+    assert gen.render(page) == page
+    monkeypatch.setattr(gen, "_resolve", missing("labelgrad.nothing"))
+    with pytest.raises(ModuleNotFoundError):
+        gen.render(page)
+    monkeypatch.undo()
+    real = gen.render(page.replace("labelgrad.integrations.lightning.X", "labelgrad.Targets"))
+    assert "- old" not in real and "lg.Targets" in real.split("<!-- /names -->")[0]
