@@ -407,3 +407,15 @@ def test_gen_docs_keeps_a_names_list_it_cannot_rebuild(monkeypatch: pytest.Monke
     monkeypatch.undo()
     real = gen.render(page.replace("labelgrad.integrations.lightning.X", "labelgrad.Targets"))
     assert "- old" not in real and "lg.Targets" in real.split("<!-- /names -->")[0]
+
+
+def test_gen_docs_shows_one_numbered_part() -> None:
+    gen = _gen_docs()
+    code = gen.snippet_block("from_the_question.py", 4)
+    assert code.startswith("```python\n# 4. ") and "\n# 5. " not in code and "\n# 3. " not in code
+    out = gen.snippet_block("from_the_question.out", 4)
+    assert out.startswith("```text\n4. ") and "\n5. " not in out
+    setup = gen.snippet_block("from_the_question.py", 0)
+    assert "import labelgrad as lg" in setup and "# 1. " not in setup
+    with pytest.raises(ValueError, match="no part 99"):
+        gen.snippet_block("from_the_question.py", 99)
