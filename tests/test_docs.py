@@ -419,3 +419,33 @@ def test_gen_docs_shows_one_numbered_part() -> None:
     assert "import labelgrad as lg" in setup and "# 1. " not in setup
     with pytest.raises(ValueError, match="no part 99"):
         gen.snippet_block("from_the_question.py", 99)
+
+
+def test_directives_name_functions_that_share_a_module_name_in_full() -> None:
+    """``::: labelgrad.route`` rendered the module labelgrad/rows/route.py (Router twice).
+
+    griffe resolves a re-exported name that is also a submodule's name (``route`` in
+    ``route.py``) to the module; such names need their full path, ``labelgrad.rows.route.route``.
+    """
+    _, paths = _documented()
+    ambiguous = []
+    for path in paths:
+        obj = _resolve(path)
+        name = getattr(obj, "__name__", "")
+        module = getattr(obj, "__module__", "") or ""
+        if isinstance(obj, ModuleType) or not module.endswith(f".{name}"):
+            continue
+        if path != f"{module}.{name}":
+            ambiguous.append(f"{path} -> ::: {module}.{name}")
+    assert not ambiguous, f"write these directives in full: {ambiguous}"
+
+
+def test_rendered_docstrings_have_no_rest_literal_markers() -> None:
+    """A reST ``text::`` literal block shows as a stray "::" in the Google-style rendering
+    (the CLI page showed "errors)::"); show such blocks with ``<!-- literal: -->`` instead."""
+    _, paths = _documented()
+    stray = []
+    for path in paths:
+        doc = inspect.getdoc(_resolve(path)) or ""
+        stray += [f"{path}: ...{line[-30:]}" for line in doc.splitlines() if line.endswith("::")]
+    assert not stray, f"reST literal markers in rendered docstrings: {stray}"
