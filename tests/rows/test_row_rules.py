@@ -179,12 +179,12 @@ ROW_WD = torch.tensor([0.0, 0.3, 0.05, 0.1, 0.2], dtype=DT)
 
 
 def with_paths() -> list[Any]:
-    """Every variant; Adam/AdamW twice: their fast path and the generic snapshot path."""
+    """Every variant; Adam/AdamW/SGD twice: their fast path and the generic snapshot path."""
     out = []
     for v in variants():
         name, impl, wd = v.values
         out.append(pytest.param(name, impl, wd, True, id=f"{v.id}"))
-        if OPTIMIZERS[name][0] in (torch.optim.Adam, torch.optim.AdamW):
+        if OPTIMIZERS[name][0] in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
             out.append(pytest.param(name, impl, wd, False, id=f"{v.id}-snapshot"))
     return out
 
@@ -597,10 +597,11 @@ def forbid_host_sync(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
 def test_adamw_step_path_reads_nothing_back(fast: bool, forbid_host_sync: Callable[[], None]):
     model = Model(seed=13)
-    # Only the head, and fused for the snapshot path: torch's own for-loop/foreach AdamW reads
-    # its CPU step counter back (a CPU read, not a sync), which the patch cannot tell apart.
+    # Only the head, and fused: torch's own for-loop/foreach AdamW, and labelgrad's fast path
+    # like it, read a CPU step counter back (a CPU read, not a sync), which the patch cannot
+    # tell apart; with fused the counter lives with the parameters and nothing is read.
     opt = lg.RowRules(
-        torch.optim.AdamW(model.head.parameters(), lr=0.1, weight_decay=0.1, fused=not fast),
+        torch.optim.AdamW(model.head.parameters(), lr=0.1, weight_decay=0.1, fused=True),
         rows=model.head,
         frozen=[0],
         lr_scale=LR_SCALE,

@@ -50,9 +50,10 @@ LATE_CASES = {
 }
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
 @pytest.mark.parametrize("how", ["frozen", "absent"])
 @pytest.mark.parametrize("name", list(LATE_CASES))
-def test_row_starting_late_equals_a_fresh_parameter(name: str, how: str):
+def test_row_starting_late_equals_a_fresh_parameter(name: str, how: str, fast: bool):
     """Row 1 sits out the step that creates the state, then moves for three steps: it must equal
     a new parameter stepped with the same gradients by the same optimizer (neither optimizer
     here reads a step counter). Before the fix Rprop started that row at step size 1e-6 and
@@ -61,9 +62,9 @@ def test_row_starting_late_equals_a_fresh_parameter(name: str, how: str):
     h = head()
     w1, b1 = (h.weight.detach()[1].clone(), h.bias.detach()[1:2].clone())
     if how == "frozen":
-        opt = lg.RowRules(make(h.parameters()), rows=h, frozen=[1])
+        opt = lg.RowRules(make(h.parameters()), rows=h, frozen=[1], fast=fast)
     else:
-        opt = lg.RowRules(make(h.parameters()), rows=h, skip_absent=True)
+        opt = lg.RowRules(make(h.parameters()), rows=h, skip_absent=True, fast=fast)
     fresh_w, fresh_b = nn.Parameter(w1.clone()), nn.Parameter(b1.clone())
     ref = make([fresh_w, fresh_b])
     set_grads(h, 0)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim.sgd import sgd
 
-__all__ = ["initial_value", "needs_first_step", "sgd_first_step"]
+__all__ = ["initial_value", "needs_first_step", "sgd_first_step", "tracks"]
 
 
 def initial_value(
@@ -36,6 +36,14 @@ def initial_value(
     if isinstance(optimizer, torch.optim.SGD) and key == "momentum_buffer":
         return None
     return 0.0
+
+
+def tracks(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
+    """True where a row's first move needs more than the state it kept while resting: a
+    non-zero initial value that can change (Rprop's step size is the current lr), or a first
+    step of its own (SGD with momentum). Adagrad creates its state (sum = the initial
+    accumulator value) when it is constructed, so its resting rows already hold it."""
+    return isinstance(optimizer, torch.optim.Rprop) or needs_first_step(optimizer, group)
 
 
 def needs_first_step(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> bool:

@@ -68,6 +68,18 @@ def present_classes(
             "(N, *) or multi-hot labels (N, C, *); pass encoding='index' or "
             "encoding='multi_hot' (or like=logits)"
         )
+    if (
+        isinstance(targets, Tensor)
+        and like is None
+        and encoding in (None, "index")
+        and targets.dim() == 1
+        and targets.device.type == "cpu"
+        and not (targets.is_floating_point() or targets.dtype == torch.bool)
+        and not torch.compiler.is_compiling()
+    ):
+        hit = _cpu_indices_present(targets, num_classes)
+        if hit is not None:
+            return hit
     t = Targets.coerce(
         targets,
         num_classes=num_classes,
@@ -85,6 +97,19 @@ def present_classes(
         return hit[:num_classes]
     pos = t.positive.movedim(t.class_dim, -1).reshape(-1, num_classes)
     return pos.any(dim=0)
+
+
+def _cpu_indices_present(idx: Tensor, num_classes: int) -> Tensor | None:
+    """The common case in a few operators: 1-D CPU class indices, all in range (checked as
+    :meth:`Targets.coerce` checks them, free on the CPU). None where some index is ignored or
+    out of range: the general path then reads it (or names the bad value)."""
+    hit = torch.zeros(num_classes, dtype=torch.bool)
+    if idx.numel() == 0:
+        return hit
+    low, high = (int(v) for v in torch.aminmax(idx))
+    if low < 0 or high >= num_classes:
+        return None
+    return hit.index_fill_(0, idx if idx.dtype == torch.long else idx.long(), True)
 
 
 class RowRules(torch.optim.Optimizer):
@@ -105,8 +130,8 @@ class RowRules(torch.optim.Optimizer):
     the tensor's step counter. With no rules set (nothing frozen, no ``lr_scale`` or
     ``weight_decay``, ``skip_absent=False``) a step is exactly the wrapped optimizer's step.
 
-    Adam and AdamW are stepped by labelgrad itself on label-owned parameters when a rule applies
-    (the same update with per-row coefficients, one extra pass over the gradient); every other
+    Adam, AdamW and SGD are stepped by labelgrad itself on label-owned parameters when a rule
+    applies (the same update with per-row coefficients, about one pass per tensor); every other
     optimizer, foreach and fused variants included, goes through the exact snapshot path: copy
     the affected rows of the parameter and of every state tensor shaped like it, let the
     optimizer step, restore and rescale. ``lr_scale`` is exact for optimizers whose update is
@@ -135,8 +160,8 @@ class RowRules(torch.optim.Optimizer):
         skip_absent: rows of classes absent from every target observed since the last step stay
             bitwise unchanged, their state too. Needs :meth:`observe` or ``step(targets=...)``.
         num_classes: the number of classes; read from the class axis of ``rows`` when omitted.
-        fast: step Adam/AdamW label-owned rows with labelgrad's own kernel (False forces the
-            generic snapshot path).
+        fast: step Adam/AdamW/SGD label-owned rows with labelgrad's own kernel (False forces
+            the generic snapshot path).
 
     Example:
         >>> import torch, labelgrad as lg
@@ -226,6 +251,7 @@ class RowRules(torch.optim.Optimizer):
         ]
         self._all_started = [bool(optimizer.state.get(lp.param)) for lp in self._params]
         self._warned_state: set[str] = set()
+        self._lr_scale_cache: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
 
     # -- the optimizer interface: everything but step belongs to the wrapped optimizer ----------
 
@@ -483,17 +509,64 @@ class RowRules(torch.optim.Optimizer):
                 self._params[i].param.grad = g
         for i in slow:
             self._restore(self._params[i], groups[i], moving, snaps[i])
+        coefs: dict[tuple[int, torch.dtype], _fast.RowCoefficients] = {}
+        sgd_coefs: dict[tuple[int, torch.dtype], _fast.SGDRows] = {}
         for i in fast:
+            if isinstance(self.optimizer, torch.optim.SGD):
+                self._sgd_fast(i, groups[i], moving, sgd_coefs)
+                continue
             # Adam's initial state is zeros, which resting rows keep: no fresh-row handling.
+            # The per-row factors are shared by the tensors of one group and dtype.
+            dtype = self._params[i].param.dtype
+            key = (id(groups[i]), dtype)
+            if key not in coefs:
+                scale = self._lr_scale_in(dtype)
+                coefs[key] = _fast.coefficients(groups[i], dtype, moving, scale)
             _fast.adam_step(
                 self.optimizer,
                 groups[i],
                 self._params[i],
-                moving=moving,
-                lr_scale=self._lr_scale,
+                coefs[key],
                 weight_decay=self._weight_decay,
             )
         self._mark_started(moving, active)
+
+    def _sgd_fast(
+        self,
+        i: int,
+        group: dict[str, Any],
+        moving: Tensor | None,
+        cache: dict[tuple[int, torch.dtype], _fast.SGDRows],
+    ) -> None:
+        lp = self._params[i]
+        dtype = lp.param.dtype
+        scale = self._lr_scale_in(dtype)
+        fresh = self._fresh_rows(i, moving)
+        key = (id(group), dtype)
+        if fresh is not None:  # rows starting now: factors of this tensor's own
+            rows = _fast.sgd_rows(group, dtype, moving, scale, fresh)
+        else:
+            if key not in cache:
+                cache[key] = _fast.sgd_rows(group, dtype, moving, scale)
+            rows = cache[key]
+        _fast.sgd_step(
+            group,
+            self.optimizer.state[lp.param],
+            lp,
+            rows,
+            weight_decay=self._weight_decay,
+            lr_scale=scale,
+        )
+
+    def _lr_scale_in(self, dtype: torch.dtype) -> Tensor | None:
+        """``lr_scale`` in ``dtype``, converted once per value."""
+        if self._lr_scale is None:
+            return None
+        cached = self._lr_scale_cache.get(dtype)
+        if cached is None or cached[0] is not self._lr_scale:
+            cached = (self._lr_scale, self._lr_scale.to(dtype))
+            self._lr_scale_cache[dtype] = cached
+        return cached[1]
 
     def _bare(self, moving: Tensor | None, active: list[int]) -> bool:
         """True when this step has no rule to apply and no row starting late."""
@@ -507,13 +580,22 @@ class RowRules(torch.optim.Optimizer):
             if moving is None:
                 self._started[i].fill_(True)
                 self._all_started[i] = True
-            elif not self._all_started[i]:
+            elif not self._all_started[i] and self._tracks_fresh(i):
                 self._started[i] |= moving
+
+    def _tracks_fresh(self, i: int) -> bool:
+        """Whether rows of param ``i`` that start late need anything but their resting state
+        (Rprop, SGD with momentum); for the others the state rows a row kept while resting
+        are already its initial state, so the started mask is not kept up to date."""
+        group = self._group_of(self._params[i].param)
+        return _fresh.tracks(self.optimizer, group)
 
     def _fresh_rows(self, i: int, moving: Tensor | None) -> Tensor | None:
         """(C,) bool mask of rows of param ``i`` that move for the first time this step, or
         None when no row can (all started, or the tensor has no state yet)."""
         if self._all_started[i] or not self.optimizer.state.get(self._params[i].param):
+            return None
+        if not self._tracks_fresh(i):
             return None
         first = ~self._started[i]
         return first if moving is None else moving & first
