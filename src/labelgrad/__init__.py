@@ -48,6 +48,7 @@ from labelgrad.policies import (
     schedule,
     seesaw,
 )
+from labelgrad.replay import ReplayProjection, project_replay
 from labelgrad.rows import Router, RowRules, route
 from labelgrad.targets import Encoding, Targets, TargetsLike
 
@@ -71,6 +72,7 @@ __all__ = [
     "MaskUnknown",
     "Policy",
     "PosNegWeights",
+    "ReplayProjection",
     "Router",
     "RowRules",
     "Schedule",
@@ -101,6 +103,7 @@ __all__ = [
     "no_state_update",
     "per_label_losses",
     "pos_neg_weights",
+    "project_replay",
     "report",
     "route",
     "schedule",
