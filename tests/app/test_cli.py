@@ -74,11 +74,11 @@ def test_demo_writes_a_complete_report(demo_out: tuple[Path, dict[str, object]])
                 assert 0.0 <= r[key]["mean"] <= 1.0
     html = (out / "report.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
-    assert {"per_class_accuracy.png", "grad_norm_plain.png", "label_conflicts.png"} <= set(images)
+    assert {"per_class_accuracy.png", "grad_norm_plain_ce.png", "label_conflicts.png"} <= set(images)
     for name in images:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "results.json").read_text())["rows"] == rows
-    history = (out / "monitor_digits_if100_plain.history.csv").read_text().splitlines()
+    history = (out / "monitor_digits_if100_plain_ce.history.csv").read_text().splitlines()
     assert history[0].split(",")[0] == "step"
     assert len(history) > 2
     assert not list(out.glob(".*.tmp"))  # no temporary file left behind
@@ -262,7 +262,7 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     [
         ("1,2,0\n3,4\n", "", "row 2 has 2 cells"),
         ("1,2,0\n3,x,1\n", "", "non-numeric"),
-        ("1,2,0\n3,4,7\n5,6,1\n", "num_classes = 3", "labels out of range"),
+        ("1,2,0\n3,4,7\n5,6,1\n", "num_classes = 3", "data row 2 has label 7, out of range"),
         ("1,2,0\n3,4,1\n", "label_columns = [9]", "label column 9 out of range"),
     ],
 )
@@ -315,7 +315,7 @@ def test_train_on_idx_and_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )
     code, out, err = _train([str(cfg), "--out", str(tmp_path / "n"), "--json"], capsys)
     assert code == 0, err
-    assert set(json.loads(out)["test"]) == {"macro_f1", "micro_f1"}
+    assert set(json.loads(out)["test"]) == {"map", "worst_ap", "macro_f1", "micro_f1"}
     # Unknown labels are left out of the loss itself: the run equals the one that masks them.
     plain = _config(tmp_path, '[data]\npath = "m.npz"\n[train]\nepochs = 1\n')
     code, _, err = _train([str(plain), "--out", str(tmp_path / "p"), "--json"], capsys)
@@ -396,4 +396,4 @@ def test_train_aggregation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         [str(_config(tmp_path, text.format("Nope"))), "--out", str(tmp_path / "v")], capsys
     )
     assert code == 2
-    assert "unknown aggregator 'Nope'" in err
+    assert "'Nope' is not an aggregator (expected one of: " in err

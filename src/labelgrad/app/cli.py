@@ -96,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="the TOML config file")
     _common(train, "labelgrad-out")
     train.add_argument(
-        "--resume", action="store_true", help="continue from --out/checkpoint.pt if it exists"
+        "--resume",
+        action="store_true",
+        help="continue from --out/checkpoint.pt if it exists (same config, --seed and data only)",
+    )
+    train.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also train plain cross-entropy (BCE for multi-label data) with the same seed, "
+        "model and optimizer, reported side by side",
     )
     return parser
 
@@ -200,6 +208,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=_device(args.device),
         resume=args.resume,
         quiet=args.quiet,
+        baseline=args.baseline,
         echo=None if args.json else print,
     )
     if args.json:
@@ -217,10 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     from labelgrad.app.datasets import DataError, MissingSourceError
-    from labelgrad.app.train import ConfigError
+    from labelgrad.app.train import ConfigError, OutputError
 
     commands = {"demo": _cmd_demo, "bench": _cmd_bench, "train": _cmd_train}
     try:
+        if args.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {args.seed}")
         if args.threads is not None:
             if args.threads < 1:
                 raise UsageError(f"--threads must be >= 1, got {args.threads}")
@@ -228,7 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         return commands[args.command](args)
-    except (UsageError, ConfigError, DataError, MissingSourceError, PermissionError) as err:
+    except (
+        UsageError,
+        ConfigError,
+        DataError,
+        MissingSourceError,
+        PermissionError,
+        OutputError,
+    ) as err:
         print(f"labelgrad {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
