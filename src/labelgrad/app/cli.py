@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["BENCH_LEVELS", "UsageError", "build_parser", "main"]
+__all__ = ["BENCH_LEVELS", "INSTALL", "UsageError", "build_parser", "main", "missing_requirements"]
 
 BENCH_LEVELS = ("policies", "rows", "weightings", "aggregation")
 """The benchmark modules ``labelgrad bench`` runs, ``labelgrad.app.bench.<name>``, where present."""
@@ -22,6 +23,37 @@ BENCH_LEVELS = ("policies", "rows", "weightings", "aggregation")
 
 class UsageError(Exception):
     """A problem with what the user asked for; the CLI prints it as one line and exits 2."""
+
+
+INSTALL = "pip install 'labelgrad[cli,data]'"
+"""The one install line of everything the command needs (the extras of the application)."""
+
+_FIGURES = ("matplotlib", "the figures")
+_TOML = (("tomli", "reading the config"),) if sys.version_info < (3, 11) else ()
+_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "demo": (_FIGURES, ("sklearn", "the digits data"), ("river", "the Yeast data")),
+    "outcomes": (_FIGURES, ("sklearn", "the digits data"), ("river", "the Yeast data")),
+    "train": (_FIGURES,)
+    + ((("tomli", "reading the config"),) if sys.version_info < (3, 11) else ()),
+}
+"""What each command imports beyond torch and numpy: (module, what it is for)."""
+
+
+def missing_requirements(command: str) -> list[str]:
+    """The modules ``command`` needs that are not installed, as "module (what for)".
+
+    Checked before any work (``find_spec`` imports nothing), so that a missing extra is one
+    message at the start, never a failure after training.
+
+    Example:
+        >>> missing_requirements("bench")
+        []
+    """
+    return [
+        f"{module} ({why})"
+        for module, why in _NEEDS.get(command, ())
+        if importlib.util.find_spec(module) is None
+    ]
 
 
 def _common(p: argparse.ArgumentParser, out_default: str | None) -> None:
@@ -225,6 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    need = "outcomes" if getattr(args, "outcomes", False) else args.command
+    missing = missing_requirements(need)
+    if missing:
+        print(
+            f"labelgrad {args.command}: error: missing {', '.join(missing)}; install them with: "
+            f"{INSTALL}",
+            file=sys.stderr,
+        )
+        return 2
     from labelgrad.app.datasets import DataError, MissingSourceError
     from labelgrad.app.train import ConfigError, OutputError
 

@@ -211,7 +211,7 @@ def digits_lt(imbalance: float = 10.0, *, seed: int = 0, test_fraction: float = 
         from sklearn.datasets import load_digits
     except ImportError:
         raise MissingSourceError(
-            "digits_lt needs scikit-learn: pip install 'labelgrad[cli]' (or scikit-learn)"
+            "digits_lt needs scikit-learn: pip install 'labelgrad[cli,data]'"
         ) from None
     digits = load_digits()
     x = digits.data.astype(np.float32) / 16.0
@@ -236,7 +236,7 @@ def _river_file(name: str) -> Path:
     spec = importlib.util.find_spec("river")
     if spec is None or not spec.submodule_search_locations:
         raise MissingSourceError(
-            f"{name} needs river's bundled data: pip install 'labelgrad[data]' (or river>=0.26.1)"
+            f"{name} needs river's bundled data: pip install 'labelgrad[cli,data]'"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / name
     if not path.is_file():

@@ -145,13 +145,67 @@ METRIC_NAMES = {
 
 
 def format_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """The demo table as (header, rows of strings)."""
-    header = ["experiment", "method", "metric 1", "metric 2", "step ms (× first)"]
-    out = []
-    for r in rows:
-        cells = [f"{METRIC_NAMES[k]}: {_fmt(v)}" for k, v in r.metrics.items()]
-        out.append([r.experiment, r.method, *cells, f"{r.timed_ms:.2f} ({r.timed_ratio:.2f}x)"])
+    """One experiment's table as (header, rows of strings): one metric per column.
+
+    The rows must share their metrics (one experiment, or experiments measured alike).
+    """
+    keys = list(rows[0].metrics) if rows else []
+    header = ["method", *(METRIC_NAMES[k] for k in keys), "step ms", "step × first"]
+    out = [
+        [
+            r.method,
+            *(_fmt(r.metrics[k]) for k in keys),
+            f"{r.timed_ms:.2f}",
+            f"{r.timed_ratio:.2f}x",
+        ]
+        for r in rows
+    ]
     return header, out
+
+
+def experiment_tables(rows: list[Row]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The demo's tables, one per experiment: (experiment, header, rows)."""
+    names = list(dict.fromkeys(r.experiment for r in rows))
+    return [(e, *format_rows([r for r in rows if r.experiment == e])) for e in names]
+
+
+def takeaways(rows: list[Row]) -> list[str]:
+    """What the results show, computed from the rows (mean differences in points)."""
+    find = {(r.experiment, r.method): r for r in rows}
+
+    def gain(exp: str, method: str, base: str, metric: str) -> float:
+        a, b = find.get((exp, method)), find.get((exp, base))
+        if a is None or b is None:
+            return math.nan
+        return 100 * (_mean(a.metrics[metric]) - _mean(b.metrics[metric]))
+
+    out = []
+    for imb in IMBALANCES:
+        exp = f"digits-LT IF={imb:g}"
+        gains = {
+            m: gain(exp, m, "plain_ce", "balanced_acc") for m in ("class_weights", "row_rules")
+        }
+        eql = gain(exp, "eqlv2", "plain_sigmoid", "balanced_acc")
+        out.append(
+            f"{exp}: class_weights {gains['class_weights']:+.1f} and row_rules "
+            f"{gains['row_rules']:+.1f} balanced-accuracy points over plain cross-entropy; "
+            f"eqlv2 {eql:+.1f} over a plain sigmoid classifier."
+        )
+    exp = "Yeast, 50% labels hidden"
+    out.append(
+        f"{exp}: mask_unknown {gain(exp, 'mask_unknown', 'unknown_as_negative', 'map'):+.1f} mAP "
+        f"and {gain(exp, 'mask_unknown', 'unknown_as_negative', 'macro_f1'):+.1f} macro-F1 points "
+        "over training on hidden labels as negatives."
+    )
+    exp = "Yeast, label aggregation"
+    agg = [
+        f"{m} {gain(exp, m, 'sum', 'macro_f1'):+.1f}" for m in AGG_METHODS[1:] if (exp, m) in find
+    ]
+    out.append(
+        f"{exp}: macro-F1 points over the summed loss: {', '.join(agg)} (the conflicts are "
+        "measured on the training set in the label-conflict heatmap)."
+    )
+    return out
 
 
 def _plain_table(header: list[str], rows: list[list[str]]) -> str:
@@ -432,8 +486,11 @@ def _run(
     result.seconds = time.perf_counter() - t_start
     atomic_write_text(folder / "results.json", json.dumps(result.as_dict(), indent=1) + "\n")
     if echo is not None:
-        header, table = format_rows(got.rows)
-        echo(_plain_table(header, table))
+        for exp, header, table in experiment_tables(got.rows):
+            echo(f"\n{exp}\n" + _plain_table(header, table))
+        echo("")
+        for line in takeaways(got.rows):
+            echo(f"- {line}")
         echo(f"report: {folder / 'report.html'}  ({result.seconds:.0f} s)")
     return result
 
@@ -447,14 +504,17 @@ def _write_figures(folder: Path, got: _Collected, num_seeds: int) -> list[str]:
     mean_acc = {
         m: [statistics.fmean(col) for col in zip(*runs)] for m, runs in got.per_class_if100.items()
     }
+    std_acc = {m: [_std(list(c)) for c in zip(*runs)] for m, runs in got.per_class_if100.items()}
     plot_per_class_accuracy(
         mean_acc,
         names,
         folder / "per_class_accuracy.png",
         counts=got.digits_if100.train_counts().tolist(),
-        title=f"digits-LT IF=100: per-class test accuracy (mean over {num_seeds} seeds)",
+        title=f"digits-LT IF=100: per-class test accuracy (mean ± std over {num_seeds} seeds)",
+        errors=std_acc,
     )
     files.append("per_class_accuracy.png")
+    ylim = _shared_range([got.histories[m] for m in ("plain_ce", "eqlv2") if m in got.histories])
     for method in ("plain_ce", "eqlv2"):
         if method in got.histories:
             plot_grad_norm_history(
@@ -462,6 +522,7 @@ def _write_figures(folder: Path, got: _Collected, num_seeds: int) -> list[str]:
                 names,
                 folder / f"grad_norm_{method}.png",
                 title=f"digits-LT IF=100, {method}: per-class ‖dL/dlogit‖ per step (GradMonitor)",
+                ylim=ylim,
             )
             files.append(f"grad_norm_{method}.png")
     if got.conflicts is not None:
@@ -478,6 +539,16 @@ def _write_figures(folder: Path, got: _Collected, num_seeds: int) -> list[str]:
             save_monitor(mon, folder / name, names)
             files.append(name)
     return files
+
+
+def _shared_range(histories: list[list[list[float]]]) -> tuple[float, float] | None:
+    """One log-scale y range for gradient-norm figures compared side by side."""
+    values = sorted(v for h in histories for row in h for v in row if v > 0 and math.isfinite(v))
+    if not values:
+        return None
+    # The 1st percentile: a few near-zero steps (a class absent from a batch) would otherwise
+    # stretch the log axis over decades of empty space.
+    return values[len(values) // 100] / 2, values[-1] * 1.5
 
 
 def _label_conflicts(model: MLP, ds: Dataset, device: torch.device) -> Tensor:
@@ -501,40 +572,43 @@ def _conflict_stats(conflicts: Tensor) -> str:
 def _write_demo_report(
     path: Path, result: DemoResult, conflicts: Tensor | None, num_seeds: int, device: str
 ) -> None:
-    header, table = format_rows(result.rows)
     intro = Section(
-        "Results",
+        "What the results show",
         [
-            f"Mean ± std over {num_seeds} seeds. Step time: the median of one training step "
-            f"(forward + backward + optimizer) on {device}, the methods of an experiment timed "
-            "in turn on one fixed batch (interleaved), with the ratio to the experiment's first "
-            "method. Balanced accuracy is the mean per-class accuracy on a balanced test set; "
-            f"few-shot accuracy is the mean over the classes with fewer than {FEW_SHOT} training "
-            "images. "
-            f"class_weights uses effective-number weights with beta={BETA}; row_rules gives head "
-            f"row c the step lr × (n_max/n_c)^{TAIL_LR_POWER} and leaves rows of classes absent "
-            "from a batch untouched (skip_absent).",
+            f"Mean ± std over {num_seeds} seeds, in %. Balanced accuracy is the mean per-class "
+            "accuracy on a balanced test set; few-shot accuracy the mean over the classes with "
+            f"fewer than {FEW_SHOT} training images. Step time: the median of one training step "
+            f"(forward + backward + optimizer) on {device}, the methods of an experiment timed in "
+            "turn on one fixed batch, and the ratio to the experiment's first method. "
+            f"class_weights: effective-number weights, beta = {BETA}; row_rules: head row c steps "
+            f"with lr × (n_max/n_c)^{TAIL_LR_POWER}, rows of classes absent from a batch stay put.",
         ],
-        header,
-        [list(r) for r in table],
+        bullets=takeaways(result.rows),
     )
     sections = [intro]
+    for exp, header, table in experiment_tables(result.rows):
+        sections.append(Section(exp, header=header, rows=[list(r) for r in table]))
     sections.append(
         Section(
             "Per-class accuracy, digits-LT IF=100",
-            ["Class 0 has the most training images, class 9 the fewest."],
             images=["per_class_accuracy.png"],
+            captions=[
+                f"Mean test accuracy of each class over {num_seeds} seeds (error bars: std); "
+                "under each class its training count. Class 0 has the most training images, "
+                "class 9 the fewest."
+            ],
         )
     )
     norm_imgs = [f for f in result.files if f.startswith("grad_norm_")]
     sections.append(
         Section(
             "Per-class gradient norm over training",
-            [
-                "The norm of each class's gradient at the logits per step, recorded by "
-                "lg.monitor (a ring buffer of per-step norms)."
-            ],
             images=norm_imgs,
+            captions=[
+                f"{f.removeprefix('grad_norm_').removesuffix('.png')}: the norm of each class's "
+                "gradient at the logits per step (lg.monitor), 9-step average; same y range."
+                for f in norm_imgs
+            ],
         )
     )
     if conflicts is not None:
@@ -543,6 +617,11 @@ def _write_demo_report(
                 "Label conflicts, Yeast",
                 [_conflict_stats(conflicts)],
                 images=["label_conflicts.png"],
+                captions=[
+                    "Cosine between the per-label loss gradients on the shared trunk (training "
+                    "set, after training). Red: conflicting (negative), blue: aligned; the "
+                    "diagonal (always 1) is greyed out."
+                ],
             )
         )
     write_report(

@@ -1,7 +1,7 @@
 """The report's figures, drawn with matplotlib's Agg backend and saved atomically as PNG.
 
 One style for every figure, chosen to be read at a glance on a report page: at least 1000 px
-wide (:data:`MIN_WIDTH_PX`), tick labels of at least 10 pt, axis labels everywhere, a categorical
+wide, tick labels of at least 10 pt, axis labels everywhere, a categorical
 palette for classes, legends outside the data, error bars where a mean over seeds is shown.
 """
 
@@ -16,7 +16,6 @@ from typing import Any
 from labelgrad.report import atomic_path
 
 __all__ = [
-    "MIN_WIDTH_PX",
     "plot_conflicts",
     "plot_confusion",
     "plot_grad_norm_history",
@@ -25,9 +24,6 @@ __all__ = [
     "pyplot",
     "save_figure",
 ]
-
-MIN_WIDTH_PX = 1000
-"""Every figure is saved at least this many pixels wide."""
 
 _DPI = 100
 _WIDTH_IN = 12.0  # 1200 px before the tight bounding box trims the margins
@@ -58,7 +54,7 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("plots need matplotlib: pip install 'labelgrad[cli]'") from None
+        raise ImportError("plots need matplotlib: pip install 'labelgrad[cli,data]'") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -76,7 +72,7 @@ def _palette(n: int) -> list[Any]:
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` to ``path`` as PNG atomically (never a half-written file), then close it.
 
-    The figure is widened where needed so that the PNG is at least :data:`MIN_WIDTH_PX` wide.
+    The figure is widened where needed so that the PNG is at least 1000 px wide.
 
     Example:
         >>> import tempfile, pathlib
@@ -87,8 +83,8 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     plt = pyplot()
     final = Path(path)
     w, h = fig.get_size_inches()
-    if w < _WIDTH_IN:
-        fig.set_size_inches(_WIDTH_IN, h * _WIDTH_IN / w if w < 0.6 * _WIDTH_IN else h)
+    if w < _WIDTH_IN:  # scaled as a whole: the tight bounding box trims margins, not content
+        fig.set_size_inches(_WIDTH_IN, h * _WIDTH_IN / w)
     try:
         with atomic_path(final) as tmp:
             fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.3)
@@ -110,7 +106,8 @@ def plot_per_class_accuracy(
     title: str = "",
     ylabel: str = "test accuracy",
     errors: Mapping[str, Sequence[float]] | None = None,
-    count_label: str = "train n",
+    count_label: str = "training samples",
+    legend_title: str = "method",
 ) -> Path:
     """Grouped bars: per-class accuracy of each method; the sample counts under the class names.
 
@@ -122,7 +119,9 @@ def plot_per_class_accuracy(
         title: the figure title.
         ylabel: the y-axis label (any per-class score in [0, 1], e.g. "test F1").
         errors: method name -> the standard deviation of each class's value (error bars).
-        count_label: what ``counts`` are, e.g. "train n" or "test n".
+        count_label: what ``counts`` are, e.g. "training samples" or "test samples" (the
+            x-axis label says it; each tick shows n=count).
+        legend_title: the legend's title (what the keys of ``accuracy`` are).
 
     Example:
         >>> import tempfile, pathlib
@@ -141,15 +140,15 @@ def plot_per_class_accuracy(
         ax.bar(xs, list(values), width=width, label=name, color=colors[i], yerr=yerr, capsize=2)
     labels = list(class_names)
     if counts is not None:
-        labels = [f"{n}\n({count_label}={m})" for n, m in zip(class_names, counts)]
-    rotate = len(class_names) > 12
+        labels = [f"{n}\nn={m}" for n, m in zip(class_names, counts)]
+    rotate = len(class_names) > 12 or max(len(str(n)) for n in class_names) > 8
     ax.set_xticks(range(len(class_names)), labels, rotation=90 if rotate else 0)
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("class")
+    ax.set_xlabel("class" if counts is None else f"class (n = {count_label})")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="x", visible=False)
-    _legend_outside(ax, title="method")
+    _legend_outside(ax, title=legend_title)
     return save_figure(fig, path)
 
 
@@ -226,7 +225,7 @@ def plot_conflicts(
     np.fill_diagonal(m, np.nan)
     off = np.abs(m[~np.isnan(m)])
     span = float(off.max()) if off.size and off.max() > 0 else 1.0
-    fig, ax = plt.subplots(figsize=(9.0, 7.5))
+    fig, ax = plt.subplots(figsize=(_WIDTH_IN, 10.0))
     cmap = plt.get_cmap("RdBu").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-span, vmax=span)
     ax.set_xticks(range(k), list(class_names), rotation=90)
@@ -306,7 +305,7 @@ def plot_confusion(
     rows = counts.sum(axis=1, keepdims=True)
     frac = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(9.0, 7.5))
+    fig, ax = plt.subplots(figsize=(_WIDTH_IN, 10.0))
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     if k <= 20:
         for i in range(k):

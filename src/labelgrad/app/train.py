@@ -10,8 +10,11 @@ files are one-line errors)::
     label_columns = [-1]        # csv only: the label column(s); several = multi-hot labels
     x_key = "x"                 # npz only (with y_key = "y")
     task = "multiclass"         # or "multilabel" (multi-hot labels in {0, 1}, -1 = unknown)
-    num_classes = 10            # default: max label + 1 (multiclass) / label columns
+    num_classes = 10            # default: max label + 1 (multiclass; refused when most class
+                                #   ids would have no sample: a label typo) / label columns
     test_fraction = 0.2         # seeded split (seed = --seed)
+    validation_fraction = 0.1   # carved from the rest: early stopping and the "still rising"
+                                #   warning read it (0: no validation split)
     standardize = true          # z-score features with training statistics
 
     [model]
@@ -19,6 +22,8 @@ files are one-line errors)::
 
     [train]
     epochs = 10
+    patience = 0                # > 0: stop when the validation metric has not improved for
+                                #   this many epochs (0: train every epoch)
     lr = 0.001
     batch_size = 64
     optimizer = "adam"          # adam | adamw | sgd
@@ -36,15 +41,25 @@ files are one-line errors)::
     skip_absent = true
 
     [aggregation]               # level 3 (multilabel): lg.aggregate_backward on the trunk
-    aggregator = "UPGrad"
-    engine = "auto"
+    aggregator = "UPGrad"       # an lg.aggregators class (the error lists the valid names)
+    engine = "auto"             # auto | exact | representation
 
 Outputs in ``--out`` (each written atomically: a temporary file renamed into place):
 ``checkpoint.pt`` after every epoch (``torch.save``; loaded with ``weights_only=True``),
-``metrics.json``, ``monitor.csv`` / ``monitor.json`` (per-class gradient statistics),
-``grad_norm.png``, ``per_class.png`` and ``report.html``. ``--resume`` continues from the
-checkpoint exactly as an uninterrupted run would (the batches of each epoch are a function of the
-seed and the epoch; model, optimizer and policy state are restored).
+``metrics.json`` (written before any figure), ``monitor.csv`` / ``monitor.json`` (per-class
+gradient statistics), ``training_curves.png``, ``per_class.png``, ``confusion.png``
+(single-label), ``grad_norm.png`` and ``report.html``. ``--baseline`` also trains plain
+cross-entropy (BCE for multi-label data) from the same seed and reports it beside the run.
+
+``--resume`` continues from the checkpoint exactly as an uninterrupted run would (the batches of
+each epoch are a function of the seed and the epoch; model, optimizer and policy state are
+restored). The checkpoint records the config, the seed and the data (path, size, SHA-256); a
+resume with another seed or other data is refused, and every loaded field (epoch, losses, tensor
+shapes and dtypes of the model, optimizer and policy states) is checked first.
+
+Every bad input (config, data, flag, checkpoint, a full disk) is one line on stderr and exit 2;
+values that would size an allocation (num_classes, hidden widths, labels) are checked against
+the memory they would need before anything is allocated.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def _figures(
     runs = {"configured": summary}
     if "baseline" in summary:
         runs["baseline (plain loss)"] = summary["baseline"]
-    metric = summary["val_metric_name"].replace("_", " ")
+    metric = METRIC_LABELS[summary["val_metric_name"]].removesuffix(" %")
     plot_training_curves(
         {k: {"loss": r["epoch_loss"], "val_metric": r["val_metric"]} for k, r in runs.items()},
         folder / "training_curves.png",
@@ -85,9 +85,10 @@ def _figures(
         names,
         folder / "per_class.png",
         counts=_test_counts(data),
-        count_label="test n" if data.task == "multiclass" else "test positives",
+        count_label="test samples" if data.task == "multiclass" else "positive test samples",
         title=f"per-class test {score}",
         ylabel=f"test {score}",
+        legend_title="run",
     )
     files.append("per_class.png")
     if summary.get("confusion") is not None:
