@@ -105,3 +105,20 @@ def test_state_dict_round_trip_and_errors():
         lg.logit_adjust([1.0, 1.0], tau=-1.0)
     with pytest.raises(ValueError, match="num_classes=2"):
         lg.logit_adjust([1.0, 1.0])(torch.zeros(2, 3, requires_grad=True), torch.tensor([0, 1]))
+
+
+def test_confident_predictions_keep_the_scale_exact():
+    """A rare class predicted with a logit gap of ~30: the CE gradient of its row is ~1e-13
+    (its target entry all cancellation) while the adjusted gradient is of order 1, so the scale
+    must be read to full relative precision from a nearly vanishing gradient.
+    """
+    prior = torch.tensor([1000.0, 1000.0, 1000.0, 1.0], dtype=F64)
+    gaps = torch.linspace(25.0, 34.0, 10, dtype=F64)
+    z = torch.zeros(10, 4, dtype=F64)
+    z[:, 3] = gaps
+    y = torch.full((10,), 3)
+    for reduction in ("mean", "sum"):
+        got = policy_grad(lg.logit_adjust(prior, tau=4.0), z, y, reduction)
+        want = ref_grad(lambda z, r=reduction: la_loss(z, y, prior, 4.0, r), z)
+        assert want.abs().max() > 0.01  # the surrogate is far from the vanishing CE gradient
+        torch.testing.assert_close(got, want, **TOL)

@@ -87,7 +87,10 @@ def seesaw(num_classes: int, p: float = 0.8, q: float = 2.0, *, eps: float = 1e-
 
     This policy *replaces* the gradient: put it first in a chain (after ``mask_unknown`` at most),
     under ``F.cross_entropy``. Ignored samples keep a zero gradient and are not counted. Backward
-    passes under :func:`labelgrad.no_state_update` use the counts as they are.
+    passes under :func:`labelgrad.no_state_update` use the counts as they are. Inside
+    :func:`labelgrad.accumulation_window` each micro-batch sees the window's starting counts plus
+    its own labels (the later micro-batches are not known yet); the window's total is committed
+    at its end.
 
     Args:
         num_classes: C.
