@@ -165,3 +165,19 @@ def test_two_process_ddp_equals_one_process_on_the_whole_batch(tmp_path):
         assert torch.equal(res["state"]["cum_samples"], ref["state"]["cum_samples"])
         for p, q in zip(res["params"], ref["params"], strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_window_commits_the_whole_window_once():
+    """Each micro-batch sees the starting counts plus its own labels; the total is committed."""
+    z = torch.randn(6, 4, dtype=F64)
+    y = torch.tensor([0, 0, 1, 2, 0, 3])
+    policy, ref = lg.seesaw(4), ReferenceSeesaw(4, 0.8, 2.0)
+    with lg.accumulation_window(policy):
+        for part in (slice(0, 3), slice(3, 6)):
+            zz = z[part].clone().requires_grad_(True)
+            (got,) = torch.autograd.grad(F.cross_entropy(policy(zz, y[part]), y[part]), zz)
+            ref.cum.zero_()  # the window's starting counts: zero
+            zr = z[part].clone().requires_grad_(True)
+            (want,) = torch.autograd.grad(ref.loss(zr, y[part], "mean"), zr)
+            torch.testing.assert_close(got, want, **TOL)
+    assert policy.cum_samples.tolist() == [3.0, 1.0, 1.0, 1.0]
