@@ -66,3 +66,17 @@ def test_state_dict_and_errors():
         lg.ldam_drw([1.0, 0.0])
     with pytest.raises(ValueError, match="beta must be in"):
         lg.ldam_drw([1.0, 2.0], drw_start=1, beta=1.0)
+
+
+@pytest.mark.parametrize(("shape", "cd"), [((2, 5, 3, 2), 1), ((2, 4, 5), 2)], ids=["NCHW", "NTC"])
+def test_dense_and_token_layouts_equal_the_flattened_rows(shape, cd):
+    g = torch.Generator().manual_seed(2)
+    z = torch.tanh(torch.randn(*shape, generator=g, dtype=F64))
+    y = torch.randint(0, 5, shape[:cd] + shape[cd + 1 :], generator=g)
+    y.view(-1)[::3] = -100
+    zz = z.clone().requires_grad_(True)
+    out = lg.ldam_drw(COUNTS)(zz, y, class_dim=cd)
+    (got,) = torch.autograd.grad(F.cross_entropy(out.movedim(cd, 1), y), zz)
+    flat = z.movedim(cd, -1).reshape(-1, 5).clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(ldam_loss(flat, y.reshape(-1), 0.5, 30.0, "mean"), flat)
+    torch.testing.assert_close(got.movedim(cd, -1).reshape(-1, 5), want, **TOL)
