@@ -1,5 +1,6 @@
-# Class-incremental digits: 5 tasks of 2 classes (0-1, 2-3, ...), one shared 10-way head,
-# a replay memory of 5 images per old class. Accuracy is over all classes seen so far.
+# Class-incremental digits: 5 tasks of 2 classes (0-1, 2-3, ...), one shared
+# 10-way head, a replay memory of 5 images per old class. Accuracy is over all
+# classes seen so far.
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,6 @@
-# Surrogate-gradient policies on scikit-learn's 8x8 digits cut to a long tail (imbalance factor
-# 50, CIFAR-LT protocol), tested on a balanced held-out set; same MLP, steps and seed for all.
+# Surrogate-gradient policies on scikit-learn's 8x8 digits cut to a long tail
+# (imbalance factor 50, CIFAR-LT protocol), tested on a balanced held-out set;
+# the same MLP, steps and seed for every run.
 import numpy as np
 import torch
 import torch.nn.functional as F
