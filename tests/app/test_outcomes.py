@@ -184,7 +184,7 @@ def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
     for name in payload["files"]:
         assert (out / name).stat().st_size > 0
     pngs = [n for n in payload["files"] if n.endswith(".png")]
-    assert len(pngs) == 4
+    assert len(pngs) == 5
     for name in pngs:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
