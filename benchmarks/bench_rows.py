@@ -37,7 +37,9 @@ def _step_case(
     width, c, inp, batch = (64, 100, 32, 32) if quick else (2048, 1000, 512, 128)
     torch.manual_seed(1)
     head = nn.Linear(width, c)
-    model = nn.Sequential(nn.Linear(inp, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), head)
+    model = nn.Sequential(
+        nn.Linear(inp, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), head
+    )
     opt = OPTIMIZERS[name](list(model.parameters()))
     x, y = torch.randn(batch, inp), torch.randint(0, c, (batch,))
     for _ in range(2):  # every row has state, as after earlier training
