@@ -143,12 +143,10 @@ class CAGrad(Aggregator):
         undefined where ``g_w = 0`` (``f`` is not differentiable there), which fails the check.
         Reading the verdict is one host read (free on CPU; a sync elsewhere, like FISTA's checks).
         """
-        if self.c == 0:
-            self.diagnostics.record(1, 0)
-            return w  # f is linear: the weights are 1/K whatever w is
         scale = b.abs().max() + sqrt_phi * lam_max.sqrt()
         gap = self._gap(w, g, b, sqrt_phi)
-        failed = not bool(gap <= self.CERT_TOL * scale)
+        # √φ = 0 (c = 0 or g_0 = 0): f is linear and the weights are 1/K whatever w is.
+        failed = not bool((sqrt_phi == 0) | (gap <= self.CERT_TOL * scale))
         uncertified: Tensor | int = 0
         if failed:
             w, residual = self._exact(g, b, sqrt_phi)
