@@ -29,6 +29,8 @@ __all__ = [
 LCP_TOL = 1e-9
 #: Full block exchanges allowed without fewer infeasibilities before single pivots (Júdice-Pires).
 _EXCHANGES = 3
+#: Plain block pivoting for this many iterations first (almost every row settles within them).
+_PLAIN = 8
 
 
 def normalize_gramian(gramian: Tensor, eps: float) -> Tensor:
@@ -198,8 +200,8 @@ def solve_lcp(
     ``min_x x^T M x / 2 + q^T x`` s.t. ``x >= 0``, which has one solution. Block principal
     pivoting (the primal-dual active-set method of Hintermüller, Ito & Kunisch 2002): each
     iteration solves every row's equality system on its free set (one batched Cholesky), then
-    exchanges the infeasible coordinates, with Júdice & Pires' (1994) safeguard: after 3
-    exchanges that do not reduce the number of infeasibilities a row pivots one coordinate at a
+    exchanges the infeasible coordinates, with Júdice & Pires' (1994) safeguard from the 9th
+    iteration on: after 3 exchanges that do not reduce the number of infeasibilities a row pivots one coordinate at a
     time (Murty's rule), which terminates. Coordinates infeasible by less than 64 ulp of ``|q|``
     are left alone (degenerate ties). ``single_pivot`` uses Murty's rule from the start.
 
@@ -242,7 +244,8 @@ def solve_lcp(
         x = _solve_free(matrix, sub_q, sub_active, compact, workspace, budget)
         y = sub_q + x @ matrix
         flip = torch.where(sub_active, y < -tol, x < -tol)
-        flip, best, left = _exchange(flip, best, left, single_pivot)
+        if single_pivot or it > _PLAIN:
+            flip, best, left = _exchange(flip, best, left, single_pivot)
         unsettled = flip.any(dim=-1)
         if compact:  # free on CPU: keep only the unsettled rows
             x_out[todo], active_out[todo] = x, sub_active
@@ -271,10 +274,12 @@ def lcp_residual(matrix: Tensor, q: Tensor, x: Tensor) -> Tensor:
         >>> lcp_residual(torch.eye(2), torch.tensor([[-1.0, 1.0]]), torch.tensor([[1.0, 0.0]]))
         tensor([0.])
     """
-    y = q + x @ matrix
-    residual = torch.minimum(x, y).abs().amax(dim=-1)
-    scale = q.abs().amax(dim=-1) + x.abs().amax(dim=-1) * matrix.diagonal().abs().amax()
-    return residual / scale.clamp(min=torch.finfo(q.dtype).tiny)
+    y = torch.addmm(q, x, matrix)
+    residual = torch.minimum(x, y).abs_().amax(dim=-1)
+    scale = torch.addcmul(
+        q.abs().amax(dim=-1), x.abs().amax(dim=-1), matrix.diagonal().abs().amax()
+    )
+    return residual.div_(scale.clamp_(min=torch.finfo(q.dtype).tiny))
 
 
 def solve_lcp_certified(

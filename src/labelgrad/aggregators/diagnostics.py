@@ -46,8 +46,10 @@ class SolverDiagnostics(nn.Module):
         """Add one call of ``problems`` problems, ``fallbacks`` of which fell back (on device)."""
         self.calls.add_(1)
         self.problems.add_(problems)
-        self.fallbacks.add_(torch.as_tensor(fallbacks, device=self.fallbacks.device))
-        self.uncertified.add_(torch.as_tensor(uncertified, device=self.uncertified.device))
+        if not isinstance(fallbacks, int) or fallbacks:  # skip the no-op on the common path
+            self.fallbacks.add_(torch.as_tensor(fallbacks, device=self.fallbacks.device))
+        if not isinstance(uncertified, int) or uncertified:
+            self.uncertified.add_(torch.as_tensor(uncertified, device=self.uncertified.device))
 
     def reset(self) -> None:
         """Zero every counter."""
