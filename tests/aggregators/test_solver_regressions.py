@@ -11,6 +11,7 @@ import importlib.util
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,6 +24,15 @@ HAS_QUADPROG = all(
     importlib.util.find_spec(m) is not None for m in ("torchjd", "quadprog", "qpsolvers")
 )
 needs_quadprog = pytest.mark.skipif(not HAS_QUADPROG, reason="torchjd 0.18 + quadprog needed")
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # On a shared 2-core machine torch's thread pool thrashes (100x slower small solves).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 #: The 4 x 5 Jacobian of issue 12 on which the uncertified active-set solver cycled.
 CYCLING_J = torch.tensor(

@@ -202,8 +202,8 @@ def solve_lcp(
     iteration solves every row's equality system on its free set (one batched Cholesky), then
     exchanges the infeasible coordinates, with Júdice & Pires' (1994) safeguard from the 9th
     iteration on: after 3 exchanges that do not reduce the number of infeasibilities a row pivots one coordinate at a
-    time (Murty's rule), which terminates. Coordinates infeasible by less than 64 ulp of ``|q|``
-    are left alone (degenerate ties). ``single_pivot`` uses Murty's rule from the start.
+    time (Murty's rule), which terminates. Coordinates infeasible by less than 64 ulp of
+    ``|q| + |x| max_i M_ii`` (the round-off of ``y``) are left alone (degenerate ties). ``single_pivot`` uses Murty's rule from the start.
 
     Memory: the systems are built in chunks of at most ``budget`` elements (default
     ``max(2^24, 4 K^2)``), so the solver needs O(K^2 + B K), never O(B K^2).
@@ -235,7 +235,9 @@ def solve_lcp(
     budget = max(2**24, 4 * k * k) if budget is None else budget
     active = (q > 0) if active is None else active.clone()
     x_out, active_out = torch.zeros_like(q), active.clone()
-    tol = 64 * torch.finfo(q.dtype).eps * q.abs().amax(dim=-1, keepdim=True)
+    eps = 64 * torch.finfo(q.dtype).eps
+    q_scale = q.abs().amax(dim=-1, keepdim=True)
+    diag = matrix.diagonal().abs().amax()
     best = torch.full((n,), k + 1, dtype=torch.int64, device=q.device)
     left = torch.full((n,), _EXCHANGES, dtype=torch.int64, device=q.device)
     todo = torch.arange(n, device=q.device)
@@ -243,6 +245,8 @@ def solve_lcp(
     for it in range(1, max_iters + 1):
         x = _solve_free(matrix, sub_q, sub_active, compact, workspace, budget)
         y = sub_q + x @ matrix
+        # Round-off of y grows with |x| |M|: ignore violations below it (else ties cycle).
+        tol = eps * torch.addcmul(q_scale, x.abs().amax(dim=-1, keepdim=True), diag)
         flip = torch.where(sub_active, y < -tol, x < -tol)
         if single_pivot or it > _PLAIN:
             flip, best, left = _exchange(flip, best, left, single_pivot)
@@ -252,7 +256,7 @@ def solve_lcp(
             keep = unsettled.nonzero().squeeze(-1)
             if keep.numel() == 0:
                 break
-            todo, sub_q, tol = todo[keep], sub_q[keep], tol[keep]
+            todo, sub_q, q_scale = todo[keep], sub_q[keep], q_scale[keep]
             sub_active, best, left = (sub_active ^ flip)[keep], best[keep], left[keep]
         else:
             x_out, active_out, sub_active = x, sub_active, sub_active ^ flip
@@ -397,8 +401,9 @@ def min_norm_point(
     With ``M = G / trace(G) + ridge I`` and ``x`` the solution of the LCP ``x >= 0,
     M x - 1 >= 0, x ⊙ (M x - 1) = 0`` (:func:`solve_lcp_certified`), ``w = x / sum(x)``
     satisfies the simplex KKT conditions ``(M w)_i = min_j (M w)_j`` wherever ``w_i > 0``.
-    The ridge (relative to the trace) makes the problem strictly convex; it moves the answer by
-    O(ridge). A zero Gramian gives ``1/K``.
+    The ridge (relative to the trace; at least ``10 K eps`` of G's dtype, which outweighs the
+    rounding that makes a float32 Gramian of dependent rows indefinite) makes the problem
+    strictly convex; it moves the answer by O(ridge). A zero Gramian gives ``1/K``.
 
     Example:
         >>> import torch
@@ -406,7 +411,10 @@ def min_norm_point(
         tensor([0.8000, 0.2000], dtype=torch.float64)
     """
     k = gramian.shape[0]
-    g = regularize_gramian(normalize_gramian(gramian.to(torch.float64), torch.finfo(torch.float64).tiny), ridge)
+    # A float32 Gramian of dependent rows is indefinite at the ~K eps level: outweigh that.
+    ridge = max(ridge, 10 * k * torch.finfo(gramian.dtype).eps)
+    g = normalize_gramian(gramian.to(torch.float64), torch.finfo(torch.float64).tiny)
+    g = regularize_gramian(g, ridge)
     q = -torch.ones(1, k, dtype=torch.float64, device=gramian.device)
     x, _ = solve_lcp_certified(g, q, tol=1e-8, diagnostics=diagnostics)
     return (x[0] / x[0].sum().clamp(min=torch.finfo(torch.float64).tiny)).to(gramian.dtype)

@@ -159,8 +159,10 @@ def solve_balance(
         # No solution within tolerance (or none representable in ``dtype``): w = 0, certified
         # only if 0 is (numerically) in the hull of the live gradients.
         live = gramian.to(torch.float64) * (~dead).unsqueeze(0) * (~dead).unsqueeze(1)
-        mix = min_norm_point(live + torch.diag(dead.to(torch.float64)))
-        uncertified = int(not float(mix @ live @ mix) <= 1e-6 * float(live.diagonal().max()))
+        ridge = max(1e-10, 10 * live.shape[0] * torch.finfo(dtype).eps)  # G's own rounding
+        mix = min_norm_point(live + torch.diag(dead.to(torch.float64)), ridge=ridge)
+        bound = 1e-6 * float(live.diagonal().max()) + 10 * ridge * float(live.trace())
+        uncertified = int(not float(mix @ live @ mix) <= bound)
         w = torch.zeros_like(w)
     if diagnostics is not None:
         diagnostics.record(1, int(failed), uncertified)
