@@ -21,10 +21,10 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from aggregators.gramian_generators import CASES, NON_STRONG, STATIONARY, case_ids, jacobian
 from torch import Tensor
 
 import labelgrad as lg
+from aggregators.gramian_generators import CASES, NON_STRONG, STATIONARY, case_ids, jacobian
 
 A = lg.aggregators
 

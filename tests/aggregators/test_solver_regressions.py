@@ -25,6 +25,7 @@ HAS_QUADPROG = all(
 )
 needs_quadprog = pytest.mark.skipif(not HAS_QUADPROG, reason="torchjd 0.18 + quadprog needed")
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
     # On a shared 2-core machine torch's thread pool thrashes (100x slower small solves).

@@ -139,8 +139,8 @@ def _solve_free(
     while start < n and counts[start] > 0:
         m = counts[start]
         end = min(n, start + max(1, budget // (m * m)))
-        rows = order[start:end]
-        x[rows] = _solve_block(matrix, q[rows], active[rows], m, True, workspace)
+        chunk = order[start:end]
+        x[chunk] = _solve_block(matrix, q[chunk], active[chunk], m, True, workspace)
         start = end
     return x
 
@@ -201,9 +201,10 @@ def solve_lcp(
     pivoting (the primal-dual active-set method of Hintermüller, Ito & Kunisch 2002): each
     iteration solves every row's equality system on its free set (one batched Cholesky), then
     exchanges the infeasible coordinates, with Júdice & Pires' (1994) safeguard from the 9th
-    iteration on: after 3 exchanges that do not reduce the number of infeasibilities a row pivots one coordinate at a
-    time (Murty's rule), which terminates. Coordinates infeasible by less than 64 ulp of
-    ``|q| + |x| max_i M_ii`` (the round-off of ``y``) are left alone (degenerate ties). ``single_pivot`` uses Murty's rule from the start.
+    iteration on: after 3 exchanges that do not reduce the number of infeasibilities a row
+    pivots one coordinate at a time (Murty's rule), which terminates. Coordinates infeasible by
+    less than 64 ulp of ``|q| + |x| max_i M_ii`` (the round-off of ``y``) are left alone
+    (degenerate ties). ``single_pivot`` uses Murty's rule from the start.
 
     Memory: the systems are built in chunks of at most ``budget`` elements (default
     ``max(2^24, 4 K^2)``), so the solver needs O(K^2 + B K), never O(B K^2).
@@ -320,7 +321,11 @@ def solve_lcp_certified(
         k = q.shape[-1]
         robust = {key: options[key] for key in ("host_shapes", "workspace") if key in options}
         x_rows, active_rows = solve_lcp(
-            matrix, q[rows], single_pivot=True, max_iters=max(100, 20 * k), **robust  # type: ignore[arg-type]
+            matrix,
+            q[rows],
+            single_pivot=True,
+            max_iters=max(100, 20 * k),
+            **robust,  # type: ignore[arg-type]
         )
         x_rows = x_rows.clamp(min=0)
         uncertified = (~(lcp_residual(matrix, q[rows], x_rows) <= tol)).sum()

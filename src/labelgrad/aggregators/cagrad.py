@@ -135,7 +135,9 @@ class CAGrad(Aggregator):
         weights = torch.where(norm_w >= self.norm_eps, weights, torch.zeros_like(weights))
         return weights.to(gramian.dtype)
 
-    def _certify(self, w: Tensor, g: Tensor, b: Tensor, sqrt_phi: Tensor, lam_max: Tensor) -> Tensor:
+    def _certify(
+        self, w: Tensor, g: Tensor, b: Tensor, sqrt_phi: Tensor, lam_max: Tensor
+    ) -> Tensor:
         """Check the Frank-Wolfe gap of ``w``; where it fails, solve exactly (:meth:`_exact`).
 
         ``f`` is convex, so ``gap = ∇f(w)^T w - min_i ∇f(w)_i >= f(w) - f*``; certified when the
