@@ -132,6 +132,11 @@ def _solve_free(
         ]
         return torch.cat(parts)
     free_count = (~active).sum(dim=-1)
+    m = int(free_count.max())  # CPU only: free
+    if m == 0:
+        return torch.zeros_like(q)
+    if n * m * m <= budget:  # the common case: one block, no sorting
+        return _solve_block(matrix, q, active, m, True, workspace)
     order = torch.argsort(free_count, descending=True, stable=True)
     counts = free_count[order].tolist()  # CPU only: free
     x = torch.zeros_like(q)
