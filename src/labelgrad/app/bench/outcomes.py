@@ -1,11 +1,13 @@
 """The outcomes benchmark: does label-aware gradient control make models better on real data?
 
 Three experiments, every method trained with one fixed recipe per experiment (same model, epochs,
-optimizer, learning rate, batch size, seeds; nothing tuned per method), mean ± std over seeds:
+optimizer, learning rate, batch size, seeds; nothing tuned per method), mean ± std over seeds.
+The recipes and their constants are :mod:`labelgrad.app.recipes`, the metrics
+:mod:`labelgrad.app.metrics`: the same as ``labelgrad demo`` and ``labelgrad train`` use.
 
 (a) Long tail: Fashion-MNIST-LT (CIFAR-LT protocol, IF = 100 and 10, the official balanced test
     set), or digits-LT where Fashion-MNIST is not installed, with a small CNN. Methods: plain
-    cross-entropy; ``class_weights`` with effective-number weights (beta = 0.9999); deferred
+    cross-entropy; ``class_weights`` with effective-number weights; deferred
     re-weighting (``schedule(class_weights(...), start_step=...)``); plain sigmoid BCE and
     ``eqlv2`` with sigmoid BCE; ``RowRules`` with a larger step for tail rows; the logit-adjusted
     loss (Menon et al., ICLR 2021, tau = 1) as the literature's reference point. Metrics:
@@ -35,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import labelgrad as lg
@@ -50,20 +51,21 @@ from labelgrad.app.datasets import (
 from labelgrad.app.metrics import (
     FEW_SHOT,
     MANY_SHOT,
-    average_precision,
-    f1_scores,
+    multilabel_metrics,
+    per_class_recall,
     shot_group_accuracy,
 )
 from labelgrad.app.plots import plot_per_class_accuracy, pyplot, save_figure
-from labelgrad.app.training import (
-    MLP,
-    effective_number_weights,
-    epoch_batches,
-    one_vs_all_bce,
-    per_class_recall,
-    progress_bar,
-    small_model_threads,
+from labelgrad.app.recipes import (
+    BETA,
+    DRW_FRACTION,
+    LA_TAU,
+    LONG_TAIL_METHODS,
+    TAIL_LR_POWER,
+    long_tail_recipe,
+    multilabel_step,
 )
+from labelgrad.app.training import MLP, epoch_batches, progress_bar, small_model_threads
 from labelgrad.report import atomic_write_text, check_writable_dir
 
 __all__ = [
@@ -79,30 +81,7 @@ __all__ = [
     "run_outcomes",
 ]
 
-BETA = 0.9999
-"""Effective-number beta of ``class_weights`` and deferred re-weighting (Cui et al., 2019)."""
-
-TAIL_LR_POWER = 0.5
-"""RowRules: head row c steps with lr × (n_max / n_c) ** 0.5, rows of classes absent from a batch
-stay put (skip_absent). The same setting as ``labelgrad demo`` (chosen there on digits-LT, not on
-the data of this benchmark)."""
-
-LA_TAU = 1.0
-"""Logit adjustment: cross-entropy of ``logits + tau * log(prior)`` (Menon et al., 2021)."""
-
-DRW_FRACTION = 2 / 3
-"""Deferred re-weighting starts after this share of the training steps (Cao et al. 2019 start at
-epoch 160 of 200; two thirds leaves the re-weighted phase long enough for a short schedule)."""
-
-LT_METHODS = (
-    "plain_ce",
-    "class_weights",
-    "deferred_reweighting",
-    "plain_sigmoid",
-    "eqlv2",
-    "row_rules",
-    "logit_adjusted",
-)
+LT_METHODS = LONG_TAIL_METHODS
 """Long-tail methods. ``plain_ce`` and ``plain_sigmoid`` are the baselines of the softmax and the
 sigmoid methods; ``logit_adjusted`` is the literature's reference (not a labelgrad recipe)."""
 
@@ -317,122 +296,41 @@ def _lt_run(
     ds: Dataset, side: int, method: str, seed: int, sizes: Sizes, dev: torch.device
 ) -> tuple[dict[str, float], Tensor]:
     torch.manual_seed(seed)
-    c = ds.num_classes
-    model = SmallCNN(side, c).to(dev)
-    counts = ds.train_counts()
-    opt: Any = torch.optim.Adam(model.parameters(), lr=sizes.lt_lr)
+    model = SmallCNN(side, ds.num_classes).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=sizes.lt_lr)
     n = len(ds.x_train)
     total_steps = sizes.lt_epochs * math.ceil(n / sizes.lt_batch)
-    weights = effective_number_weights(counts, BETA).to(dev)
-    policy: nn.Module | None = None
-    if method == "class_weights":
-        policy = lg.class_weights(weights)
-    elif method == "deferred_reweighting":
-        policy = lg.schedule(lg.class_weights(weights), start_step=int(DRW_FRACTION * total_steps))
-    elif method == "eqlv2":
-        policy = lg.eqlv2(num_classes=c)
-    elif method == "row_rules":
-        scale = (counts.max() / counts.clamp(min=1)).double() ** TAIL_LR_POWER
-        opt = lg.RowRules(opt, rows=model.head, lr_scale=scale.float().to(dev), skip_absent=True)
-    if policy is not None:
-        policy.to(dev)
-    log_prior = torch.log(counts.double() / counts.sum()).float().to(dev)
-    sigmoid = method in ("plain_sigmoid", "eqlv2")
+    counts = ds.train_counts()
+    step = long_tail_recipe(method, model.head, opt, counts, total_steps=total_steps).step(model)
     x = ds.x_train.view(n, 1, side, side).to(dev)
     y = ds.y_train.to(dev)
-
-    def step(idx: Tensor) -> None:
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
-        logits = model(xb)
-        if policy is not None:
-            logits = policy(logits, yb)
-        if sigmoid:
-            loss = one_vs_all_bce(logits, yb)
-        elif method == "logit_adjusted":
-            loss = F.cross_entropy(logits + LA_TAU * log_prior, yb)
-        else:
-            loss = F.cross_entropy(logits, yb)
-        loss.backward()
-        if method == "row_rules":
-            opt.step(targets=yb)
-        else:
-            opt.step()
-
     model.train()
-    _epochs(n, sizes.lt_batch, sizes.lt_epochs, seed, step)
+    _epochs(n, sizes.lt_batch, sizes.lt_epochs, seed, lambda idx: step(x[idx], y[idx]))
     model.eval()
     xt = ds.x_test.view(len(ds.x_test), 1, side, side)
     with torch.no_grad():
         pred = torch.cat([model(xb.to(dev)).argmax(1).cpu() for xb in xt.split(1000)])
-    recall = per_class_recall(pred, ds.y_test, c)
+    recall = per_class_recall(pred, ds.y_test, ds.num_classes)
     groups = shot_group_accuracy(recall, counts)
     metrics = {"balanced_acc": float(recall.nanmean())}
     metrics.update({f"{k}_acc": v for k, v in groups.items()})
     return metrics, recall
 
 
-def _yeast_metrics(scores: Tensor, y: Tensor) -> dict[str, float]:
-    ap = average_precision(scores, y)
-    macro, micro, _ = f1_scores((scores > 0.5).long(), y)
-    return {
-        "map": float(ap.nanmean()),
-        "worst_ap": float(ap[~ap.isnan()].min()),
-        "macro_f1": macro,
-        "micro_f1": micro,
-    }
-
-
 def _yeast_run(
     ds: Dataset, y_train: Tensor, method: str, seed: int, sizes: Sizes, dev: torch.device
 ) -> dict[str, float]:
     torch.manual_seed(seed)
-    k = ds.num_classes
-    model = MLP(ds.num_features, [128], k).to(dev)
+    model = MLP(ds.num_features, [128], ds.num_classes).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=sizes.yeast_lr)
-    policy: nn.Module | None = None
-    if method == "mask_unknown":
-        policy = lg.mask_unknown()
-    elif method == "mask_unknown+class_weights":
-        known_pos = (y_train == 1).sum(0)
-        policy = lg.chain(
-            lg.mask_unknown(), lg.class_weights(effective_number_weights(known_pos, BETA))
-        )
-    if policy is not None:
-        policy.to(dev)
-    agg_name, _, engine = method.partition("/")
-    aggregator = getattr(lg.aggregators, agg_name)() if engine else None
+    step = multilabel_step(method, model, opt, y_train)
     x, y = ds.x_train.to(dev), y_train.to(dev)
-
-    def step(idx: Tensor) -> None:
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
-        feats = model.features(xb)
-        logits = model.head(feats)
-        if aggregator is None:
-            if policy is not None:
-                logits = policy(logits, yb)
-            # Unknown (-1) entries are 0-targets here; mask_unknown zeroes their gradient.
-            F.binary_cross_entropy_with_logits(logits, yb.clamp(min=0).float()).backward()
-        else:
-            # The K losses sum to the same mean BCE as the "sum" run.
-            losses = lg.per_label_losses(logits, yb)
-            extra: dict[str, Any] = {}
-            if engine == "representation":
-                extra = {"features": feats, "head": model.head}
-            lg.aggregate_backward(
-                losses,
-                model.trunk.parameters(),
-                aggregator,
-                engine="representation" if engine == "representation" else "exact",
-                **extra,
-            )
-        opt.step()
-
-    step_ms = _epochs(len(x), sizes.yeast_batch, sizes.yeast_epochs, seed, step)
+    step_ms = _epochs(
+        len(x), sizes.yeast_batch, sizes.yeast_epochs, seed, lambda idx: step(x[idx], y[idx])
+    )
     with torch.no_grad():
         scores = torch.sigmoid(model(ds.x_test.to(dev))).cpu()
-    out = _yeast_metrics(scores, ds.y_test)
+    out, _ = multilabel_metrics(scores, ds.y_test)
     out["step_ms"] = step_ms
     return out
 
