@@ -70,16 +70,22 @@ LONG_TAIL_METHODS = (
     "plain_sigmoid",
     "eqlv2",
     "row_rules",
+    "logit_adjust",
+    "seesaw",
+    "logit_adjust+row_rules",
     "logit_adjusted",
 )
 """Every single-label recipe :func:`long_tail_recipe` builds. ``plain_ce`` and ``plain_sigmoid``
 are the baselines of the softmax and the sigmoid methods; ``logit_adjusted`` is the literature's
-reference point, not a labelgrad recipe."""
+reference point (the logit-adjusted *loss*), not a labelgrad recipe; ``logit_adjust`` is the
+policy of the same name under plain cross-entropy (the same gradient)."""
 
 MULTILABEL_METHODS = (
     "unknown_as_negative",
     "mask_unknown",
     "mask_unknown+class_weights",
+    "asymmetric_focus",
+    "mask_unknown+asymmetric_focus",
     "sum",
 )
 """The multi-label recipes of :func:`multilabel_step` besides ``"<Aggregator>[/engine]"``."""
@@ -203,7 +209,11 @@ def long_tail_recipe(
         policy = lg.schedule(lg.class_weights(effective_number_weights(counts)), start_step=start)
     elif method == "eqlv2":
         policy = lg.eqlv2(num_classes=c)
-    elif method == "row_rules":
+    elif method in ("logit_adjust", "logit_adjust+row_rules"):
+        policy = lg.logit_adjust(counts.float().clamp(min=1), tau=LA_TAU)
+    elif method == "seesaw":
+        policy = lg.seesaw(c)
+    if method.endswith("row_rules"):
         # skip_absent: a batch without class c leaves row c (and its Adam moments) untouched,
         # so rare classes are not pushed down by every batch they are missing from.
         scale = tail_lr_scale(counts).to(dev)
@@ -213,7 +223,7 @@ def long_tail_recipe(
     if policy is not None:
         policy.to(dev)
     loss = _long_tail_loss(method, counts, dev)
-    return Recipe(method, policy, optimizer, loss, rows=method == "row_rules")
+    return Recipe(method, policy, optimizer, loss, rows=method.endswith("row_rules"))
 
 
 def _long_tail_loss(
@@ -240,7 +250,8 @@ def multilabel_step(
     Args:
         method: one of :data:`MULTILABEL_METHODS` (unknown (-1) entries are 0-targets for
             ``unknown_as_negative``; ``mask_unknown`` zeroes their gradient; ``+class_weights``
-            adds effective-number weights of the known positives), or ``"<Aggregator>"`` /
+            adds effective-number weights of the known positives; ``asymmetric_focus`` replaces
+            the BCE gradient by that of ASL with its defaults), or ``"<Aggregator>"`` /
             ``"<Aggregator>/<engine>"`` (e.g. ``"UPGrad/exact"``): the per-label BCE losses
             aggregated on the trunk by :func:`labelgrad.aggregate_backward` (engine ``auto``
             without ``/engine``). ``sum`` is the plain mean BCE.
@@ -276,6 +287,8 @@ def _masked_bce_step(
         policies.append(lg.mask_unknown())
     if name == "mask_unknown+class_weights":
         policies.append(lg.class_weights(effective_number_weights((y_train == 1).sum(0))))
+    if name.endswith("asymmetric_focus"):
+        policies.append(lg.asymmetric_focus())
     if monitor is not None:
         policies.append(monitor)
     policy = lg.chain(*policies).to(model.head.weight.device) if policies else None
