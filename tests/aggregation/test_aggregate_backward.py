@@ -210,7 +210,7 @@ def test_representation_single_label_groups_is_diagonal_and_warns() -> None:
         feats = trunk(x)
         losses = lg.per_label_losses(head(feats), y, loss="ce", groups=[[0, 1], [2, 3]])
         g_ref, trunk_ref = _feature_reference(losses, feats, trunk, InvNorm())
-        lg.aggregation.engines._WARNED.discard("repr-diagonal")
+        lg.aggregation._warn._WARNED.discard("repr-diagonal")
         trunk.zero_grad(set_to_none=True)
         with pytest.warns(UserWarning, match="diagonal"):
             out = lg.aggregate_backward(
@@ -413,7 +413,7 @@ def test_closed_form_non_finite_gramian_raises() -> None:
 def test_accelerator_path_decides_nonfinite_on_device() -> None:
     """Off the CPU the non-finite check must not read values back: run the weights on meta."""
     import labelgrad as lg
-    from labelgrad.aggregation.backward import _weights
+    from labelgrad.aggregation.weighing import weigh as _weights
 
     g = torch.eye(3, device="meta")
     w = _weights(lg.aggregators.Mean(), g, "raise")  # would raise on meta if it synced
