@@ -60,11 +60,6 @@ def _identity_rows(k: int, start: int, stop: int, like: Tensor) -> Tensor:
     return rows
 
 
-def _chunks(k: int, chunk_size: int | None) -> Iterator[tuple[int, int]]:
-    step = k if chunk_size is None else max(1, min(k, chunk_size))
-    return ((i, min(k, i + step)) for i in range(0, k, step))
-
-
 def exact_jacobian(
     losses: Tensor,
     inputs: Sequence[Tensor],
@@ -85,20 +80,34 @@ def exact_jacobian(
     Returns:
         One (K, *shape) tensor per input, None where the losses do not reach that input.
     """
-    k = losses.numel()
-    out: list[Tensor | None] = []
     with no_state_update():
-        for a, b in _chunks(k, chunk_size):
-            part, batched = _rows_of(losses, inputs, a, b, batched)
-            if a == 0 and b == k:
-                return list(part)
-            if a == 0:  # rows are copied into place: J is held once, not once more by a cat
-                out = [None if j is None else j.new_empty((k, *j.shape[1:])) for j in part]
-            for dst, src in zip(out, part):
-                if dst is not None and src is not None:
-                    dst[a:b] = src
-            del part
-    return out
+        return _row_range(losses, inputs, 0, losses.numel(), chunk_size, batched)[0]
+
+
+def _row_range(
+    losses: Tensor,
+    inputs: Sequence[Tensor],
+    start: int,
+    stop: int,
+    chunk_size: int | None,
+    batched: bool | None,
+) -> tuple[list[Tensor | None], bool | None]:
+    """Rows ``start:stop`` of the Jacobian, ``chunk_size`` rows per backward, copied in place
+    (J is held once, not once more by a concatenation)."""
+    out: list[Tensor | None] = []
+    step = stop - start if chunk_size is None else max(1, chunk_size)
+    for a in range(start, stop, step):
+        b = min(stop, a + step)
+        part, batched = _rows_of(losses, inputs, a, b, batched)
+        if a == start and b == stop:
+            return list(part), batched
+        if a == start:
+            out = [None if j is None else j.new_empty((stop - start, *j.shape[1:])) for j in part]
+        for dst, src in zip(out, part):
+            if dst is not None and src is not None:
+                dst[a - start : b - start] = src
+        del part
+    return out, batched
 
 
 def _rows_of(
@@ -139,43 +148,53 @@ def row_bytes(inputs: Sequence[Tensor]) -> int:
 
 
 def blocked_gramian(
-    losses: Tensor, inputs: Sequence[Tensor], *, chunk_size: int, batched: bool | None
+    losses: Tensor,
+    inputs: Sequence[Tensor],
+    *,
+    anchor_rows: int,
+    chunk_size: int,
+    batched: bool | None,
 ) -> tuple[Tensor, list[bool]]:
-    """G = J J^T with at most two chunks of ``chunk_size`` rows of J alive at once.
+    """G = J J^T holding at most ``anchor_rows`` + ``chunk_size`` rows of J at once.
 
-    Each pair of row blocks (a, b >= a) is formed from block a, kept, and block b, recomputed:
-    about K^2 / (2 chunk_size) per-label backward rows instead of K, for memory that does not
-    grow with K x P. Used by the exact engine when J does not fit in ``memory_budget``.
+    Rows are taken ``anchor_rows`` at a time (the anchor block, kept) and the later rows are
+    recomputed ``chunk_size`` at a time against it: about K^2 / (2 anchor_rows) per-label
+    backward rows instead of K, for memory that does not grow with K x P. Used by the exact
+    engine when J does not fit in ``memory_budget``.
 
     Returns:
         (G, reached): ``reached[i]`` is False where the losses do not reach ``inputs[i]``.
     """
     k = losses.numel()
-    spans = list(_chunks(k, chunk_size))
     g: Tensor | None = None
     reached: list[bool] = []
     with no_state_update():
-        for i, (a0, a1) in enumerate(spans):
-            block_a, batched = _rows_of(losses, inputs, a0, a1, batched)
+        for a0 in range(0, k, max(1, anchor_rows)):
+            a1 = min(k, a0 + max(1, anchor_rows))
+            block, batched = _row_range(losses, inputs, a0, a1, chunk_size, batched)
             if g is None:
-                reached = [j is not None for j in block_a]
-                dtype = _gramian_dtype([j for j in block_a if j is not None] or [losses])
+                reached = [j is not None for j in block]
+                dtype = _gramian_dtype([j for j in block if j is not None] or [losses])
                 g = torch.zeros(k, k, dtype=dtype, device=losses.device)
-            flat_a = [j.reshape(a1 - a0, -1).to(g.dtype) for j in block_a if j is not None]
-            for b0, b1 in spans[i:]:
-                if b0 == a0:
-                    block_b = block_a
-                else:
-                    block_b, batched = _rows_of(losses, inputs, b0, b1, batched)
+            anchor = [j.reshape(a1 - a0, -1).to(g.dtype) for j in block if j is not None]
+            del block
+            for fa in anchor:
+                g[a0:a1, a0:a1].addmm_(fa, fa.T)
+            for b0, b1 in _chunks_between(a1, k, chunk_size):
+                part, batched = _rows_of(losses, inputs, b0, b1, batched)
                 tile = g[a0:a1, b0:b1]
-                for fa, jb in zip(flat_a, [j for j in block_b if j is not None]):
+                for fa, jb in zip(anchor, [j for j in part if j is not None]):
                     tile.addmm_(fa, jb.reshape(b1 - b0, -1).to(g.dtype).T)
-                if b0 != a0:
-                    g[b0:b1, a0:a1] = tile.T
-                del block_b
-            del block_a, flat_a
+                g[b0:b1, a0:a1] = tile.T
+                del part
+            del anchor
     assert g is not None
     return g, reached
+
+
+def _chunks_between(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
+    step = max(1, step)
+    return ((i, min(stop, i + step)) for i in range(start, stop, step))
 
 
 def _gramian_dtype(tensors: Sequence[Tensor]) -> torch.dtype:

@@ -73,10 +73,13 @@ class Exact:
             rows = rows_per_chunk(k, per_row, call, held=k * per_row)
             jac = checked_jacobian(call, params, "shared", rows)
             return Prepared(None if call.needs_jacobian else gramian_of(jac), jac)
-        # J does not fit: two blocks of rows and their backward in flight, about 4 blocks.
-        rows = call.options.chunk_size or max(1, call.options.memory_budget // (4 * per_row))
+        # J does not fit: an anchor block of half the budget, the other rows streamed against
+        # it in chunks whose backward (rows plus as much again in flight) takes a quarter.
+        budget = call.options.memory_budget
+        anchor = max(1, budget // (2 * per_row))
+        rows = call.options.chunk_size or max(1, budget // (8 * per_row))
         g, reached = blocked_gramian(
-            call.losses, params, chunk_size=rows, batched=call.options.batched
+            call.losses, params, anchor_rows=anchor, chunk_size=rows, batched=call.options.batched
         )
         _check_reached(params, reached, "shared")
         return Prepared(g, None)
