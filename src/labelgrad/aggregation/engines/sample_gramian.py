@@ -212,14 +212,14 @@ class SampleGramian:
         if structure.sample_group.numel() != structure.logits.shape[0]:
             why = "several label positions per sample (the groups are not sample-disjoint)"
             return Verdict(self.name, False, "positions", _NOT + why)
-        if _tracker(call) is None:
+        tracker = _tracker(call)
+        if tracker is None:
             why = (
                 "shared is not a module tracked with lg.aggregation.track(module) before the "
                 "forward (or pass tracker=)"
             )
             return Verdict(self.name, False, "not_tracked", _NOT + why)
-        modules = call.shared.modules() if isinstance(call.shared, nn.Module) else []
-        for sub in modules:
+        for sub in tracker.module.modules():
             if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
                 why = f"{type(sub).__name__} in training mode couples the samples of the batch"
                 return Verdict(self.name, False, "batchnorm", _NOT + why)
