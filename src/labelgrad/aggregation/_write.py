@@ -13,13 +13,17 @@ from labelgrad.policies import no_state_update
 __all__ = ["add_grad", "others", "plain_backward_with_updates", "weighted_backward"]
 
 
-def add_grad(p: Tensor, g: Tensor) -> None:
-    """``p.grad += g`` (set where there is none yet), in ``p``'s dtype."""
-    g = g.to(p.dtype)
-    if p.grad is None:
-        p.grad = g.detach().clone()
+def add_grad(p: Tensor, g: Tensor, fresh: bool = False) -> None:
+    """``p.grad += g`` (set where there is none yet), in ``p``'s dtype.
+
+    ``fresh``: ``g`` is a new tensor nobody else holds, so it becomes ``.grad`` without a copy.
+    """
+    if p.grad is not None:
+        p.grad.add_(g.to(p.dtype))
+    elif fresh and g.dtype == p.dtype and g.is_contiguous():
+        p.grad = g.detach()
     else:
-        p.grad.add_(g)
+        p.grad = g.detach().to(p.dtype, copy=True)
 
 
 def others(losses: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
@@ -37,7 +41,7 @@ def plain_backward_with_updates(
         torch.autograd.backward(losses.sum(), inputs=rest)
         with torch.no_grad():
             for p, u in zip(params, updates):
-                add_grad(p, u)
+                add_grad(p, u, fresh=True)
         return
     # No other parameter: one backward with the shared gradients replaced, so that stateful
     # policies at the logits still see this batch once.

@@ -81,15 +81,21 @@ def _positions(module: nn.Module, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]
     return a.reshape(n, -1, a.shape[-1]), b.reshape(n, -1, b.shape[-1])
 
 
+def _add_layer_gramian(total: Tensor, a: Tensor, b: Tensor, has_bias: bool) -> None:
+    """``total += `` the N x N Gramian of one layer's per-sample gradients (weight and bias)."""
+    if a.shape[1] == 1:  # one position per sample: (A A^T + 1) ⊙ (B B^T), fused in place
+        aa = torch.mm(a[:, 0], a[:, 0].T)
+        if has_bias:
+            aa.add_(1)
+        total.addcmul_(aa, torch.mm(b[:, 0], b[:, 0].T))
+    else:
+        total.add_(_layer_gramian(a, b, has_bias))
+
+
 def _layer_gramian(a: Tensor, b: Tensor, has_bias: bool) -> Tensor:
-    """N x N Gramian of the per-sample gradients of one layer (weight and bias)."""
+    """N x N Gramian of the per-sample gradients of one layer, T positions per sample."""
     n, t, din = a.shape
     dout = b.shape[2]
-    if t == 1:
-        aa = a[:, 0] @ a[:, 0].T
-        if has_bias:
-            aa = aa + 1
-        return aa * (b[:, 0] @ b[:, 0].T)
     bias = b.sum(1) @ b.sum(1).T if has_bias else 0
     if n * t * t <= din * dout:  # ghost-norm over position pairs is cheaper
         aa = torch.einsum("nti,msi->nmts", a, a)
@@ -106,14 +112,13 @@ class _Layers:
     prepared: list[tuple[nn.Module, Tensor, Tensor]]
     fallback: list[Tensor]
     fallback_jacobian: list[Tensor]
-    coeff_dtype: torch.dtype
+    vmask: Tensor  # (N,) 1.0 where the sample's label counts, in the Gramian's dtype
 
 
 def _live_layers(
-    call: Call, tracker: Tracker, n: int
+    call: Call, tracker: Tracker, n: int, on_graph: set[int]
 ) -> tuple[list[tuple[nn.Module, Tensor, Tensor]], set[int]]:
     """Tracked layers of this forward that own shared parameters and have a per-sample rule."""
-    on_graph = {id(node) for node in _graph.nodes_reached(call.losses.grad_fn)}
     wanted = {id(p) for p in call.params}
     layers: list[tuple[nn.Module, Tensor, Tensor]] = []
     covered: set[int] = set()
@@ -162,12 +167,13 @@ def _fallback_jacobian(call: Call, fallback: list[Tensor]) -> list[Tensor]:
     return [j for j in jac if j is not None]
 
 
-def _backward_to_outputs(call: Call, tracker: Tracker, outs: list[Tensor]) -> list[Tensor | None]:
+def _backward_to_outputs(
+    call: Call, tracker: Tracker, outs: list[Tensor], others: list[Tensor]
+) -> list[Tensor | None]:
     """The one ordinary backward, to the layer outputs (B) and the non-shared leaves only.
 
     The covered layers' own weight gradients are not formed (they come from B^T diag(c) A).
     """
-    others = _write.others(call.losses, call.params)
     try:
         grads = torch.autograd.grad(call.losses.sum(), [*outs, *others], allow_unused=True)
     finally:
@@ -180,10 +186,9 @@ def _backward_to_outputs(call: Call, tracker: Tracker, outs: list[Tensor]) -> li
     return list(grads[: len(outs)])
 
 
-def _group_gramian(p_total: Tensor, group: Tensor, valid: Tensor, k: int) -> Tensor:
+def _group_gramian(p_total: Tensor, group: Tensor, vmask: Tensor, k: int) -> Tensor:
     """G = S^T P S as two scatters over the group ids (no one-hot matrix, no host sync)."""
-    vmask = valid.to(p_total.dtype)
-    p_total = p_total * vmask.unsqueeze(1) * vmask.unsqueeze(0)
+    p_total.mul_(vmask.unsqueeze(1)).mul_(vmask.unsqueeze(0))
     n, dtype, device = p_total.shape[0], p_total.dtype, p_total.device
     rows = torch.zeros(k, n, dtype=dtype, device=device).index_add_(0, group, p_total)
     return torch.zeros(k, k, dtype=dtype, device=device).index_add_(1, group, rows)
@@ -236,10 +241,13 @@ class SampleGramian:
         assert structure.sample_group is not None
         assert structure.sample_known is not None
         n = structure.logits.shape[0]
-        layers, covered = _live_layers(call, tracker, n)
+        nodes = _graph.nodes_reached(call.losses.grad_fn)  # one walk for both uses below
+        layers, covered = _live_layers(call, tracker, n, {id(node) for node in nodes})
         fallback = [p for p in call.params if id(p) not in covered]
         fb_jac = _fallback_jacobian(call, fallback)
-        b_outs = _backward_to_outputs(call, tracker, [out for _, _, out in layers])
+        wanted = {id(p) for p in call.params}
+        others = [v for v in _graph.variables(nodes) if id(v) not in wanted]
+        b_outs = _backward_to_outputs(call, tracker, [out for _, _, out in layers], others)
         dtype = torch.promote_types(call.losses.dtype, torch.float32)
         p_total = torch.zeros(n, n, dtype=dtype, device=call.losses.device)
         prepared: list[tuple[nn.Module, Tensor, Tensor]] = []
@@ -248,13 +256,12 @@ class SampleGramian:
                 b_out = torch.zeros_like(out)
             a, b = _positions(module, a_in, b_out)
             prepared.append((module, a, b))
-            p_total += _layer_gramian(a.to(dtype), b.to(dtype), module.bias is not None)
-        g = _group_gramian(
-            p_total, structure.sample_group, structure.sample_known, structure.num_groups
-        )
+            _add_layer_gramian(p_total, a.to(dtype), b.to(dtype), module.bias is not None)
+        vmask = structure.sample_known.to(dtype)
+        g = _group_gramian(p_total, structure.sample_group, vmask, structure.num_groups)
         if fb_jac:
             g = g + gramian_of(fb_jac)
-        return Prepared(g, _Layers(prepared, fallback, fb_jac, dtype))
+        return Prepared(g, _Layers(prepared, fallback, fb_jac, vmask))
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
         assert weights is not None
@@ -263,8 +270,7 @@ class SampleGramian:
         assert structure is not None
         assert structure.sample_known is not None
         assert structure.sample_group is not None
-        dtype = layers.coeff_dtype
-        c = weights.to(dtype)[structure.sample_group] * structure.sample_known.to(dtype)
+        c = weights.to(layers.vmask.dtype)[structure.sample_group] * layers.vmask
         with torch.no_grad():
             updates: dict[int, Tensor] = {}
             for module, a, b in layers.prepared:
@@ -278,4 +284,4 @@ class SampleGramian:
             for p, j in zip(layers.fallback, layers.fallback_jacobian):
                 updates[id(p)] = torch.tensordot(weights.to(j.dtype), j, dims=1)
             for p in call.params:
-                _write.add_grad(p, updates[id(p)])
+                _write.add_grad(p, updates[id(p)], fresh=True)
