@@ -109,3 +109,22 @@ def test_not_a_linear_head_is_said() -> None:
     losses = lg.per_label_losses(head(feats), y)
     said = lg.explain_engine(losses, features=feats, head=nn.Sequential(head))
     assert "head is a Sequential, not an nn.Linear" in said
+
+
+def test_a_parameter_inside_the_loss_still_gets_the_plain_gradient() -> None:
+    """The backward may start at the logits only where nothing learnable sits in the loss."""
+    trunk, head, x, y = _model()
+    scale = nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
+
+    def loss(z: Tensor, t: Tensor) -> Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(z * scale, t, reduction="none")
+
+    feats = trunk(x)
+    losses = lg.per_label_losses(head(feats), y, loss=loss)
+    ref_scale = torch.autograd.grad(losses.sum(), scale, retain_graph=True)[0]
+    ref_head = torch.autograd.grad(losses.sum(), list(head.parameters()), retain_graph=True)
+    out = lg.aggregate_backward(losses, trunk, InvNorm(), features=feats, head=head)
+    assert out.reason.startswith(CLOSED)
+    torch.testing.assert_close(scale.grad, ref_scale)
+    for p, r in zip(head.parameters(), ref_head):
+        torch.testing.assert_close(p.grad, r)

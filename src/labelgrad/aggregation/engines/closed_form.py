@@ -72,8 +72,16 @@ class ClosedFormRepresentation:
         with no_state_update():
             (d,) = torch.autograd.grad(call.losses.sum(), structure.logits, retain_graph=True)
         fj = closed_form(d, structure, head)
-        return Prepared(fj.gramian(), fj)
+        # The final backward can start at the logits with D (not redo losses -> logits) unless
+        # a leaf hangs between them (e.g. a callable loss with a parameter of its own).
+        stop = structure.logits.grad_fn
+        from_logits = stop is not None and not _graph.leaves_reached(call.losses, stop=stop)
+        return Prepared(fj.gramian(), (fj, d if from_logits else None))
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
         assert weights is not None
-        weighted_feature_backward(call, prepared.state, weights)
+        fj, d = prepared.state
+        structure = call.options.structure
+        assert structure is not None
+        start = None if d is None else (structure.logits, d)
+        weighted_feature_backward(call, fj, weights, start=start)

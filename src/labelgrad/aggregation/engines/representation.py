@@ -76,14 +76,26 @@ def check_features(call: Call) -> Tensor:
     return features
 
 
-def weighted_feature_backward(call: Call, fj: FeatureJacobian, weights: Tensor) -> None:
-    """One ordinary backward with the feature gradient replaced by the weighted one."""
+def weighted_feature_backward(
+    call: Call,
+    fj: FeatureJacobian,
+    weights: Tensor,
+    start: tuple[Tensor, Tensor] | None = None,
+) -> None:
+    """One ordinary backward with the feature gradient replaced by the weighted one.
+
+    ``start``: (tensor, its gradient) to start from instead of ``losses.sum()`` (the logits and
+    the D already computed, so the loss's own ops are not run twice).
+    """
     features = call.options.features
     assert features is not None
     weighted = fj.combine(weights, features.shape).to(features.dtype)
     handle = features.register_hook(lambda _g: weighted)
     try:
-        torch.autograd.backward(call.losses.sum())
+        if start is None:
+            torch.autograd.backward(call.losses.sum())
+        else:
+            torch.autograd.backward(start[0], grad_tensors=start[1])
     finally:
         handle.remove()
 
