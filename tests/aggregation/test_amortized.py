@@ -31,15 +31,6 @@ class InvNorm:
         return gramian.diagonal().clamp_min(1e-12).rsqrt()
 
 
-class SumJacobian:
-    """A Jacobian aggregator: the column sum of J (equals Sum)."""
-
-    requires_jacobian = True
-
-    def aggregate(self, jacobian: Tensor, /) -> Tensor:
-        return jacobian.sum(0)
-
-
 def _model(c: int = 5, d: int = 8) -> tuple[nn.Module, nn.Linear]:
     torch.manual_seed(0)
     trunk = nn.Sequential(nn.Linear(6, d), nn.Tanh(), nn.Linear(d, d), nn.Tanh()).double()
@@ -52,22 +43,6 @@ def _batch(n: int = 12, c: int = 5) -> tuple[Tensor, Tensor]:
     return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(
         0, 2, (n, c), generator=g
     )
-
-
-def _reference_jacobian(losses: Tensor, params: list[Tensor]) -> list[Tensor]:
-    rows = [
-        torch.autograd.grad(losses[k], params, retain_graph=True) for k in range(losses.numel())
-    ]
-    return [torch.stack([r[i] for r in rows]) for i in range(len(params))]
-
-
-def _gramian(jac: list[Tensor]) -> Tensor:
-    flat = torch.cat([j.reshape(j.shape[0], -1) for j in jac], 1)
-    return flat @ flat.T
-
-
-def _grads(params: list[Tensor]) -> list[Tensor]:
-    return [p.grad.clone() for p in params]  # type: ignore[union-attr]
 
 
 def test_amortized_reuses_weights_and_round_trips() -> None:
@@ -111,3 +86,27 @@ def test_amortized_upgrad_state_dict() -> None:
     assert not clone.due(5)
     with pytest.raises(ValueError, match="cannot be amortized"):
         lg.aggregation.Amortized(lg.aggregators.ConFIG())
+
+
+def test_a_change_of_k_recomputes_and_the_cached_engine_says_so() -> None:
+    from labelgrad.aggregation.engines import CACHED, Call, Options
+
+    trunk, head = _model()
+    x, y = _batch()
+    agg = lg.aggregation.Amortized(InvNorm(), every=10)
+    first = lg.aggregate_backward(
+        lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=agg
+    )
+    losses = lg.per_label_losses(head(trunk(x)), y)
+    call = Call(losses, trunk, list(trunk.parameters()), agg, Options())
+    assert CACHED.applies(call).code == "cached"
+    second = lg.aggregate_backward(losses, shared=trunk, aggregator=agg)
+    assert second.reason.endswith("; cached weights (Amortized)")
+    assert torch.equal(second.weights, first.weights)
+    fewer = lg.per_label_losses(head(trunk(x)), y, groups=[[0, 1], [2, 3, 4]])
+    call = Call(fewer, trunk, list(trunk.parameters()), agg, Options())
+    assert CACHED.applies(call).code == "due"  # K changed from 5 to 2: recompute
+    third = lg.aggregate_backward(fewer, shared=trunk, aggregator=agg)
+    assert third.gramian is not None
+    assert third.weights.shape == (2,)
+    assert int(agg.step) == 3

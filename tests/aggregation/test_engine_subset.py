@@ -30,15 +30,6 @@ class InvNorm:
         return gramian.diagonal().clamp_min(1e-12).rsqrt()
 
 
-class SumJacobian:
-    """A Jacobian aggregator: the column sum of J (equals Sum)."""
-
-    requires_jacobian = True
-
-    def aggregate(self, jacobian: Tensor, /) -> Tensor:
-        return jacobian.sum(0)
-
-
 def _model(c: int = 5, d: int = 8) -> tuple[nn.Module, nn.Linear]:
     torch.manual_seed(0)
     trunk = nn.Sequential(nn.Linear(6, d), nn.Tanh(), nn.Linear(d, d), nn.Tanh()).double()
@@ -63,10 +54,6 @@ def _reference_jacobian(losses: Tensor, params: list[Tensor]) -> list[Tensor]:
 def _gramian(jac: list[Tensor]) -> Tensor:
     flat = torch.cat([j.reshape(j.shape[0], -1) for j in jac], 1)
     return flat @ flat.T
-
-
-def _grads(params: list[Tensor]) -> list[Tensor]:
-    return [p.grad.clone() for p in params]  # type: ignore[union-attr]
 
 
 def test_parameter_subset_engine() -> None:
