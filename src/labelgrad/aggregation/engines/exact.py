@@ -73,11 +73,7 @@ class Exact:
             rows = rows_per_chunk(k, per_row, call, held=k * per_row)
             jac = checked_jacobian(call, params, "shared", rows)
             return Prepared(None if call.needs_jacobian else gramian_of(jac), jac)
-        # J does not fit: an anchor block of half the budget, the other rows streamed against
-        # it in chunks whose backward (rows plus as much again in flight) takes a quarter.
-        budget = call.options.memory_budget
-        anchor = max(1, budget // (2 * per_row))
-        rows = call.options.chunk_size or max(1, budget // (8 * per_row))
+        anchor, rows = _blocked_plan(call, per_row)
         g, reached = blocked_gramian(
             call.losses, params, anchor_rows=anchor, chunk_size=rows, batched=call.options.batched
         )
@@ -95,6 +91,24 @@ class Exact:
         else:
             updates = [torch.tensordot(weights.to(j.dtype), j, dims=1) for j in jac]
         _write.plain_backward_with_updates(call.losses, call.params, updates)
+
+
+def _blocked_plan(call: Call, per_row: int) -> tuple[int, int]:
+    """(anchor rows, streamed rows per backward) for a Gramian formed within the budget.
+
+    What is left after G (K^2) goes half to the anchor block; a quarter to each streamed
+    backward, whose rows hold the parameter gradients plus about as much again in flight, plus
+    gradients of the logits' shape (N x C per row, several of them in the loss's backward).
+    """
+    k = call.losses.numel()
+    g_bytes = k * k * max(4, call.losses.element_size())
+    left = max(call.options.memory_budget - g_bytes, call.options.memory_budget // 4)
+    structure = call.options.structure
+    logit_row = 0 if structure is None else structure.logits.numel() * 4
+    in_flight = 2 * per_row + 4 * logit_row
+    anchor = max(1, left // (2 * per_row))
+    rows = call.options.chunk_size or max(1, left // (4 * in_flight))
+    return anchor, rows
 
 
 def _jacobian_update(call: Call, jac: list[Tensor]) -> list[Tensor]:
