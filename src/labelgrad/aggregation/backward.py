@@ -281,7 +281,7 @@ def aggregate_backward(
         subset: parameters (a subset of ``shared``) to compute G over (``"subset"``).
         chunk_size: rows per batched per-label backward; default from ``memory_budget``.
         memory_budget: bytes the per-label gradients may hold at once (the exact engine's peak
-            stays within about 1.5x of it).
+            stays within about 1.5x of it, plus the K x K Gramian where that is not small).
         batched: True: vmap only; False: loop of K backward passes; None: vmap, loop fallback.
         nonfinite: ``"raise"``: a non-finite Gramian, non-finite weights (e.g. a solver's NaN)
             or non-finite cached weights raise ValueError naming the aggregator;
