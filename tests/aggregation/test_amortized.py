@@ -110,3 +110,9 @@ def test_a_change_of_k_recomputes_and_the_cached_engine_says_so() -> None:
     assert third.gramian is not None
     assert third.weights.shape == (2,)
     assert int(agg.step) == 3
+
+
+@pytest.mark.parametrize("aggregator", [None, lg.aggregators.UPGrad, "UPGrad"])
+def test_amortized_refuses_what_is_not_an_aggregator(aggregator: object) -> None:
+    with pytest.raises(TypeError, match=r"^aggregator must be"):
+        lg.aggregation.Amortized(aggregator)
