@@ -5,7 +5,9 @@ A policy is an ``nn.Module`` whose call returns the logits unchanged and registe
 dL/dlogits, laid out as (N, S, C), to :meth:`Policy.transform` together with the batch's targets
 in the same layout, and passes the result on. This is deliberately a surrogate gradient: the
 parameters receive the gradient of the reweighted loss, exactly, for every loss and every model,
-at O(N·C) cost and with no host-device synchronisation.
+at O(N·C) cost and with no host-device synchronisation. Policies that set ``reads_logits = True``
+also see the forward logits (:attr:`GradContext.logits`), so that they can return the gradient of
+another loss (a surrogate); the gate saves the logits tensor itself, only for those policies.
 """
 
 from __future__ import annotations
@@ -73,11 +75,14 @@ class GradContext:
             torch.distributed (DDP and FSDP average gradients over ranks). Norm thresholds and
             gradient statistics divide by it so that they depend on neither.
         update_state: whether stateful policies may update their statistics in this pass.
+        logits: the forward logits in the gradient's (N, S, C) layout, for policies that set
+            ``reads_logits = True`` (anywhere in a chain); None otherwise.
     """
 
     targets: Targets | None
     grad_scale: Tensor | None
     update_state: bool
+    logits: Tensor | None = None
 
     def require_targets(self, policy: Policy) -> Targets:
         """Return the targets, or raise a clear error naming ``policy``."""
@@ -86,6 +91,14 @@ class GradContext:
                 f"{type(policy).__name__} reads the labels: call it as policy(logits, targets)"
             )
         return self.targets
+
+    def require_logits(self, policy: Policy) -> Tensor:
+        """Return the logits, or raise a clear error naming ``policy``."""
+        if self.logits is None:
+            raise ValueError(
+                f"{type(policy).__name__} reads the logits: set reads_logits = True on its class"
+            )
+        return self.logits
 
     def unscale(self, x: Tensor) -> Tensor:
         """Divide ``x`` by the loss scale, if a GradScaler is attached."""
@@ -102,7 +115,9 @@ class Policy(nn.Module):
     policy returns the logits unchanged; the transform runs in the backward pass.
 
     Set ``requires_targets = False`` on policies that do not read labels, so that
-    ``policy(logits)`` works without targets.
+    ``policy(logits)`` works without targets. Set ``reads_logits = True`` on policies that read
+    the forward logits (``ctx.logits``): the gate then keeps the logits tensor for the backward
+    pass (no copy; the memory of one logits tensor until backward), and only then.
 
     Args: none; subclasses take their own.
 
@@ -121,6 +136,7 @@ class Policy(nn.Module):
     """
 
     requires_targets: ClassVar[bool] = True
+    reads_logits: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -215,7 +231,9 @@ class Policy(nn.Module):
             return logits
         return gate(logits, self, t, class_dim)
 
-    def _context(self, grad: Tensor, targets: Targets | None) -> GradContext:
+    def _context(
+        self, grad: Tensor, targets: Targets | None, logits: Tensor | None = None
+    ) -> GradContext:
         scale: Tensor | None = None
         scaler = self._grad_scaler
         if scaler is not None and scaler.is_enabled():
@@ -229,7 +247,12 @@ class Policy(nn.Module):
         if world > 1:
             w = torch.full((), float(world), dtype=torch.float32, device=grad.device)
             scale = w if scale is None else scale * w
-        return GradContext(targets=targets, grad_scale=scale, update_state=state_updates_enabled())
+        return GradContext(
+            targets=targets,
+            grad_scale=scale,
+            update_state=state_updates_enabled(),
+            logits=logits,
+        )
 
 
 class _Gate(torch.autograd.Function):
@@ -244,31 +267,40 @@ class _Gate(torch.autograd.Function):
         known: Tensor | None,
         values: Tensor | None,
         indices: Tensor | None,
-        meta: tuple[Policy, Targets | None, int],
+        meta: tuple[Policy, Targets | None, int, bool],
     ) -> Tensor:
         # view_as: an identity that still gives autograd a distinct output to attach to.
         return logits.view_as(logits)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        _, positive, known, values, indices, meta = inputs
+        logits, positive, known, values, indices, meta = inputs
         ctx.meta = meta
         ctx.has_targets = positive is not None
+        # The input itself, not a copy: saved only when a policy reads it (meta[3]).
+        saved = [logits] if meta[3] else []
         if positive is not None:
-            ctx.save_for_backward(positive, known, values, indices)
+            saved += [positive, known, values, indices]
+        ctx.save_for_backward(*saved)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        policy, proto, class_dim = ctx.meta
+        policy, proto, class_dim, keep_logits = ctx.meta
         shape = grad.shape
         n, c = shape[0], shape[class_dim]
+        s = math.prod(shape) // max(n * c, 1)  # -1 is ambiguous at n=0
         flat = grad.movedim(class_dim, -1)
         moved_shape = flat.shape
-        flat = flat.reshape(n, math.prod(shape) // max(n * c, 1), c)  # -1 is ambiguous at n=0
+        flat = flat.reshape(n, s, c)
+        saved = ctx.saved_tensors
+        logits = None
+        if keep_logits:
+            logits = saved[0].movedim(class_dim, -1).reshape(n, s, c)
+            saved = saved[1:]
         targets = None
         if ctx.has_targets:
             assert proto is not None
-            positive, known, values, indices = ctx.saved_tensors
+            positive, known, values, indices = saved
             targets = Targets(
                 positive=positive,
                 known=known,
@@ -278,7 +310,7 @@ class _Gate(torch.autograd.Function):
                 indices=indices,
                 values=values,
             )
-        out = policy.transform(flat, policy._context(flat, targets))
+        out = policy.transform(flat, policy._context(flat, targets, logits))
         if _OPEN_WINDOWS:
             # Inside an accumulation window: set this micro-batch's statistics aside and restore
             # the window's starting state (see labelgrad.accumulation).
@@ -293,11 +325,11 @@ class _Gate(torch.autograd.Function):
 def gate(logits: Tensor, policy: Policy, targets: Targets | None, class_dim: int) -> Tensor:
     """Place ``policy`` on ``logits``: identity forward, ``policy.transform`` backward."""
     out: Tensor
+    keep = any(getattr(m, "reads_logits", False) for m in policy.modules())
     if targets is None:
-        out = _Gate.apply(logits, None, None, None, None, (policy, None, class_dim))
+        out = _Gate.apply(logits, None, None, None, None, (policy, None, class_dim, keep))
         return out
     flat = targets.class_last()
-    out = _Gate.apply(
-        logits, flat.positive, flat.known, flat.values, flat.indices, (policy, targets, class_dim)
-    )
+    meta = (policy, targets, class_dim, keep)
+    out = _Gate.apply(logits, flat.positive, flat.known, flat.values, flat.indices, meta)
     return out
