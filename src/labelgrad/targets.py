@@ -9,7 +9,7 @@ must say which encoding is meant with ``encoding=``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 import torch
@@ -26,7 +26,7 @@ with -1 marking an unknown label; ``"soft"``: (N, C, *) probabilities in [0, 1],
 _ENCODINGS = ("index", "multi_hot", "soft")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class Targets:
     """Validated labels of a batch, laid out like the logits they belong to.
 
@@ -63,7 +63,39 @@ class Targets:
     class_dim: int
     encoding: Encoding
     indices: Tensor | None
-    values: Tensor
+    _values: Tensor | None = field(repr=False)
+
+    def __init__(
+        self,
+        positive: Tensor,
+        known: Tensor,
+        num_classes: int,
+        class_dim: int,
+        encoding: Encoding,
+        indices: Tensor | None = None,
+        values: Tensor | None = None,
+    ) -> None:
+        # Frozen: fields are set once here. values=None (hard labels) is computed from
+        # positive on first access: most policies never read it, and it costs a cast per batch.
+        for name, value in (
+            ("positive", positive),
+            ("known", known),
+            ("num_classes", num_classes),
+            ("class_dim", class_dim),
+            ("encoding", encoding),
+            ("indices", indices),
+            ("_values", values),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def values(self) -> Tensor:
+        """Float tensor shaped like ``positive``: each entry's target value (see the class doc)."""
+        if self._values is None:
+            # Hard labels: 1 where positive, 0 elsewhere (unknown entries included).
+            object.__setattr__(self, "_values", self.positive.float())
+        values: Tensor = self._values  # type: ignore[assignment]
+        return values
 
     @property
     def shape(self) -> torch.Size:
@@ -84,7 +116,7 @@ class Targets:
             class_dim=self.class_dim,
             encoding=self.encoding,
             indices=None if self.indices is None else self.indices.to(device),
-            values=self.values.to(device),
+            values=None if self._values is None else self._values.to(device),
         )
 
     def class_last(self) -> Targets:
@@ -96,12 +128,17 @@ class Targets:
         n, c = self.positive.shape[0], self.num_classes
         s = math.prod(self.positive.shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
 
+        last = self.class_dim == self.positive.dim() - 1
+
         def flat(x: Tensor) -> Tensor:
+            if last and x.is_contiguous():
+                return x.view(n, s, c)  # one view: the common (N, C) and (N, T, C) layouts
             return x.movedim(self.class_dim, -1).reshape(n, s, c)
 
         indices = None
         if self.indices is not None:
-            indices = self.indices.reshape(n, s)
+            indices = self.indices.view(n, s) if self.indices.is_contiguous() else None
+            indices = self.indices.reshape(n, s) if indices is None else indices
         return Targets(
             positive=flat(self.positive),
             known=flat(self.known),
@@ -109,7 +146,7 @@ class Targets:
             class_dim=2,
             encoding=self.encoding,
             indices=indices,
-            values=flat(self.values),
+            values=None if self._values is None else flat(self._values),
         )
 
     @classmethod
@@ -218,6 +255,13 @@ def _infer_encoding(
     if is_bool:
         return "multi_hot"
     if is_float:
+        lacks_class_axis = targets.dim() <= 1 if like is None else targets.dim() == like.dim() - 1
+        if lacks_class_axis:
+            # Shaped like class indices: a float tensor here is a dtype mistake, not soft labels.
+            raise TypeError(
+                f"targets of shape {tuple(targets.shape)} look like class indices, which must "
+                f"have an integer dtype, got {targets.dtype} (soft labels are float (N, C, *))"
+            )
         return "soft"
     if like is not None:
         if targets.dim() == like.dim() - 1:
@@ -299,7 +343,6 @@ def _from_indices(
         class_dim=class_dim,
         encoding="index",
         indices=idx,
-        values=positive.float(),
     )
 
 
@@ -327,16 +370,20 @@ def _from_dense(
         targets = targets.float()
     if validate and targets.numel() > 0:
         _validate_dense(targets, encoding)
+    values: Tensor | None = None
     if targets.dtype == torch.bool:
         positive = targets
         known = torch.ones_like(targets)
-        values = targets.float()
-    else:
+    elif encoding == "soft":
         known = targets >= 0
         # -1 (unknown) -> 0; validated values have no other negatives. clamp, not where: one
         # cheap pass on the hot path.
         values = targets.clamp(min=0).float()
         positive = values >= 0.5
+    else:
+        # Hard multi-hot labels: values (0/1) follow from positive when first read.
+        known = targets >= 0
+        positive = targets >= 0.5
     return Targets(
         positive=positive,
         known=known,
