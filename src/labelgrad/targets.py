@@ -321,9 +321,8 @@ def _from_indices(
         class_dim = normalize_class_dim(class_dim, targets.dim() + 1)
     idx = targets.long()
     if validate and idx.numel() > 0:
-        low, high = (int(v) for v in torch.aminmax(idx))
-        # One min/max pass decides the common case (no ignored labels, all in range).
-        in_range = low >= 0 and high < num_classes
+        # One clamp decides the common case (no ignored labels, all in range).
+        in_range = torch.equal(idx.clamp(0, num_classes - 1), idx)
         bad = None if in_range else (idx != ignore_index) & ((idx < 0) | (idx >= num_classes))
         if bad is not None and bool(bad.any()):
             first = int(idx[bad][0])
@@ -381,9 +380,10 @@ def _from_dense(
         values = targets.clamp(min=0).float()
         positive = values >= 0.5
     else:
-        # Hard multi-hot labels: values (0/1) follow from positive when first read.
+        # Hard multi-hot labels: values (0/1) follow from positive when first read. Integer
+        # labels compare with integers (a float constant would cost a conversion per call).
         known = targets >= 0
-        positive = targets >= 0.5
+        positive = targets >= 0.5 if targets.is_floating_point() else targets > 0
     return Targets(
         positive=positive,
         known=known,
@@ -398,10 +398,16 @@ def _from_dense(
 def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
     """Raise unless multi-hot values are in {-1, 0, 1} / soft values in [0, 1] or -1."""
     # One min/max pass decides the common case; the full check runs only when it cannot.
+    if encoding == "multi_hot" and not targets.is_floating_point():
+        # Integer labels: in {-1, 0, 1} iff clamping to [-1, 1] changes nothing (two operators).
+        if torch.equal(targets.clamp(-1, 1), targets):
+            return
+        raise ValueError(
+            "multi_hot targets must contain only 0, 1 and -1 (unknown); for "
+            "probabilities use a float tensor (soft labels)"
+        )
     low, high = (float(v) for v in torch.aminmax(targets))
     if encoding == "multi_hot":
-        if not targets.is_floating_point() and low >= -1 and high <= 1:
-            return
         ok = (targets == 0) | (targets == 1) | (targets == -1)
         if not bool(ok.all()):
             raise ValueError(

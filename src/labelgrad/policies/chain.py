@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from labelgrad.policies.base import GradContext, Policy
+from labelgrad.policies.linear import LinearPolicy, Multiplier
 
 __all__ = ["Chain", "chain"]
 
@@ -48,9 +49,23 @@ class Chain(Policy):
         return self
 
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+        # Consecutive linear policies are fused: their factors multiply on (C,)-sized vectors and
+        # the product is applied once. An observer (EQLv2, the monitor) sees the gradient put out
+        # so far; any other policy sees the fused gradient before it.
+        pending: Multiplier | None = None
         for p in self.members():
+            if isinstance(p, LinearPolicy):
+                m = p.multiplier(grad, ctx)
+                pending = m if pending is None else pending.combine(m)
+                if p.observes_output:
+                    grad = pending.apply(grad, ctx.targets)
+                    p.observe(grad, ctx, pending)
+                    pending = None
+                continue
+            if pending is not None:
+                grad, pending = pending.apply(grad, ctx.targets), None
             grad = p.transform(grad, ctx)
-        return grad
+        return grad if pending is None else pending.apply(grad, ctx.targets)
 
 
 def chain(*policies: Policy) -> Chain:
