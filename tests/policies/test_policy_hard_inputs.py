@@ -87,7 +87,7 @@ def test_eqlv2_statistics_on_another_device_name_both_devices():
     z = torch.empty(2, 3, device="meta", requires_grad=True)
     with pytest.raises(ValueError, match="statistics are on cpu but the logits on meta"):
         policy(z, torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="policy.to"):
+    with pytest.raises(ValueError, match=r"policy\.to"):
         lg.chain(lg.mask_unknown(), policy)(z, torch.tensor([0, 1]))
 
 
