@@ -4,6 +4,7 @@ from labelgrad.policies.base import GradContext, Policy, no_state_update, state_
 from labelgrad.policies.chain import Chain, chain
 from labelgrad.policies.clipping import ClipPerClass, ClipPerSample, clip_per_class, clip_per_sample
 from labelgrad.policies.eqlv2 import EQLv2, eqlv2
+from labelgrad.policies.linear import LinearPolicy, Multiplier
 from labelgrad.policies.masking import (
     FreezeClasses,
     Mask,
@@ -26,8 +27,10 @@ __all__ = [
     "FreezeClasses",
     "GradContext",
     "GradMonitor",
+    "LinearPolicy",
     "Mask",
     "MaskUnknown",
+    "Multiplier",
     "Policy",
     "PosNegWeights",
     "Schedule",

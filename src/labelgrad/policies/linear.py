@@ -49,8 +49,9 @@ class Multiplier:
 
     Example:
         >>> import torch, labelgrad as lg
+        >>> from labelgrad.policies import Multiplier
         >>> t = lg.Targets.coerce(torch.tensor([[1, 0, -1]]), num_classes=3).class_last()
-        >>> m = lg.Multiplier(pos=torch.tensor(2.0), neg=torch.tensor(0.5))
+        >>> m = Multiplier(pos=torch.tensor(2.0), neg=torch.tensor(0.5))
         >>> m.apply(torch.ones(1, 1, 3), t).tolist()
         [[[2.0, 0.5, 1.0]]]
     """
@@ -114,10 +115,11 @@ class LinearPolicy(Policy):
 
     Example:
         >>> import torch, labelgrad as lg
-        >>> class Double(lg.LinearPolicy):
+        >>> from labelgrad.policies import LinearPolicy, Multiplier
+        >>> class Double(LinearPolicy):
         ...     requires_targets = False
         ...     def multiplier(self, grad, ctx):
-        ...         return lg.Multiplier(scale=torch.full((), 2.0, dtype=grad.dtype))
+        ...         return Multiplier(scale=torch.full((), 2.0, dtype=grad.dtype))
         >>> z = torch.zeros(1, 2, requires_grad=True)
         >>> lg.chain(Double(), Double())(z).sum().backward()
         >>> z.grad.tolist()
@@ -142,7 +144,13 @@ class LinearPolicy(Policy):
 
 
 def like(t: Tensor, grad: Tensor) -> Tensor:
-    """``t`` in ``grad``'s dtype and on its device (no op when it already is)."""
+    """``t`` in ``grad``'s dtype and on its device (no operator when it already is).
+
+    Example:
+        >>> import torch
+        >>> like(torch.ones(2), torch.zeros(1, dtype=torch.float64)).dtype
+        torch.float64
+    """
     if t.dtype == grad.dtype and t.device == grad.device:
         return t
     return t.to(device=grad.device, dtype=grad.dtype)
