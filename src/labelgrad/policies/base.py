@@ -346,6 +346,36 @@ class _Gate(torch.autograd.Function):
         return _class_back(out, class_dim, shape), None, None, None, None, None
 
 
+class _GateEager(torch.autograd.Function):
+    """:class:`_Gate` without ``setup_context``, for eager calls (no torch.func, no compile).
+
+    ``Function.apply`` binds the arguments with ``inspect.signature`` for every call of a
+    Function that defines ``setup_context`` (tens of microseconds per step on the CPU); vmap and
+    the other torch.func transforms need that form, plain autograd does not.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, *inputs: Any) -> Tensor:
+        out = _Gate.forward(*inputs)
+        _Gate.setup_context(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        return _Gate.backward(ctx, grad)
+
+
+# Private torch API, looked up once: when it is missing, every call takes the torch.func form.
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def _gate_function() -> type[torch.autograd.Function]:
+    # torch.compile and the torch.func transforms take the setup_context form.
+    if _functorch_active is None or _functorch_active() or torch.compiler.is_compiling():
+        return _Gate
+    return _GateEager
+
+
 class _RefuseDoubleBackward(torch.autograd.Function):
     """Passes a transformed gradient on; raises if it is ever differentiated."""
 
@@ -396,12 +426,13 @@ def gate(logits: Tensor, policy: Policy, targets: Targets | None, class_dim: int
     """Place ``policy`` on ``logits``: identity forward, ``policy.transform`` backward."""
     out: Tensor
     keep = any(isinstance(m, Policy) and m.reads_logits for m in policy.modules())
+    fn = _gate_function()
     if targets is None:
-        out = _Gate.apply(logits, None, None, None, None, (policy, None, class_dim, keep))
+        out = fn.apply(logits, None, None, None, None, (policy, None, class_dim, keep))
         return out
     flat = targets.class_last()
     meta = (policy, targets, class_dim, keep)
     # Hard labels' values follow from positive (rebuilt in backward if read): saved for soft only.
     values = flat.values if flat.encoding == "soft" else None
-    out = _Gate.apply(logits, flat.positive, flat.known, values, flat.indices, meta)
+    out = fn.apply(logits, flat.positive, flat.known, values, flat.indices, meta)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from labelgrad.policies.base import GradContext, Policy
@@ -30,6 +31,16 @@ class Chain(Policy):
     def members(self) -> list[Policy]:
         """The chained policies, in order."""
         return [p for p in self.policies if isinstance(p, Policy)]
+
+    # The members directly, without the generic walk through the ModuleList (per-step cost).
+
+    def check_call(self, num_classes: int, device: torch.device) -> None:
+        for p in self.members():
+            p.check_call(num_classes, device)
+
+    def end_backward(self) -> None:
+        for p in self.members():
+            p.end_backward()
 
     @property
     def requires_targets(self) -> bool:  # type: ignore[override]
