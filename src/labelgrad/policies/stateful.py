@@ -27,7 +27,9 @@ class StatefulPolicy(Policy):
     As in torchmetrics, subclasses declare each statistic once with :meth:`add_state`; the base
     class then gives them ``state_dict`` round-trips, ``.to(device)``, :meth:`reset` and a
     cross-rank reduction of each batch's increments (:meth:`reduce_increments`) for free, so that
-    every rank of a DDP job applies the same weights.
+    every rank of a DDP job applies the same weights. Accumulation windows
+    (:func:`labelgrad.accumulation_window`) use the public protocol :meth:`open_window`,
+    :meth:`end_backward` (called by the gate after each backward pass) and :meth:`close_window`.
 
     Example:
         A policy that counts the positive labels it has seen per class, in a few lines:
