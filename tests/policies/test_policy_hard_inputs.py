@@ -113,3 +113,10 @@ def test_float_class_indices_name_the_dtype(y):
         lg.mask_unknown()(z, y.flatten())
     with pytest.raises(TypeError, match="integer dtype"):
         lg.Targets.coerce(y.flatten(), num_classes=3)
+
+
+def test_freeze_classes_range_check_follows_a_loaded_state_dict():
+    policy = lg.freeze_classes([0, 1])
+    policy.load_state_dict({"classes": torch.tensor([0, 7])})
+    with pytest.raises(ValueError, match="class 7, out of range"):
+        policy(torch.zeros(2, 3, requires_grad=True))

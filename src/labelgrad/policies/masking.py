@@ -134,6 +134,7 @@ class FreezeClasses(LinearPolicy):
         # logits' class axis from metadata, before the backward pass could fail.
         self._max_class = int(idx.max()) if idx.numel() else -1
         self.register_buffer("classes", idx)
+        self.register_load_state_dict_post_hook(_refresh_max_class)
 
     def expected_num_classes(self) -> int | None:
         return self.num_classes
@@ -152,6 +153,12 @@ class FreezeClasses(LinearPolicy):
         # index_fill has no data-dependent shape: no sync (the range was checked at the call).
         keep = ~frozen.index_fill(0, self.classes.to(grad.device), True)
         return Multiplier(keep=keep)
+
+
+def _refresh_max_class(module: object, _: object) -> None:
+    """After load_state_dict: the checked bound follows the loaded classes (read on load)."""
+    assert isinstance(module, FreezeClasses)
+    module._max_class = int(module.classes.max()) if module.classes.numel() else -1
 
 
 def freeze_classes(
