@@ -85,8 +85,32 @@ class Targets:
             ("encoding", encoding),
             ("indices", indices),
             ("_values", values),
+            ("_masks", {}),
         ):
             object.__setattr__(self, name, value)
+
+    def mask_as(self, name: Literal["positive", "known"], dtype: torch.dtype) -> Tensor:
+        """``positive`` or ``known`` as 0/1 numbers of ``dtype``, computed once per object.
+
+        Policies multiply by masks instead of selecting with them (``torch.where`` on a bool
+        mask is many times slower than a multiplication on the CPU); the conversion is cached so
+        that the policies of one chain share it.
+
+        Example:
+            >>> import torch, labelgrad as lg
+            >>> t = lg.Targets.coerce(torch.tensor([[1, -1, 0]]), num_classes=3)
+            >>> t.mask_as("known", torch.float32).tolist()
+            [[1.0, 0.0, 1.0]]
+        """
+        if name not in ("positive", "known"):
+            raise ValueError(f"name must be 'positive' or 'known', got {name!r}")
+        key = (name, dtype)
+        cache: dict[tuple[str, torch.dtype], Tensor] = self._masks  # type: ignore[attr-defined]
+        mask = cache.get(key)
+        if mask is None:
+            mask = getattr(self, name).to(dtype)
+            cache[key] = mask
+        return mask
 
     @property
     def values(self) -> Tensor:

@@ -295,8 +295,8 @@ class _Gate(torch.autograd.Function):
         indices: Tensor | None,
         meta: tuple[Policy, Targets | None, int, bool],
     ) -> Tensor:
-        # view_as: an identity that still gives autograd a distinct output to attach to.
-        return logits.view_as(logits)
+        # A view: an identity that still gives autograd a distinct output to attach to.
+        return logits.view(logits.shape)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
