@@ -5,7 +5,9 @@ each group of labels its own optimizer, e.g. plain SGD for frequent classes and 
 step for rare ones. Calling every optimizer on every batch defeats the purpose: on batches without
 a rare label, Adam's moments keep moving the rare head (and the rare head still gets the negative
 gradient of softmax). ``lg.route`` steps an optimizer only when one of its classes occurs in the
-batch; the others keep parameters and state bitwise unchanged.
+batch; the others keep parameters and state bitwise unchanged. The shared trunk has an optimizer
+of its own that steps on every batch (``always=``): the usual shape of this recipe, a trunk
+optimizer plus one optimizer per label-group head over disjoint parameters.
 
 Data: sklearn's digits cut long-tailed (the CIFAR-LT protocol, imbalance factor 20); classes
 0-6 are "frequent", 7-9 "rare".
@@ -61,11 +63,13 @@ class TwoHeads(nn.Module):
 def run(use_route: bool, epochs: int) -> dict[str, float]:
     x, y, xt, yt = long_tailed_digits()
     model = TwoHeads()
-    frequent_opt = torch.optim.SGD(
-        [*model.trunk.parameters(), *model.frequent.parameters()], lr=0.2, momentum=0.9
-    )
+    trunk_opt = torch.optim.SGD(model.trunk.parameters(), lr=0.2, momentum=0.9)
+    frequent_opt = torch.optim.SGD(model.frequent.parameters(), lr=0.2, momentum=0.9)
     rare_opt = torch.optim.Adam(model.rare.parameters(), lr=3e-3)
-    router = lg.route({"frequent": (frequent_opt, FREQUENT), "rare": (rare_opt, RARE)})
+    router = lg.route(
+        {"frequent": (frequent_opt, FREQUENT), "rare": (rare_opt, RARE)},
+        always=[trunk_opt],  # the shared trunk learns from every batch
+    )
     g = torch.Generator().manual_seed(1)
     drift_steps = 0  # steps on batches without a rare label in which the rare head moved
     for _ in range(epochs):
@@ -77,6 +81,7 @@ def run(use_route: bool, epochs: int) -> dict[str, float]:
             if use_route:
                 router.step(targets=yb)
             else:  # the naive version: every optimizer, every batch
+                trunk_opt.step()
                 frequent_opt.step()
                 rare_opt.step()
             no_rare = not bool(torch.isin(yb, torch.tensor(RARE)).any())

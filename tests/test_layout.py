@@ -79,8 +79,7 @@ def test_no_private_name_crosses_a_package_boundary() -> None:
             if not (
                 library_wide
                 or here == owner
-                or (here.startswith(owner + ".")
-                and owner != "labelgrad")
+                or (here.startswith(owner + ".") and owner != "labelgrad")
             ):
                 bad.append(f"{name} imports private {target} {names}")
     assert not bad, bad

@@ -20,3 +20,12 @@ def test_readme_example_runs() -> None:
     # The frozen rows of the README's RowRules did not move from their initial values.
     assert opt.frozen[:3].all()  # type: ignore[attr-defined]
     assert head.weight.grad is not None
+
+
+def test_quick_start_is_make_demo_then_make_test() -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Quick start") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None
+    commands = [line.split("#")[0].strip() for line in block[1].splitlines() if line.strip()]
+    assert commands == ["make demo", "make test"]

@@ -421,6 +421,9 @@ def _from_dense(
 
 def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
     """Raise unless multi-hot values are in {-1, 0, 1} / soft values in [0, 1] or -1."""
+    if not targets.is_floating_point() and not targets.is_signed():
+        # -1 does not exist in an unsigned dtype: uint8 255 == -1 would compare True.
+        targets = targets.to(torch.int16)
     # One min/max pass decides the common case; the full check runs only when it cannot.
     if encoding == "multi_hot" and not targets.is_floating_point():
         # Integer labels: in {-1, 0, 1} iff clamping to [-1, 1] changes nothing (two operators).

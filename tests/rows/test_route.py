@@ -157,8 +157,9 @@ def test_observe_takes_ignore_index_for_segmentation_labels():
     )
     y = torch.tensor([[[1, 255], [255, 1]], [[2, 2], [255, 255]]])
     with pytest.raises(ValueError, match="class index 255 is out of range"):
-        router.observe(y)  # the default ignore_index (-100) does not cover the void label
-    router.observe(y, ignore_index=255)
+        # the default ignore_index (-100) does not cover the void label
+        router.observe(y, encoding="index")
+    router.observe(y, encoding="index", ignore_index=255)
     expected = [False, True, True, False, False, False]
     assert rules.present.tolist() == expected
-    assert lg.rows.present_classes(y, 6, ignore_index=255).tolist() == expected
+    assert lg.rows.present_classes(y, 6, encoding="index", ignore_index=255).tolist() == expected

@@ -179,12 +179,12 @@ ROW_WD = torch.tensor([0.0, 0.3, 0.05, 0.1, 0.2], dtype=DT)
 
 
 def with_paths() -> list[Any]:
-    """Every variant; Adam/AdamW twice: their fast path and the generic snapshot path."""
+    """Every variant; Adam/AdamW/SGD twice: their fast path and the generic snapshot path."""
     out = []
     for v in variants():
         name, impl, wd = v.values
         out.append(pytest.param(name, impl, wd, True, id=f"{v.id}"))
-        if OPTIMIZERS[name][0] in (torch.optim.Adam, torch.optim.AdamW):
+        if OPTIMIZERS[name][0] in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
             out.append(pytest.param(name, impl, wd, False, id=f"{v.id}-snapshot"))
     return out
 
@@ -317,20 +317,25 @@ def test_gradient_accumulation_unions_observed_classes():
 
 
 @pytest.mark.parametrize(
-    ("targets", "expected"),
+    ("targets", "encoding", "expected"),
     [
-        (torch.tensor([1, -100, 1]), [False, True, False, False, False]),
-        (torch.tensor([[1, -1, 0, 0, 0]]).float(), [True, False, False, False, False]),
-        (torch.tensor([[False, True, False, False, True]]), [False, True, False, False, True]),
-        (torch.tensor([[0.2, 0.9, 0.0, 0.6, 0.1]]), [False, True, False, True, False]),
-        (torch.tensor([[[4, 2], [2, 2]]]), [False, False, True, False, True]),  # (N, H, W)
-        (torch.zeros(0, dtype=torch.long), [False] * 5),
+        (torch.tensor([1, -100, 1]), None, [False, True, False, False, False]),
+        (torch.tensor([[1, -1, 0, 0, 0]]).float(), None, [True, False, False, False, False]),
+        (torch.tensor([[1, -1, 0, 0, 1]]), "multi_hot", [True, False, False, False, True]),
+        (
+            torch.tensor([[False, True, False, False, True]]),
+            None,
+            [False, True, False, False, True],
+        ),
+        (torch.tensor([[0.2, 0.9, 0.0, 0.6, 0.1]]), None, [False, True, False, True, False]),
+        (torch.tensor([[[4, 2], [2, 2]]]), "index", [False, False, True, False, True]),  # (N, H, W)
+        (torch.zeros(0, dtype=torch.long), None, [False] * 5),
     ],
 )
-def test_observe_accepts_every_encoding(targets: Tensor, expected: list[bool]):
+def test_observe_accepts_every_encoding(targets: Tensor, encoding: Any, expected: list[bool]):
     model = Model()
     opt = lg.RowRules(torch.optim.SGD(model.params(), lr=0.1), rows=model.head)
-    opt.observe(targets)
+    opt.observe(targets, encoding=encoding)
     assert opt.present.tolist() == expected
 
 
@@ -592,10 +597,11 @@ def forbid_host_sync(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
 def test_adamw_step_path_reads_nothing_back(fast: bool, forbid_host_sync: Callable[[], None]):
     model = Model(seed=13)
-    # Only the head, and fused for the snapshot path: torch's own for-loop/foreach AdamW reads
-    # its CPU step counter back (a CPU read, not a sync), which the patch cannot tell apart.
+    # Only the head, and fused: torch's own for-loop/foreach AdamW, and labelgrad's fast path
+    # like it, read a CPU step counter back (a CPU read, not a sync), which the patch cannot
+    # tell apart; with fused the counter lives with the parameters and nothing is read.
     opt = lg.RowRules(
-        torch.optim.AdamW(model.head.parameters(), lr=0.1, weight_decay=0.1, fused=not fast),
+        torch.optim.AdamW(model.head.parameters(), lr=0.1, weight_decay=0.1, fused=True),
         rows=model.head,
         frozen=[0],
         lr_scale=LR_SCALE,

@@ -1,5 +1,5 @@
-# Class-incremental learning: learn digits 0-4, then digits 5-9 from new data only. The rows of
-# the old classes in the head should stay exactly where phase 1 left them.
+# Class-incremental learning: learn digits 0-4, then digits 5-9 from new data only. The
+# rows of the old classes in the head should stay exactly where phase 1 left them.
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
@@ -17,7 +17,7 @@ is_old = y_all < 5
 
 
 def accuracy(model, classes, among=None):
-    """Test accuracy on ``classes``, predicting among ``among`` (all 10 classes by default)."""
+    """Test accuracy on ``classes``, predicting among ``among`` (default: all 10)."""
     idx = test[torch.isin(y_all[test], torch.tensor(classes))]
     with torch.no_grad():
         logits = model(x_all[idx])
@@ -63,7 +63,8 @@ def phase2(kind):
     if kind == "lg.RowRules(frozen=old)":
         opt = lg.RowRules(opt, rows=head, frozen=old)
     before = head.weight[old].detach().clone()
-    # Phase 2 data: the new classes, plus a small replay buffer of 10 images per old class.
+    # Phase 2 data: the new classes, plus a small replay buffer of 10 images per old
+    # class.
     new_idx = train[~is_old[train]]
     replay = torch.cat([train[y_all[train] == c][:10] for c in old])
     phase(model, opt, torch.cat([new_idx, replay]), grad_hook=hook)

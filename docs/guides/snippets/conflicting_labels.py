@@ -1,6 +1,6 @@
-# Labels compete for the shared layers: on Yeast (14 gene-function labels), measure how the
-# per-label gradients conflict, then train with their gradients aggregated by UPGrad instead of
-# summed, with the exact engine and with the cheap representation engine.
+# Labels compete for the shared layers: on Yeast (14 gene-function labels), measure how
+# the per-label gradients conflict, then train with their gradients aggregated by UPGrad
+# instead of summed, with the exact engine and with the cheap representation engine.
 import torch
 from torch import nn
 
@@ -17,20 +17,25 @@ def make_model():
     return trunk, nn.Linear(64, 14)
 
 
-# 1. How much do the labels conflict? The Gramian G = J J^T of the 14 per-label gradients on the
-#    trunk gives their cosines; aggregate_backward returns it.
+# 1. How much do the labels conflict? The Gramian G = J J^T of the 14 per-label
+#    gradients on the trunk gives their cosines; aggregate_backward returns it.
 trunk, head = make_model()
-losses = lg.per_label_losses(head(trunk(x_train)), y_train, loss="bce")  # (14,), sums to BCE
+losses = lg.per_label_losses(
+    head(trunk(x_train)), y_train, loss="bce"
+)  # (14,), sums to BCE
 result = lg.aggregate_backward(losses, shared=trunk, aggregator=lg.aggregators.Mean())
 cos = lg.conflicts(result.gramian)
 off_diagonal = cos[~torch.eye(14, dtype=torch.bool)]
-print(f"label pairs with conflicting gradients at init: {(off_diagonal < 0).float().mean():.0%}")
-print(f"engine: {result.engine} ({lg.explain_engine(losses, shared=trunk).split(':')[0]})")
+conflicting = (off_diagonal < 0).float().mean()
+print(f"label pairs with conflicting gradients at init: {conflicting:.0%}")
+print(
+    f"engine: {result.engine} ({lg.explain_engine(losses, shared=trunk).split(':')[0]})"
+)
 
 
-# 2. Train: plain sum of the label losses vs UPGrad (exact Gramian over the trunk) vs UPGrad on
-#    the representation (Gramian of the per-label gradients at the features, closed form with
-#    head=). Minibatches of 128, Adam, 8 epochs.
+# 2. Train: plain sum of the label losses vs UPGrad (exact Gramian over the trunk) vs
+#    UPGrad on the representation (Gramian of the per-label gradients at the features,
+#    closed form with head=). Minibatches of 128, Adam, 8 epochs.
 def fit(aggregator=None, engine="exact"):
     trunk, head = make_model()
     opt = torch.optim.Adam([*trunk.parameters(), *head.parameters()], lr=3e-3)

@@ -1,7 +1,8 @@
-# Writing your own policy: subclass lg.Policy (stateless) or lg.StatefulPolicy (statistics in
-# registered buffers) and implement transform(grad, ctx). grad is dL/dlogits laid out (N, S, C):
-# samples, positions (1 for plain classification), classes; ctx (an lg.GradContext) carries the
-# targets in the same layout, the loss scale under AMP and whether statistics may be updated.
+# Writing your own policy: subclass lg.Policy (stateless) or lg.StatefulPolicy
+# (statistics in registered buffers) and implement transform(grad, ctx). grad is
+# dL/dlogits laid out (N, S, C): samples, positions (1 for plain classification),
+# classes; ctx (an lg.GradContext) carries the targets in the same layout, the loss
+# scale under AMP and whether statistics may be updated.
 import torch
 import torch.nn.functional as F
 
@@ -9,7 +10,7 @@ import labelgrad as lg
 
 
 class ScaleNegatives(lg.Policy):
-    """Multiply the gradient of negative labels by ``factor`` (positives and unknowns as is)."""
+    """Multiply the gradient of negative labels by ``factor`` (the rest as is)."""
 
     def __init__(self, factor: float) -> None:
         super().__init__()
@@ -18,13 +19,17 @@ class ScaleNegatives(lg.Policy):
     def transform(self, grad: torch.Tensor, ctx: lg.GradContext) -> torch.Tensor:
         t = ctx.require_targets(self)  # a clear error if called without targets
         negative = t.known & ~t.positive
-        return torch.where(negative, grad * self.factor, grad)  # no host sync, no Python loop
+        return torch.where(
+            negative, grad * self.factor, grad
+        )  # no host sync, no Python loop
 
 
 torch.manual_seed(0)
 z = torch.randn(6, 4, requires_grad=True)
 y = torch.randint(0, 2, (6, 4))
-loss = F.binary_cross_entropy_with_logits(ScaleNegatives(0.3)(z, y), y.float(), reduction="sum")
+loss = F.binary_cross_entropy_with_logits(
+    ScaleNegatives(0.3)(z, y), y.float(), reduction="sum"
+)
 (ours,) = torch.autograd.grad(loss, z)
 # Check against an independent reference: the same loss with per-entry weights.
 weight = torch.where(y == 1, 1.0, 0.3)
@@ -34,12 +39,13 @@ print("ScaleNegatives == BCE(weight=...):", torch.allclose(ours, expected))
 
 
 class InverseFrequency(lg.StatefulPolicy):
-    """Weight positive entries of class c by 1 / (share of positives of c seen so far), capped."""
+    """Weight positives of class c by 1 / (share of c's positives so far), capped."""
 
     def __init__(self, num_classes: int, cap: float = 10.0) -> None:
         super().__init__()
         self.cap = cap
-        # add_state registers a buffer: state_dict, .to(device), reset() and DDP sums for free.
+        # add_state registers a buffer: state_dict, .to(device), reset() and DDP sums
+        # for free.
         self.add_state("positives", torch.zeros(num_classes))
         self.add_state("seen", torch.zeros(()))
 
@@ -49,13 +55,22 @@ class InverseFrequency(lg.StatefulPolicy):
     def transform(self, grad: torch.Tensor, ctx: lg.GradContext) -> torch.Tensor:
         t = ctx.require_targets(self)
         share = self.positives / self.seen.clamp(min=1)
-        w = torch.where(self.seen > 0, (1 / share.clamp(min=1 / self.cap)), torch.ones_like(share))
+        w = torch.where(
+            self.seen > 0, (1 / share.clamp(min=1 / self.cap)), torch.ones_like(share)
+        )
         out = torch.where(t.positive, grad * w.to(grad.dtype), grad)
-        if ctx.update_state:  # False inside lg.no_state_update() (auxiliary backward passes)
+        if (
+            ctx.update_state
+        ):  # False inside lg.no_state_update() (auxiliary backward passes)
             pos = (t.positive & t.known).sum(dim=(0, 1)).float()
-            n, s = t.positive.shape[0], t.positive.shape[1]  # shapes are host ints: no sync
+            n, s = (
+                t.positive.shape[0],
+                t.positive.shape[1],
+            )  # shapes are host ints: no sync
             count = torch.full((), float(n * s), device=grad.device)
-            pos, count = self.reduce_increments(pos, count)  # summed over ranks under DDP
+            pos, count = self.reduce_increments(
+                pos, count
+            )  # summed over ranks under DDP
             self.positives.add_(pos)
             self.seen.add_(count)
         return out
@@ -71,10 +86,15 @@ print("positives seen:", policy.positives.tolist(), "of", int(policy.seen), "sam
 # Auxiliary backward passes must not count the batch again.
 before = policy.positives.clone()
 with lg.no_state_update():
-    print("inside no_state_update, state_updates_enabled() =", lg.policies.state_updates_enabled())
+    print(
+        "inside no_state_update, state_updates_enabled() =",
+        lg.policies.state_updates_enabled(),
+    )
     z = torch.zeros(8, 3, requires_grad=True)
     policy(z, y).sum().backward()
-print("statistics unchanged by the auxiliary pass:", torch.equal(before, policy.positives))
+print(
+    "statistics unchanged by the auxiliary pass:", torch.equal(before, policy.positives)
+)
 
 # The statistics round-trip through state_dict exactly (checkpoint resume).
 restored = InverseFrequency(num_classes=3)
@@ -89,15 +109,18 @@ print(
 )
 
 # Custom policies compose with the built-in ones.
-combined = lg.chain(lg.mask_unknown(), ScaleNegatives(0.5), lg.clip_per_sample(max_norm=1.0))
+combined = lg.chain(
+    lg.mask_unknown(), ScaleNegatives(0.5), lg.clip_per_sample(max_norm=1.0)
+)
 z = torch.randn(4, 3, requires_grad=True)
 combined(z, torch.tensor([[1, -1, 0]] * 4)).sum().backward()
 print("chained gradient, row 0:", [round(v, 3) for v in z.grad[0].tolist()])
 
 
-# Your own weighting for gradient aggregation (level 3): subclass lg.aggregators.Aggregator and
-# map the K x K Gramian G = J J^T of the label-group gradients to K weights. The update is
-# J^T w, the gradient of sum_k w_k L_k. Here: every label contributes a step of equal length.
+# Your own weighting for gradient aggregation (level 3): subclass
+# lg.aggregators.Aggregator and map the K x K Gramian G = J J^T of the label-group
+# gradients to K weights. The update is J^T w, the gradient of sum_k w_k L_k. Here:
+# every label contributes a step of equal length.
 class EqualNorm(lg.aggregators.Aggregator):
     def _weights(self, gramian: torch.Tensor) -> torch.Tensor:
         norms = gramian.diagonal().clamp(min=0).sqrt()
@@ -106,9 +129,14 @@ class EqualNorm(lg.aggregators.Aggregator):
 
 
 torch.manual_seed(0)
-trunk, head = torch.nn.Linear(5, 8), torch.nn.Linear(8, 3)  # the trunk is shared by 3 labels
+trunk, head = (
+    torch.nn.Linear(5, 8),
+    torch.nn.Linear(8, 3),
+)  # the trunk is shared by 3 labels
 z, y = head(torch.relu(trunk(torch.randn(10, 5)))), torch.randint(0, 2, (10, 3)).float()
-losses = F.binary_cross_entropy_with_logits(z, y, reduction="none").mean(0)  # (K,) = (3,)
+losses = F.binary_cross_entropy_with_logits(z, y, reduction="none").mean(
+    0
+)  # (K,) = (3,)
 rows = []
 for loss_k in losses:  # J: one row per label, its gradient on the shared parameters
     grads = torch.autograd.grad(loss_k, list(trunk.parameters()), retain_graph=True)

@@ -47,7 +47,8 @@ def fit(policy=None, loss="ce", steps=150, lr_scale=None):
     with torch.no_grad():
         pred = model(x_test).argmax(1)
     per_class = torch.stack([(pred[y_test == c] == c).float().mean() for c in range(C)])
-    return f"balanced acc {per_class.mean():.3f}, tail (digits 7-9) acc {per_class[7:].mean():.3f}"
+    tail = per_class[7:].mean()
+    return f"balanced acc {per_class.mean():.3f}, tail (digits 7-9) acc {tail:.3f}"
 
 
 freq = torch.tensor(counts, dtype=torch.float32)
@@ -56,7 +57,9 @@ tail_steps = (freq.max() / freq).sqrt()  # Adam step-size multiplier per head ro
 runs = {
     "cross-entropy": fit(),
     "class_weights(1/freq)": fit(lg.class_weights(inv)),
-    "deferred re-weighting (DRW)": fit(lg.schedule(lg.class_weights(inv), start_step=90)),
+    "deferred re-weighting (DRW)": fit(
+        lg.schedule(lg.class_weights(inv), start_step=90)
+    ),
     "sigmoid BCE": fit(loss="bce"),
     "sigmoid BCE + eqlv2": fit(lg.eqlv2(num_classes=C), loss="bce"),
     "RowRules(lr_scale=tail_steps)": fit(lr_scale=tail_steps),

@@ -1,6 +1,6 @@
-# Multi-label training when some labels are unknown: Yeast (2,417 genes, 14 labels), with 60%
-# of the training labels hidden (-1). Compare: unknowns treated as negatives, unknowns masked
-# with lg.mask_unknown(), and the oracle that sees every label.
+# Multi-label training when some labels are unknown: Yeast (2,417 genes, 14 labels),
+# with 60% of the training labels hidden (-1). Compare: unknowns treated as negatives,
+# unknowns masked with lg.mask_unknown(), and the oracle that sees every label.
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,11 +10,13 @@ from labelgrad.app.datasets import hide_labels, yeast
 
 ds = yeast(seed=0)  # read from the copy river bundles: nothing is downloaded
 x_train, x_test, y_test = ds.x_train, ds.x_test, ds.y_test
-# Hide 60% of the training labels: -1 means "this label of this gene was never annotated".
+# Hide 60% of the training labels: -1 means "this label of this gene was never
+# annotated".
 y_partial = hide_labels(ds.y_train, 0.6, seed=1)
 known = y_partial >= 0
 print(
-    f"{len(x_train)} training genes, {ds.num_classes} labels; known: {known.float().mean():.0%}, "
+    f"{len(x_train)} training genes, {ds.num_classes} labels; "
+    f"known: {known.float().mean():.0%}, "
     f"positive among known: {(y_partial == 1).sum() / known.sum():.0%}"
 )
 
@@ -26,8 +28,11 @@ def fit(labels: torch.Tensor, policy: lg.Policy | None) -> float:
     for _ in range(100):  # full-batch epochs
         logits = model(x_train)
         if policy is not None:
-            logits = policy(logits, labels)  # identity forward; masks dL/dlogits in backward
-        # clamp: the loss needs 0/1 targets; the policy has already zeroed unknown entries.
+            logits = policy(
+                logits, labels
+            )  # identity forward; masks dL/dlogits in backward
+        # clamp: the loss needs 0/1 targets; the policy has already zeroed unknown
+        # entries.
         loss = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0).float())
         opt.zero_grad()
         loss.backward()
@@ -36,7 +41,9 @@ def fit(labels: torch.Tensor, policy: lg.Policy | None) -> float:
         pred = model(x_test) > 0
     truth = y_test.bool()
     tp = (pred & truth).sum()
-    return float(2 * tp / (pred.sum() + truth.sum()))  # micro-F1 on fully labelled test genes
+    return float(
+        2 * tp / (pred.sum() + truth.sum())
+    )  # micro-F1 on fully labelled test genes
 
 
 print(f"micro-F1, unknown treated as negative: {fit(y_partial, None):.3f}")
@@ -47,10 +54,15 @@ print(f"micro-F1, oracle (every label known) : {fit(ds.y_train, None):.3f}")
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(103, 64), nn.ReLU(), nn.Linear(64, 14))
 masked = F.binary_cross_entropy_with_logits(
-    lg.mask_unknown()(model(x_train), y_partial), y_partial.clamp(min=0).float(), reduction="sum"
+    lg.mask_unknown()(model(x_train), y_partial),
+    y_partial.clamp(min=0).float(),
+    reduction="sum",
 )
 reference = F.binary_cross_entropy_with_logits(
-    model(x_train), y_partial.clamp(min=0).float(), weight=(y_partial >= 0).float(), reduction="sum"
+    model(x_train),
+    y_partial.clamp(min=0).float(),
+    weight=(y_partial >= 0).float(),
+    reduction="sum",
 )
 g1 = torch.autograd.grad(masked, list(model.parameters()))
 g2 = torch.autograd.grad(reference, list(model.parameters()))

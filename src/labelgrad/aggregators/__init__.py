@@ -21,30 +21,44 @@ from labelgrad.aggregators.base import Aggregator, JacobianAggregator
 from labelgrad.aggregators.basic import Mean, Random, Sum
 from labelgrad.aggregators.cagrad import CAGrad
 from labelgrad.aggregators.conflicts import conflicts
+from labelgrad.aggregators.constant import Constant
+from labelgrad.aggregators.cr_mogm import CRMOGM
+from labelgrad.aggregators.double_sampling import MoDo, SDMGrad
 from labelgrad.aggregators.dual_cone import DualProj, UPGrad
+from labelgrad.aggregators.excess_mtl import ExcessMTL
 from labelgrad.aggregators.gradvac import GradVac
 from labelgrad.aggregators.imtlg import IMTLG
 from labelgrad.aggregators.jacobian import ConFIG, GradDrop
 from labelgrad.aggregators.mgda import MGDA
+from labelgrad.aggregators.pcd import PCD
 from labelgrad.aggregators.pcgrad import PCGrad
+from labelgrad.aggregators.robust import Krum, TrimmedMean
 
 __all__ = [
+    "CRMOGM",
     "IMTLG",
     "MGDA",
+    "PCD",
     "Aggregator",
     "AlignedMTL",
     "CAGrad",
     "ConFIG",
+    "Constant",
     "DualProj",
+    "ExcessMTL",
     "FairGrad",
     "GradDrop",
     "GradVac",
     "JacobianAggregator",
+    "Krum",
     "Mean",
+    "MoDo",
     "NashMTL",
     "PCGrad",
     "Random",
+    "SDMGrad",
     "Sum",
+    "TrimmedMean",
     "UPGrad",
     "conflicts",
 ]

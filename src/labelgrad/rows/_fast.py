@@ -1,4 +1,4 @@
-"""Adam and AdamW on label-owned parameters, with per-row coefficients.
+"""Adam, AdamW and SGD on label-owned parameters, with per-row coefficients.
 
 The snapshot path copies the parameter and its two moment tensors every step; for the most common
 optimizers that is most of the cost. Here the update is applied directly with a per-row learning
@@ -10,6 +10,7 @@ freely between this path, the snapshot path and a plain optimizer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,12 +18,21 @@ from torch import Tensor
 
 from labelgrad.rows._spec import LabelParam
 
-__all__ = ["adam_step", "supports"]
+__all__ = [
+    "RowCoefficients",
+    "SGDRows",
+    "adam_step",
+    "coefficients",
+    "sgd_rows",
+    "sgd_step",
+    "supports",
+]
 
 
 def supports(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor) -> bool:
-    """True where :func:`adam_step` reproduces ``optimizer`` on ``param``."""
-    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+    """True where :func:`adam_step` (Adam, AdamW) or :func:`sgd_step` (SGD) reproduces
+    ``optimizer`` on ``param``."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
         return False
     grad = param.grad
     return not (
@@ -46,13 +56,41 @@ def _init_state(group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> 
         state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
+@dataclass
+class RowCoefficients:
+    """The per-row factors of one step, computed once for every label-owned tensor of one dtype
+    (a head's weight and bias share them): (C,) vectors, or None where a rule is absent."""
+
+    moving: Tensor | None  # bool: rows that move
+    row_lr: Tensor | None  # lr_scale[c] for moving rows, 0 for resting ones
+    keep1: Tensor | None  # 1 - beta1 for moving rows, 0 for resting ones (lerp weight)
+    beta2: Tensor | None  # beta2 for moving rows, 1 for resting ones
+
+
+def coefficients(
+    group: dict[str, Any],
+    dtype: torch.dtype,
+    moving: Tensor | None,
+    lr_scale: Tensor | None,
+) -> RowCoefficients:
+    """The per-row factors of Adam/AdamW for ``group`` in ``dtype`` (``lr_scale`` already in
+    that dtype)."""
+    beta1, beta2 = group["betas"]
+    if moving is None:
+        return RowCoefficients(None, lr_scale, None, None)
+    move_f = moving.to(dtype)
+    row_lr = move_f if lr_scale is None else lr_scale * move_f
+    return RowCoefficients(
+        moving, row_lr, move_f * (1 - beta1), torch.where(moving, beta2, 1.0).to(dtype)
+    )
+
+
 def adam_step(
     optimizer: torch.optim.Optimizer,
     group: dict[str, Any],
     lp: LabelParam,
+    coef: RowCoefficients,
     *,
-    moving: Tensor | None,
-    lr_scale: Tensor | None,
     weight_decay: Tensor | None,
 ) -> None:
     """One Adam/AdamW step of ``lp.param`` with per-row lr scale, weight decay and freezing."""
@@ -73,19 +111,8 @@ def adam_step(
         "decoupled_weight_decay", False
     )
     dtype = param.dtype
-
-    def rows(values: Tensor) -> Tensor:
-        return lp.per_class(values.to(dtype))
-
-    move_f = None if moving is None else moving.to(dtype)
-    # Per-row learning rate: lr * lr_scale[c] for rows that move, 0 for those that do not.
-    row_lr: Tensor | None = None
-    if lr_scale is not None or move_f is not None:
-        row_lr = torch.ones(lp.param.shape[lp.class_dim], dtype=dtype, device=param.device)
-        if lr_scale is not None:
-            row_lr = row_lr * lr_scale.to(dtype)
-        if move_f is not None:
-            row_lr = row_lr * move_f
+    rows = lp.per_class
+    row_lr = coef.row_lr
     wd: Tensor | float = (
         weight_decay.to(dtype) if weight_decay is not None else float(group["weight_decay"])
     )
@@ -93,27 +120,35 @@ def adam_step(
     g = -grad if group["maximize"] else grad
     if not decoupled and (isinstance(wd, Tensor) or wd != 0):
         g = g.addcmul(param, rows(wd)) if isinstance(wd, Tensor) else g.add(param, alpha=wd)
-    if moving is not None:
+    if coef.moving is not None:
         # Rows that do not move see a zero gradient, so their moments keep their bits
         # (even where the gradient is not finite).
-        g = torch.where(lp.per_class(moving), g, 0.0)
+        g = torch.where(rows(coef.moving), g, 0.0)
 
-    if moving is None or move_f is None:
+    if coef.keep1 is None or coef.beta2 is None:
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     else:
-        exp_avg.lerp_(g, rows(move_f * (1 - beta1)))
-        exp_avg_sq.mul_(rows(torch.where(moving, beta2, 1.0))).addcmul_(g, g, value=1 - beta2)
+        exp_avg.lerp_(g, rows(coef.keep1))
+        exp_avg_sq.mul_(rows(coef.beta2)).addcmul_(g, g, value=1 - beta2)
     second = exp_avg_sq
     if group["amsgrad"]:
         torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
         second = state["max_exp_avg_sq"]
 
-    # Tensor math in float64 (the values torch computes in Python floats), never .item():
-    # no host read, also when the step counter lives on the device (fused).
-    step = step_t.to(torch.float64)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    bias_correction1: Tensor | float
+    bias_correction2_sqrt: Tensor | float
+    if group.get("fused") or step_t.device.type != "cpu":
+        # Tensor math in float64 (the values torch computes in Python floats), never .item():
+        # no host read when the step counter lives with the parameters (fused).
+        step = step_t.to(torch.float64)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    else:
+        # A CPU step counter is read as torch's own Adam reads it: a Python float, no sync.
+        step_f = float(step_t)
+        bias_correction1 = 1 - beta1**step_f
+        bias_correction2_sqrt = (1 - beta2**step_f) ** 0.5
 
     if decoupled:
         if row_lr is None:
@@ -121,8 +156,10 @@ def adam_step(
                 param.mul_(rows(1 - lr * wd))
             elif wd != 0:
                 param.mul_(1 - lr * wd)
-        elif isinstance(wd, Tensor) or wd != 0:
+        elif isinstance(wd, Tensor):
             param.mul_(rows(1 - lr * row_lr * wd))
+        elif wd != 0:
+            param.mul_(rows(row_lr * (-lr * wd) + 1))
 
     if row_lr is None:
         denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
@@ -131,12 +168,98 @@ def adam_step(
         # m / (sqrt(v) / b2 + eps) * k  ==  m / ((sqrt(v) + eps * b2) / (k * b2)): one fused
         # addcdiv as in torch. A resting row has k = 0, so its denominator is inf and its update
         # exactly 0 (the moments of a resting row are finite: it saw a zero gradient).
-        k = rows(row_lr * (-lr / bias_correction1) * bias_correction2_sqrt)
+        # (C,) times a 0-d float64: computed in row_lr's dtype, no separate conversion.
+        k = rows(row_lr * ((-lr / bias_correction1) * bias_correction2_sqrt))
         denom = second.sqrt().add_(eps * bias_correction2_sqrt).div_(k)
         param.addcdiv_(exp_avg, denom)
     else:
         denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
         update = torch.where(
-            lp.per_class(moving if moving is not None else row_lr != 0), exp_avg / denom, 0.0
+            rows(coef.moving if coef.moving is not None else row_lr != 0), exp_avg / denom, 0.0
         )  # 0/0 in a resting row
         param.addcmul_(update, rows(row_lr * (-lr / bias_correction1)))
+
+
+@dataclass
+class SGDRows:
+    """The per-row factors of one SGD step for the tensors of one group and dtype."""
+
+    moving: Tensor | None  # bool: rows that move
+    row_lr: Tensor | None  # lr_scale[c] for moving rows, 0 for resting ones
+    keep: Tensor | None  # buffer factor: momentum (moved before), 0 (first move), 1 (resting)
+    damp: Tensor | None  # gradient factor: 1 - dampening, 1 (first move), 0 (resting)
+
+
+def sgd_rows(
+    group: dict[str, Any],
+    dtype: torch.dtype,
+    moving: Tensor | None,
+    lr_scale: Tensor | None,
+    fresh: Tensor | None = None,
+) -> SGDRows:
+    """The factors of :func:`sgd_step` (``lr_scale`` already in ``dtype``)."""
+    row_lr = lr_scale
+    if moving is not None:
+        move_f = moving.to(dtype)
+        row_lr = move_f if lr_scale is None else lr_scale * move_f
+    keep = damp = None
+    mask = moving if moving is not None else fresh
+    if group["momentum"] != 0 and mask is not None:
+        keep = torch.full(mask.shape, group["momentum"], dtype=dtype, device=mask.device)
+        damp = torch.full_like(keep, 1 - group["dampening"])
+        if fresh is not None:
+            keep = keep.masked_fill(fresh, 0.0)
+            damp = damp.masked_fill(fresh, 1.0)
+        if moving is not None:
+            resting = ~moving
+            keep = keep.masked_fill(resting, 1.0)
+            damp = damp.masked_fill(resting, 0.0)
+    return SGDRows(moving, row_lr, keep, damp)
+
+
+def sgd_step(
+    group: dict[str, Any],
+    state: dict[str, Any],
+    lp: LabelParam,
+    rows_: SGDRows,
+    *,
+    weight_decay: Tensor | None,
+    lr_scale: Tensor | None,
+) -> None:
+    """One SGD step (momentum, dampening, Nesterov, maximize) of ``lp.param`` with per-row
+    factors, in about one pass per state tensor.
+
+    ``row_lr`` is ``lr_scale[c]`` for moving rows and 0 for resting ones (None: 1 everywhere).
+    A resting row sees a zero gradient, keeps its buffer (factor 1) and moves by ``0 * update``;
+    a row moving for the first time (``fresh``, or every row when the buffer does not exist
+    yet) gets the buffer torch gives a new parameter: its gradient, without dampening.
+    """
+    param = lp.param.detach()
+    grad = lp.param.grad
+    assert grad is not None
+    rows = lp.per_class
+    lr, momentum = group["lr"], group["momentum"]
+    g = -grad if group["maximize"] else grad
+    if weight_decay is not None:
+        g = g.addcmul(param, rows(weight_decay.to(param.dtype)))
+    elif group["weight_decay"] != 0:
+        g = g.add(param, alpha=group["weight_decay"])
+    if rows_.moving is not None:
+        g = torch.where(rows(rows_.moving), g, 0.0)
+    update = g
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            # A new buffer: every row's first move (zeros, then factor 0 on them).
+            buf = state["momentum_buffer"] = torch.zeros_like(param)
+            every = torch.ones(param.shape[lp.class_dim], dtype=torch.bool, device=param.device)
+            rows_ = sgd_rows(group, param.dtype, rows_.moving, lr_scale, fresh=every)
+        if rows_.keep is None or rows_.damp is None:
+            buf.mul_(momentum).add_(g, alpha=1 - group["dampening"])
+        else:
+            buf.mul_(rows(rows_.keep)).addcmul_(g, rows(rows_.damp))
+        update = g.add(buf, alpha=momentum) if group["nesterov"] else buf
+    if rows_.row_lr is None:
+        param.add_(update, alpha=-lr)
+    else:
+        param.addcmul_(update, rows(rows_.row_lr * -lr))

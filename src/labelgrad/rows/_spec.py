@@ -5,13 +5,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from labelgrad._validation import as_class_set, as_class_vector, as_count
 
-__all__ = ["LabelParam", "RowsLike", "class_mask", "class_values", "parse_rows"]
+__all__ = [
+    "LabelParam",
+    "RowsLike",
+    "checked_rules_state",
+    "class_mask",
+    "class_values",
+    "parse_rows",
+]
 
 RowsLike = nn.Module | Tensor | Sequence[object]
 """A Linear head, a parameter whose axis 0 is the class axis, or a list of such items and
@@ -141,3 +149,68 @@ def class_values(value: object, name: str, num_classes: int) -> Tensor | None:
     if not all(math.isfinite(v) and v >= 0 for v in exact.tolist()):
         raise ValueError(f"{name} must be finite and non-negative")
     return exact.clone()
+
+
+def checked_rules_state(
+    rules: object, *, optimizer: str, num_classes: int, num_params: int
+) -> dict[str, Any]:
+    """Check the ``"row_rules"`` entry of a saved :class:`labelgrad.RowRules` state dict field by
+    field (type, shape, range) and return it with CPU tensors; raise a one-line error naming
+    the field otherwise. Nothing is broadcast: a wrong length is an error."""
+    if not isinstance(rules, dict):
+        raise ValueError(f"state_dict['row_rules'] must be a dict, got {type(rules).__name__}")
+    saved_opt = rules.get("optimizer", optimizer)
+    if saved_opt != optimizer:
+        raise ValueError(
+            f"state_dict: saved from a RowRules around {saved_opt}, this one wraps {optimizer}; "
+            "load it into a RowRules around the same optimizer type"
+        )
+    saved_c = rules.get("num_classes")
+    if saved_c != num_classes:
+        raise ValueError(
+            f"state_dict: saved for num_classes={saved_c!r}, this RowRules has "
+            f"num_classes={num_classes}"
+        )
+    out: dict[str, Any] = {
+        "frozen": _saved_mask(rules.get("frozen"), "frozen", (num_classes,)),
+        "present": _saved_mask(rules.get("present"), "present", (num_classes,)),
+        "lr_scale": _saved_values(rules.get("lr_scale"), "lr_scale", num_classes),
+        "weight_decay": _saved_values(rules.get("weight_decay"), "weight_decay", num_classes),
+    }
+    for key in ("skip_absent", "observed"):
+        if not isinstance(rules.get(key), bool):
+            raise ValueError(f"state_dict['row_rules'][{key!r}] must be a bool")
+        out[key] = rules[key]
+    started = rules.get("started")
+    out["started"] = (
+        None if started is None else _saved_mask(started, "started", (num_params, num_classes))
+    )
+    return out
+
+
+def _saved_mask(value: object, name: str, shape: tuple[int, ...]) -> Tensor:
+    if not isinstance(value, Tensor) or value.dtype != torch.bool or value.shape != shape:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            f"state_dict['row_rules'][{name!r}] must be a bool tensor of shape {shape}, got {got}"
+        )
+    return value.detach().cpu()
+
+
+def _saved_values(value: object, name: str, num_classes: int) -> Tensor | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, Tensor)
+        or not value.is_floating_point()
+        or value.shape != (num_classes,)
+    ):
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            f"state_dict['row_rules'][{name!r}] must be a float tensor of shape "
+            f"({num_classes},) or None, got {got}"
+        )
+    v = value.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
+        raise ValueError(f"state_dict['row_rules'][{name!r}] must be finite and non-negative")
+    return v

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -10,18 +10,26 @@ from torch import Tensor
 
 from labelgrad._distributed import CheckedReducer
 from labelgrad._validation import as_class_set
+from labelgrad.rows._families import step_needs_closure
 from labelgrad.rows.rules import present_classes
 from labelgrad.targets import Encoding, TargetsLike
 
 __all__ = ["Router", "route"]
 
+_META = "__labelgrad_route__"  # the state-dict key of the router's own entries
+
 
 class Router:
     """Optimizers keyed by name, each owning a group of classes; see :func:`route`.
 
+    It can be stepped through ``torch.amp.GradScaler``: ``scaler.step(router)`` unscales the
+    gradients of every optimizer (routed and ``always``), skips the whole step on inf/NaN, and
+    otherwise calls :meth:`step` with the targets observed since :meth:`zero_grad`.
+
     Attributes:
         optimizers: name -> optimizer, in the order given.
         classes: name -> the sorted int64 class indices of that group.
+        always: optimizers stepped at every step (e.g. a shared trunk's).
         num_classes: the number of classes the targets carry.
 
     Example:
@@ -38,6 +46,7 @@ class Router:
         groups: Mapping[str, tuple[torch.optim.Optimizer, object]],
         *,
         num_classes: int | None = None,
+        always: Iterable[torch.optim.Optimizer] | None = None,
     ) -> None:
         if not isinstance(groups, Mapping) or not groups:
             raise TypeError("groups must be a non-empty dict {name: (optimizer, classes)}")
@@ -47,40 +56,48 @@ class Router:
             if not isinstance(entry, tuple) or len(entry) != 2:
                 raise TypeError(f"groups[{name!r}] must be a pair (optimizer, classes)")
             opt, classes = entry
-            if not isinstance(opt, torch.optim.Optimizer):
-                raise TypeError(
-                    f"groups[{name!r}]: expected a torch.optim.Optimizer, got {type(opt).__name__}"
-                )
+            _check_optimizer(opt, f"groups[{name!r}]")
             idx = as_class_set(classes, f"groups[{name!r}] classes", num_classes=num_classes)
             if idx.numel() == 0:
                 raise ValueError(f"groups[{name!r}] has no classes")
             self.optimizers[name] = opt
             self.classes[name] = idx
+        self.always = _always(always)
         largest = max(int(idx.max()) for idx in self.classes.values()) + 1
-        if num_classes is None:
-            num_classes = largest
-        self.num_classes = num_classes
-        owner = torch.full((num_classes,), -1, dtype=torch.long)
+        self.num_classes = largest if num_classes is None else num_classes
+        self._check_disjoint()
+        # membership (K, C): which group owns which class; built once, on the CPU.
         names = list(self.optimizers)
+        self._membership = torch.zeros(len(names), self.num_classes, dtype=torch.bool)
         for k, name in enumerate(names):
-            clash = owner[self.classes[name]]
-            if bool((clash >= 0).any()):
-                other = names[int(clash[clash >= 0][0])]
-                both = sorted(set(self.classes[name].tolist()) & set(self.classes[other].tolist()))
-                raise ValueError(
-                    f"groups: classes {both} are in both {other!r} and {name!r}; "
-                    "each class belongs to one optimizer"
-                )
-            owner[self.classes[name]] = k
+            self._membership[k, self.classes[name]] = True
+        self._present: Tensor | None = None
+        self._present_reducer = CheckedReducer("the present classes of route")
+
+    def _check_disjoint(self) -> None:
+        """Classes belong to one group; parameters to one optimizer; observers agree on C."""
+        owner: dict[int, str] = {}
+        for name, idx in self.classes.items():
+            for c in idx.tolist():
+                if c in owner:
+                    both = sorted(set(self.classes[owner[c]].tolist()) & set(idx.tolist()))
+                    raise ValueError(
+                        f"groups: classes {both} are in both {owner[c]!r} and {name!r}; "
+                        "each class belongs to one optimizer"
+                    )
+                owner[c] = name
         for name, opt in self.optimizers.items():
             inner = getattr(opt, "num_classes", None)
-            if callable(getattr(opt, "observe", None)) and inner != num_classes:
+            if callable(getattr(opt, "observe", None)) and inner != self.num_classes:
                 raise ValueError(
                     f"groups[{name!r}]: its optimizer observes targets over {inner} classes but "
-                    f"the router has num_classes={num_classes}; both must use the same class ids"
+                    f"the router has num_classes={self.num_classes}; both must use the same "
+                    "class ids"
                 )
+        labelled = [*self.optimizers.items()]
+        labelled += [(f"always[{k}]", opt) for k, opt in enumerate(self.always)]
         seen: dict[int, str] = {}
-        for name, opt in self.optimizers.items():
+        for name, opt in labelled:
             for group in opt.param_groups:
                 for p in group["params"]:
                     if id(p) in seen and seen[id(p)] != name:
@@ -89,12 +106,6 @@ class Router:
                             f"optimizers of both {seen[id(p)]!r} and {name!r}"
                         )
                     seen[id(p)] = name
-        # membership (K, C): which group owns which class; built once, on the CPU.
-        self._membership = torch.zeros(len(names), num_classes, dtype=torch.bool)
-        for k, name in enumerate(names):
-            self._membership[k, self.classes[name]] = True
-        self._present: Tensor | None = None
-        self._present_reducer = CheckedReducer("the present classes of route")
 
     def __getitem__(self, name: str) -> torch.optim.Optimizer:
         return self.optimizers[name]
@@ -110,7 +121,15 @@ class Router:
             f"{name}: {type(opt).__name__} x {self.classes[name].numel()} classes"
             for name, opt in self.optimizers.items()
         )
-        return f"Router({groups})"
+        always = ", ".join(type(opt).__name__ for opt in self.always)
+        return f"Router({groups}{'; always: ' + always if always else ''})"
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The param groups of every optimizer (routed, then ``always``): what
+        ``GradScaler.unscale_`` walks."""
+        opts = [*self.optimizers.values(), *self.always]
+        return [group for opt in opts for group in opt.param_groups]
 
     def observe(
         self,
@@ -118,40 +137,48 @@ class Router:
         *,
         class_dim: int = 1,
         encoding: Encoding | None = None,
+        like: Tensor | None = None,
         ignore_index: int = -100,
     ) -> None:
         """Add the classes with a positive label in ``targets`` to this step's present classes.
 
         Routed optimizers that observe targets themselves (a :class:`labelgrad.RowRules`) observe
-        them too. ``class_dim``, ``encoding`` and ``ignore_index`` are passed on to
-        :meth:`labelgrad.Targets.coerce`.
+        them too. ``class_dim``, ``encoding``, ``like`` and ``ignore_index`` are passed on to
+        :meth:`labelgrad.Targets.coerce`; the encoding is never guessed from a shape (integer
+        labels with two or more dimensions need ``encoding=`` or ``like=``).
         """
-        hit = present_classes(
-            targets,
-            self.num_classes,
-            class_dim=class_dim,
-            encoding=encoding,
-            ignore_index=ignore_index,
-        )
+        kwargs: dict[str, Any] = {
+            "class_dim": class_dim,
+            "encoding": encoding,
+            "like": like,
+            "ignore_index": ignore_index,
+        }
+        hit = present_classes(targets, self.num_classes, **kwargs)
         self._present = (
             hit if self._present is None else self._present | hit.to(self._present.device)
         )
         for opt in self.optimizers.values():
             observe = getattr(opt, "observe", None)
             if callable(observe):
-                observe(targets, class_dim=class_dim, encoding=encoding, ignore_index=ignore_index)
+                observe(targets, **kwargs)
 
     def step(
         self,
         closure: Callable[[], Any] | None = None,
         *,
         targets: TargetsLike | None = None,
+        class_dim: int = 1,
+        encoding: Encoding | None = None,
+        like: Tensor | None = None,
+        ignore_index: int = -100,
     ) -> Any:
-        """Step the optimizers whose classes occur in the targets observed since the last step.
+        """Step the optimizers whose classes occur in the targets observed since the last step,
+        and every ``always`` optimizer.
 
         Deciding which optimizers to call reads the (K,) "group present" vector on the host:
         one synchronisation per step (a Python ``if`` cannot wait on the device). The optimizers
-        that do not step keep their parameters and state bitwise unchanged.
+        that do not step keep their parameters and state bitwise unchanged. ``targets`` and the
+        keywords after it are as in :meth:`observe`.
 
         Returns:
             The closure's loss (evaluated once), or None.
@@ -160,7 +187,13 @@ class Router:
             RuntimeError: no targets were observed since the last step.
         """
         if targets is not None:
-            self.observe(targets)
+            self.observe(
+                targets,
+                class_dim=class_dim,
+                encoding=encoding,
+                like=like,
+                ignore_index=ignore_index,
+            )
         if self._present is None:
             raise RuntimeError(
                 "route needs the batch's targets: call router.observe(targets) or "
@@ -176,6 +209,8 @@ class Router:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for opt in self.always:
+            opt.step()
         for hit, opt in zip(hits, self.optimizers.values()):
             if hit:
                 opt.step()
@@ -187,56 +222,126 @@ class Router:
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """``zero_grad`` of every routed optimizer."""
-        for opt in self.optimizers.values():
+        """``zero_grad`` of every optimizer; also forgets the classes observed so far (a step
+        that ``GradScaler`` skipped must not carry its batch's classes into the next one)."""
+        for opt in [*self.optimizers.values(), *self.always]:
             opt.zero_grad(set_to_none=set_to_none)
+        self._present = None
 
     def state_dict(self) -> dict[str, Any]:
-        """name -> that optimizer's state dict."""
-        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+        """name -> that optimizer's state dict, and the ``always`` optimizers' state dicts and
+        every optimizer's type under the key ``"__labelgrad_route__"``."""
+        out: dict[str, Any] = {name: opt.state_dict() for name, opt in self.optimizers.items()}
+        out[_META] = {
+            "types": {name: _type_name(opt) for name, opt in self.optimizers.items()},
+            "always_types": [_type_name(opt) for opt in self.always],
+            "always": [opt.state_dict() for opt in self.always],
+        }
+        return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load what :meth:`state_dict` returned."""
-        missing = set(self.optimizers) ^ set(state_dict)
+        """Load what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: the group names, the number of ``always`` optimizers or an optimizer's
+                type differ from this router's.
+        """
+        sd = dict(state_dict)
+        meta = sd.pop(_META, None)
+        missing = set(self.optimizers) ^ set(sd)
         if missing:
             raise ValueError(f"state_dict: group names differ: {sorted(missing)}")
+        if meta is not None:
+            mine = {name: _type_name(opt) for name, opt in self.optimizers.items()}
+            for name, saved in dict(meta.get("types", {})).items():
+                if name in mine and saved != mine[name]:
+                    raise ValueError(
+                        f"state_dict: group {name!r} was saved from {saved}, this router's is "
+                        f"{mine[name]}; load it into a router with the same optimizer types"
+                    )
+            saved_always = list(meta.get("always_types", []))
+            if saved_always != [_type_name(opt) for opt in self.always]:
+                raise ValueError(
+                    f"state_dict: saved with always={saved_always}, this router has "
+                    f"always={[_type_name(opt) for opt in self.always]}"
+                )
+        elif self.always:
+            raise ValueError("state_dict: has no state for this router's always= optimizers")
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(state_dict[name])
+            opt.load_state_dict(sd[name])
+        if meta is not None:
+            for opt, saved_sd in zip(self.always, meta["always"]):
+                opt.load_state_dict(saved_sd)
+
+
+def _type_name(opt: torch.optim.Optimizer) -> str:
+    """The optimizer's type, looking through a RowRules to the optimizer it wraps."""
+    inner = getattr(opt, "optimizer", None)
+    name = type(opt).__name__
+    return f"{name}({_type_name(inner)})" if isinstance(inner, torch.optim.Optimizer) else name
+
+
+def _check_optimizer(opt: object, name: str) -> None:
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"{name}: expected a torch.optim.Optimizer, got {type(opt).__name__}")
+    if step_needs_closure(opt):
+        raise TypeError(
+            f"{name}: {type(opt).__name__}.step() requires a closure (LBFGS-style); route "
+            "steps optimizers without one"
+        )
+
+
+def _always(always: Iterable[torch.optim.Optimizer] | None) -> list[torch.optim.Optimizer]:
+    if always is None:
+        return []
+    if isinstance(always, torch.optim.Optimizer):
+        raise TypeError("always must be a list of optimizers, e.g. always=[trunk_opt]")
+    out = list(always)
+    for k, opt in enumerate(out):
+        _check_optimizer(opt, f"always[{k}]")
+    return out
 
 
 def route(
     groups: Mapping[str, tuple[torch.optim.Optimizer, object]],
     *,
     num_classes: int | None = None,
+    always: Iterable[torch.optim.Optimizer] | None = None,
 ) -> Router:
     """Separate optimizers for groups of classes: each steps only when its classes occur.
 
     Each group is ``name: (optimizer, classes)``; the optimizer may own whole modules (a head per
     group) or anything else. ``step(targets=...)`` steps the optimizers with at least one class
     with a positive label in the targets; the others keep their parameters and state bitwise
-    unchanged (their gradients are left in place; ``zero_grad`` clears them).
+    unchanged (their gradients are left in place; ``zero_grad`` clears them). The optimizers in
+    ``always`` (a shared trunk's) step every time.
 
     Args:
         groups: name -> (optimizer, classes). Class groups must not overlap, nor may two
-            optimizers own the same parameter.
+            optimizers (``always`` included) own the same parameter.
         num_classes: the number of classes in the targets; defaults to the largest routed class
             plus one.
+        always: optimizers stepped at every step, whatever the labels.
 
     Returns:
         A :class:`Router`.
 
     Example:
         >>> import torch, labelgrad as lg
+        >>> trunk = torch.nn.Linear(4, 4)
         >>> head_a, head_b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
-        >>> router = lg.route({
-        ...     "frequent": (torch.optim.SGD(head_a.parameters(), lr=0.1), [0, 1]),
-        ...     "rare": (torch.optim.Adam(head_b.parameters(), lr=1e-3), [2, 3]),
-        ... })
-        >>> x = torch.randn(5, 4)
-        >>> torch.cat([head_a(x), head_b(x)], dim=1).sum().backward()
-        >>> before = head_b.weight.detach().clone()
+        >>> router = lg.route(
+        ...     {
+        ...         "frequent": (torch.optim.SGD(head_a.parameters(), lr=0.1), [0, 1]),
+        ...         "rare": (torch.optim.Adam(head_b.parameters(), lr=1e-3), [2, 3]),
+        ...     },
+        ...     always=[torch.optim.SGD(trunk.parameters(), lr=0.1)],
+        ... )
+        >>> h = trunk(torch.randn(5, 4))
+        >>> torch.cat([head_a(h), head_b(h)], dim=1).sum().backward()
+        >>> before = head_b.weight.detach().clone(), trunk.weight.detach().clone()
         >>> router.step(targets=torch.tensor([0, 1, 1, 0, 0]))  # no rare class: "rare" rests
-        >>> torch.equal(head_b.weight, before)
-        True
+        >>> torch.equal(head_b.weight, before[0]), torch.equal(trunk.weight, before[1])
+        (True, False)
     """
-    return Router(groups, num_classes=num_classes)
+    return Router(groups, num_classes=num_classes, always=always)

@@ -10,9 +10,16 @@ import torch
 from torch import Tensor
 
 from labelgrad._distributed import CheckedReducer
-from labelgrad.rows import _fast
-from labelgrad.rows._families import LR_LINEAR, decay_kind
-from labelgrad.rows._spec import LabelParam, RowsLike, class_mask, class_values, parse_rows
+from labelgrad.rows import _fast, _fresh
+from labelgrad.rows._families import LR_LINEAR, decay_kind, refusal
+from labelgrad.rows._spec import (
+    LabelParam,
+    RowsLike,
+    checked_rules_state,
+    class_mask,
+    class_values,
+    parse_rows,
+)
 from labelgrad.targets import Encoding, Targets, TargetsLike
 
 __all__ = ["RowRules", "present_classes"]
@@ -24,25 +31,61 @@ def present_classes(
     *,
     class_dim: int = 1,
     encoding: Encoding | None = None,
+    like: Tensor | None = None,
     ignore_index: int = -100,
 ) -> Tensor:
     """The (C,) bool mask of classes with a positive label anywhere in ``targets``.
 
     Computed on the targets' device without a host synchronisation. ``class_dim``,
-    ``encoding`` and ``ignore_index`` are passed on to :meth:`labelgrad.Targets.coerce`.
+    ``encoding``, ``like`` and ``ignore_index`` are passed on to
+    :meth:`labelgrad.Targets.coerce`. The encoding is never guessed from a shape: integer
+    targets with more than one dimension need ``encoding=`` (``"index"`` for (N, *) class
+    indices, ``"multi_hot"`` for (N, C, *) labels) or ``like=logits``.
+
+    Raises:
+        ValueError: integer targets of two or more dimensions without ``encoding`` or ``like``,
+            or labels that do not fit ``num_classes``.
 
     Example:
         >>> import torch
         >>> present_classes(torch.tensor([2, 0, 2, -100]), 4).tolist()
         [True, False, True, False]
-        >>> present_classes(torch.tensor([[1, 255], [1, 1]]), 4, ignore_index=255).tolist()
+        >>> present_classes(torch.tensor([[1, 0, 0, 1]]), 4, encoding="multi_hot").tolist()
+        [True, False, False, True]
+        >>> present_classes(torch.tensor([[1, 255], [1, 1]]), 4, encoding="index",
+        ...                 ignore_index=255).tolist()
         [False, True, False, False]
     """
+    if (
+        isinstance(targets, Tensor)
+        and encoding is None
+        and like is None
+        and targets.dim() >= 2
+        and not (targets.is_floating_point() or targets.dtype == torch.bool)
+    ):
+        raise ValueError(
+            f"targets: integer labels of shape {tuple(targets.shape)} could be class indices "
+            "(N, *) or multi-hot labels (N, C, *); pass encoding='index' or "
+            "encoding='multi_hot' (or like=logits)"
+        )
+    if (
+        isinstance(targets, Tensor)
+        and like is None
+        and encoding in (None, "index")
+        and targets.dim() == 1
+        and targets.device.type == "cpu"
+        and not (targets.is_floating_point() or targets.dtype == torch.bool)
+        and not torch.compiler.is_compiling()
+    ):
+        hit = _cpu_indices_present(targets, num_classes)
+        if hit is not None:
+            return hit
     t = Targets.coerce(
         targets,
         num_classes=num_classes,
         class_dim=class_dim,
         encoding=encoding,
+        like=like,
         ignore_index=ignore_index,
     )
     if t.indices is not None:
@@ -54,6 +97,19 @@ def present_classes(
         return hit[:num_classes]
     pos = t.positive.movedim(t.class_dim, -1).reshape(-1, num_classes)
     return pos.any(dim=0)
+
+
+def _cpu_indices_present(idx: Tensor, num_classes: int) -> Tensor | None:
+    """The common case in a few operators: 1-D CPU class indices, all in range (checked as
+    :meth:`Targets.coerce` checks them, free on the CPU). None where some index is ignored or
+    out of range: the general path then reads it (or names the bad value)."""
+    hit = torch.zeros(num_classes, dtype=torch.bool)
+    if idx.numel() == 0:
+        return hit
+    low, high = (int(v) for v in torch.aminmax(idx))
+    if low < 0 or high >= num_classes:
+        return None
+    return hit.index_fill_(0, idx if idx.dtype == torch.long else idx.long(), True)
 
 
 class RowRules(torch.optim.Optimizer):
@@ -68,14 +124,24 @@ class RowRules(torch.optim.Optimizer):
     rule acts on the update, so no momentum, moment or decoupled-decay drift remains. The step
     counter of a tensor is shared by its rows, as in :class:`torch.optim.SparseAdam`.
 
-    Adam and AdamW are stepped by labelgrad itself on label-owned parameters (the same update
-    with per-row coefficients, one extra pass over the gradient); every other optimizer,
-    foreach and fused variants included, goes through the exact snapshot path: copy the affected
-    rows of the parameter and of every state tensor shaped like it, let the optimizer step,
-    restore and rescale. ``lr_scale`` is exact for optimizers whose update is linear in ``lr``
-    (SGD, Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta); per-class
+    A row that starts moving later (frozen at first, or absent from the first batches with
+    ``skip_absent``) starts as a new parameter would: from the optimizer's initial state
+    (Rprop's step sizes at ``lr``, SGD's momentum buffer from its first gradient), sharing only
+    the tensor's step counter. With no rules set (nothing frozen, no ``lr_scale`` or
+    ``weight_decay``, ``skip_absent=False``) a step is exactly the wrapped optimizer's step.
+
+    Adam, AdamW and SGD are stepped by labelgrad itself on label-owned parameters when a rule
+    applies (the same update with per-row coefficients, about one pass per tensor); every other
+    optimizer, foreach and fused variants included, goes through the exact snapshot path: copy
+    the affected rows of the parameter and of every state tensor shaped like it, let the
+    optimizer step, restore and rescale. ``lr_scale`` is exact for optimizers whose update is
+    linear in ``lr`` (SGD, Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta,
+    SparseAdam; a warning says so for the others, e.g. Rprop and ASGD); per-class
     ``weight_decay`` is supported for optimizers with L2 (coupled) or decoupled (AdamW-style)
-    weight decay.
+    weight decay. Refused with a TypeError: optimizers whose ``step`` needs a closure (LBFGS)
+    and optimizers that couple the rows of a parameter (Muon, Adafactor). State that is neither
+    shaped like the parameter nor a scalar (a custom optimizer's) cannot be protected row by
+    row: a warning names it.
 
     It is an optimizer: ``param_groups``, ``state``, ``zero_grad``, ``state_dict`` and
     ``add_param_group`` are the wrapped optimizer's, LR schedulers and
@@ -94,8 +160,8 @@ class RowRules(torch.optim.Optimizer):
         skip_absent: rows of classes absent from every target observed since the last step stay
             bitwise unchanged, their state too. Needs :meth:`observe` or ``step(targets=...)``.
         num_classes: the number of classes; read from the class axis of ``rows`` when omitted.
-        fast: step Adam/AdamW label-owned rows with labelgrad's own kernel (False forces the
-            generic snapshot path).
+        fast: step Adam/AdamW/SGD label-owned rows with labelgrad's own kernel (False forces
+            the generic snapshot path).
 
     Example:
         >>> import torch, labelgrad as lg
@@ -133,6 +199,9 @@ class RowRules(torch.optim.Optimizer):
             )
         if isinstance(optimizer, RowRules):
             raise TypeError("optimizer is already a RowRules; put all rows in one RowRules")
+        reason = refusal(optimizer)
+        if reason is not None:
+            raise TypeError(f"optimizer: RowRules cannot wrap {type(optimizer).__name__}: {reason}")
         if not isinstance(skip_absent, bool):
             raise TypeError(f"skip_absent must be a bool, got {type(skip_absent).__name__}")
         self.optimizer = optimizer
@@ -173,6 +242,16 @@ class RowRules(torch.optim.Optimizer):
         self._present_reducer = CheckedReducer("the present classes of RowRules")
         self._observed = False
         self._in_closure = False
+        # Rows that have moved since their tensor's state was created (per label-owned param);
+        # the others start from the optimizer's initial state when they first move. The host
+        # flags say "every row has started" without reading the masks back.
+        self._started = [
+            torch.full((c,), bool(optimizer.state.get(lp.param)), device=self._device)
+            for lp in self._params
+        ]
+        self._all_started = [bool(optimizer.state.get(lp.param)) for lp in self._params]
+        self._warned_state: set[str] = set()
+        self._lr_scale_cache: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
 
     # -- the optimizer interface: everything but step belongs to the wrapped optimizer ----------
 
@@ -278,13 +357,16 @@ class RowRules(torch.optim.Optimizer):
         *,
         class_dim: int = 1,
         encoding: Encoding | None = None,
+        like: Tensor | None = None,
         ignore_index: int = -100,
     ) -> None:
         """Add the classes with a positive label in ``targets`` to the classes present this step.
 
         Call it for every micro-batch of a gradient-accumulation window; the window closes at
         :meth:`step`. Any label encoding is accepted (see :meth:`labelgrad.Targets.coerce`;
-        ``class_dim``, ``encoding`` and ``ignore_index`` are passed on to it).
+        ``class_dim``, ``encoding``, ``like`` and ``ignore_index`` are passed on to it), but it
+        is never guessed from a shape: integer labels with two or more dimensions need
+        ``encoding="index"`` or ``encoding="multi_hot"`` (or ``like=logits``).
 
         Example:
             >>> import torch, labelgrad as lg
@@ -294,12 +376,16 @@ class RowRules(torch.optim.Optimizer):
             >>> opt.observe(torch.tensor([0])); opt.observe(torch.tensor([2]))
             >>> opt.present.tolist()
             [True, False, True]
+            >>> opt.observe(torch.tensor([[0, 1, 0]]), encoding="multi_hot")
+            >>> opt.present.tolist()
+            [True, True, True]
         """
         hit = present_classes(
             targets,
             self.num_classes,
             class_dim=class_dim,
             encoding=encoding,
+            like=like,
             ignore_index=ignore_index,
         )
         self._present |= hit.to(self._device, non_blocking=True)
@@ -322,13 +408,22 @@ class RowRules(torch.optim.Optimizer):
         closure: Callable[[], Any] | None = None,
         *,
         targets: TargetsLike | None = None,
+        class_dim: int = 1,
+        encoding: Encoding | None = None,
+        like: Tensor | None = None,
+        ignore_index: int = -100,
     ) -> Any:
         """Step the wrapped optimizer with the row rules applied.
 
         Args:
             closure: re-evaluates the model and returns the loss; called once, before the
-                update (optimizers that call it several times, such as LBFGS, are not supported).
-            targets: the batch's labels; same as calling :meth:`observe` first.
+                update (optimizers that need a closure, such as LBFGS, are refused).
+            targets: the batch's labels; same as calling :meth:`observe` first (with
+                ``class_dim``, ``encoding``, ``like`` and ``ignore_index``).
+            class_dim: see :meth:`observe`.
+            encoding: see :meth:`observe`.
+            like: see :meth:`observe`.
+            ignore_index: see :meth:`observe`.
 
         Returns:
             The closure's loss, or None.
@@ -337,7 +432,13 @@ class RowRules(torch.optim.Optimizer):
             RuntimeError: ``skip_absent=True`` and no targets were observed since the last step.
         """
         if targets is not None:
-            self.observe(targets)
+            self.observe(
+                targets,
+                class_dim=class_dim,
+                encoding=encoding,
+                like=like,
+                ignore_index=ignore_index,
+            )
         loss = None
         if closure is not None:
             # Evaluated first, so that the gradients it computes decide which rows are stepped;
@@ -382,77 +483,207 @@ class RowRules(torch.optim.Optimizer):
         )
 
     def _step(self, moving: Tensor | None) -> None:
-        active = [lp for lp in self._params if lp.param.grad is not None]
-        groups = {id(lp.param): self._group_of(lp.param) for lp in active}
+        active = [i for i, lp in enumerate(self._params) if lp.param.grad is not None]
+        if self._bare(moving, active):
+            # Nothing to do: exactly the wrapped optimizer's step (bitwise).
+            self.optimizer.step()
+            self._mark_started(moving, active)
+            return
+        groups = {i: self._group_of(self._params[i].param) for i in active}
         fast = [
-            lp
-            for lp in active
-            if self.fast and _fast.supports(self.optimizer, groups[id(lp.param)], lp.param)
+            i
+            for i in active
+            if self.fast and _fast.supports(self.optimizer, groups[i], self._params[i].param)
         ]
-        fast_ids = {id(lp.param) for lp in fast}
-        slow = [lp for lp in active if id(lp.param) not in fast_ids]
+        slow = [i for i in active if i not in fast]
         # Snapshot path: take the affected rows before the optimizer moves them.
-        snaps = [self._snapshot(lp, groups[id(lp.param)], moving) for lp in slow]
+        snaps = {i: self._snapshot(i, groups[i], moving) for i in slow}
         # Fast path: hide the label-owned gradients from the optimizer, step them ourselves.
-        hidden = [lp.param.grad for lp in fast]
-        for lp in fast:
-            lp.param.grad = None
+        hidden = {i: self._params[i].param.grad for i in fast}
+        for i in fast:
+            self._params[i].param.grad = None
         try:
             self.optimizer.step()
         finally:
-            for lp, g in zip(fast, hidden):
-                lp.param.grad = g
-        for lp, snap in zip(slow, snaps):
-            self._restore(lp, groups[id(lp.param)], moving, snap)
-        for lp in fast:
+            for i, g in hidden.items():
+                self._params[i].param.grad = g
+        for i in slow:
+            self._restore(self._params[i], groups[i], moving, snaps[i])
+        coefs: dict[tuple[int, torch.dtype], _fast.RowCoefficients] = {}
+        sgd_coefs: dict[tuple[int, torch.dtype], _fast.SGDRows] = {}
+        for i in fast:
+            if isinstance(self.optimizer, torch.optim.SGD):
+                self._sgd_fast(i, groups[i], moving, sgd_coefs)
+                continue
+            # Adam's initial state is zeros, which resting rows keep: no fresh-row handling.
+            # The per-row factors are shared by the tensors of one group and dtype.
+            dtype = self._params[i].param.dtype
+            key = (id(groups[i]), dtype)
+            if key not in coefs:
+                scale = self._lr_scale_in(dtype)
+                coefs[key] = _fast.coefficients(groups[i], dtype, moving, scale)
             _fast.adam_step(
                 self.optimizer,
-                groups[id(lp.param)],
-                lp,
-                moving=moving,
-                lr_scale=self._lr_scale,
+                groups[i],
+                self._params[i],
+                coefs[key],
                 weight_decay=self._weight_decay,
             )
+        self._mark_started(moving, active)
 
-    def _snapshot(
-        self, lp: LabelParam, group: dict[str, Any], moving: Tensor | None
-    ) -> dict[str, Any]:
+    def _sgd_fast(
+        self,
+        i: int,
+        group: dict[str, Any],
+        moving: Tensor | None,
+        cache: dict[tuple[int, torch.dtype], _fast.SGDRows],
+    ) -> None:
+        lp = self._params[i]
+        dtype = lp.param.dtype
+        scale = self._lr_scale_in(dtype)
+        fresh = self._fresh_rows(i, moving)
+        key = (id(group), dtype)
+        if fresh is not None:  # rows starting now: factors of this tensor's own
+            rows = _fast.sgd_rows(group, dtype, moving, scale, fresh)
+        else:
+            if key not in cache:
+                cache[key] = _fast.sgd_rows(group, dtype, moving, scale)
+            rows = cache[key]
+        _fast.sgd_step(
+            group,
+            self.optimizer.state[lp.param],
+            lp,
+            rows,
+            weight_decay=self._weight_decay,
+            lr_scale=scale,
+        )
+
+    def _lr_scale_in(self, dtype: torch.dtype) -> Tensor | None:
+        """``lr_scale`` in ``dtype``, converted once per value."""
+        if self._lr_scale is None:
+            return None
+        cached = self._lr_scale_cache.get(dtype)
+        if cached is None or cached[0] is not self._lr_scale:
+            cached = (self._lr_scale, self._lr_scale.to(dtype))
+            self._lr_scale_cache[dtype] = cached
+        return cached[1]
+
+    def _bare(self, moving: Tensor | None, active: list[int]) -> bool:
+        """True when this step has no rule to apply and no row starting late."""
+        if moving is not None or self._lr_scale is not None or self._weight_decay is not None:
+            return False
+        state = self.optimizer.state
+        return all(self._all_started[i] or not state.get(self._params[i].param) for i in active)
+
+    def _mark_started(self, moving: Tensor | None, active: list[int]) -> None:
+        for i in active:
+            if moving is None:
+                self._started[i].fill_(True)
+                self._all_started[i] = True
+            elif not self._all_started[i] and self._tracks_fresh(i):
+                self._started[i] |= moving
+
+    def _tracks_fresh(self, i: int) -> bool:
+        """Whether rows of param ``i`` that start late need anything but their resting state
+        (Rprop, SGD with momentum); for the others the state rows a row kept while resting
+        are already its initial state, so the started mask is not kept up to date."""
+        group = self._group_of(self._params[i].param)
+        return _fresh.tracks(self.optimizer, group)
+
+    def _fresh_rows(self, i: int, moving: Tensor | None) -> Tensor | None:
+        """(C,) bool mask of rows of param ``i`` that move for the first time this step, or
+        None when no row can (all started, or the tensor has no state yet)."""
+        if self._all_started[i] or not self.optimizer.state.get(self._params[i].param):
+            return None
+        if not self._tracks_fresh(i):
+            return None
+        first = ~self._started[i]
+        return first if moving is None else moving & first
+
+    def _snapshot(self, i: int, group: dict[str, Any], moving: Tensor | None) -> dict[str, Any]:
+        lp = self._params[i]
         p, dim = lp.param, lp.class_dim
-        snap: dict[str, Any] = {}
+        fresh = self._fresh_rows(i, moving)
+        snap: dict[str, Any] = {"fresh": fresh}
         # A DTensor (FSDP2) parameter cannot be indexed by class across its shards: take the
         # whole-tensor path, which selects rows with a broadcast mask (see LabelParam.per_class).
         dynamic = self.skip_absent or hasattr(p, "device_mesh")
         needs_param = dynamic or self._lr_scale is not None
         kind = decay_kind(self.optimizer, group) if self._weight_decay is not None else None
-        if kind == "decoupled":
+        first_step = fresh is not None and _fresh.needs_first_step(self.optimizer, group)
+        if kind == "decoupled" or first_step:
             needs_param = True
         if needs_param:
             snap["param"] = p.detach().clone()
         elif moving is not None:
             snap["param_rows"] = p.detach().index_select(dim, self._frozen_index)
         state = self.optimizer.state.get(p, {})
+        like = self._row_state(p, state)
+        snap["keys"] = set(state)
         if moving is not None:
-            like = {k: v for k, v in state.items() if isinstance(v, Tensor) and v.shape == p.shape}
             if dynamic:
                 snap["state"] = {k: v.clone() for k, v in like.items()}
             else:
                 snap["state_rows"] = {
                     k: v.index_select(dim, self._frozen_index) for k, v in like.items()
                 }
+        if fresh is not None:
+            self._reset_fresh(lp, group, like, fresh)
+        grad = p.grad
+        assert grad is not None
         if kind == "coupled":
             assert self._weight_decay is not None
-            grad = p.grad
-            assert grad is not None
             snap["grad"] = grad.clone()
             extra = self._weight_decay.to(p.dtype) - float(group.get("weight_decay", 0.0))
             sign = -1.0 if group.get("maximize", False) else 1.0
             grad.addcmul_(p.detach(), lp.per_class(extra), value=sign)
+        if first_step:
+            # The gradient as the optimizer sees it (foreach SGD may update it in place).
+            snap["first_grad"] = grad.clone()
         return snap
+
+    def _row_state(self, p: Tensor, state: dict[str, Any]) -> dict[str, Tensor]:
+        """The state tensors shaped like ``p``; warns (once per key) about any other shape
+        that a rule cannot protect row by row."""
+        like: dict[str, Tensor] = {}
+        for k, v in state.items():
+            if not isinstance(v, Tensor):
+                continue
+            if v.shape == p.shape:
+                like[k] = v
+            elif v.dim() > 0 and k not in self._warned_state:
+                self._warned_state.add(k)
+                warnings.warn(
+                    f"RowRules: the state {k!r} of shape {tuple(v.shape)} of "
+                    f"{type(self.optimizer).__name__} is not shaped like its parameter "
+                    f"{tuple(p.shape)}; frozen and absent rows cannot protect it",
+                    stacklevel=4,
+                )
+        return like
+
+    def _reset_fresh(
+        self, lp: LabelParam, group: dict[str, Any], like: dict[str, Tensor], fresh: Tensor
+    ) -> None:
+        """Rows moving for the first time start from the state's initial value where that is
+        not 0 (Rprop's step size is the current lr); zero-initialised state already holds it."""
+        for k, v in like.items():
+            init = _fresh.initial_value(self.optimizer, group, k)
+            if init is None or (isinstance(init, float) and init == 0.0):
+                continue
+            torch.where(lp.per_class(fresh), _value(init, v), v, out=v)
 
     def _restore(
         self, lp: LabelParam, group: dict[str, Any], moving: Tensor | None, snap: dict[str, Any]
     ) -> None:
         p, dim = lp.param.detach(), lp.class_dim
+        state = self.optimizer.state.get(lp.param, {})
+        if "first_grad" in snap:
+            # SGD's buffer of a row moving for the first time is its gradient, not
+            # momentum * buffer + (1 - dampening) * gradient: redo those rows as torch does.
+            new, buf = _fresh.sgd_first_step(group, snap["param"], snap["first_grad"])
+            rows = lp.per_class(snap["fresh"])
+            torch.where(rows, new, p, out=p)
+            torch.where(rows, buf, state["momentum_buffer"], out=state["momentum_buffer"])
         if "grad" in snap:
             grad = lp.param.grad
             assert grad is not None
@@ -471,26 +702,39 @@ class RowRules(torch.optim.Optimizer):
                 torch.where(keep, p, old, out=p)
         elif "param_rows" in snap:
             p.index_copy_(dim, self._frozen_index, snap["param_rows"])
-        state = self.optimizer.state.get(lp.param, {})
-        if "state" in snap:
-            assert keep is not None
-            old_state: dict[str, Tensor] = snap["state"]
-            for k, v in state.items():
-                if isinstance(v, Tensor) and v.shape == p.shape:
-                    # State created by this step starts at zero for rows that did not move.
-                    before = old_state.get(k)
-                    if before is None:
-                        before = torch.zeros((), dtype=v.dtype, device=v.device)
-                    torch.where(keep, v, before, out=v)
-        elif "state_rows" in snap:
-            old_rows: dict[str, Tensor] = snap["state_rows"]
-            for k, v in state.items():
-                if isinstance(v, Tensor) and v.shape == p.shape:
-                    before = old_rows.get(k)
-                    if before is None:
-                        v.index_fill_(dim, self._frozen_index, 0.0)
-                    else:
-                        v.index_copy_(dim, self._frozen_index, before)
+        self._restore_state(lp, group, state, snap, keep)
+
+    def _restore_state(
+        self,
+        lp: LabelParam,
+        group: dict[str, Any],
+        state: dict[str, Any],
+        snap: dict[str, Any],
+        keep: Tensor | None,
+    ) -> None:
+        p, dim = lp.param, lp.class_dim
+        for k, v in self._row_state(p, state).items():
+            if "state" in snap:
+                assert keep is not None
+                before = snap["state"].get(k)
+            elif "state_rows" in snap:
+                before = snap["state_rows"].get(k)
+            else:
+                continue
+            if before is None and k not in snap["keys"]:
+                # Created by this step: the rows that sat it out hold the initial value (for
+                # SGD's buffer, any value: their first step replaces it).
+                init = _fresh.initial_value(self.optimizer, group, k)
+                before = _value(0.0 if init is None else init, v)
+            if before is None:
+                continue
+            if "state" in snap:
+                assert keep is not None
+                torch.where(keep, v, before, out=v)
+            elif before.dim() == 0:
+                v.index_fill_(dim, self._frozen_index, before)
+            else:
+                v.index_copy_(dim, self._frozen_index, before)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -499,6 +743,7 @@ class RowRules(torch.optim.Optimizer):
         the key ``"row_rules"``."""
         sd = dict(self.optimizer.state_dict())
         sd["row_rules"] = {
+            "optimizer": type(self.optimizer).__name__,
             "num_classes": self.num_classes,
             "frozen": self._frozen.cpu(),
             "lr_scale": None if self._lr_scale is None else self._lr_scale.cpu(),
@@ -506,26 +751,59 @@ class RowRules(torch.optim.Optimizer):
             "skip_absent": self.skip_absent,
             "present": self._present.cpu(),
             "observed": self._observed,
+            "started": torch.stack(self._started).cpu(),
         }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict from :meth:`state_dict` (or a plain optimizer state dict)."""
+        """Load a state dict from :meth:`state_dict` (or a plain optimizer state dict).
+
+        Every field of the rules is checked (type, shape, range) before anything is loaded.
+
+        Raises:
+            ValueError: the state dict was saved from a RowRules around another optimizer type,
+                for another number of classes or label-owned parameters, or a field is malformed.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         sd = dict(state_dict)
         rules = sd.pop("row_rules", None)
-        if rules is not None:
-            if rules["num_classes"] != self.num_classes:
-                raise ValueError(
-                    f"state_dict: saved for num_classes={rules['num_classes']}, this RowRules "
-                    f"has num_classes={self.num_classes}"
-                )
-            self._set_frozen(rules["frozen"].to(torch.bool).cpu())
-            self._lr_scale = _on(rules["lr_scale"], self._device)
-            self._weight_decay = _on(rules["weight_decay"], self._device)
-            self.skip_absent = bool(rules["skip_absent"])
-            self._present = rules["present"].to(self._device, torch.bool).clone()
-            self._observed = bool(rules["observed"])
+        if rules is None:
+            self.optimizer.load_state_dict(sd)
+            # A plain optimizer's state: every row of a tensor with state has moved.
+            for i, lp in enumerate(self._params):
+                started = bool(self.optimizer.state.get(lp.param))
+                self._started[i].fill_(started)
+                self._all_started[i] = started
+            return
+        r = checked_rules_state(
+            rules,
+            optimizer=type(self.optimizer).__name__,
+            num_classes=self.num_classes,
+            num_params=len(self._params),
+        )
         self.optimizer.load_state_dict(sd)
+        self._set_frozen(r["frozen"])
+        self._lr_scale = _on(r["lr_scale"], self._device)
+        self._weight_decay = _on(r["weight_decay"], self._device)
+        self.skip_absent = r["skip_absent"]
+        self._present = r["present"].to(self._device).clone()
+        self._observed = r["observed"]
+        started = r["started"]
+        for i, lp in enumerate(self._params):
+            if started is None:  # saved before 0.2: rows of a tensor with state have moved
+                row = torch.full((self.num_classes,), bool(self.optimizer.state.get(lp.param)))
+            else:
+                row = started[i]
+            self._started[i] = row.to(self._device).clone()
+            self._all_started[i] = bool(row.all())
+
+
+def _value(init: float | Tensor, like: Tensor) -> Tensor:
+    """``init`` as a 0-d tensor of ``like``'s dtype (on its device, or a CPU scalar)."""
+    if isinstance(init, Tensor):
+        return init.to(like.dtype)
+    return torch.tensor(init, dtype=like.dtype)
 
 
 def _on(values: Tensor | None, device: torch.device) -> Tensor | None:
