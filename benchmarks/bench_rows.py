@@ -1,14 +1,115 @@
-"""RowRules (AdamW, half the classes frozen, lr_scale, skip_absent) vs bare AdamW.
+"""RowRules (half the classes frozen, lr_scale, skip_absent) vs the bare optimizer.
+
+Reports every figure at torch's default thread count and at 1 thread, the machine's load
+(``os.getloadavg``), and the aten operator count of one optimizer step (torch.profiler, nested
+operators included) for AdamW (foreach) and SGD (momentum, Nesterov, foreach).
 
 Run: PYTHONPATH=src python benchmarks/bench_rows.py [--quick]
 """
 
 from __future__ import annotations
 
+import os
+import statistics
 import sys
+import time
+from collections.abc import Callable
 
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+import labelgrad as lg
 from labelgrad.app.bench.rows import run
 from labelgrad.app.bench.timing import format_table
 
+OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.05, foreach=True),
+    "sgd": lambda p: torch.optim.SGD(
+        p, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=0.05, foreach=True
+    ),
+}
+
+
+def _step_case(
+    name: str, rules: bool, quick: bool
+) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+    width, c, inp, batch = (64, 100, 32, 32) if quick else (2048, 1000, 512, 128)
+    torch.manual_seed(1)
+    head = nn.Linear(width, c)
+    model = nn.Sequential(
+        nn.Linear(inp, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), head
+    )
+    opt = OPTIMIZERS[name](list(model.parameters()))
+    x, y = torch.randn(batch, inp), torch.randint(0, c, (batch,))
+    for _ in range(2):  # every row has state, as after earlier training
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), torch.arange(batch) % c).backward()
+        opt.step()
+    if rules:
+        opt = lg.RowRules(
+            opt,
+            rows=head,
+            frozen=torch.arange(0, c, 2),
+            lr_scale=torch.rand(c) + 0.5,
+            skip_absent=True,
+        )
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    if isinstance(opt, lg.RowRules):
+        rr = opt
+        return lambda: rr.step(targets=y), opt
+    return lambda: opt.step(), opt
+
+
+def aten_ops(fn: Callable[[], None]) -> int:
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+def sgd_and_ops(quick: bool) -> list[str]:
+    """Optimizer step alone, interleaved medians, and aten operator counts."""
+    lines = []
+    steps = 3 if quick else 25
+    for name in OPTIMIZERS:
+        bare, _ = _step_case(name, False, quick)
+        rows, _ = _step_case(name, True, quick)
+        times: dict[str, list[float]] = {"bare": [], "rows": []}
+        for _ in range(3):
+            bare()
+            rows()
+        for _ in range(steps):
+            for case, fn in (("bare", bare), ("rows", rows)):
+                t0 = time.perf_counter()
+                fn()
+                times[case].append(time.perf_counter() - t0)
+        b, r = statistics.median(times["bare"]), statistics.median(times["rows"])
+        ob, orow = aten_ops(bare), aten_ops(rows)
+        lines.append(
+            f"{name:>6} optimizer step: bare {b * 1e3:8.2f} ms, RowRules {r * 1e3:8.2f} ms "
+            f"({r / b:.3f}x); aten ops {orow} vs {ob} ({orow / ob:.2f}x)"
+        )
+    return lines
+
+
+def main(quick: bool) -> None:
+    default = torch.get_num_threads()
+    flush = torch.set_flush_denormal(True)
+    try:
+        for threads in dict.fromkeys((default, 1)):
+            torch.set_num_threads(threads)
+            load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+            print(f"## threads = {threads} (torch default: {default}); load average {load}")
+            print(format_table(run(quick=quick)))
+            print("\n".join(sgd_and_ops(quick)))
+            print()
+    finally:
+        torch.set_num_threads(default)
+        if flush:
+            torch.set_flush_denormal(False)
+
+
 if __name__ == "__main__":
-    print(format_table(run(quick="--quick" in sys.argv)))
+    main(quick="--quick" in sys.argv)

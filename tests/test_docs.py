@@ -71,6 +71,7 @@ PUBLIC_MODULES = {
     "labelgrad.integrations.transformers",
     "labelgrad.monitor",
     "labelgrad.policies",
+    "labelgrad.replay",
     "labelgrad.report",
     "labelgrad.rows",
     "labelgrad.targets",

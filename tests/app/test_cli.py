@@ -74,11 +74,13 @@ def test_demo_writes_a_complete_report(demo_out: tuple[Path, dict[str, object]])
                 assert 0.0 <= r[key]["mean"] <= 1.0
     html = (out / "report.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
-    assert {"per_class_accuracy.png", "grad_norm_plain.png", "label_conflicts.png"} <= set(images)
+    assert {"per_class_accuracy.png", "grad_norm_plain_ce.png", "label_conflicts.png"} <= set(
+        images
+    )
     for name in images:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "results.json").read_text())["rows"] == rows
-    history = (out / "monitor_digits_if100_plain.history.csv").read_text().splitlines()
+    history = (out / "monitor_digits_if100_plain_ce.history.csv").read_text().splitlines()
     assert history[0].split(",")[0] == "step"
     assert len(history) > 2
     assert not list(out.glob(".*.tmp"))  # no temporary file left behind
@@ -90,10 +92,8 @@ def test_demo_table_format() -> None:
     row = Row("e", "m", {"balanced_acc": [0.5, 0.7], "few_shot_acc": [0.1, 0.1]}, [2.0, 4.0])
     row.timed_ms, row.timed_ratio = 3.0, 1.5
     header, table = format_rows([row])
-    assert len(header) == len(table[0]) == 5
-    assert table[0][2] == "balanced acc %:  60.0 ± 14.1"
-    assert table[0][3] == "few-shot acc %:  10.0 ±  0.0"
-    assert table[0][4] == "3.00 (1.50x)"
+    assert header == ["method", "balanced acc %", "few-shot acc %", "step ms", "step × first"]
+    assert table == [["m", " 60.0 ± 14.1", " 10.0 ±  0.0", "3.00", "1.50x"]]
 
 
 def test_unwritable_out_fails_before_work(
@@ -262,7 +262,7 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     [
         ("1,2,0\n3,4\n", "", "row 2 has 2 cells"),
         ("1,2,0\n3,x,1\n", "", "non-numeric"),
-        ("1,2,0\n3,4,7\n5,6,1\n", "num_classes = 3", "labels out of range"),
+        ("1,2,0\n3,4,7\n5,6,1\n", "num_classes = 3", "data row 2 has label 7, out of range"),
         ("1,2,0\n3,4,1\n", "label_columns = [9]", "label column 9 out of range"),
     ],
 )
@@ -315,7 +315,7 @@ def test_train_on_idx_and_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )
     code, out, err = _train([str(cfg), "--out", str(tmp_path / "n"), "--json"], capsys)
     assert code == 0, err
-    assert set(json.loads(out)["test"]) == {"macro_f1", "micro_f1"}
+    assert set(json.loads(out)["test"]) == {"map", "worst_ap", "macro_f1", "micro_f1"}
     # Unknown labels are left out of the loss itself: the run equals the one that masks them.
     plain = _config(tmp_path, '[data]\npath = "m.npz"\n[train]\nepochs = 1\n')
     code, _, err = _train([str(plain), "--out", str(tmp_path / "p"), "--json"], capsys)
@@ -396,4 +396,82 @@ def test_train_aggregation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         [str(_config(tmp_path, text.format("Nope"))), "--out", str(tmp_path / "v")], capsys
     )
     assert code == 2
-    assert "unknown aggregator 'Nope'" in err
+    assert "'Nope' is not an aggregator (expected one of: " in err
+
+
+def _png_width(path: Path) -> int:
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return int.from_bytes(data[16:20], "big")
+
+
+def _narrow_images(folder: Path) -> list[tuple[str, int]]:
+    html = (folder / "report.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert images
+    return [(name, w) for name in images if (w := _png_width(folder / name)) < 1000]
+
+
+def test_demo_report_images_are_at_least_1000_px_wide(
+    demo_out: tuple[Path, dict[str, object]],
+) -> None:
+    assert _narrow_images(demo_out[0]) == []
+
+
+def test_train_report_with_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _data(tmp_path)
+    cfg = _config(tmp_path, CONFIG.format(epochs=3))
+    code, out, err = _train(
+        [str(cfg), "--out", str(tmp_path / "o"), "--baseline", "--json"], capsys
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    base = summary["baseline"]
+    assert set(base["test"]) == set(summary["test"]) == {"accuracy", "balanced_accuracy"}
+    assert len(base["epoch_loss"]) == len(summary["epoch_loss"]) == 3
+    assert base["epoch_loss"] != summary["epoch_loss"]  # the policies change training
+    assert len(summary["val_metric"]) == 3
+    assert sum(map(sum, summary["confusion"])) == summary["test_samples"]
+    html = (tmp_path / "o" / "report.html").read_text()
+    for needle in ("baseline (plain loss)", "balanced accuracy %", "confusion.png", "[train]"):
+        assert needle in html
+    assert _narrow_images(tmp_path / "o") == []
+
+
+def test_train_warns_when_the_validation_metric_still_rises(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _data(tmp_path, n=600)
+    text = '[data]\npath = "d.csv"\n[model]\nhidden = [16]\n[train]\nepochs = 3\nlr = 0.003\n'
+    cfg = _config(tmp_path, text.replace("lr", "batch_size = 32\nlr"))
+    code, out, err = _train([str(cfg), "--out", str(tmp_path / "o"), "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    v = summary["val_metric"]
+    assert v[-1] > max(v[:-1])  # the premise: a slow learning rate, still improving
+    assert "validation balanced_accuracy was still rising at the last epoch" in err
+    assert summary["warnings"]
+
+
+def test_train_early_stopping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _data(tmp_path)
+    text = CONFIG.format(epochs=30).replace("[train]", "[train]\npatience = 2")
+    code, out, err = _train(
+        [str(_config(tmp_path, text)), "--out", str(tmp_path / "o"), "--json"], capsys
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    v, n = summary["val_metric"], summary["epochs_trained"]
+    assert summary["stopped_early"] and n < 30
+    assert max(v[-2:]) <= max(v[:-2])  # the last 2 epochs did not improve: why it stopped
+
+
+def test_mask_unknown_in_train_says_the_loss_already_ignores_unknowns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _multilabel_npz(tmp_path)
+    text = '[data]\npath = "m.npz"\n[train]\nepochs = 1\n[[policies]]\nname = "mask_unknown"\n'
+    code, out, err = _train([str(_config(tmp_path, text)), "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    assert "mask_unknown changes nothing" in out
+    assert "already ignores unknown (-1) labels" in out

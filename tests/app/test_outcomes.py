@@ -14,7 +14,9 @@ import torch
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
+from labelgrad.app.bench.incremental import INCREMENTAL_METHODS  # noqa: E402
 from labelgrad.app.bench.outcomes import (  # noqa: E402
+    CI_EXPERIMENT,
     LT_METHODS,
     PARTIAL_METHODS,
     SIZES,
@@ -130,6 +132,26 @@ def test_goals_compare_the_best_labelgrad_recipe_with_plain_ce() -> None:
     assert g["long_tail"]["met"] is True
     assert g["partial"]["gain_points"] == pytest.approx(2.0)
     assert g["partial"]["met"] is False
+    assert g["long_tail_reference"]["gain_points"] == pytest.approx(-23.0)
+    assert g["long_tail_reference"]["met"] is False
+
+
+def test_goals_take_the_best_partial_recipe_and_the_least_forgetting() -> None:
+    hidden = "Yeast, 50% hidden"
+    recs = [
+        _record(hidden, "unknown_as_negative", "map", [0.40, 0.40]),
+        _record(hidden, "mask_unknown", "map", [0.42, 0.42]),
+        _record(hidden, "mask_unknown+asymmetric_focus", "map", [0.44, 0.45]),
+        _record(CI_EXPERIMENT, "fine_tuning", "forgetting", [0.9, 0.9]),
+        _record(CI_EXPERIMENT, "row_rules_frozen", "forgetting", [0.9, 0.9]),
+        _record(CI_EXPERIMENT, "agem", "forgetting", [0.4, 0.5]),
+    ]
+    g = goals(OutcomesResult(recs, Path("."), "digits-LT", "tiny"))
+    assert g["partial"]["best_method"] == "mask_unknown+asymmetric_focus"
+    assert g["partial"]["gain_points"] == pytest.approx(4.5) and g["partial"]["met"] is True
+    assert g["incremental"]["best_method"] == "agem"
+    assert g["incremental"]["forgetting_ratio"] == pytest.approx(0.5)
+    assert g["incremental"]["met"] is True
 
 
 def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
@@ -149,7 +171,12 @@ def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
     assert all(int(r["seeds"]) == sizes.seeds for r in rows)
     payload = json.loads((out / "outcomes.json").read_text())
     assert payload["lt_source"] == "digits-LT" and payload["size"] == "tiny"
-    assert set(payload["goals"]) == {"long_tail", "partial"}
+    assert set(payload["goals"]) == {"long_tail", "long_tail_reference", "partial", "incremental"}
+    for m in INCREMENTAL_METHODS:
+        assert (CI_EXPERIMENT, m) in methods
+    ci = [r for r in payload["records"] if r["experiment"] == CI_EXPERIMENT]
+    for rec in ci:
+        assert 0.0 <= rec["average_acc"]["mean"] <= 1.0 and -1.0 <= rec["forgetting"]["mean"] <= 1.0
     for rec in payload["records"]:
         if rec["experiment"].startswith("digits-LT"):
             acc = rec["balanced_acc"]

@@ -616,17 +616,27 @@ def test_adamw_step_path_reads_nothing_back(fast: bool, forbid_host_sync: Callab
     opt.zero_grad()
 
 
-def test_snapshot_step_path_reads_nothing_back(forbid_host_sync: Callable[[], None]):
+@pytest.mark.parametrize("fast", [True, False], ids=["sgd_fast", "snapshot"])
+def test_sgd_step_paths_read_nothing_back(
+    fast: bool, forbid_host_sync: Callable[[], None], monkeypatch: pytest.MonkeyPatch
+):
     model = Model(seed=14)
     opt = lg.RowRules(
-        torch.optim.SGD(model.params(), lr=0.1, momentum=0.9, weight_decay=0.01),
+        torch.optim.SGD(model.params(), lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
         rows=model.head,
         frozen=[0],
         lr_scale=LR_SCALE,
         weight_decay=ROW_WD,
         skip_absent=True,
+        fast=fast,
     )
     set_grads(model, 0)
     opt.observe(torch.tensor([1, 3]))
+    forbid_host_sync()
+    opt.step()  # creates the buffer (rows 1, 3 start)
+    opt.zero_grad()
+    monkeypatch.undo()  # label validation reads CPU values: outside the step
+    set_grads(model, 1)
+    opt.observe(torch.tensor([2, 4]))  # rows 2, 4 start late: the first-move path
     forbid_host_sync()
     opt.step()

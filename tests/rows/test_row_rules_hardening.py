@@ -393,3 +393,26 @@ def test_grad_scaler_steps_a_router_like_the_plain_route():
     router.zero_grad()
     with pytest.raises(RuntimeError, match="targets"):
         router.step()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
+def test_a_tensor_without_gradient_keeps_its_own_first_moves(fast: bool):
+    """The weight and bias share their "rows started" mask until a step moves one of them
+    only (the bias has no gradient): the bias row then still starts fresh later."""
+    h = head(seed=6)
+    opt = lg.RowRules(
+        torch.optim.SGD(h.parameters(), lr=0.1, momentum=0.9, dampening=0.5),
+        rows=h,
+        skip_absent=True,
+        fast=fast,
+    )
+    set_grads(h, 0)
+    opt.step(targets=torch.tensor([0]))  # creates both buffers; row 0 starts
+    set_grads(h, 1)
+    h.bias.grad = None
+    opt.step(targets=torch.tensor([1]))  # weight row 1 starts, bias row 1 does not
+    set_grads(h, 2)
+    opt.step(targets=torch.tensor([1]))
+    gw1, gw2, gb2 = grads(1)[0][1], grads(2)[0][1], grads(2)[1][1]
+    torch.testing.assert_close(opt.state[h.bias]["momentum_buffer"][1], gb2)  # first move
+    torch.testing.assert_close(opt.state[h.weight]["momentum_buffer"][1], 0.9 * gw1 + 0.5 * gw2)

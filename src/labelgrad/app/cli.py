@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["BENCH_LEVELS", "UsageError", "build_parser", "main"]
+__all__ = ["BENCH_LEVELS", "INSTALL", "UsageError", "build_parser", "main", "missing_requirements"]
 
 BENCH_LEVELS = ("policies", "rows", "weightings", "aggregation")
 """The benchmark modules ``labelgrad bench`` runs, ``labelgrad.app.bench.<name>``, where present."""
@@ -22,6 +23,37 @@ BENCH_LEVELS = ("policies", "rows", "weightings", "aggregation")
 
 class UsageError(Exception):
     """A problem with what the user asked for; the CLI prints it as one line and exits 2."""
+
+
+INSTALL = "pip install 'labelgrad[cli,data]'"
+"""The one install line of everything the command needs (the extras of the application)."""
+
+_FIGURES = ("matplotlib", "the figures")
+_TOML = (("tomli", "reading the config"),) if sys.version_info < (3, 11) else ()
+_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "demo": (_FIGURES, ("sklearn", "the digits data"), ("river", "the Yeast data")),
+    "outcomes": (_FIGURES, ("sklearn", "the digits data"), ("river", "the Yeast data")),
+    "train": (_FIGURES,)
+    + ((("tomli", "reading the config"),) if sys.version_info < (3, 11) else ()),
+}
+"""What each command imports beyond torch and numpy: (module, what it is for)."""
+
+
+def missing_requirements(command: str) -> list[str]:
+    """The modules ``command`` needs that are not installed, as "module (what for)".
+
+    Checked before any work (``find_spec`` imports nothing), so that a missing extra is one
+    message at the start, never a failure after training.
+
+    Example:
+        >>> missing_requirements("bench")
+        []
+    """
+    return [
+        f"{module} ({why})"
+        for module, why in _NEEDS.get(command, ())
+        if importlib.util.find_spec(module) is None
+    ]
 
 
 def _common(p: argparse.ArgumentParser, out_default: str | None) -> None:
@@ -96,7 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="the TOML config file")
     _common(train, "labelgrad-out")
     train.add_argument(
-        "--resume", action="store_true", help="continue from --out/checkpoint.pt if it exists"
+        "--resume",
+        action="store_true",
+        help="continue from --out/checkpoint.pt if it exists (same config, --seed and data only)",
+    )
+    train.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also train plain cross-entropy (BCE for multi-label data) with the same seed, "
+        "model and optimizer, reported side by side",
     )
     return parser
 
@@ -200,6 +240,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=_device(args.device),
         resume=args.resume,
         quiet=args.quiet,
+        baseline=args.baseline,
         echo=None if args.json else print,
     )
     if args.json:
@@ -216,11 +257,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    need = "outcomes" if getattr(args, "outcomes", False) else args.command
+    missing = missing_requirements(need)
+    if missing:
+        print(
+            f"labelgrad {args.command}: error: missing {', '.join(missing)}; install them with: "
+            f"{INSTALL}",
+            file=sys.stderr,
+        )
+        return 2
     from labelgrad.app.datasets import DataError, MissingSourceError
-    from labelgrad.app.train import ConfigError
+    from labelgrad.app.train import ConfigError, OutputError
 
     commands = {"demo": _cmd_demo, "bench": _cmd_bench, "train": _cmd_train}
     try:
+        if args.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {args.seed}")
         if args.threads is not None:
             if args.threads < 1:
                 raise UsageError(f"--threads must be >= 1, got {args.threads}")
@@ -228,7 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         return commands[args.command](args)
-    except (UsageError, ConfigError, DataError, MissingSourceError, PermissionError) as err:
+    except (
+        UsageError,
+        ConfigError,
+        DataError,
+        MissingSourceError,
+        PermissionError,
+        OutputError,
+    ) as err:
         print(f"labelgrad {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "MissingSourceError",
+    "csv_header",
     "digits_lt",
     "fashion_mnist_lt",
     "hide_labels",
@@ -210,7 +211,7 @@ def digits_lt(imbalance: float = 10.0, *, seed: int = 0, test_fraction: float = 
         from sklearn.datasets import load_digits
     except ImportError:
         raise MissingSourceError(
-            "digits_lt needs scikit-learn: pip install 'labelgrad[cli]' (or scikit-learn)"
+            "digits_lt needs scikit-learn: pip install 'labelgrad[cli,data]'"
         ) from None
     digits = load_digits()
     x = digits.data.astype(np.float32) / 16.0
@@ -235,7 +236,7 @@ def _river_file(name: str) -> Path:
     spec = importlib.util.find_spec("river")
     if spec is None or not spec.submodule_search_locations:
         raise MissingSourceError(
-            f"{name} needs river's bundled data: pip install 'labelgrad[data]' (or river>=0.26.1)"
+            f"{name} needs river's bundled data: pip install 'labelgrad[cli,data]'"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / name
     if not path.is_file():
@@ -499,6 +500,31 @@ def read_csv(
     return features, labels.astype(np.int64)
 
 
+def csv_header(path: str | os.PathLike[str]) -> list[str] | None:
+    """The column names of a CSV's first row, or None where it holds numbers (no header).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
+        >>> _ = f.write_text("a,b,label\\n0.5,1.5,2\\n")
+        >>> csv_header(f)
+        ['a', 'b', 'label']
+    """
+    file = Path(path)
+    opener = gzip.open if file.suffix == ".gz" else open
+    try:
+        with opener(file, "rt") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError, EOFError) as err:
+        raise DataError(f"{file}: cannot read CSV ({err})") from None
+    cells = [c.strip() for c in first.strip().split(",")]
+    try:
+        [float(v) for v in cells]
+    except ValueError:
+        return cells
+    return None
+
+
 def _normalize_columns(columns: list[int], width: int, where: str) -> list[int]:
     out = []
     for c in columns:
@@ -516,7 +542,8 @@ def read_npz(
     """Read features and labels from an ``.npz`` archive (loaded with ``allow_pickle=False``).
 
     Raises:
-        DataError: unreadable archive, missing keys, or arrays of mismatched length.
+        DataError: unreadable or corrupt archive (naming the file), missing keys, 0-d, complex
+            or non-numeric arrays, no feature columns, or arrays of mismatched length.
 
     Example:
         >>> import tempfile, pathlib
@@ -534,12 +561,21 @@ def read_npz(
                     f"{file}: needs arrays {x_key!r} and {y_key!r}, has {sorted(archive.files)}"
                 )
             x, y = archive[x_key], archive[y_key]
-    except (OSError, ValueError, EOFError) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(f"{file}: cannot read npz ({err})") from None
+    except DataError:
+        raise
+    except Exception as err:  # zipfile.BadZipFile, zlib.error, OSError, ValueError, ...
+        raise DataError(f"{file}: cannot read npz ({type(err).__name__}: {err})") from None
+    for key, a in ((x_key, x), (y_key, y)):
+        if a.ndim == 0:
+            raise DataError(f"{file}: array {key!r} is 0-d (a scalar); expected one row per sample")
+        if a.dtype.kind == "c":
+            raise DataError(f"{file}: array {key!r} is complex; expected real numbers")
+        if a.dtype.kind not in "biuf":
+            raise DataError(f"{file}: array {key!r} must be numeric, got dtype {a.dtype}")
     if len(x) != len(y):
         raise DataError(f"{file}: {x_key} has {len(x)} rows but {y_key} has {len(y)}")
-    if not np.issubdtype(y.dtype, np.number) or not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{file}: arrays must be numeric")
+    if len(x) == 0:
+        raise DataError(f"{file}: array {x_key!r} has no rows")
+    if x[0].size == 0:
+        raise DataError(f"{file}: array {x_key!r} has no feature columns (shape {x.shape})")
     return x.reshape(len(x), -1).astype(np.float64), y

@@ -3,9 +3,10 @@
 Experiments (each method trained from the same seeds; mean ± std over seeds):
 
 (a) digits-LT (scikit-learn's digits cut long-tailed, IF = 10 and 100; balanced test set):
-    plain cross-entropy; ``class_weights`` with effective-number weights (beta = 0.999, see
-    :data:`BETA`); ``eqlv2``; ``RowRules`` giving the head rows of rare classes a larger step.
-    Metrics: balanced accuracy, few-shot accuracy (the 3 rarest classes), median step time.
+    the long-tail recipes of :mod:`labelgrad.app.recipes` (plain cross-entropy; ``class_weights``
+    with effective-number weights; plain sigmoid and ``eqlv2``; ``RowRules`` giving the head rows
+    of rare classes a larger step). Metrics (:mod:`labelgrad.app.metrics`): balanced accuracy,
+    few-shot accuracy (classes with fewer than 20 training images), median step time.
 (b) Yeast with half the training labels hidden: unknowns treated as negatives vs ``mask_unknown``.
 (c) Yeast: the summed label gradients vs PCGrad and UPGrad on the shared trunk
     (``lg.aggregate_backward``). Metrics for Yeast: macro mAP and macro F1 at threshold 0.5.
@@ -24,42 +25,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import labelgrad as lg
 from labelgrad.app.datasets import Dataset, digits_lt, hide_labels, yeast
 from labelgrad.app.html import Section, write_report
-from labelgrad.app.plots import plot_conflicts, plot_grad_norm_history, plot_per_class_accuracy
-from labelgrad.app.training import (
-    MLP,
-    effective_number_weights,
-    epoch_batches,
-    one_vs_all_bce,
+from labelgrad.app.metrics import (
+    FEW_SHOT,
+    multilabel_metrics,
     per_class_recall,
-    progress_bar,
-    small_model_threads,
+    shot_group_accuracy,
 )
+from labelgrad.app.plots import plot_conflicts, plot_grad_norm_history, plot_per_class_accuracy
+from labelgrad.app.recipes import (
+    BETA,
+    MULTILABEL_METHODS,
+    TAIL_LR_POWER,
+    StepFn,
+    long_tail_recipe,
+    multilabel_step,
+)
+from labelgrad.app.training import MLP, epoch_batches, progress_bar, small_model_threads
 from labelgrad.report import atomic_write_text, check_writable_dir, label_gramian, save_monitor
 
-__all__ = ["BETA", "DemoResult", "Row", "Sizes", "format_rows", "run_demo"]
+__all__ = ["DemoResult", "Row", "Sizes", "format_rows", "run_demo"]
 
-BETA = 0.999
-"""Effective-number beta of the class_weights run. With at most 131 images per class,
-beta = 0.9999 is indistinguishable from inverse frequency; 0.999 keeps a little of the
-"diminishing returns" of Cui et al. (weight ratio head/tail = E(1)/E(131) ≈ 1/123)."""
-
-TAIL_LR_POWER = 0.5
-"""RowRules run: head row c steps with lr × (n_max / n_c) ** TAIL_LR_POWER, and rows of classes
-absent from a batch do not move (``skip_absent=True``). Of the powers 0, 0.5 and 1 (with and
-without skip_absent) tried on digits-LT IF=100, 0.5 with skip_absent did best."""
-
-SIGMOID_METHODS = ("plain_sigmoid", "eqlv2")
-"""Methods trained with per-class sigmoid BCE instead of softmax cross-entropy: EQLv2 is
-defined for sigmoid classifiers (Tan et al. 2021), so it is compared with plain sigmoid too."""
-
-FEW_SHOT = 3
-"""Few-shot accuracy: mean accuracy over the FEW_SHOT rarest training classes."""
+DIGITS_METHODS = ("plain_ce", "class_weights", "plain_sigmoid", "eqlv2", "row_rules")
+"""The long-tail recipes (:mod:`labelgrad.app.recipes`) the demo runs on digits-LT."""
+PARTIAL_METHODS = ("unknown_as_negative", "mask_unknown")
+AGG_METHODS = ("sum", "PCGrad", "UPGrad")
+IMBALANCES = (10.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -150,13 +145,67 @@ METRIC_NAMES = {
 
 
 def format_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """The demo table as (header, rows of strings)."""
-    header = ["experiment", "method", "metric 1", "metric 2", "step ms (× first)"]
-    out = []
-    for r in rows:
-        cells = [f"{METRIC_NAMES[k]}: {_fmt(v)}" for k, v in r.metrics.items()]
-        out.append([r.experiment, r.method, *cells, f"{r.timed_ms:.2f} ({r.timed_ratio:.2f}x)"])
+    """One experiment's table as (header, rows of strings): one metric per column.
+
+    The rows must share their metrics (one experiment, or experiments measured alike).
+    """
+    keys = list(rows[0].metrics) if rows else []
+    header = ["method", *(METRIC_NAMES[k] for k in keys), "step ms", "step × first"]
+    out = [
+        [
+            r.method,
+            *(_fmt(r.metrics[k]) for k in keys),
+            f"{r.timed_ms:.2f}",
+            f"{r.timed_ratio:.2f}x",
+        ]
+        for r in rows
+    ]
     return header, out
+
+
+def experiment_tables(rows: list[Row]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The demo's tables, one per experiment: (experiment, header, rows)."""
+    names = list(dict.fromkeys(r.experiment for r in rows))
+    return [(e, *format_rows([r for r in rows if r.experiment == e])) for e in names]
+
+
+def takeaways(rows: list[Row]) -> list[str]:
+    """What the results show, computed from the rows (mean differences in points)."""
+    find = {(r.experiment, r.method): r for r in rows}
+
+    def gain(exp: str, method: str, base: str, metric: str) -> float:
+        a, b = find.get((exp, method)), find.get((exp, base))
+        if a is None or b is None:
+            return math.nan
+        return 100 * (_mean(a.metrics[metric]) - _mean(b.metrics[metric]))
+
+    out = []
+    for imb in IMBALANCES:
+        exp = f"digits-LT IF={imb:g}"
+        gains = {
+            m: gain(exp, m, "plain_ce", "balanced_acc") for m in ("class_weights", "row_rules")
+        }
+        eql = gain(exp, "eqlv2", "plain_sigmoid", "balanced_acc")
+        out.append(
+            f"{exp}: class_weights {gains['class_weights']:+.1f} and row_rules "
+            f"{gains['row_rules']:+.1f} balanced-accuracy points over plain cross-entropy; "
+            f"eqlv2 {eql:+.1f} over a plain sigmoid classifier."
+        )
+    exp = "Yeast, 50% labels hidden"
+    out.append(
+        f"{exp}: mask_unknown {gain(exp, 'mask_unknown', 'unknown_as_negative', 'map'):+.1f} mAP "
+        f"and {gain(exp, 'mask_unknown', 'unknown_as_negative', 'macro_f1'):+.1f} macro-F1 points "
+        "over training on hidden labels as negatives."
+    )
+    exp = "Yeast, label aggregation"
+    agg = [
+        f"{m} {gain(exp, m, 'sum', 'macro_f1'):+.1f}" for m in AGG_METHODS[1:] if (exp, m) in find
+    ]
+    out.append(
+        f"{exp}: macro-F1 points over the summed loss: {', '.join(agg)} (the conflicts are "
+        "measured on the training set in the label-conflict heatmap)."
+    )
+    return out
 
 
 def _plain_table(header: list[str], rows: list[list[str]]) -> str:
@@ -178,9 +227,6 @@ class _Run:
     history: list[list[float]]
     model: MLP
     monitor: lg.GradMonitor
-
-
-StepFn = Callable[[Tensor, Tensor], None]
 
 
 def _interleaved_ms(
@@ -231,57 +277,30 @@ def _timed_epochs(
 def _digits_setup(
     ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device
 ) -> tuple[MLP, lg.GradMonitor, StepFn]:
-    """A fresh model and one training step of ``method`` on digits-LT."""
+    """A fresh model and one training step of ``method`` (a long-tail recipe) on digits-LT."""
     torch.manual_seed(seed)
     c = ds.num_classes
     model = MLP(ds.num_features, [128], c).to(device)
-    counts = ds.train_counts()
-    opt: Any = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     steps = sizes.digits_epochs * math.ceil(len(ds.x_train) / sizes.batch_size)
     mon = lg.monitor(num_classes=c, history=steps)
-    policy: lg.Policy = mon
-    if method == "class_weights":
-        policy = lg.chain(lg.class_weights(effective_number_weights(counts, BETA)), mon)
-    elif method == "eqlv2":
-        policy = lg.chain(lg.eqlv2(num_classes=c), mon)
-    elif method == "row_rules":
-        scale = (counts.max() / counts.clamp(min=1)).double() ** TAIL_LR_POWER
-        # skip_absent: a batch without class c leaves row c (and its Adam moments) untouched,
-        # so rare classes are not pushed down by every batch they are missing from.
-        opt = lg.RowRules(opt, rows=model.head, lr_scale=scale.float().to(device), skip_absent=True)
-    policy.to(device)
-
-    sigmoid = method in SIGMOID_METHODS
-
-    def step(xb: Tensor, yb: Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        logits = policy(model(xb), yb)
-        if sigmoid:
-            loss = one_vs_all_bce(logits, yb)
-        else:
-            loss = F.cross_entropy(logits, yb)
-        loss.backward()
-        if method == "row_rules":
-            opt.step(targets=yb)
-        else:
-            opt.step()
-
-    return model, mon, step
+    recipe = long_tail_recipe(
+        method, model.head, opt, ds.train_counts(), total_steps=steps, monitor=mon
+    )
+    return model, mon, recipe.step(model)
 
 
 def _digits_run(ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device) -> _Run:
     model, mon, step = _digits_setup(ds, method, seed, sizes, device)
-    c, counts = ds.num_classes, ds.train_counts()
     x, y = ds.x_train.to(device), ds.y_train.to(device)
     step_ms = _timed_epochs(len(x), sizes.batch_size, sizes.digits_epochs, seed, step, x, y)
     with torch.no_grad():
         pred = model(ds.x_test.to(device)).argmax(dim=1).cpu()
-    recall = per_class_recall(pred, ds.y_test, c)
-    rarest = counts.argsort()[:FEW_SHOT]
+    recall = per_class_recall(pred, ds.y_test, ds.num_classes)
     return _Run(
         metrics={
             "balanced_acc": float(recall.nanmean()),
-            "few_shot_acc": float(recall[rarest].nanmean()),
+            "few_shot_acc": shot_group_accuracy(recall, ds.train_counts())["few"],
         },
         per_class=recall.tolist(),
         step_ms=step_ms,
@@ -298,60 +317,30 @@ def _digits_lt_run(
     return _digits_run(digits_lt(imbalance=imbalance, seed=seed), method, seed, sizes, device)
 
 
-def _multilabel_metrics(scores: Tensor, y: Tensor) -> tuple[dict[str, float], list[float]]:
-    from sklearn.metrics import average_precision_score, f1_score
-
-    yt, s = y.numpy(), scores.numpy()
-    keep = yt.sum(axis=0) > 0  # AP is undefined for a label with no positive test sample
-    ap = average_precision_score(yt[:, keep], s[:, keep], average=None)
-    f1 = f1_score(yt, (s > 0.5).astype(int), average=None, zero_division=0.0)
-    return {"map": float(ap.mean()), "macro_f1": float(f1.mean())}, [float(v) for v in f1]
-
-
 def _yeast_setup(
-    ds: Dataset, method: str, seed: int, device: torch.device
+    ds: Dataset, method: str, seed: int, device: torch.device, y_train: Tensor
 ) -> tuple[MLP, lg.GradMonitor, StepFn]:
-    """A fresh model and one training step of ``method`` on Yeast."""
+    """A fresh model and one training step of ``method`` (a multi-label recipe) on Yeast."""
     torch.manual_seed(seed)
     k = ds.num_classes
     model = MLP(ds.num_features, [128], k).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     mon = lg.monitor(num_classes=k)
-    policy: lg.Policy = mon
-    if method == "mask_unknown":
-        policy = lg.chain(lg.mask_unknown(), mon)
-    policy.to(device)
-    aggregator = None
-    if method in ("PCGrad", "UPGrad"):
-        aggregator = getattr(lg.aggregators, method)()
-
-    def step(xb: Tensor, yb: Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        feats = model.features(xb)
-        if aggregator is None:
-            # Unknown (-1) entries become 0-targets; mask_unknown zeroes their gradient.
-            logits = policy(model.head(feats), yb)
-            loss = F.binary_cross_entropy_with_logits(logits, yb.clamp(min=0).float())
-            loss.backward()
-        else:
-            # Every label is known here; losses.sum() is the same mean BCE as the "sum" run.
-            losses = lg.per_label_losses(model.head(feats), yb, loss="bce")
-            lg.aggregate_backward(losses, shared=model.trunk.parameters(), aggregator=aggregator)
-        opt.step()
-
-    return model, mon, step
+    monitor = mon if method in MULTILABEL_METHODS else None  # aggregators bypass the policy
+    return model, mon, multilabel_step(method, model, opt, y_train, monitor=monitor)
 
 
 def _yeast_run(
     ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device, y_train: Tensor
 ) -> _Run:
-    model, mon, step = _yeast_setup(ds, method, seed, device)
+    model, mon, step = _yeast_setup(ds, method, seed, device, y_train)
     x, y = ds.x_train.to(device), y_train.to(device)
     step_ms = _timed_epochs(len(x), sizes.yeast_batch_size, sizes.yeast_epochs, seed, step, x, y)
     with torch.no_grad():
         scores = torch.sigmoid(model(ds.x_test.to(device))).cpu()
-    metrics, per_class = _multilabel_metrics(scores, ds.y_test)
-    return _Run(metrics, per_class, step_ms, [], model, mon)
+    metrics, per_label_f1 = multilabel_metrics(scores, ds.y_test)
+    kept = {k: metrics[k] for k in ("map", "macro_f1")}
+    return _Run(kept, per_label_f1.tolist(), step_ms, [], model, mon)
 
 
 # --- the demo ---------------------------------------------------------------------------------
@@ -389,6 +378,83 @@ def run_demo(
         return _run(seed, dev, folder, quiet, sizes, echo, t_start)
 
 
+@dataclass
+class _Collected:
+    """What the experiments leave for the figures and the report."""
+
+    rows: list[Row] = field(default_factory=list)
+    per_class_if100: dict[str, list[list[float]]] = field(default_factory=dict)
+    histories: dict[str, list[list[float]]] = field(default_factory=dict)
+    monitors: dict[str, lg.GradMonitor] = field(default_factory=dict)
+    digits_if100: Dataset | None = None
+    yeast: Dataset | None = None
+    conflicts: Tensor | None = None
+
+
+class _Runner:
+    """Runs each (experiment, method) once per seed, adds its table row, advances the bar."""
+
+    def __init__(self, seeds: list[int], bar: Any, collected: _Collected) -> None:
+        self.seeds, self.bar, self.collected = seeds, bar, collected
+
+    def row(self, experiment: str, method: str, run_one: Callable[[int], _Run]) -> list[_Run]:
+        """One table row: ``method`` run once per seed (runs[0] is the first seed's)."""
+        row = Row(experiment, method, {}, [])
+        runs = []
+        for s in self.seeds:
+            self.bar.set_postfix_str(f"{experiment}: {method} seed={s}")
+            run = run_one(s)
+            for key, v in run.metrics.items():
+                row.metrics.setdefault(key, []).append(v)
+            row.step_ms.append(run.step_ms)
+            runs.append(run)
+            self.bar.update()
+        self.collected.rows.append(row)
+        return runs
+
+
+def _digits_experiments(r: _Runner, seed: int, sizes: Sizes, dev: torch.device) -> None:
+    """digits-LT at each imbalance factor: every long-tail recipe, then their step times."""
+    got = r.collected
+    for imb in IMBALANCES:
+        for method in DIGITS_METHODS:
+            runs = r.row(
+                f"digits-LT IF={imb:g}",
+                method,
+                partial(_digits_lt_run, imbalance=imb, method=method, sizes=sizes, device=dev),
+            )
+            if imb == 100.0:
+                got.per_class_if100[method] = [run.per_class for run in runs]
+                got.histories[method] = runs[0].history
+                got.monitors[method] = runs[0].monitor
+        ds = digits_lt(imbalance=imb, seed=seed)
+        if imb == 100.0:
+            got.digits_if100 = ds
+        steps = {m: _digits_setup(ds, m, seed, sizes, dev)[2] for m in DIGITS_METHODS}
+        _set_timings(got.rows[-len(DIGITS_METHODS) :], steps, ds, ds.y_train, sizes, dev)
+
+
+def _yeast_experiments(r: _Runner, seed: int, sizes: Sizes, dev: torch.device) -> None:
+    """Yeast with half the labels hidden, then label aggregation; the label conflicts."""
+    base = yeast(seed=seed).head(sizes.yeast_limit)
+    r.collected.yeast = base
+    hidden = hide_labels(base.y_train, 0.5, seed=seed)
+    for experiment, methods, y_train in (
+        ("Yeast, 50% labels hidden", PARTIAL_METHODS, hidden),
+        ("Yeast, label aggregation", AGG_METHODS, base.y_train),
+    ):
+        for method in methods:
+            runs = r.row(
+                experiment,
+                method,
+                partial(_yeast_run, base, method, sizes=sizes, device=dev, y_train=y_train),
+            )
+            if method == "sum":
+                r.collected.conflicts = _label_conflicts(runs[0].model, base, dev)
+        steps = {m: _yeast_setup(base, m, seed, dev, y_train)[2] for m in methods}
+        _set_timings(r.collected.rows[-len(methods) :], steps, base, y_train, sizes, dev)
+
+
 def _run(
     seed: int,
     dev: torch.device,
@@ -398,132 +464,91 @@ def _run(
     echo: Callable[[str], None] | None,
     t_start: float,
 ) -> DemoResult:
-    digits_methods = ["plain", "class_weights", "plain_sigmoid", "eqlv2", "row_rules"]
-    partial_methods = ["unknown_as_negative", "mask_unknown"]
-    agg_methods = ["sum", "PCGrad", "UPGrad"]
     seeds = [seed + i for i in range(sizes.seeds)]
-    imbalances = [10.0, 100.0]
     total = len(seeds) * (
-        len(imbalances) * len(digits_methods) + len(partial_methods) + len(agg_methods)
+        len(IMBALANCES) * len(DIGITS_METHODS) + len(PARTIAL_METHODS) + len(AGG_METHODS)
     )
     bar = progress_bar(total, quiet=quiet, desc="labelgrad demo", unit="run", leave=False)
-    rows: list[Row] = []
-    per_class_if100: dict[str, list[list[float]]] = {}
-    histories: dict[str, list[list[float]]] = {}
-    monitors: dict[str, lg.GradMonitor] = {}
-    digits_sets: dict[float, Dataset] = {}
-
-    def collect(experiment: str, method: str, run_one: Callable[[int], _Run]) -> list[_Run]:
-        """One table row: ``method`` run once per seed (runs[0] is the first seed's)."""
-        row = Row(experiment, method, {}, [])
-        runs = []
-        for s in seeds:
-            bar.set_postfix_str(f"{experiment}: {method} seed={s}")
-            run = run_one(s)
-            for key, v in run.metrics.items():
-                row.metrics.setdefault(key, []).append(v)
-            row.step_ms.append(run.step_ms)
-            runs.append(run)
-            bar.update()
-        rows.append(row)
-        return runs
-
+    got = _Collected()
+    runner = _Runner(seeds, bar, got)
     try:
-        for imb in imbalances:
-            digits_sets[imb] = digits_lt(imbalance=imb, seed=seed)
-            for method in digits_methods:
-                runs = collect(
-                    f"digits-LT IF={imb:g}",
-                    method,
-                    partial(_digits_lt_run, imbalance=imb, method=method, sizes=sizes, device=dev),
-                )
-                if imb == 100.0:
-                    per_class_if100[method] = [run.per_class for run in runs]
-                    histories[method] = runs[0].history
-                    monitors[method] = runs[0].monitor
-            ds = digits_sets[imb]
-            steps = {m: _digits_setup(ds, m, seed, sizes, dev)[2] for m in digits_methods}
-            _set_timings(rows[-len(digits_methods) :], steps, ds, ds.y_train, sizes, dev)
-
-        base = yeast(seed=seed).head(sizes.yeast_limit)
-        hidden = hide_labels(base.y_train, 0.5, seed=seed)
-        for method in partial_methods:
-            collect(
-                "Yeast, 50% labels hidden",
-                method,
-                partial(_yeast_run, base, method, sizes=sizes, device=dev, y_train=hidden),
-            )
-        steps = {m: _yeast_setup(base, m, seed, dev)[2] for m in partial_methods}
-        _set_timings(rows[-len(partial_methods) :], steps, base, hidden, sizes, dev)
-
-        conflicts: Tensor | None = None
-        for method in agg_methods:
-            runs = collect(
-                "Yeast, label aggregation",
-                method,
-                partial(_yeast_run, base, method, sizes=sizes, device=dev, y_train=base.y_train),
-            )
-            if method == "sum":
-                conflicts = _label_conflicts(runs[0].model, base, dev)
-        steps = {m: _yeast_setup(base, m, seed, dev)[2] for m in agg_methods}
-        _set_timings(rows[-len(agg_methods) :], steps, base, base.y_train, sizes, dev)
+        _digits_experiments(runner, seed, sizes, dev)
+        _yeast_experiments(runner, seed, sizes, dev)
     finally:
         bar.close()
+    result = DemoResult(got.rows, folder)
+    # Data first, then figures, the report last (each written atomically).
+    atomic_write_text(folder / "results.json", json.dumps(result.as_dict(), indent=1) + "\n")
+    result.files = _write_figures(folder, got, len(seeds))
+    result.files.append("results.json")
+    _write_demo_report(folder / "report.html", result, got.conflicts, len(seeds), str(dev))
+    result.files.append("report.html")
+    result.seconds = time.perf_counter() - t_start
+    atomic_write_text(folder / "results.json", json.dumps(result.as_dict(), indent=1) + "\n")
+    if echo is not None:
+        for exp, header, table in experiment_tables(got.rows):
+            echo(f"\n{exp}\n" + _plain_table(header, table))
+        echo("")
+        for line in takeaways(got.rows):
+            echo(f"- {line}")
+        echo(f"report: {folder / 'report.html'}  ({result.seconds:.0f} s)")
+    return result
 
-    # Files: figures and data first, the report last (each written atomically).
+
+def _write_figures(folder: Path, got: _Collected, num_seeds: int) -> list[str]:
+    """The demo's PNG figures and GradMonitor exports; returns the file names written."""
+    assert got.digits_if100 is not None
+    assert got.yeast is not None
     files: list[str] = []
-    ds100 = digits_sets[100.0]
-    names = list(ds100.class_names)
+    names = list(got.digits_if100.class_names)
     mean_acc = {
-        m: [statistics.fmean(col) for col in zip(*runs)] for m, runs in per_class_if100.items()
+        m: [statistics.fmean(col) for col in zip(*runs)] for m, runs in got.per_class_if100.items()
     }
+    std_acc = {m: [_std(list(c)) for c in zip(*runs)] for m, runs in got.per_class_if100.items()}
     plot_per_class_accuracy(
         mean_acc,
         names,
         folder / "per_class_accuracy.png",
-        counts=ds100.train_counts().tolist(),
-        title=f"digits-LT IF=100: per-class test accuracy (mean over {len(seeds)} seeds)",
+        counts=got.digits_if100.train_counts().tolist(),
+        title=f"digits-LT IF=100: per-class test accuracy (mean ± std over {num_seeds} seeds)",
+        errors=std_acc,
     )
     files.append("per_class_accuracy.png")
-    plot_grad_norm_history(
-        histories["plain"],
-        names,
-        folder / "grad_norm_plain.png",
-        title="digits-LT IF=100, plain: per-class ‖dL/dlogit‖ per step (GradMonitor)",
-    )
-    files.append("grad_norm_plain.png")
-    if "eqlv2" in histories:
-        plot_grad_norm_history(
-            histories["eqlv2"],
-            names,
-            folder / "grad_norm_eqlv2.png",
-            title="digits-LT IF=100, eqlv2: per-class ‖dL/dlogit‖ per step (GradMonitor)",
-        )
-        files.append("grad_norm_eqlv2.png")
-    if conflicts is not None:
+    ylim = _shared_range([got.histories[m] for m in ("plain_ce", "eqlv2") if m in got.histories])
+    for method in ("plain_ce", "eqlv2"):
+        if method in got.histories:
+            plot_grad_norm_history(
+                got.histories[method],
+                names,
+                folder / f"grad_norm_{method}.png",
+                title=f"digits-LT IF=100, {method}: per-class ‖dL/dlogit‖ per step (GradMonitor)",
+                ylim=ylim,
+            )
+            files.append(f"grad_norm_{method}.png")
+    if got.conflicts is not None:
         plot_conflicts(
-            conflicts.tolist(),
-            list(base.class_names),
+            got.conflicts.tolist(),
+            list(got.yeast.class_names),
             folder / "label_conflicts.png",
             title="Yeast: cosine of label gradients on the shared trunk",
         )
         files.append("label_conflicts.png")
-    for method, mon in monitors.items():
+    for method, mon in got.monitors.items():
         for suffix in ("csv", "history.csv", "json"):
             name = f"monitor_digits_if100_{method}.{suffix}"
             save_monitor(mon, folder / name, names)
             files.append(name)
-    result = DemoResult(rows, folder, files, time.perf_counter() - t_start)
-    atomic_write_text(folder / "results.json", json.dumps(result.as_dict(), indent=1) + "\n")
-    files.append("results.json")
-    _write_demo_report(folder / "report.html", result, conflicts, len(seeds), str(dev))
-    files.append("report.html")
-    result.seconds = time.perf_counter() - t_start
-    if echo is not None:
-        header, table = format_rows(rows)
-        echo(_plain_table(header, table))
-        echo(f"report: {folder / 'report.html'}  ({result.seconds:.0f} s)")
-    return result
+    return files
+
+
+def _shared_range(histories: list[list[list[float]]]) -> tuple[float, float] | None:
+    """One log-scale y range for gradient-norm figures compared side by side."""
+    values = sorted(v for h in histories for row in h for v in row if v > 0 and math.isfinite(v))
+    if not values:
+        return None
+    # The 1st percentile: a few near-zero steps (a class absent from a batch) would otherwise
+    # stretch the log axis over decades of empty space.
+    return values[len(values) // 100] / 2, values[-1] * 1.5
 
 
 def _label_conflicts(model: MLP, ds: Dataset, device: torch.device) -> Tensor:
@@ -547,39 +572,43 @@ def _conflict_stats(conflicts: Tensor) -> str:
 def _write_demo_report(
     path: Path, result: DemoResult, conflicts: Tensor | None, num_seeds: int, device: str
 ) -> None:
-    header, table = format_rows(result.rows)
     intro = Section(
-        "Results",
+        "What the results show",
         [
-            f"Mean ± std over {num_seeds} seeds. Step time: the median of one training step "
-            f"(forward + backward + optimizer) on {device}, the methods of an experiment timed "
-            "in turn on one fixed batch (interleaved), with the ratio to the experiment's first "
-            "method. Balanced accuracy is the mean per-class accuracy on a balanced test set; "
-            f"few-shot accuracy is the mean over the {FEW_SHOT} rarest training classes. "
-            f"class_weights uses effective-number weights with beta={BETA}; row_rules gives head "
-            f"row c the step lr × (n_max/n_c)^{TAIL_LR_POWER} and leaves rows of classes absent "
-            "from a batch untouched (skip_absent).",
+            f"Mean ± std over {num_seeds} seeds, in %. Balanced accuracy is the mean per-class "
+            "accuracy on a balanced test set; few-shot accuracy the mean over the classes with "
+            f"fewer than {FEW_SHOT} training images. Step time: the median of one training step "
+            f"(forward + backward + optimizer) on {device}, the methods of an experiment timed in "
+            "turn on one fixed batch, and the ratio to the experiment's first method. "
+            f"class_weights: effective-number weights, beta = {BETA}; row_rules: head row c steps "
+            f"with lr × (n_max/n_c)^{TAIL_LR_POWER}, rows of classes absent from a batch stay put.",
         ],
-        header,
-        [list(r) for r in table],
+        bullets=takeaways(result.rows),
     )
     sections = [intro]
+    for exp, header, table in experiment_tables(result.rows):
+        sections.append(Section(exp, header=header, rows=[list(r) for r in table]))
     sections.append(
         Section(
             "Per-class accuracy, digits-LT IF=100",
-            ["Class 0 has the most training images, class 9 the fewest."],
             images=["per_class_accuracy.png"],
+            captions=[
+                f"Mean test accuracy of each class over {num_seeds} seeds (error bars: std); "
+                "under each class its training count. Class 0 has the most training images, "
+                "class 9 the fewest."
+            ],
         )
     )
     norm_imgs = [f for f in result.files if f.startswith("grad_norm_")]
     sections.append(
         Section(
             "Per-class gradient norm over training",
-            [
-                "The norm of each class's gradient at the logits per step, recorded by "
-                "lg.monitor (a ring buffer of per-step norms)."
-            ],
             images=norm_imgs,
+            captions=[
+                f"{f.removeprefix('grad_norm_').removesuffix('.png')}: the norm of each class's "
+                "gradient at the logits per step (lg.monitor), 9-step average; same y range."
+                for f in norm_imgs
+            ],
         )
     )
     if conflicts is not None:
@@ -588,6 +617,11 @@ def _write_demo_report(
                 "Label conflicts, Yeast",
                 [_conflict_stats(conflicts)],
                 images=["label_conflicts.png"],
+                captions=[
+                    "Cosine between the per-label loss gradients on the shared trunk (training "
+                    "set, after training). Red: conflicting (negative), blue: aligned; the "
+                    "diagonal (always 1) is greyed out."
+                ],
             )
         )
     write_report(

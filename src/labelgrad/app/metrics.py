@@ -1,8 +1,19 @@
-"""Outcome metrics for the outcomes benchmark, in torch (tested against scikit-learn's).
+"""The metrics of ``labelgrad demo``, the outcomes benchmark and ``labelgrad train``, defined once.
 
-Written here rather than taken from scikit-learn so that the benchmark (and ``labelgrad bench``)
-needs only torch; ``tests/test_outcomes.py`` checks every function against its scikit-learn
+Written in torch rather than taken from scikit-learn so that the application's results need only
+torch; ``tests/app/test_outcomes.py`` checks every function against its scikit-learn
 counterpart. All functions run on CPU tensors after training (not on a hot path).
+
+One definition each:
+
+- balanced accuracy: the mean per-class recall over the classes present in the test set;
+- few-shot accuracy: the mean accuracy of the classes with fewer than :data:`FEW_SHOT` training
+  images (the OLTR split of Liu et al. 2019, the long-tail literature's convention; "the 3
+  rarest classes" depends on the number of classes and hides how rare they are);
+- multi-label F1: per label at probability > :data:`THRESHOLD`, unknown (-1) entries left out,
+  0 where a label has neither a positive nor a prediction (scikit-learn's ``zero_division=0``);
+  macro = the mean over labels, micro = pooled over labels;
+- mAP: the macro mean of scikit-learn's average precision over the labels with a positive.
 """
 
 from __future__ import annotations
@@ -10,15 +21,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.app.training import per_class_recall
-
 __all__ = [
     "FEW_SHOT",
     "MANY_SHOT",
+    "THRESHOLD",
     "average_precision",
     "balanced_accuracy",
     "f1_scores",
     "mean_average_precision",
+    "multiclass_metrics",
+    "multilabel_metrics",
+    "per_class_recall",
     "shot_group_accuracy",
 ]
 
@@ -27,6 +40,21 @@ MANY_SHOT = 100
 
 FEW_SHOT = 20
 """Few-shot classes have fewer than this many training images; the rest are medium-shot."""
+
+THRESHOLD = 0.5
+"""Multi-label predictions: a label is predicted where its sigmoid probability exceeds this."""
+
+
+def per_class_recall(pred: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """Recall (per-class accuracy) of each class, float64 (C,); NaN for classes with no sample.
+
+    Example:
+        >>> per_class_recall(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2).tolist()
+        [0.5, 1.0]
+    """
+    hits = torch.bincount(y[pred == y], minlength=num_classes).double()
+    total = torch.bincount(y, minlength=num_classes).double()
+    return torch.where(total > 0, hits / total.clamp(min=1), float("nan"))
 
 
 def balanced_accuracy(pred: Tensor, y: Tensor, num_classes: int) -> float:
@@ -127,11 +155,12 @@ def f1_scores(pred: Tensor, y: Tensor) -> tuple[float, float, Tensor]:
     """Macro F1, micro F1 and per-label F1 of multi-label predictions (0 where undefined).
 
     Matches sklearn's ``f1_score(..., zero_division=0)`` with ``average="macro"``, ``"micro"``
-    and ``None``.
+    and ``None`` on the known entries: an unknown label (-1) counts neither as a positive nor
+    as a false positive.
 
     Args:
         pred: (N, C) predictions in {0, 1}.
-        y: (N, C) labels in {0, 1}.
+        y: (N, C) labels in {0, 1}, -1 = unknown.
 
     Example:
         >>> pred, y = torch.tensor([[1, 0], [1, 1]]), torch.tensor([[1, 0], [0, 1]])
@@ -143,10 +172,57 @@ def f1_scores(pred: Tensor, y: Tensor) -> tuple[float, float, Tensor]:
         raise ValueError(
             f"pred and y must both be (N, C), got {tuple(pred.shape)} and {tuple(y.shape)}"
         )
-    p, t = (pred == 1).double(), (y == 1).double()
+    p, t = ((pred == 1) & (y >= 0)).double(), (y == 1).double()
     tp = (p * t).sum(0)
     denom = p.sum(0) + t.sum(0)
     per = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), 0.0)
     total = denom.sum()
     micro = float(2 * tp.sum() / total) if float(total) > 0 else 0.0
     return float(per.mean()), micro, per
+
+
+def multiclass_metrics(
+    logits: Tensor, y: Tensor, num_classes: int
+) -> tuple[dict[str, float], Tensor]:
+    """Accuracy and balanced accuracy of single-label ``logits``; and the per-class recall.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+        >>> m, recall = multiclass_metrics(logits, torch.tensor([0, 0]), 2)
+        >>> m, recall.tolist()
+        ({'accuracy': 0.5, 'balanced_accuracy': 0.5}, [0.5, nan])
+    """
+    pred = logits.argmax(dim=1)
+    recall = per_class_recall(pred, y, num_classes)
+    acc = float((pred == y).double().mean())
+    return {"accuracy": acc, "balanced_accuracy": float(recall.nanmean())}, recall
+
+
+def multilabel_metrics(scores: Tensor, y: Tensor) -> tuple[dict[str, float], Tensor]:
+    """mAP, worst-label AP, macro F1 and micro F1 of multi-label probabilities; per-label F1.
+
+    Args:
+        scores: (N, C) sigmoid probabilities.
+        y: (N, C) labels in {0, 1}, -1 = unknown (left out of every metric).
+
+    Example:
+        >>> s = torch.tensor([[0.9, 0.2], [0.3, 0.8], [0.6, 0.1]])
+        >>> m, per = multilabel_metrics(s, torch.tensor([[1, 0], [0, 1], [-1, 0]]))
+        >>> m["macro_f1"], m["map"], per.tolist()
+        (1.0, 1.0, [1.0, 1.0])
+    """
+    if scores.shape != y.shape or scores.dim() != 2:
+        raise ValueError(
+            f"scores and y must both be (N, C), got {tuple(scores.shape)} and {tuple(y.shape)}"
+        )
+    # An unknown entry scored -inf ranks last, where it adds no recall: AP ignores it exactly.
+    ap = average_precision(torch.where(y >= 0, scores.double(), float("-inf")), y)
+    macro, micro, per = f1_scores((scores > THRESHOLD).long(), y)
+    known = ap[~ap.isnan()]
+    metrics = {
+        "map": float(known.mean()) if len(known) else float("nan"),
+        "worst_ap": float(known.min()) if len(known) else float("nan"),
+        "macro_f1": macro,
+        "micro_f1": micro,
+    }
+    return metrics, per

@@ -7,15 +7,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "MLP",
-    "effective_number_weights",
     "epoch_batches",
-    "one_vs_all_bce",
-    "per_class_recall",
     "progress_bar",
     "small_model_threads",
 ]
@@ -69,35 +65,6 @@ def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int) -> Iterator
     yield from perm.split(batch_size)
 
 
-def effective_number_weights(counts: Tensor, beta: float) -> Tensor:
-    """Class-balanced weights (Cui et al., CVPR 2019): (1 - beta) / (1 - beta^n_c), mean 1.
-
-    Classes with no samples get weight 0.
-
-    Example:
-        >>> effective_number_weights(torch.tensor([100, 1]), 0.0).tolist()
-        [1.0, 1.0]
-    """
-    if not 0 <= beta < 1:
-        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
-    n = counts.double()
-    w = torch.where(n > 0, (1 - beta) / (1 - beta**n), 0.0)
-    present = (n > 0).sum().clamp(min=1)
-    return (w * present / w.sum()).float()
-
-
-def per_class_recall(pred: Tensor, y: Tensor, num_classes: int) -> Tensor:
-    """Recall (per-class accuracy) of each class, float64 (C,); NaN for classes with no sample.
-
-    Example:
-        >>> per_class_recall(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2).tolist()
-        [0.5, 1.0]
-    """
-    hits = torch.bincount(y[pred == y], minlength=num_classes).double()
-    total = torch.bincount(y, minlength=num_classes).double()
-    return torch.where(total > 0, hits / total.clamp(min=1), float("nan"))
-
-
 class _NoBar:
     """What :func:`progress_bar` returns without tqdm: the calls labelgrad makes, doing nothing."""
 
@@ -149,17 +116,3 @@ def small_model_threads(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def one_vs_all_bce(logits: Tensor, y: Tensor) -> Tensor:
-    """Sigmoid BCE of class indices as C binary problems, summed over classes, mean over samples.
-
-    The normalisation is fixed per sample (not per entry), which EQLv2's gradient statistics
-    need to be comparable across batches.
-
-    Example:
-        >>> round(float(one_vs_all_bce(torch.zeros(2, 3), torch.tensor([0, 2]))), 4)  # 3 log 2
-        2.0794
-    """
-    onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, onehot, reduction="sum") / len(y)

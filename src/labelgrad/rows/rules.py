@@ -244,12 +244,12 @@ class RowRules(torch.optim.Optimizer):
         self._in_closure = False
         # Rows that have moved since their tensor's state was created (per label-owned param);
         # the others start from the optimizer's initial state when they first move. The host
-        # flags say "every row has started" without reading the masks back.
-        self._started = [
-            torch.full((c,), bool(optimizer.state.get(lp.param)), device=self._device)
-            for lp in self._params
-        ]
+        # flags say "every row has started" without reading the masks back. Params whose masks
+        # agree share one tensor (a head's weight and bias), so a step computes each once.
+        self._started: list[Tensor] = []
+        self._share_started([bool(optimizer.state.get(lp.param)) for lp in self._params])
         self._all_started = [bool(optimizer.state.get(lp.param)) for lp in self._params]
+        self._fresh_cache: dict[int, Tensor | None] = {}
         self._warned_state: set[str] = set()
         self._lr_scale_cache: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
 
@@ -483,6 +483,7 @@ class RowRules(torch.optim.Optimizer):
         )
 
     def _step(self, moving: Tensor | None) -> None:
+        self._fresh_cache = {}
         active = [i for i, lp in enumerate(self._params) if lp.param.grad is not None]
         if self._bare(moving, active):
             # Nothing to do: exactly the wrapped optimizer's step (bitwise).
@@ -510,7 +511,7 @@ class RowRules(torch.optim.Optimizer):
         for i in slow:
             self._restore(self._params[i], groups[i], moving, snaps[i])
         coefs: dict[tuple[int, torch.dtype], _fast.RowCoefficients] = {}
-        sgd_coefs: dict[tuple[int, torch.dtype], _fast.SGDRows] = {}
+        sgd_coefs: dict[tuple[int, torch.dtype, int | None], _fast.SGDRows] = {}
         for i in fast:
             if isinstance(self.optimizer, torch.optim.SGD):
                 self._sgd_fast(i, groups[i], moving, sgd_coefs)
@@ -536,19 +537,16 @@ class RowRules(torch.optim.Optimizer):
         i: int,
         group: dict[str, Any],
         moving: Tensor | None,
-        cache: dict[tuple[int, torch.dtype], _fast.SGDRows],
+        cache: dict[tuple[int, torch.dtype, int | None], _fast.SGDRows],
     ) -> None:
         lp = self._params[i]
         dtype = lp.param.dtype
         scale = self._lr_scale_in(dtype)
         fresh = self._fresh_rows(i, moving)
-        key = (id(group), dtype)
-        if fresh is not None:  # rows starting now: factors of this tensor's own
-            rows = _fast.sgd_rows(group, dtype, moving, scale, fresh)
-        else:
-            if key not in cache:
-                cache[key] = _fast.sgd_rows(group, dtype, moving, scale)
-            rows = cache[key]
+        key = (id(group), dtype, None if fresh is None else id(fresh))
+        if key not in cache:
+            cache[key] = _fast.sgd_rows(group, dtype, moving, scale, fresh)
+        rows = cache[key]
         _fast.sgd_step(
             group,
             self.optimizer.state[lp.param],
@@ -575,13 +573,42 @@ class RowRules(torch.optim.Optimizer):
         state = self.optimizer.state
         return all(self._all_started[i] or not state.get(self._params[i].param) for i in active)
 
+    def _share_started(self, rows: list[Any]) -> None:
+        """Set the started masks from host values (a bool or a (C,) CPU bool tensor per param);
+        params with equal values share one device tensor."""
+        shared: dict[object, Tensor] = {}
+        self._started = []
+        for row in rows:
+            key = row if isinstance(row, bool) else tuple(row.tolist())
+            if key not in shared:
+                value = torch.full((self.num_classes,), row) if isinstance(row, bool) else row
+                shared[key] = value.to(self._device, torch.bool).clone()
+            self._started.append(shared[key])
+
     def _mark_started(self, moving: Tensor | None, active: list[int]) -> None:
-        for i in active:
+        update = [
+            i
+            for i in active
+            if moving is None or (not self._all_started[i] and self._tracks_fresh(i))
+        ]
+        # A mask shared with a param that does not take this update gets its own copy first.
+        others = {id(self._started[j]) for j in range(len(self._params)) if j not in update}
+        copies: dict[int, Tensor] = {}
+        for i in update:
+            mask = self._started[i]
+            if id(mask) in others:
+                self._started[i] = copies.setdefault(id(mask), mask.clone())
+        done: set[int] = set()
+        for i in update:
+            mask = self._started[i]
+            if id(mask) not in done:
+                done.add(id(mask))
+                if moving is None:
+                    mask.fill_(True)
+                else:
+                    mask |= moving
             if moving is None:
-                self._started[i].fill_(True)
                 self._all_started[i] = True
-            elif not self._all_started[i] and self._tracks_fresh(i):
-                self._started[i] |= moving
 
     def _tracks_fresh(self, i: int) -> bool:
         """Whether rows of param ``i`` that start late need anything but their resting state
@@ -597,8 +624,11 @@ class RowRules(torch.optim.Optimizer):
             return None
         if not self._tracks_fresh(i):
             return None
-        first = ~self._started[i]
-        return first if moving is None else moving & first
+        mask = self._started[i]
+        if id(mask) not in self._fresh_cache:  # once per shared mask and step
+            first = ~mask
+            self._fresh_cache[id(mask)] = first if moving is None else moving & first
+        return self._fresh_cache[id(mask)]
 
     def _snapshot(self, i: int, group: dict[str, Any], moving: Tensor | None) -> dict[str, Any]:
         lp = self._params[i]
@@ -771,10 +801,9 @@ class RowRules(torch.optim.Optimizer):
         if rules is None:
             self.optimizer.load_state_dict(sd)
             # A plain optimizer's state: every row of a tensor with state has moved.
-            for i, lp in enumerate(self._params):
-                started = bool(self.optimizer.state.get(lp.param))
-                self._started[i].fill_(started)
-                self._all_started[i] = started
+            has_state = [bool(self.optimizer.state.get(lp.param)) for lp in self._params]
+            self._share_started(has_state)
+            self._all_started = has_state
             return
         r = checked_rules_state(
             rules,
@@ -790,13 +819,14 @@ class RowRules(torch.optim.Optimizer):
         self._present = r["present"].to(self._device).clone()
         self._observed = r["observed"]
         started = r["started"]
+        rows: list[Any] = []
         for i, lp in enumerate(self._params):
             if started is None:  # saved before 0.2: rows of a tensor with state have moved
-                row = torch.full((self.num_classes,), bool(self.optimizer.state.get(lp.param)))
+                rows.append(bool(self.optimizer.state.get(lp.param)))
             else:
-                row = started[i]
-            self._started[i] = row.to(self._device).clone()
-            self._all_started[i] = bool(row.all())
+                rows.append(started[i])
+        self._share_started(rows)
+        self._all_started = [bool(torch.as_tensor(row).all()) for row in rows]
 
 
 def _value(init: float | Tensor, like: Tensor) -> Tensor:
