@@ -6,8 +6,8 @@ from labelgrad.policies.chain import Chain, chain
 from labelgrad.policies.clipping import ClipPerClass, ClipPerSample, clip_per_class, clip_per_sample
 from labelgrad.policies.eql import EQL, eql
 from labelgrad.policies.eqlv2 import EQLv2, eqlv2
-from labelgrad.policies.linear import LinearPolicy, Multiplier
 from labelgrad.policies.ldam import LDAM, ldam_drw
+from labelgrad.policies.linear import LinearPolicy, Multiplier
 from labelgrad.policies.logit_adjust import LogitAdjust, logit_adjust
 from labelgrad.policies.masking import (
     FreezeClasses,
