@@ -173,6 +173,10 @@ class Policy(nn.Module):
         for child in _child_policies(self):
             child.check_call(num_classes, device)
 
+    def keeps_logits(self) -> bool:
+        """Whether this policy, or one inside it, reads the forward logits (``reads_logits``)."""
+        return any(isinstance(m, Policy) and m.reads_logits for m in self.modules())
+
     def end_backward(self) -> None:
         """Called by the gate after each backward pass through this policy.
 
@@ -425,7 +429,7 @@ def _class_back(out: Tensor, class_dim: int, shape: torch.Size) -> Tensor:
 def gate(logits: Tensor, policy: Policy, targets: Targets | None, class_dim: int) -> Tensor:
     """Place ``policy`` on ``logits``: identity forward, ``policy.transform`` backward."""
     out: Tensor
-    keep = any(isinstance(m, Policy) and m.reads_logits for m in policy.modules())
+    keep = policy.keeps_logits()
     fn = _gate_function()
     if targets is None:
         out = fn.apply(logits, None, None, None, None, (policy, None, class_dim, keep))
