@@ -24,6 +24,7 @@ Encoding = Literal["index", "multi_hot", "soft"]
 with -1 marking an unknown label; ``"soft"``: (N, C, *) probabilities in [0, 1], -1 = unknown."""
 
 _ENCODINGS = ("index", "multi_hot", "soft")
+_MINUS_ONE, _ONE = torch.tensor(-1), torch.tensor(1)  # never written to
 
 
 @dataclass(frozen=True, eq=False, init=False)
@@ -426,8 +427,11 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
         targets = targets.to(torch.int16)
     # One min/max pass decides the common case; the full check runs only when it cannot.
     if encoding == "multi_hot" and not targets.is_floating_point():
-        # Integer labels: in {-1, 0, 1} iff clamping to [-1, 1] changes nothing (two operators).
-        if torch.equal(targets.clamp(-1, 1), targets):
+        # Integer labels: in {-1, 0, 1} iff clamping to [-1, 1] changes nothing (two operators;
+        # 0-d CPU bounds: Python ints would add a conversion per call).
+        on_cpu = targets.device.type == "cpu"
+        clamped = targets.clamp(_MINUS_ONE, _ONE) if on_cpu else targets.clamp(-1, 1)
+        if torch.equal(clamped, targets):
             return
         raise ValueError(
             "multi_hot targets must contain only 0, 1 and -1 (unknown); for "

@@ -34,7 +34,7 @@ def added_ops(policy: lg.Policy | None) -> int:
 @pytest.mark.parametrize(
     ("build", "budget"),
     [
-        (lambda: lg.mask_unknown(), 16),
+        (lambda: lg.mask_unknown(), 15),
         (lambda: lg.class_weights(torch.linspace(0.5, 2.0, C)), 15),
         (
             lambda: lg.chain(
