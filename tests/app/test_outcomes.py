@@ -184,9 +184,11 @@ def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
     for name in payload["files"]:
         assert (out / name).stat().st_size > 0
     pngs = [n for n in payload["files"] if n.endswith(".png")]
-    assert len(pngs) == 4
+    assert len(pngs) == 5
     for name in pngs:
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        head = (out / name).read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        assert int.from_bytes(head[16:20], "big") >= 1000  # IHDR width: readable figures
     md = (out / "results.md").read_text()
     assert "labelgrad bench --outcomes --outcomes-size tiny" in md
     assert "## Goals" in md and "| plain_ce |" in md and "(lt_balanced_accuracy.png)" in md
@@ -202,3 +204,19 @@ def test_long_tail_falls_back_to_digits_without_fashion_mnist(
     ds, side, source = _load_lt(100.0, 0, SIZES["full"])
     assert (source, side) == ("digits-LT", 8) and ds.name == "digits-LT IF=100"
     assert ds.x_train.shape[1] == side * side
+
+
+def test_forgetting_is_chaudhry_2018_against_a_direct_loop() -> None:
+    from labelgrad.app.bench.incremental import forgetting
+
+    gen = torch.Generator().manual_seed(0)
+    for t in (2, 3, 5):
+        acc = torch.rand(t, t, generator=gen, dtype=torch.float64)
+        acc[0, 1] = 0.99  # task 1 not learnt yet after task 0: never a previous best
+        want = sum(
+            max(float(acc[k, s]) for k in range(s, t - 1)) - float(acc[t - 1, s])
+            for s in range(t - 1)
+        ) / (t - 1)
+        assert float(forgetting(acc)) == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match="acc must be"):
+        forgetting(torch.zeros(1, 1))

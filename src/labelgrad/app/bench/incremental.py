@@ -24,7 +24,7 @@ import labelgrad as lg
 from labelgrad.app.datasets import digits_lt
 from labelgrad.app.training import MLP, epoch_batches
 
-__all__ = ["INCREMENTAL_METHODS", "TASKS", "incremental_run"]
+__all__ = ["INCREMENTAL_METHODS", "TASKS", "forgetting", "incremental_run"]
 
 INCREMENTAL_METHODS = ("fine_tuning", "row_rules_frozen", "agem", "agem+row_rules_frozen")
 TASKS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
@@ -34,6 +34,29 @@ BATCH = 32
 
 def _task_mask(y: Tensor, classes: tuple[int, ...]) -> Tensor:
     return torch.isin(y, torch.tensor(classes))
+
+
+def forgetting(acc: Tensor) -> Tensor:
+    """Forgetting after the last task (Chaudhry et al. 2018), from an accuracy matrix.
+
+    Args:
+        acc: (T, T) accuracies, ``acc[t, s]`` on task s after training task t (T >= 2; entries
+            with s > t are ignored).
+
+    Returns:
+        The mean over the old tasks s < T-1 of max_{t < T-1} acc[t, s] - acc[T-1, s].
+
+    Example:
+        >>> forgetting(torch.tensor([[0.9, 0.0], [0.5, 0.8]]))
+        tensor(0.4000)
+    """
+    if acc.dim() != 2 or acc.shape[0] != acc.shape[1] or acc.shape[0] < 2:
+        raise ValueError(f"acc must be a (T, T) matrix with T >= 2, got shape {tuple(acc.shape)}")
+    last = acc.shape[0] - 1
+    # Rows t < s (the task not learnt yet) are masked out of the max.
+    seen = torch.ones(last, last, dtype=torch.bool).tril()
+    best = acc[:last, :last].masked_fill(~seen, float("-inf")).max(0).values
+    return (best - acc[last, :last]).mean()
 
 
 def incremental_run(
@@ -82,6 +105,4 @@ def incremental_run(
         for s in range(t + 1):
             on = _task_mask(ds.y_test, TASKS[s])
             acc[t, s] = (pred[on] == ds.y_test[on]).double().mean()
-    last = len(TASKS) - 1
-    forgetting = (acc[:last, :last].max(0).values - acc[last, :last]).mean()
-    return {"average_acc": float(acc[last].mean()), "forgetting": float(forgetting)}
+    return {"average_acc": float(acc[-1].mean()), "forgetting": float(forgetting(acc))}
