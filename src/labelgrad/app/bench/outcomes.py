@@ -21,8 +21,8 @@ The recipes and their constants are :mod:`labelgrad.app.recipes`, the metrics
     trunk (``aggregate_backward`` with the representation and the exact engine). Metrics:
     macro-F1, worst-label AP, median step time.
 (d) Class-incremental: digits in 5 tasks of 2 classes with a small replay memory: fine-tuning vs
-    ``RowRules`` (old rows frozen) vs A-GEM (``project_replay``) vs both
-    (:mod:`labelgrad.app.bench.incremental`). Metrics: average accuracy and forgetting.
+    ``RowRules`` (old rows frozen) vs A-GEM (``project_replay``) vs both, and the labels trick
+    (ER-ACE) alone and with A-GEM (:mod:`labelgrad.app.bench.incremental`). Metrics: average accuracy and forgetting.
 
 Outputs (in ``out``): ``outcomes.csv``, ``outcomes.json``, PNG plots and ``results.md`` (the
 tables, the plots, the goals and whether they were met, the machine and the command).
@@ -874,7 +874,12 @@ def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
         f"lr 0.1, batch 32, {sizes.ci_epochs} epochs per task, replay memory of "
         f"{sizes.ci_memory} training images per learnt class; A-GEM projects each batch "
         "gradient against the loss on the whole memory (`lg.project_replay`); frozen rows: "
-        "`lg.RowRules(frozen=old classes)`. Forgetting as in Chaudhry et al. 2018: the mean "
+        "`lg.RowRules(frozen=old classes)`; labels_trick, chosen from the literature before the "
+        "run: the labels trick (Zeno et al. 2018) as ER-ACE's asymmetric cross-entropy (Caccia et "
+        "al. 2022; SS-IL, Ahn et al. 2021): the task's batch trains a softmax over the classes "
+        "present in it (a surrogate-gradient `lg.Policy`), the memory plain cross-entropy over "
+        "all classes, summed; agem+labels_trick: A-GEM with that batch loss. The memory takes a "
+        "task's images only after the task. Forgetting as in Chaudhry et al. 2018: the mean "
         "over tasks 1-4 of (the best accuracy on the task after any earlier task - the accuracy "
         "after the last task); average accuracy: the mean over the 5 tasks' test sets after "
         "the last task (no task identity at test time).",
