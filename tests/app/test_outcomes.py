@@ -177,6 +177,7 @@ def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
     ci = [r for r in payload["records"] if r["experiment"] == CI_EXPERIMENT]
     for rec in ci:
         assert 0.0 <= rec["average_acc"]["mean"] <= 1.0 and -1.0 <= rec["forgetting"]["mean"] <= 1.0
+        assert 0.0 <= rec["learning_acc"]["mean"] <= 1.0
     for rec in payload["records"]:
         if rec["experiment"].startswith("digits-LT"):
             acc = rec["balanced_acc"]
