@@ -768,7 +768,10 @@ def _plot_incremental(result: OutcomesResult, path: Path) -> Path:
         ax.set_xticks([])
         ax.set_xlabel("method (colour)")
         ax.set_ylabel(f"{label} (mean ± std)")
-        ax.set_ylim(0, 100)
+        # Forgetting can be negative (a task learnt only after its own training).
+        lowest = min([0.0] + [bar.get_height() for bar in ax.patches])
+        ax.set_ylim(lowest - 5 if lowest < 0 else 0, 100)
+        ax.axhline(0.0, color="black", linewidth=0.8)
         ax.grid(axis="x", visible=False)
     fig.suptitle(f"{CI_EXPERIMENT}, after the last task")
     _legend_outside(axes[-1], "method")
