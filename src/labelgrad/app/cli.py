@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"labelgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_demo(sub)
+    _add_bench(sub)
+    _add_train(sub)
+    return parser
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``demo`` subcommand."""
     demo = sub.add_parser(
         "demo",
         help="train small classifiers on bundled real data; print a table, write a report",
@@ -98,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Hidden: a seconds-long run for tests.
     demo.add_argument("--size", choices=("full", "tiny"), default="full", help=argparse.SUPPRESS)
 
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``bench`` subcommand."""
     bench = sub.add_parser(
         "bench",
         help="time each level against a plain step (ratios, one process, interleaved medians)",
@@ -119,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Hidden: a seconds-long outcomes run for tests.
     bench.add_argument("--outcomes-size", choices=("tiny",), default=None, help=argparse.SUPPRESS)
 
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``train`` subcommand."""
     train = sub.add_parser(
         "train",
         help="train an MLP on your data from a TOML config",
@@ -138,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train plain cross-entropy (BCE for multi-label data) with the same seed, "
         "model and optimizer, reported side by side",
     )
-    return parser
 
 
 def _device(name: str) -> str:

@@ -572,7 +572,21 @@ def _conflict_stats(conflicts: Tensor) -> str:
 def _write_demo_report(
     path: Path, result: DemoResult, conflicts: Tensor | None, num_seeds: int, device: str
 ) -> None:
-    intro = Section(
+    sections = [_intro_section(result, num_seeds, device)]
+    for exp, header, table in experiment_tables(result.rows):
+        sections.append(Section(exp, header=header, rows=[list(r) for r in table]))
+    sections += _figure_sections(result, conflicts, num_seeds)
+    write_report(
+        path,
+        "labelgrad demo",
+        sections,
+        footer=f"labelgrad {lg.__version__}, torch {torch.__version__}",
+    )
+
+
+def _intro_section(result: DemoResult, num_seeds: int, device: str) -> Section:
+    """What the numbers mean, and the takeaways."""
+    return Section(
         "What the results show",
         [
             f"Mean ± std over {num_seeds} seeds, in %. Balanced accuracy is the mean per-class "
@@ -585,9 +599,11 @@ def _write_demo_report(
         ],
         bullets=takeaways(result.rows),
     )
-    sections = [intro]
-    for exp, header, table in experiment_tables(result.rows):
-        sections.append(Section(exp, header=header, rows=[list(r) for r in table]))
+
+
+def _figure_sections(result: DemoResult, conflicts: Tensor | None, num_seeds: int) -> list[Section]:
+    """The per-class accuracy, gradient norm and label conflict figures."""
+    sections = []
     sections.append(
         Section(
             "Per-class accuracy, digits-LT IF=100",
@@ -624,9 +640,4 @@ def _write_demo_report(
                 ],
             )
         )
-    write_report(
-        path,
-        "labelgrad demo",
-        sections,
-        footer=f"labelgrad {lg.__version__}, torch {torch.__version__}",
-    )
+    return sections

@@ -431,57 +431,82 @@ def _run(
     result = OutcomesResult(records, folder, "", size)
     try:
         for imb in sizes.imbalances:
-            recs = {m: Record("", m) for m in LT_METHODS}
-            per_class: dict[str, list[Tensor]] = {m: [] for m in LT_METHODS}
-            for s in seeds:
-                ds, side, source = _load_lt(imb, s, sizes)
-                result.lt_source = source
-                result.class_names = list(ds.class_names)
-                if s == 0:
-                    result.lt_counts[f"IF={imb:g}"] = ds.train_counts().tolist()
-                for m in LT_METHODS:
-                    bar.set_postfix_str(f"{source} IF={imb:g} {m} seed={s}")
-                    metrics, recall = _lt_run(ds, side, m, s, sizes, dev)
-                    recs[m].add(metrics)
-                    per_class[m].append(recall)
-                    bar.update()
-            for m in LT_METHODS:
-                recs[m].experiment = f"{result.lt_source} IF={imb:g}"
-                records.append(recs[m])
-                stacked = torch.stack(per_class[m])
-                result.per_class[f"IF={imb:g}/{m}"] = stacked.nanmean(0).tolist()
-                sd = stacked.std(0) if len(seeds) > 1 else torch.zeros_like(stacked[0])
-                result.per_class_std[f"IF={imb:g}/{m}"] = sd.nan_to_num(0.0).tolist()
+            _run_long_tail(result, imb, seeds, sizes, dev, bar)
         for frac in sizes.hidden:
-            recs = {m: Record(f"Yeast, {frac:.0%} hidden", m) for m in PARTIAL_METHODS}
-            for s in seeds:
-                ds = yeast(seed=s).head(sizes.yeast_limit)
-                hidden = hide_labels(ds.y_train, frac, seed=s)
-                for m in PARTIAL_METHODS:
-                    bar.set_postfix_str(f"Yeast {frac:.0%} hidden {m} seed={s}")
-                    recs[m].add(_yeast_run(ds, hidden, m, s, sizes, dev))
-                    bar.update()
-            records.extend(recs.values())
-        recs = {m: Record("Yeast, label aggregation", m) for m in sizes.agg_methods}
-        for s in seeds:
-            ds = yeast(seed=s).head(sizes.yeast_limit)
-            for m in sizes.agg_methods:
-                bar.set_postfix_str(f"Yeast aggregation {m} seed={s}")
-                recs[m].add(_yeast_run(ds, ds.y_train, m, s, sizes, dev))
-                bar.update()
-        records.extend(recs.values())
-        recs = {m: Record(CI_EXPERIMENT, m) for m in INCREMENTAL_METHODS}
-        for s in seeds:
-            for m in INCREMENTAL_METHODS:
-                bar.set_postfix_str(f"class-incremental {m} seed={s}")
-                kw = {"epochs": sizes.ci_epochs, "memory_per_class": sizes.ci_memory}
-                recs[m].add(incremental_run(m, s, device=dev, **kw))
-                bar.update()
-        records.extend(recs.values())
+            records.extend(_run_partial(frac, seeds, sizes, dev, bar))
+        records.extend(_run_aggregation(seeds, sizes, dev, bar))
+        records.extend(_run_incremental(seeds, sizes, dev, bar))
     finally:
         bar.close()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _run_long_tail(
+    result: OutcomesResult, imb: float, seeds: list[int], sizes: Sizes, dev: torch.device, bar: Any
+) -> None:
+    """The long-tail methods at one imbalance factor: records and per-class recall into
+    ``result``."""
+    recs = {m: Record("", m) for m in LT_METHODS}
+    per_class: dict[str, list[Tensor]] = {m: [] for m in LT_METHODS}
+    for s in seeds:
+        ds, side, source = _load_lt(imb, s, sizes)
+        result.lt_source = source
+        result.class_names = list(ds.class_names)
+        if s == 0:
+            result.lt_counts[f"IF={imb:g}"] = ds.train_counts().tolist()
+        for m in LT_METHODS:
+            bar.set_postfix_str(f"{source} IF={imb:g} {m} seed={s}")
+            metrics, recall = _lt_run(ds, side, m, s, sizes, dev)
+            recs[m].add(metrics)
+            per_class[m].append(recall)
+            bar.update()
+    for m in LT_METHODS:
+        recs[m].experiment = f"{result.lt_source} IF={imb:g}"
+        result.records.append(recs[m])
+        stacked = torch.stack(per_class[m])
+        result.per_class[f"IF={imb:g}/{m}"] = stacked.nanmean(0).tolist()
+        sd = stacked.std(0) if len(seeds) > 1 else torch.zeros_like(stacked[0])
+        result.per_class_std[f"IF={imb:g}/{m}"] = sd.nan_to_num(0.0).tolist()
+
+
+def _run_partial(
+    frac: float, seeds: list[int], sizes: Sizes, dev: torch.device, bar: Any
+) -> list[Record]:
+    """The partial-label methods on Yeast with ``frac`` of the labels hidden."""
+    recs = {m: Record(f"Yeast, {frac:.0%} hidden", m) for m in PARTIAL_METHODS}
+    for s in seeds:
+        ds = yeast(seed=s).head(sizes.yeast_limit)
+        hidden = hide_labels(ds.y_train, frac, seed=s)
+        for m in PARTIAL_METHODS:
+            bar.set_postfix_str(f"Yeast {frac:.0%} hidden {m} seed={s}")
+            recs[m].add(_yeast_run(ds, hidden, m, s, sizes, dev))
+            bar.update()
+    return list(recs.values())
+
+
+def _run_aggregation(seeds: list[int], sizes: Sizes, dev: torch.device, bar: Any) -> list[Record]:
+    """The label-aggregation methods on Yeast with every label."""
+    recs = {m: Record("Yeast, label aggregation", m) for m in sizes.agg_methods}
+    for s in seeds:
+        ds = yeast(seed=s).head(sizes.yeast_limit)
+        for m in sizes.agg_methods:
+            bar.set_postfix_str(f"Yeast aggregation {m} seed={s}")
+            recs[m].add(_yeast_run(ds, ds.y_train, m, s, sizes, dev))
+            bar.update()
+    return list(recs.values())
+
+
+def _run_incremental(seeds: list[int], sizes: Sizes, dev: torch.device, bar: Any) -> list[Record]:
+    """The class-incremental methods on digits."""
+    recs = {m: Record(CI_EXPERIMENT, m) for m in INCREMENTAL_METHODS}
+    for s in seeds:
+        for m in INCREMENTAL_METHODS:
+            bar.set_postfix_str(f"class-incremental {m} seed={s}")
+            kw = {"epochs": sizes.ci_epochs, "memory_per_class": sizes.ci_memory}
+            recs[m].add(incremental_run(m, s, device=dev, **kw))
+            bar.update()
+    return list(recs.values())
 
 
 # --- reporting --------------------------------------------------------------------------------
@@ -786,7 +811,6 @@ PER_CLASS_METHODS = (
 
 
 def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
-    g = goals(result)
     sizes = SIZES[result.size]
     mach = machine()
     lines = [
@@ -800,13 +824,28 @@ def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
         "",
         "## Goals",
         "",
+        *_md_goals(goals(result)),
+        *_md_recipe(result, sizes),
+        "",
+        "## Results",
+        "",
+        markdown_tables(result),
+        "",
     ]
+    for img in images:
+        lines += [f"![{img}]({img})", ""]
+    return "\n".join(lines)
+
+
+def _met(goal: dict[str, Any]) -> str:
+    return f"**{'met' if goal['met'] else 'not met'}**"
+
+
+def _md_goals(g: dict[str, Any]) -> list[str]:
+    """One line per goal that was measured: the best method and whether it met the goal."""
+    lines = []
     if "long_tail" in g:
-        lt = g["long_tail"]
-        lines.append(
-            f"- {lt['goal']}: best is `{lt['best_method']}` at {lt['gain_points']:+.1f} points "
-            f"— **{'met' if lt['met'] else 'not met'}**."
-        )
+        lines.append(_best_line(g["long_tail"]))
     if "long_tail_reference" in g:
         ref = g["long_tail_reference"]
         same = (
@@ -817,22 +856,30 @@ def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
         )
         lines.append(
             f"- {ref['goal']}: `{ref['best_method']}` at {ref['gain_points']:+.1f} points "
-            f"— **{'met' if ref['met'] else 'not met'}**{same}."
+            f"— {_met(ref)}{same}."
         )
     if "partial" in g:
-        pa = g["partial"]
-        lines.append(
-            f"- {pa['goal']}: best is `{pa['best_method']}` at {pa['gain_points']:+.1f} points "
-            f"— **{'met' if pa['met'] else 'not met'}**."
-        )
+        lines.append(_best_line(g["partial"]))
     if "incremental" in g:
         ci = g["incremental"]
         lines.append(
             f"- {ci['goal']}: best is `{ci['best_method']}` at {ci['forgetting_ratio']:.2f} × "
-            f"fine-tuning — **{'met' if ci['met'] else 'not met'}**."
+            f"fine-tuning — {_met(ci)}."
         )
+    return lines
+
+
+def _best_line(goal: dict[str, Any]) -> str:
+    return (
+        f"- {goal['goal']}: best is `{goal['best_method']}` at {goal['gain_points']:+.1f} "
+        f"points — {_met(goal)}."
+    )
+
+
+def _md_recipe(result: OutcomesResult, sizes: Sizes) -> list[str]:
+    """The recipe section: data, models and the settings of every method."""
     counts = ", ".join(f"{k}: {v}" for k, v in result.lt_counts.items())
-    lines += [
+    return [
         "",
         "## Recipe (identical for every method of an experiment; nothing tuned per method)",
         "",
@@ -878,15 +925,7 @@ def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
         "over tasks 1-4 of (the best accuracy on the task after any earlier task - the accuracy "
         "after the last task); average accuracy: the mean over the 5 tasks' test sets after "
         "the last task (no task identity at test time).",
-        "",
-        "## Results",
-        "",
-        markdown_tables(result),
-        "",
     ]
-    for img in images:
-        lines += [f"![{img}]({img})", ""]
-    return "\n".join(lines)
 
 
 def write_outputs(result: OutcomesResult, command: str) -> list[str]:
