@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["BENCH_LEVELS", "INSTALL", "UsageError", "build_parser", "main", "missing_requirements"]
@@ -166,6 +166,18 @@ def _device(name: str) -> str:
     return name
 
 
+def _echo(args: argparse.Namespace) -> Callable[[str], None] | None:
+    """Where a command prints its tables: nowhere under --json (stdout is the JSON's)."""
+    return None if args.json else print
+
+
+def _finish(args: argparse.Namespace, payload: Any) -> int:
+    """Print ``payload`` as JSON under --json; the exit code of a command that succeeded."""
+    if args.json:
+        print(json.dumps(payload, indent=1))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from labelgrad.app.demo import run_demo
 
@@ -175,11 +187,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=args.out,
         quiet=args.quiet,
         size=args.size,
-        echo=None if args.json else print,
+        echo=_echo(args),
     )
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=1))
-    return 0
+    return _finish(args, result.as_dict())
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -235,12 +245,10 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
         out=args.out or "labelgrad-outcomes",
         device=_device(args.device),
         quiet=args.quiet,
-        echo=None if args.json else print,
+        echo=_echo(args),
         command=" ".join(["labelgrad", *args.argv]),
     )
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=1))
-    return 0
+    return _finish(args, result.as_dict())
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -254,11 +262,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         quiet=args.quiet,
         baseline=args.baseline,
-        echo=None if args.json else print,
+        echo=_echo(args),
     )
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    return 0
+    return _finish(args, summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,8 +45,14 @@ from labelgrad.app.recipes import (
     long_tail_recipe,
     multilabel_step,
 )
-from labelgrad.app.training import MLP, epoch_batches, progress_bar, small_model_threads
-from labelgrad.report import atomic_write_text, check_writable_dir, label_gramian, save_monitor
+from labelgrad.app.training import (
+    MLP,
+    epoch_batches,
+    prepare_run,
+    progress_bar,
+    small_model_threads,
+)
+from labelgrad.report import atomic_write_text, label_gramian, save_monitor
 
 __all__ = ["DemoResult", "Row", "Sizes", "format_rows", "run_demo"]
 
@@ -369,11 +375,7 @@ def run_demo(
         PermissionError: ``out`` cannot be written (checked before any training).
     """
     t_start = time.perf_counter()
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    sizes = SIZES[size]
-    dev = torch.device(device)
-    folder = check_writable_dir(out)
+    sizes, dev, folder = prepare_run(SIZES, size, device, out)
     with small_model_threads(dev):
         return _run(seed, dev, folder, quiet, sizes, echo, t_start)
 

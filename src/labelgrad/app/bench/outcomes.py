@@ -62,7 +62,7 @@ from labelgrad.app.metrics import (
     per_class_recall,
     shot_group_accuracy,
 )
-from labelgrad.app.plots import plot_per_class_accuracy, pyplot, save_figure
+from labelgrad.app.plots import _legend_outside, plot_per_class_accuracy, pyplot, save_figure
 from labelgrad.app.recipes import (
     BETA,
     DRW_FRACTION,
@@ -72,8 +72,14 @@ from labelgrad.app.recipes import (
     long_tail_recipe,
     multilabel_step,
 )
-from labelgrad.app.training import MLP, epoch_batches, progress_bar, small_model_threads
-from labelgrad.report import atomic_write_text, check_writable_dir
+from labelgrad.app.training import (
+    MLP,
+    epoch_batches,
+    prepare_run,
+    progress_bar,
+    small_model_threads,
+)
+from labelgrad.report import atomic_write_text
 
 __all__ = [
     "AGG_METHODS",
@@ -392,11 +398,7 @@ def run_outcomes(
         ValueError: an unknown size.
         PermissionError: ``out`` cannot be written.
     """
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    sizes = SIZES[size]
-    dev = torch.device(device)
-    folder = check_writable_dir(out)
+    sizes, dev, folder = prepare_run(SIZES, size, device, out)
     with small_model_threads(dev):
         result = _run(sizes, size, dev, folder, quiet, echo)
         write_outputs(result, command)
@@ -672,10 +674,6 @@ def _method_colors(methods: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
 
 
-def _legend_outside(ax: Any, title: str) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title=title)
-
-
 def _plot_lt_bars(result: OutcomesResult, path: Path) -> Path:
     """Balanced accuracy per method (mean ± std over seeds), one panel per imbalance factor."""
     plt = pyplot()
@@ -709,7 +707,7 @@ def _plot_lt_bars(result: OutcomesResult, path: Path) -> Path:
     if means:
         axes[0][0].set_ylim(max(0.0, min(means) - 8), min(100.0, max(means) + 4))
     axes[0][0].set_ylabel("balanced accuracy % (mean ± std)")
-    _legend_outside(axes[0][-1], "method")
+    _legend_outside(axes[0][-1], title="method")
     return save_figure(fig, path)
 
 
@@ -733,10 +731,12 @@ def _plot_partial(result: OutcomesResult, path: Path) -> Path:
             label=m,
         )
     ax.set_xticks(fracs, [f"{f:g}" for f in fracs])
-    ax.set_xlabel("training labels hidden % (points offset slightly per method)")
-    ax.set_ylabel("test mAP % (mean ± std)")
-    ax.set_title("Yeast, partial labels")
-    _legend_outside(ax, "method")
+    ax.set(
+        xlabel="training labels hidden % (points offset slightly per method)",
+        ylabel="test mAP % (mean ± std)",
+        title="Yeast, partial labels",
+    )
+    _legend_outside(ax, title="method")
     return save_figure(fig, path)
 
 
@@ -759,10 +759,12 @@ def _plot_aggregation(result: OutcomesResult, path: Path) -> Path:
             label=r.method,
         )
     ax.set_xscale("log")
-    ax.set_xlabel("median step time, ms (log scale)")
-    ax.set_ylabel("macro-F1 % (mean ± std)")
-    ax.set_title("Yeast: label aggregation")
-    _legend_outside(ax, "method/engine")
+    ax.set(
+        xlabel="median step time, ms (log scale)",
+        ylabel="macro-F1 % (mean ± std)",
+        title="Yeast: label aggregation",
+    )
+    _legend_outside(ax, title="method/engine")
     return save_figure(fig, path)
 
 
@@ -794,7 +796,7 @@ def _plot_incremental(result: OutcomesResult, path: Path) -> Path:
         ax.set_ylim(0, 100)
         ax.grid(axis="x", visible=False)
     fig.suptitle(f"{CI_EXPERIMENT}, after the last task")
-    _legend_outside(axes[-1], "method")
+    _legend_outside(axes[-1], title="method")
     return save_figure(fig, path)
 
 
