@@ -38,17 +38,21 @@ def as_class_vector(
     *,
     num_classes: int | None = None,
     allow_scalar: bool = False,
+    keep_dtype: bool = False,
 ) -> Tensor:
-    """Return ``value`` as a finite, non-negative float32 vector (C,), or raise naming ``name``.
+    """Return ``value`` as a finite, non-negative float vector (C,), or raise naming ``name``.
 
     Scalars are accepted with ``allow_scalar`` and returned as 0-d tensors. Vectors are never
-    broadcast: a length that differs from ``num_classes`` is an error.
+    broadcast: a length that differs from ``num_classes`` is an error. The result is float32,
+    or with ``keep_dtype`` the floating dtype given (as ``CrossEntropyLoss(weight=)`` keeps it;
+    integer values and Python numbers become torch's default float dtype).
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not allow_scalar:
             raise TypeError(f"{name} must be a 1-D tensor or sequence of per-class values")
         as_nonnegative_scalar(value, name)
-        return torch.tensor(float(value), dtype=torch.float32)
+        dtype = torch.get_default_dtype() if keep_dtype else torch.float32
+        return torch.tensor(float(value), dtype=dtype)
     if isinstance(value, Tensor):
         t = value.detach()
     elif isinstance(value, Sequence):
@@ -60,14 +64,17 @@ def as_class_vector(
     if t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
     if t.dim() == 0 and allow_scalar:
-        t = t.float()
+        pass
     elif t.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor of shape (C,), got shape {tuple(t.shape)}")
     elif num_classes is not None and t.numel() != num_classes:
         raise ValueError(
             f"{name} has {t.numel()} entries but there are num_classes={num_classes} classes"
         )
-    t = t.to(torch.float32)
+    if not keep_dtype:
+        t = t.to(torch.float32)
+    elif not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
     if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
         raise ValueError(f"{name} must be finite and non-negative")
     return t.clone()

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from labelgrad.policies import base
 from labelgrad.policies.stateful import StatefulPolicy
 
 __all__ = ["accumulation_window"]
@@ -62,17 +61,14 @@ def accumulation_window(*modules: nn.Module) -> Iterator[None]:
         policies.extend(p for p in m.modules() if isinstance(p, StatefulPolicy))
     policies = list({id(p): p for p in policies}.values())
     for p in policies:
-        if p._window_start is not None:
+        if p.window_open:
             raise ValueError(f"{type(p).__name__} is already inside an open accumulation window")
-    token = object()
     for p in policies:
-        p._open_window()
-    base._OPEN_WINDOWS.append(token)
+        p.open_window()
     committed = False
     try:
         yield
         committed = True
     finally:
-        base._OPEN_WINDOWS.remove(token)
         for p in policies:
-            p._close_window(commit=committed)
+            p.close_window(commit=committed)

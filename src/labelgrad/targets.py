@@ -9,7 +9,7 @@ must say which encoding is meant with ``encoding=``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 import torch
@@ -24,9 +24,10 @@ Encoding = Literal["index", "multi_hot", "soft"]
 with -1 marking an unknown label; ``"soft"``: (N, C, *) probabilities in [0, 1], -1 = unknown."""
 
 _ENCODINGS = ("index", "multi_hot", "soft")
+_MINUS_ONE, _ONE = torch.tensor(-1), torch.tensor(1)  # never written to
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class Targets:
     """Validated labels of a batch, laid out like the logits they belong to.
 
@@ -63,7 +64,63 @@ class Targets:
     class_dim: int
     encoding: Encoding
     indices: Tensor | None
-    values: Tensor
+    _values: Tensor | None = field(repr=False)
+
+    def __init__(
+        self,
+        positive: Tensor,
+        known: Tensor,
+        num_classes: int,
+        class_dim: int,
+        encoding: Encoding,
+        indices: Tensor | None = None,
+        values: Tensor | None = None,
+    ) -> None:
+        # Frozen: fields are set once here. values=None (hard labels) is computed from
+        # positive on first access: most policies never read it, and it costs a cast per batch.
+        for name, value in (
+            ("positive", positive),
+            ("known", known),
+            ("num_classes", num_classes),
+            ("class_dim", class_dim),
+            ("encoding", encoding),
+            ("indices", indices),
+            ("_values", values),
+            ("_masks", {}),
+        ):
+            object.__setattr__(self, name, value)
+
+    def mask_as(self, name: Literal["positive", "known"], dtype: torch.dtype) -> Tensor:
+        """``positive`` or ``known`` as 0/1 numbers of ``dtype``, computed once per object.
+
+        Policies multiply by masks instead of selecting with them (``torch.where`` on a bool
+        mask is many times slower than a multiplication on the CPU); the conversion is cached so
+        that the policies of one chain share it.
+
+        Example:
+            >>> import torch, labelgrad as lg
+            >>> t = lg.Targets.coerce(torch.tensor([[1, -1, 0]]), num_classes=3)
+            >>> t.mask_as("known", torch.float32).tolist()
+            [[1.0, 0.0, 1.0]]
+        """
+        if name not in ("positive", "known"):
+            raise ValueError(f"name must be 'positive' or 'known', got {name!r}")
+        key = (name, dtype)
+        cache: dict[tuple[str, torch.dtype], Tensor] = self._masks  # type: ignore[attr-defined]
+        mask = cache.get(key)
+        if mask is None:
+            mask = getattr(self, name).to(dtype)
+            cache[key] = mask
+        return mask
+
+    @property
+    def values(self) -> Tensor:
+        """Float tensor shaped like ``positive``: each entry's target value (see the class doc)."""
+        if self._values is None:
+            # Hard labels: 1 where positive, 0 elsewhere (unknown entries included).
+            object.__setattr__(self, "_values", self.positive.float())
+        values: Tensor = self._values  # type: ignore[assignment]
+        return values
 
     @property
     def shape(self) -> torch.Size:
@@ -84,7 +141,7 @@ class Targets:
             class_dim=self.class_dim,
             encoding=self.encoding,
             indices=None if self.indices is None else self.indices.to(device),
-            values=self.values.to(device),
+            values=None if self._values is None else self._values.to(device),
         )
 
     def class_last(self) -> Targets:
@@ -96,12 +153,17 @@ class Targets:
         n, c = self.positive.shape[0], self.num_classes
         s = math.prod(self.positive.shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
 
+        last = self.class_dim == self.positive.dim() - 1
+
         def flat(x: Tensor) -> Tensor:
+            if last and x.is_contiguous():
+                return x.view(n, s, c)  # one view: the common (N, C) and (N, T, C) layouts
             return x.movedim(self.class_dim, -1).reshape(n, s, c)
 
         indices = None
         if self.indices is not None:
-            indices = self.indices.reshape(n, s)
+            indices = self.indices.view(n, s) if self.indices.is_contiguous() else None
+            indices = self.indices.reshape(n, s) if indices is None else indices
         return Targets(
             positive=flat(self.positive),
             known=flat(self.known),
@@ -109,7 +171,7 @@ class Targets:
             class_dim=2,
             encoding=self.encoding,
             indices=indices,
-            values=flat(self.values),
+            values=None if self._values is None else flat(self._values),
         )
 
     @classmethod
@@ -218,6 +280,13 @@ def _infer_encoding(
     if is_bool:
         return "multi_hot"
     if is_float:
+        lacks_class_axis = targets.dim() <= 1 if like is None else targets.dim() == like.dim() - 1
+        if lacks_class_axis:
+            # Shaped like class indices: a float tensor here is a dtype mistake, not soft labels.
+            raise TypeError(
+                f"targets of shape {tuple(targets.shape)} look like class indices, which must "
+                f"have an integer dtype, got {targets.dtype} (soft labels are float (N, C, *))"
+            )
         return "soft"
     if like is not None:
         if targets.dim() == like.dim() - 1:
@@ -277,9 +346,8 @@ def _from_indices(
         class_dim = normalize_class_dim(class_dim, targets.dim() + 1)
     idx = targets.long()
     if validate and idx.numel() > 0:
-        low, high = (int(v) for v in torch.aminmax(idx))
-        # One min/max pass decides the common case (no ignored labels, all in range).
-        in_range = low >= 0 and high < num_classes
+        # One clamp decides the common case (no ignored labels, all in range).
+        in_range = torch.equal(idx.clamp(0, num_classes - 1), idx)
         bad = None if in_range else (idx != ignore_index) & ((idx < 0) | (idx >= num_classes))
         if bad is not None and bool(bad.any()):
             first = int(idx[bad][0])
@@ -299,7 +367,6 @@ def _from_indices(
         class_dim=class_dim,
         encoding="index",
         indices=idx,
-        values=positive.float(),
     )
 
 
@@ -327,16 +394,21 @@ def _from_dense(
         targets = targets.float()
     if validate and targets.numel() > 0:
         _validate_dense(targets, encoding)
+    values: Tensor | None = None
     if targets.dtype == torch.bool:
         positive = targets
         known = torch.ones_like(targets)
-        values = targets.float()
-    else:
+    elif encoding == "soft":
         known = targets >= 0
         # -1 (unknown) -> 0; validated values have no other negatives. clamp, not where: one
         # cheap pass on the hot path.
         values = targets.clamp(min=0).float()
         positive = values >= 0.5
+    else:
+        # Hard multi-hot labels: values (0/1) follow from positive when first read. Integer
+        # labels compare with integers (a float constant would cost a conversion per call).
+        known = targets >= 0
+        positive = targets >= 0.5 if targets.is_floating_point() else targets > 0
     return Targets(
         positive=positive,
         known=known,
@@ -354,10 +426,19 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
         # -1 does not exist in an unsigned dtype: uint8 255 == -1 would compare True.
         targets = targets.to(torch.int16)
     # One min/max pass decides the common case; the full check runs only when it cannot.
+    if encoding == "multi_hot" and not targets.is_floating_point():
+        # Integer labels: in {-1, 0, 1} iff clamping to [-1, 1] changes nothing (two operators;
+        # 0-d CPU bounds: Python ints would add a conversion per call).
+        on_cpu = targets.device.type == "cpu"
+        clamped = targets.clamp(_MINUS_ONE, _ONE) if on_cpu else targets.clamp(-1, 1)
+        if torch.equal(clamped, targets):
+            return
+        raise ValueError(
+            "multi_hot targets must contain only 0, 1 and -1 (unknown); for "
+            "probabilities use a float tensor (soft labels)"
+        )
     low, high = (float(v) for v in torch.aminmax(targets))
     if encoding == "multi_hot":
-        if not targets.is_floating_point() and low >= -1 and high <= 1:
-            return
         ok = (targets == 0) | (targets == 1) | (targets == -1)
         if not bool(ok.all()):
             raise ValueError(

@@ -165,3 +165,74 @@ def test_cpu_targets_follow_the_logits_device() -> None:
     losses = lg.per_label_losses(logits, torch.tensor([[1, 0, -1]] * 4), loss="bce")
     assert losses.device.type == "meta"
     assert losses.shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"focal_gamma": float("nan")}, r"^focal_gamma must be a finite number >= 0, got nan$"),
+        ({"focal_gamma": -1.0}, r"^focal_gamma must be a finite number >= 0"),
+        ({"focal_gamma": float("inf")}, r"^focal_gamma must be a finite number >= 0"),
+        ({"focal_alpha": 1.5}, r"^focal_alpha must be in \[0, 1\]"),
+        ({"focal_alpha": -0.5}, r"^focal_alpha must be in \[0, 1\]"),
+        ({"focal_alpha": float("nan")}, r"^focal_alpha must be in \[0, 1\]"),
+    ],
+)
+def test_focal_parameters_are_checked(kwargs: dict[str, float], match: str) -> None:
+    z = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=match):
+        lg.per_label_losses(z, torch.randint(0, 2, (4, 3)), loss="focal", **kwargs)
+    with pytest.raises(TypeError, match="focal_gamma must be a real number"):
+        lg.per_label_losses(z, torch.randint(0, 2, (4, 3)), loss="focal", focal_gamma="2")  # type: ignore[arg-type]
+
+
+def test_focal_alpha_minus_one_disables_the_weighting() -> None:
+    z, y = torch.randn(5, 3), torch.randint(0, 2, (5, 3)).float()
+    got = lg.per_label_losses(z, y, loss="focal", focal_alpha=-1).sum()
+    ce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+    p_t = torch.sigmoid(z) * y + (1 - torch.sigmoid(z)) * (1 - y)
+    torch.testing.assert_close(got, (ce * (1 - p_t) ** 2).mean())
+
+
+def test_structure_lives_on_the_graph_not_on_the_tensor() -> None:
+    z = torch.randn(6, 4, requires_grad=True)
+    losses = lg.per_label_losses(z, torch.randint(0, 2, (6, 4)))
+    assert not any("labelgrad" in name for name in vars(losses))  # no attribute on the tensor
+    structure = lg.aggregation.loss_structure(losses)
+    assert structure is not None
+    assert structure.logits is z
+    assert structure.kind == "column"
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda t: t * 2.0,
+        lambda t: t.clone(),
+        lambda t: t / 3,
+        lambda t: -t,
+        lambda t: (t * torch.arange(1.0, 5.0)).double(),
+        lambda t: t + 1.0,
+    ],
+)
+def test_elementwise_operations_keep_the_structure(op: object) -> None:
+    z = torch.randn(6, 4, requires_grad=True)
+    losses = lg.per_label_losses(z, torch.randint(0, 2, (6, 4)))
+    assert lg.aggregation.loss_structure(op(losses)) is lg.aggregation.loss_structure(losses)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("op", "why"),
+    [
+        (lambda t: t.flip(0), "FlipBackward0 between lg.per_label_losses and these losses"),
+        (lambda t: t[[1, 0, 2, 3]], "IndexBackward0 between"),
+        (lambda t: t + t.flip(0), "combines the losses with another tensor"),
+        (lambda t: t.cumsum(0), "CumsumBackward0 between"),
+    ],
+)
+def test_mixing_operations_drop_the_structure_and_say_why(op: object, why: str) -> None:
+    z = torch.randn(6, 4, requires_grad=True)
+    losses = op(lg.per_label_losses(z, torch.randint(0, 2, (6, 4))))  # type: ignore[operator]
+    structure, note = lg.aggregation.find_structure(losses)
+    assert structure is None
+    assert why in note

@@ -2,6 +2,11 @@
 
 K label (or label-group) losses -> a K x K Gramian estimate (exact, representation, parameter
 subset, per-sample for class groups, amortized) -> weights from an aggregator -> one backward.
+
+Modules: ``losses`` (per_label_losses, LossStructure), ``backward`` (aggregate_backward,
+explain_engine), ``engines/`` (one module per engine behind one protocol), ``jacobian``
+(per-label Jacobians and Gramians), ``weighing`` (weights under the nonfinite policy),
+``tracker`` (layer records for the sample-Gramian engine), ``amortized`` (Amortized).
 """
 
 from labelgrad.aggregation.amortized import Amortized
@@ -11,8 +16,14 @@ from labelgrad.aggregation.backward import (
     aggregate_backward,
     explain_engine,
 )
-from labelgrad.aggregation.losses import LossStructure, group_ids, loss_structure, per_label_losses
-from labelgrad.aggregation.sample_gramian import Tracker, track
+from labelgrad.aggregation.losses import (
+    LossStructure,
+    find_structure,
+    group_ids,
+    loss_structure,
+    per_label_losses,
+)
+from labelgrad.aggregation.tracker import Tracker, track
 
 __all__ = [
     "AggregationResult",
@@ -22,6 +33,7 @@ __all__ = [
     "Tracker",
     "aggregate_backward",
     "explain_engine",
+    "find_structure",
     "group_ids",
     "loss_structure",
     "per_label_losses",

@@ -7,7 +7,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["leaves_reached", "linear_head_between", "nodes_reached"]
+__all__ = [
+    "leaves_reached",
+    "linear_head_between",
+    "nodes_reached",
+    "reaches",
+    "reaches_leaf",
+    "variables",
+]
 
 # Node types that a Linear head (2-D addmm, or matmul on flattened positions) leaves behind.
 _LINEAR_NODES = {
@@ -49,8 +56,13 @@ def leaves_reached(tensor: Tensor, stop: Any = None) -> list[Tensor]:
     """The leaf tensors (parameters) whose gradient a backward from ``tensor`` would write."""
     if tensor.grad_fn is None:
         return [tensor] if tensor.requires_grad else []
+    return variables(nodes_reached(tensor.grad_fn, stop))
+
+
+def variables(nodes: list[Any]) -> list[Tensor]:
+    """The leaf tensors of the AccumulateGrad nodes among ``nodes``."""
     leaves = []
-    for node in nodes_reached(tensor.grad_fn, stop):
+    for node in nodes:
         var = getattr(node, "variable", None)
         if isinstance(var, Tensor):
             leaves.append(var)
@@ -83,3 +95,23 @@ def linear_head_between(logits: Tensor, features: Tensor, head: torch.nn.Linear)
             elif id(var) not in allowed:
                 return False
     return reached_features
+
+
+def reaches(root: Any, target: Any) -> bool:
+    """Whether the autograd node ``target`` is reachable from ``root`` (stops when found)."""
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if node is target:
+            return True
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
+    return False
+
+
+def reaches_leaf(tensor: Tensor, leaf: Tensor) -> bool:
+    """Whether a backward from ``tensor`` would write ``leaf``'s gradient."""
+    return any(var is leaf for var in leaves_reached(tensor))

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from labelgrad.aggregation.weighing import check_aggregator
+
 __all__ = ["Amortized"]
 
 
@@ -50,6 +52,7 @@ class Amortized(nn.Module):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
+        check_aggregator(aggregator)
         if getattr(aggregator, "requires_jacobian", False):
             raise ValueError(
                 f"{type(aggregator).__name__} needs the Jacobian (not a weighting of the Gramian): "

@@ -3,8 +3,12 @@
 The aggregation engines need the K losses whose gradients conflict. :func:`per_label_losses`
 splits the usual mean loss of a batch into K additive parts without a Python loop over classes:
 the elementwise (or per-sample) losses are summed into their group with ``index_add``. It also
-records how each part depends on the logits (a :class:`LossStructure` attached to the returned
-tensor), which lets the cheap engines avoid per-label backward passes.
+records how each part depends on the logits (a :class:`LossStructure`, kept in the documented
+``metadata`` dict of the losses' autograd node, never as an attribute of the tensor), which
+lets the cheap engines avoid per-label backward passes. :func:`loss_structure` reads it back,
+through elementwise operations on the losses (``losses * 2.0``, ``losses.clone()``, a constant
+(K,) weight...) which keep loss k a function of group k alone; any other operation drops it,
+and :func:`find_structure` says which.
 """
 
 from __future__ import annotations
@@ -20,13 +24,37 @@ from torch import Tensor
 
 from labelgrad.targets import Targets, TargetsLike, normalize_class_dim
 
-__all__ = ["LossStructure", "group_ids", "loss_structure", "per_label_losses"]
+__all__ = ["LossStructure", "find_structure", "group_ids", "loss_structure", "per_label_losses"]
 
 LossName = Literal["bce", "ce", "focal"]
 ElementwiseLoss = Callable[[Tensor, Tensor], Tensor]
 GroupsLike = Sequence[Sequence[int]] | Tensor
 
-_STRUCTURE_ATTR = "_labelgrad_loss_structure"
+_STRUCTURE_KEY = "labelgrad.loss_structure"
+# Autograd nodes of elementwise operations: through them loss k still depends on group k alone.
+_ELEMENTWISE = frozenset(
+    {
+        "AbsBackward0",
+        "AddBackward0",
+        "AddBackward1",
+        "AliasBackward0",
+        "CloneBackward0",
+        "DivBackward0",
+        "DivBackward1",
+        "ExpBackward0",
+        "LogBackward0",
+        "MulBackward0",
+        "MulBackward1",
+        "NegBackward0",
+        "PowBackward0",
+        "RsubBackward1",
+        "SqrtBackward0",
+        "SubBackward0",
+        "SubBackward1",
+        "ToCopyBackward0",
+    }
+)
+_MAX_HOPS = 64
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,22 +93,63 @@ class LossStructure:
     identity_groups: bool = False
 
 
-def loss_structure(losses: Tensor) -> LossStructure | None:
-    """The :class:`LossStructure` of losses made by :func:`per_label_losses`, else None.
+def find_structure(losses: Tensor) -> tuple[LossStructure | None, str]:
+    """The :class:`LossStructure` of ``losses``, or None and the reason it is not there.
 
-    Any operation on the losses (``losses * 2``, indexing) returns a new tensor without it, so
-    the engines then take their general path.
+    Walks from the losses' autograd node towards the node :func:`per_label_losses` marked,
+    through elementwise operations only (each with one input on the graph).
 
     Example:
         >>> import torch, labelgrad as lg
-        >>> losses = lg.per_label_losses(torch.zeros(4, 3), torch.tensor([0, 1, 2, 1]), loss="ce")
+        >>> z = torch.zeros(4, 3, requires_grad=True)
+        >>> losses = lg.per_label_losses(z, torch.ones(4, 3))
+        >>> lg.aggregation.find_structure(losses * 2.0)[0].kind
+        'column'
+        >>> lg.aggregation.find_structure(losses.flip(0))[1]
+        'FlipBackward0 between lg.per_label_losses and these losses mixes the labels'
+    """
+    node = losses.grad_fn
+    if node is None:
+        return None, "the losses are not on an autograd graph"
+    for _ in range(_MAX_HOPS):
+        found = _metadata(node).get(_STRUCTURE_KEY)
+        if isinstance(found, LossStructure):
+            if found.num_groups != losses.numel():
+                return None, "the losses are not the K losses of lg.per_label_losses"
+            return found, ""
+        inputs = [nxt for nxt, _ in node.next_functions if nxt is not None]
+        if node.name() not in _ELEMENTWISE or len(inputs) != 1:
+            if node.name() in _ELEMENTWISE:
+                return None, (
+                    f"{node.name()} combines the losses with another tensor on the graph "
+                    "after lg.per_label_losses"
+                )
+            return None, (
+                f"{node.name()} between lg.per_label_losses and these losses mixes the labels"
+            )
+        node = inputs[0]
+    return None, "the losses are not from lg.per_label_losses"
+
+
+def loss_structure(losses: Tensor) -> LossStructure | None:
+    """The :class:`LossStructure` of losses made by :func:`per_label_losses`, else None.
+
+    Elementwise operations on the losses keep it (loss k still depends on group k alone);
+    others (indexing, mixing the losses) drop it, so the engines then take their general path
+    (:func:`find_structure` and :func:`labelgrad.explain_engine` say why).
+
+    Example:
+        >>> import torch, labelgrad as lg
+        >>> z = torch.zeros(4, 3, requires_grad=True)
+        >>> losses = lg.per_label_losses(z, torch.tensor([0, 1, 2, 1]), loss="ce")
         >>> lg.aggregation.loss_structure(losses).kind
         'sample'
-        >>> lg.aggregation.loss_structure(losses * 2) is None
+        >>> lg.aggregation.loss_structure(losses.clone() * 2).kind
+        'sample'
+        >>> lg.aggregation.loss_structure(losses[[1, 0, 2]]) is None
         True
     """
-    structure = getattr(losses, _STRUCTURE_ATTR, None)
-    return structure if isinstance(structure, LossStructure) else None
+    return find_structure(losses)[0]
 
 
 def group_ids(groups: object, num_classes: int) -> tuple[Tensor, int]:
@@ -201,13 +270,15 @@ def per_label_losses(
         class_dim: the class axis of the logits.
         ignore_index: the "no label" class index for class-index targets.
         focal_gamma: focusing parameter of ``"focal"``.
-        focal_alpha: positive-class weight of ``"focal"`` (negative: 1 - alpha); < 0 disables.
+        focal_alpha: positive-class weight of ``"focal"`` in [0, 1] (negatives: 1 - alpha);
+            -1 disables the weighting (torchvision's convention).
 
     Returns:
         A (K,) tensor of losses.
 
     Raises:
-        TypeError, ValueError: invalid ``loss``, ``groups`` or targets.
+        TypeError, ValueError: invalid ``loss``, ``groups``, targets, ``focal_gamma`` (a
+            finite number >= 0) or ``focal_alpha`` (in [0, 1], or -1).
 
     Example:
         >>> import torch, labelgrad as lg
@@ -222,6 +293,7 @@ def per_label_losses(
     """
     if not isinstance(logits, Tensor) or not logits.is_floating_point():
         raise TypeError("logits must be a floating-point tensor of shape (N, C, *)")
+    _check_focal(focal_gamma, focal_alpha)
     cd = normalize_class_dim(class_dim, logits.dim())
     t = Targets.coerce(targets, class_dim=cd, ignore_index=ignore_index, like=logits)
     if t.device != logits.device:
@@ -269,6 +341,20 @@ def per_label_losses(
     return _finish(per_class, class_group, k, logits, cd, "column", groups is None)
 
 
+def _check_focal(gamma: object, alpha: object) -> None:
+    for name, value in (("focal_gamma", gamma), ("focal_alpha", alpha)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    assert isinstance(gamma, (int, float))
+    assert isinstance(alpha, (int, float))
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"focal_gamma must be a finite number >= 0, got {gamma!r}")
+    if not (0 <= alpha <= 1 or alpha == -1):
+        raise ValueError(
+            f"focal_alpha must be in [0, 1] (or -1 to disable the weighting), got {alpha!r}"
+        )
+
+
 def _sigmoid_focal(z: Tensor, y: Tensor, gamma: float, alpha: float) -> Tensor:
     ce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
     p = torch.sigmoid(z)
@@ -299,8 +385,7 @@ def _ce_index(
     # With nothing to learn from the sum is a constant; keep it on the graph (zero gradient).
     out = out + 0 * flat.sum()
     structure = LossStructure(logits, cd, "sample", class_group, k, sample_group, valid)
-    setattr(out, _STRUCTURE_ATTR, structure)
-    return out
+    return _mark(out, structure)
 
 
 def _finish(
@@ -318,5 +403,17 @@ def _finish(
         out = torch.zeros(k, dtype=per_class.dtype, device=per_class.device)
         out = out.index_add(0, class_group, per_class)
     structure = LossStructure(logits, cd, kind, class_group, k, identity_groups=identity)
-    setattr(out, _STRUCTURE_ATTR, structure)
+    return _mark(out, structure)
+
+
+def _mark(out: Tensor, structure: LossStructure) -> Tensor:
+    """Record ``structure`` in the metadata of the losses' autograd node (none: no graph)."""
+    if out.grad_fn is not None:
+        _metadata(out.grad_fn)[_STRUCTURE_KEY] = structure
     return out
+
+
+def _metadata(node: object) -> dict[str, object]:
+    """The documented per-node ``metadata`` dict of an autograd node (a property at runtime)."""
+    meta: dict[str, object] = node.metadata  # type: ignore[attr-defined]
+    return meta

@@ -4,7 +4,9 @@ Every aggregator constructs with no arguments (its paper's defaults, TorchJD 0.1
 where TorchJD ships it) and reads K from its input. Gramian aggregators:
 ``agg.weights(G) -> (K,)`` (the update is ``J^T w``); Jacobian aggregators
 (``agg.requires_jacobian``): ``agg.aggregate(J) -> (P,)``. All solve in vectorized torch on the
-input's device: no per-row Python loops, no numpy, quadprog or cvxpy.
+input's device: no per-row Python loops, no numpy, quadprog or cvxpy. The ones that solve an
+optimization problem certify their answer (optimality conditions checked, robust fallback where
+the check fails; counted in ``agg.diagnostics``, a :class:`SolverDiagnostics`).
 
 Example:
     >>> import torch
@@ -23,6 +25,7 @@ from labelgrad.aggregators.cagrad import CAGrad
 from labelgrad.aggregators.conflicts import conflicts
 from labelgrad.aggregators.constant import Constant
 from labelgrad.aggregators.cr_mogm import CRMOGM
+from labelgrad.aggregators.diagnostics import SolverDiagnostics
 from labelgrad.aggregators.double_sampling import MoDo, SDMGrad
 from labelgrad.aggregators.dual_cone import DualProj, UPGrad
 from labelgrad.aggregators.excess_mtl import ExcessMTL
@@ -57,6 +60,7 @@ __all__ = [
     "PCGrad",
     "Random",
     "SDMGrad",
+    "SolverDiagnostics",
     "Sum",
     "TrimmedMean",
     "UPGrad",

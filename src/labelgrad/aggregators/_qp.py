@@ -1,11 +1,36 @@
-"""Batched solvers for the small QPs behind the weightings (pure torch, on G's device)."""
+"""Batched, certified solvers for the small QPs behind the weightings (pure torch, on G's device).
+
+The dual-cone projections of UPGrad and DualProj and the min-norm point of MGDA are linear
+complementarity problems ``x >= 0, y = q + x M >= 0, x ⊙ y = 0`` with ``M`` symmetric positive
+definite (a P-matrix: one solution). :func:`solve_lcp` solves many of them at once by block
+principal pivoting; :func:`solve_lcp_certified` checks each answer and re-solves the rows that
+fail with a method that cannot cycle.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["normalize_gramian", "project_to_dual_cone", "regularize_gramian", "should_check"]
+from labelgrad.aggregators.diagnostics import SolverDiagnostics
+
+__all__ = [
+    "lcp_residual",
+    "min_norm_point",
+    "normalize_gramian",
+    "project_to_dual_cone",
+    "regularize_gramian",
+    "should_check",
+    "solve_lcp",
+    "solve_lcp_certified",
+]
+
+#: Default certificate tolerance of the LCP solvers (relative natural residual, float64).
+LCP_TOL = 1e-9
+#: Full block exchanges allowed without fewer infeasibilities before single pivots (Júdice-Pires).
+_EXCHANGES = 3
+#: Plain block pivoting for this many iterations first (almost every row settles within them).
+_PLAIN = 8
 
 
 def normalize_gramian(gramian: Tensor, eps: float) -> Tensor:
@@ -42,74 +67,277 @@ def _scratch(
     return buffer[:numel]
 
 
-def _solve_with_active_set(
-    gramian: Tensor,
-    lower: Tensor,
+def _solve_block(
+    matrix: Tensor,
+    q: Tensor,
     active: Tensor,
+    m: int,
     compact: bool,
-    workspace: dict[str, Tensor] | None = None,
+    workspace: dict[str, Tensor] | None,
 ) -> Tensor:
-    """Solve ``G_FF v_F = -G_FA u_A``, ``v_A = u_A`` for each row (batched Cholesky).
+    """``x_A = 0`` and ``M_FF x_F = -q_F`` for each row, with systems of size ``m``.
 
-    On CPU the systems are gathered down to the largest free set (the factorization is cubic in
-    it); elsewhere they stay K x K with identity rows on the active set (no data-dependent shape).
+    Compact (CPU): the free coordinates are gathered first and the systems cut to ``m`` (the
+    largest free set); otherwise ``m = K`` with identity rows on the active set (no
+    data-dependent shape). Identity outside the free block keeps every system positive definite.
     """
-    k = gramian.shape[-1]
-    fixed = torch.where(active, lower, torch.zeros_like(lower))
-    rhs_full = -(fixed @ gramian)
+    k = matrix.shape[-1]
+    n = q.shape[0]
     if compact:
         free_count = (~active).sum(dim=-1)
-        m = int(free_count.max())
-        if m == 0:
-            return fixed
-        # Free coordinates first (stable), then keep the first m columns.
         index = torch.argsort(active.to(torch.int8), dim=-1, stable=True)[:, :m]
-        valid = torch.arange(m, device=gramian.device) < free_count.unsqueeze(-1)
-        # Identity outside the free x free block keeps every system positive definite. The
-        # systems and their factors live in one reused scratch buffer.
-        batch = active.shape[0]
-        scratch = _scratch(workspace, gramian, 2 * batch * m * m)
-        matrix = scratch[: batch * m * m].view(batch, m, m)
-        flat = _scratch(workspace, index, batch * m * m, "index").view(batch, m, m)
-        torch.add(index.unsqueeze(-1) * k, index.unsqueeze(-2), out=flat)
-        torch.index_select(gramian.reshape(-1), 0, flat.view(-1), out=matrix.view(-1))
-        matrix.masked_fill_(~valid.unsqueeze(-1), 0.0)  # broadcast masks: no (B, m, m) temporary
-        matrix.masked_fill_(~valid.unsqueeze(-2), 0.0)
-        matrix.diagonal(dim1=-2, dim2=-1).masked_fill_(~valid, 1.0)
-        factor = scratch[batch * m * m :].view(batch, m, m).mT  # column-major, as LAPACK wants
-        info = torch.empty(batch, dtype=torch.int32, device=gramian.device)
-        torch.linalg.cholesky_ex(matrix.mT, upper=True, out=(factor, info))
-        upper = factor
+        valid = torch.arange(m, device=q.device) < free_count.unsqueeze(-1)
     else:
-        m = k
-        index = torch.arange(k, device=gramian.device).expand_as(active)
+        index = torch.arange(k, device=q.device).expand(n, k)
         valid = ~active
-        eye = torch.eye(k, dtype=gramian.dtype, device=gramian.device)
-        matrix = torch.where(valid.unsqueeze(-1) & valid.unsqueeze(-2), gramian, eye)
-        # M is symmetric, so M.mT is M in the column-major layout LAPACK wants: no copy.
-        upper, _ = torch.linalg.cholesky_ex(matrix.mT, upper=True)
-    rhs = torch.where(valid, rhs_full.gather(-1, index), torch.zeros_like(rhs_full[:, :m]))
-    half = torch.linalg.solve_triangular(upper.mT, rhs.unsqueeze(-1), upper=False)
-    solved: Tensor = torch.linalg.solve_triangular(upper, half, upper=True).squeeze(-1)
-    return fixed.scatter(-1, index, torch.where(valid, solved, fixed.gather(-1, index)))
+    scratch = _scratch(workspace, matrix, 2 * n * m * m)
+    system = scratch[: n * m * m].view(n, m, m)
+    flat = _scratch(workspace, index, n * m * m, "index").view(n, m, m)
+    torch.add(index.unsqueeze(-1) * k, index.unsqueeze(-2), out=flat)
+    torch.index_select(matrix.reshape(-1), 0, flat.view(-1), out=system.view(-1))
+    system.masked_fill_(~valid.unsqueeze(-1), 0.0)  # broadcast masks: no (n, m, m) temporary
+    system.masked_fill_(~valid.unsqueeze(-2), 0.0)
+    system.diagonal(dim1=-2, dim2=-1).masked_fill_(~valid, 1.0)
+    factor = scratch[n * m * m :].view(n, m, m).mT  # column-major, as LAPACK wants
+    info = torch.empty(n, dtype=torch.int32, device=q.device)
+    torch.linalg.cholesky_ex(system.mT, upper=True, out=(factor, info))
+    rhs = torch.where(valid, -q.gather(-1, index), torch.zeros((), dtype=q.dtype, device=q.device))
+    half = torch.linalg.solve_triangular(factor.mT, rhs.unsqueeze(-1), upper=False)
+    solved = torch.linalg.solve_triangular(factor, half, upper=True).squeeze(-1)
+    x = torch.zeros_like(q)
+    return x.scatter_(-1, index, torch.where(valid, solved, torch.zeros_like(solved)))
 
 
-def _presolve(lower: Tensor, gramian: Tensor, iters: int) -> Tensor:
+def _solve_free(
+    matrix: Tensor,
+    q: Tensor,
+    active: Tensor,
+    compact: bool,
+    workspace: dict[str, Tensor] | None,
+    budget: int,
+) -> Tensor:
+    """:func:`_solve_block` in chunks of rows whose systems hold at most ``budget`` elements.
+
+    This bounds the memory by O(budget + B K) instead of O(B K^2). On CPU the rows are sorted by
+    free-set size, so each chunk is cut to its own largest free set.
+    """
+    n, k = q.shape
+    if not compact:
+        rows = max(1, budget // (k * k))
+        if rows >= n:
+            return _solve_block(matrix, q, active, k, False, workspace)
+        parts = [
+            _solve_block(matrix, q[s : s + rows], active[s : s + rows], k, False, workspace)
+            for s in range(0, n, rows)
+        ]
+        return torch.cat(parts)
+    free_count = (~active).sum(dim=-1)
+    m = int(free_count.max())  # CPU only: free
+    if m == 0:
+        return torch.zeros_like(q)
+    if n * m * m <= budget:  # the common case: one block, no sorting
+        return _solve_block(matrix, q, active, m, True, workspace)
+    order = torch.argsort(free_count, descending=True, stable=True)
+    counts = free_count[order].tolist()  # CPU only: free
+    x = torch.zeros_like(q)
+    start = 0
+    while start < n and counts[start] > 0:
+        m = counts[start]
+        end = min(n, start + max(1, budget // (m * m)))
+        chunk = order[start:end]
+        x[chunk] = _solve_block(matrix, q[chunk], active[chunk], m, True, workspace)
+        start = end
+    return x
+
+
+def _presolve(matrix: Tensor, q: Tensor, iters: int) -> Tensor:
     """Guess the active sets with a few accelerated projected-gradient (FISTA) steps."""
-    probe = torch.ones(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
+    probe = torch.ones(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
     for _ in range(8):  # power iteration: λ_max within a few percent from below
-        probe = gramian @ probe
-        probe = probe / probe.norm().clamp(min=torch.finfo(gramian.dtype).tiny)
-    step = 1 / (1.2 * (probe @ gramian @ probe)).clamp(min=torch.finfo(gramian.dtype).tiny)
-    v = lower.clone()
-    y = lower
+        probe = matrix @ probe
+        probe = probe / probe.norm().clamp(min=torch.finfo(matrix.dtype).tiny)
+    step = 1 / (1.2 * (probe @ matrix @ probe)).clamp(min=torch.finfo(matrix.dtype).tiny)
+    x = torch.zeros_like(q)
+    y = x
     momentum = 1.0
     for _ in range(iters):
-        v_next = torch.maximum(lower, y - step * (y @ gramian))
+        x_next = (y - step * (q + y @ matrix)).clamp(min=0)
         next_momentum = (1 + (1 + 4 * momentum * momentum) ** 0.5) / 2
-        y = v_next + ((momentum - 1) / next_momentum) * (v_next - v)
-        v, momentum = v_next, next_momentum
-    return v <= lower
+        y = x_next + ((momentum - 1) / next_momentum) * (x_next - x)
+        x, momentum = x_next, next_momentum
+    return x <= 0
+
+
+def _exchange(
+    flip: Tensor, best: Tensor, budget: Tensor, single_only: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Júdice-Pires safeguard of block pivoting: after ``_EXCHANGES`` block exchanges without
+    fewer infeasibilities, exchange only the largest infeasible index (Murty's rule: finite for
+    P-matrices, so the method cannot cycle)."""
+    count = flip.sum(dim=-1)
+    improved = count < best
+    best = torch.minimum(best, count)
+    budget = torch.where(improved, torch.full_like(budget, _EXCHANGES), budget - 1)
+    if flip.device.type == "cpu" and not single_only and not bool((budget < 0).any()):
+        return flip, best, budget  # the common case, free to detect on CPU
+    index = torch.arange(1, flip.shape[-1] + 1, device=flip.device)
+    last = (flip * index).argmax(dim=-1, keepdim=True)
+    one = torch.zeros_like(flip).scatter_(-1, last, True) & flip
+    single = (budget < 0).unsqueeze(-1) | single_only
+    return torch.where(single, one, flip), best, budget
+
+
+def solve_lcp(
+    matrix: Tensor,
+    q: Tensor,
+    *,
+    active: Tensor | None = None,
+    max_iters: int = 50,
+    single_pivot: bool = False,
+    check_every: int | None = None,
+    host_shapes: bool | None = None,
+    workspace: dict[str, Tensor] | None = None,
+    budget: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Solve ``x >= 0, y = q + x M >= 0, x ⊙ y = 0`` for every row ``q``, all at once.
+
+    ``M`` (K, K) must be symmetric positive definite; then this is the KKT system of
+    ``min_x x^T M x / 2 + q^T x`` s.t. ``x >= 0``, which has one solution. Block principal
+    pivoting (the primal-dual active-set method of Hintermüller, Ito & Kunisch 2002): each
+    iteration solves every row's equality system on its free set (one batched Cholesky), then
+    exchanges the infeasible coordinates, with Júdice & Pires' (1994) safeguard from the 9th
+    iteration on: after 3 exchanges that do not reduce the number of infeasibilities a row
+    pivots one coordinate at a time (Murty's rule), which terminates. Coordinates infeasible by
+    less than 64 ulp of ``|q| + |x| max_i M_ii`` (the round-off of ``y``) are left alone
+    (degenerate ties). ``single_pivot`` uses Murty's rule from the start.
+
+    Memory: the systems are built in chunks of at most ``budget`` elements (default
+    ``max(2^24, 4 K^2)``), so the solver needs O(K^2 + B K), never O(B K^2).
+
+    Args:
+        matrix: (K, K) symmetric positive definite ``M``.
+        q: (B, K) one problem per row.
+        active: (B, K) bool initial guess of the coordinates where ``x = 0`` (default ``q > 0``).
+        max_iters: the most pivoting iterations (rows not settled then keep their last iterate).
+        single_pivot: Murty's rule from the first iteration.
+        check_every: iterations between convergence checks off CPU (one host sync each).
+        host_shapes: allow data-dependent shapes (compact the batch and the systems); default:
+            on CPU only.
+        workspace: a dict in which scratch memory is kept between calls.
+        budget: the most elements of one chunk of systems.
+
+    Returns:
+        (B, K) ``x`` and the (B, K) final active sets.
+
+    Example:
+        >>> import torch
+        >>> M = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
+        >>> solve_lcp(M, torch.tensor([[-1.0, 1.0]]))[0]
+        tensor([[0.5000, 0.0000]])
+    """
+    n, k = q.shape
+    compact = q.device.type == "cpu" if host_shapes is None else host_shapes
+    every = (1 if compact else 5) if check_every is None else check_every
+    budget = max(2**24, 4 * k * k) if budget is None else budget
+    active = (q > 0) if active is None else active.clone()
+    x_out, active_out = torch.zeros_like(q), active.clone()
+    eps = 64 * torch.finfo(q.dtype).eps
+    q_scale = q.abs().amax(dim=-1, keepdim=True)
+    diag = matrix.diagonal().abs().amax()
+    best = torch.full((n,), k + 1, dtype=torch.int64, device=q.device)
+    left = torch.full((n,), _EXCHANGES, dtype=torch.int64, device=q.device)
+    todo = torch.arange(n, device=q.device)
+    sub_q, sub_active = q, active
+    for it in range(1, max_iters + 1):
+        x = _solve_free(matrix, sub_q, sub_active, compact, workspace, budget)
+        y = sub_q + x @ matrix
+        # Round-off of y grows with |x| |M|: ignore violations below it (else ties cycle).
+        tol = eps * torch.addcmul(q_scale, x.abs().amax(dim=-1, keepdim=True), diag)
+        flip = torch.where(sub_active, y < -tol, x < -tol)
+        if single_pivot or it > _PLAIN:
+            flip, best, left = _exchange(flip, best, left, single_pivot)
+        unsettled = flip.any(dim=-1)
+        if compact:  # free on CPU: keep only the unsettled rows
+            x_out[todo], active_out[todo] = x, sub_active
+            keep = unsettled.nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            todo, sub_q, q_scale = todo[keep], sub_q[keep], q_scale[keep]
+            sub_active, best, left = (sub_active ^ flip)[keep], best[keep], left[keep]
+        else:
+            x_out, active_out, sub_active = x, sub_active, sub_active ^ flip
+            if it % every == 0 and not bool(unsettled.any()):
+                break
+    return x_out, active_out
+
+
+def lcp_residual(matrix: Tensor, q: Tensor, x: Tensor) -> Tensor:
+    r"""The certificate of :func:`solve_lcp`: the relative natural residual of each row.
+
+    ``|min(x, q + x M)|_∞ / (|q|_∞ + |x|_∞ max_i M_ii)``: zero exactly at the solution (the
+    minimum of two non-negative numbers one of which is zero), and for a positive definite ``M``
+    the distance to the solution is at most the residual over ``M``'s smallest eigenvalue.
+    NaN rows stay NaN (and fail any ``<= tol`` check).
+
+    Example:
+        >>> import torch
+        >>> lcp_residual(torch.eye(2), torch.tensor([[-1.0, 1.0]]), torch.tensor([[1.0, 0.0]]))
+        tensor([0.])
+    """
+    y = torch.addmm(q, x, matrix)
+    residual = torch.minimum(x, y).abs_().amax(dim=-1)
+    scale = torch.addcmul(
+        q.abs().amax(dim=-1), x.abs().amax(dim=-1), matrix.diagonal().abs().amax()
+    )
+    return residual.div_(scale.clamp_(min=torch.finfo(q.dtype).tiny))
+
+
+def solve_lcp_certified(
+    matrix: Tensor,
+    q: Tensor,
+    *,
+    tol: float = LCP_TOL,
+    diagnostics: SolverDiagnostics | None = None,
+    **options: object,
+) -> tuple[Tensor, Tensor]:
+    r""":func:`solve_lcp`, then the certificate, then a robust re-solve of the rows that fail it.
+
+    A row is certified when :func:`lcp_residual` is at most ``tol`` (default 1e-9: the
+    round-off of the Cholesky solves on TorchJD's regularized Gramians is ~1e-12). Rows that
+    fail (the fast solve hit its iteration limit, or a warm start led it astray) are solved
+    again from the cold start with Murty's single-pivot rule only (finite for positive definite
+    ``M``; up to ``max(100, 20 K)`` pivots). Deciding whether any row failed is one host read:
+    free on CPU, one sync on accelerators (where the fast solver already syncs for its
+    convergence checks). ``diagnostics`` counts the problems, fallbacks and rows still
+    uncertified afterwards (those keep their last, clamped iterate).
+
+    Example:
+        >>> import torch
+        >>> M = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> solve_lcp_certified(M, torch.tensor([[-1.0, 1.0]], dtype=torch.float64))[0]
+        tensor([[0.5000, 0.0000]], dtype=torch.float64)
+    """
+    x, active = solve_lcp(matrix, q, **options)  # type: ignore[arg-type]
+    x = x.clamp(min=0)
+    failed = ~(lcp_residual(matrix, q, x) <= tol)
+    rows = failed.nonzero().squeeze(-1)
+    uncertified: Tensor | int = 0
+    if rows.numel() > 0:
+        k = q.shape[-1]
+        robust = {key: options[key] for key in ("host_shapes", "workspace") if key in options}
+        x_rows, active_rows = solve_lcp(
+            matrix,
+            q[rows],
+            single_pivot=True,
+            max_iters=max(100, 20 * k),
+            **robust,  # type: ignore[arg-type]
+        )
+        x_rows = x_rows.clamp(min=0)
+        uncertified = (~(lcp_residual(matrix, q[rows], x_rows) <= tol)).sum()
+        x[rows], active[rows] = x_rows, active_rows
+    if diagnostics is not None:
+        diagnostics.record(q.shape[0], rows.numel(), uncertified)
+    return x, active
 
 
 def project_to_dual_cone(
@@ -122,75 +350,84 @@ def project_to_dual_cone(
     check_every: int | None = None,
     host_shapes: bool | None = None,
     workspace: dict[str, Tensor] | None = None,
+    tol: float = LCP_TOL,
+    diagnostics: SolverDiagnostics | None = None,
 ) -> tuple[Tensor, Tensor]:
-    r"""Solve ``min_v v^T G v  s.t.  v >= u`` for every row ``u`` of ``lower``, all at once.
+    r"""Solve ``min_v v^T G v  s.t.  v >= u`` for every row ``u`` of ``lower``, certified.
 
     By Proposition 1 of Quinton & Rey, `Jacobian Descent for Multi-Objective Optimization
     <https://arxiv.org/abs/2406.16232>`_, ``J^T v`` is then the projection of ``J^T u`` onto the
-    dual cone of the rows of ``J`` (``G = J J^T``). The solver is the primal-dual active-set
-    method (Hintermüller, Ito & Kunisch 2002; a semismooth Newton method on the KKT system
-    ``G v = λ, λ >= 0, v >= u, λ ⊙ (v - u) = 0``): each iteration solves every row's equality
-    system on its current free set with one batched Cholesky factorization, then re-guesses the
-    active set as ``{j : λ_j + u_j - v_j > 0}``. A fixed point is an exact KKT point, so on
-    termination the result is the QP's solution up to the linear solves' round-off (no iteration
-    tolerance). The first active set is ``active`` when given (a warm start, e.g. the previous
-    step's), else the set of rows that do not conflict with ``u`` (``λ = G u > 0``).
-
-    ``G`` must be positive definite (regularize it first). Convergence is checked every
-    ``check_every`` iterations (default: every iteration on CPU, where it is free; every 5 on
-    accelerators, one host sync each); rows that have not settled after ``max_iters`` iterations
-    (cycling, rare for a P-matrix) return their last iterate clamped to ``v >= u``.
+    dual cone of the rows of ``J`` (``G = J J^T``). With ``v = u + x`` the KKT conditions are the
+    LCP ``x >= 0, λ = G u + G x >= 0, x ⊙ λ = 0``, solved by :func:`solve_lcp_certified`: block
+    pivoting with an anti-cycling safeguard, every answer checked against the KKT conditions
+    (relative natural residual <= ``tol``) and re-solved by single pivots where the check fails.
+    So the result is the QP's solution to ``tol`` whatever ``active`` (a warm start, e.g. the
+    previous step's sets: speed only), ``presolve_iters`` (FISTA steps that guess the first
+    sets) and ``max_iters`` are. ``G`` must be positive definite (regularize it first).
 
     Args:
         lower: (B, K) lower bounds ``u``, one problem per row.
         gramian: (K, K) symmetric positive definite matrix.
         active: (B, K) bool initial guess of the coordinates where ``v = u``.
-        max_iters: the most active-set iterations.
-        check_every: iterations between convergence checks.
-        host_shapes: allow data-dependent shapes (compact the batch and the systems); default:
-            on CPU only.
+        presolve_iters: FISTA steps that guess the first active sets (when ``active`` is None).
+        max_iters: the most block-pivoting iterations before the fallback.
+        check_every: iterations between convergence checks off CPU.
+        host_shapes: allow data-dependent shapes; default: on CPU only.
         workspace: a dict in which scratch memory is kept between calls (the caller's).
+        tol: the certificate's tolerance.
+        diagnostics: counters to update (problems, fallbacks).
 
     Returns:
         (B, K) solutions ``v`` and the (B, K) final active sets (to warm-start the next call).
 
     Example:
         >>> import torch
-        >>> G = torch.tensor([[1.0, -0.5], [-0.5, 1.0]])
-        >>> project_to_dual_cone(torch.tensor([[1.0, 0.0]]), G)[0]
-        tensor([[1.0000, 0.5000]])
+        >>> G = torch.tensor([[1.0, -0.5], [-0.5, 1.0]], dtype=torch.float64)
+        >>> project_to_dual_cone(torch.tensor([[1.0, 0.0]], dtype=torch.float64), G)[0]
+        tensor([[1.0000, 0.5000]], dtype=torch.float64)
     """
-    on_cpu = gramian.device.type == "cpu" if host_shapes is None else host_shapes
-    if check_every is None:
-        check_every = 1 if on_cpu else 5
-    solution = lower.clone()
+    q = lower @ gramian
     if active is None and presolve_iters > 0:
-        active = _presolve(lower, gramian, presolve_iters)
-    if active is None:
-        active = (lower @ gramian) > 0
-    final_active = active.clone()
-    todo = torch.arange(lower.shape[0], device=lower.device)
-    sub_lower, sub_active = lower, active
-    for it in range(1, max_iters + 1):
-        v = _solve_with_active_set(
-            gramian, sub_lower, sub_active, compact=on_cpu, workspace=workspace
-        )
-        lam = torch.where(sub_active, v @ gramian, torch.zeros_like(v))
-        new_active = (lam + sub_lower - v) > 0
-        changed = (new_active != sub_active).any(dim=-1)
-        if on_cpu:
-            # Compact the batch to the unsettled rows: free on CPU, where shapes may depend on data.
-            solution[todo] = v
-            final_active[todo] = new_active
-            keep = changed.nonzero().squeeze(-1)
-            if keep.numel() == 0:
-                return solution, final_active
-            todo, sub_lower, sub_active = todo[keep], sub_lower[keep], new_active[keep]
-        else:
-            solution, sub_active, final_active = v, new_active, new_active
-            if it % check_every == 0 and not bool(changed.any()):
-                return solution, final_active
-    return torch.maximum(solution, lower), final_active
+        active = _presolve(gramian, q, presolve_iters)
+    x, final_active = solve_lcp_certified(
+        gramian,
+        q,
+        tol=tol,
+        diagnostics=diagnostics,
+        active=active,
+        max_iters=max_iters,
+        check_every=check_every,
+        host_shapes=host_shapes,
+        workspace=workspace,
+    )
+    return lower + x, final_active
+
+
+def min_norm_point(
+    gramian: Tensor, *, ridge: float = 1e-10, diagnostics: SolverDiagnostics | None = None
+) -> Tensor:
+    r"""The exact minimizer of ``w^T G w`` on the simplex (MGDA's problem), certified.
+
+    With ``M = G / trace(G) + ridge I`` and ``x`` the solution of the LCP ``x >= 0,
+    M x - 1 >= 0, x ⊙ (M x - 1) = 0`` (:func:`solve_lcp_certified`), ``w = x / sum(x)``
+    satisfies the simplex KKT conditions ``(M w)_i = min_j (M w)_j`` wherever ``w_i > 0``.
+    The ridge (relative to the trace; at least ``10 K eps`` of G's dtype, which outweighs the
+    rounding that makes a float32 Gramian of dependent rows indefinite) makes the problem
+    strictly convex; it moves the answer by O(ridge). A zero Gramian gives ``1/K``.
+
+    Example:
+        >>> import torch
+        >>> min_norm_point(torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64)))
+        tensor([0.8000, 0.2000], dtype=torch.float64)
+    """
+    k = gramian.shape[0]
+    # A float32 Gramian of dependent rows is indefinite at the ~K eps level: outweigh that.
+    ridge = max(ridge, 10 * k * torch.finfo(gramian.dtype).eps)
+    g = normalize_gramian(gramian.to(torch.float64), torch.finfo(torch.float64).tiny)
+    g = regularize_gramian(g, ridge)
+    q = -torch.ones(1, k, dtype=torch.float64, device=gramian.device)
+    x, _ = solve_lcp_certified(g, q, tol=1e-8, diagnostics=diagnostics)
+    return (x[0] / x[0].sum().clamp(min=torch.finfo(torch.float64).tiny)).to(gramian.dtype)
 
 
 def should_check(device: torch.device, iteration: int, every: int = 10) -> bool:

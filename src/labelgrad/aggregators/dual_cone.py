@@ -7,6 +7,7 @@ from torch import Tensor
 
 from labelgrad.aggregators._qp import normalize_gramian, project_to_dual_cone, regularize_gramian
 from labelgrad.aggregators.base import Aggregator, optional_vector, per_row_vector
+from labelgrad.aggregators.diagnostics import SolverDiagnostics
 
 __all__ = ["DualProj", "UPGrad"]
 
@@ -37,6 +38,7 @@ class _DualConeWeighting(Aggregator):
         self._active: Tensor | None
         self.register_buffer("_active", None, persistent=False)
         self._workspace: dict[str, Tensor] = {}  # scratch memory reused by the solver
+        self.diagnostics = SolverDiagnostics()
 
     def _preference(self, gramian: Tensor) -> Tensor:
         k = gramian.shape[0]
@@ -54,7 +56,12 @@ class _DualConeWeighting(Aggregator):
             presolve = 20 if lower.shape[0] * lower.shape[1] >= 32 * 32 else 0
         with torch.no_grad():  # not differentiable (an active-set solve)
             solution, active = project_to_dual_cone(
-                lower, g, active=active, presolve_iters=presolve, workspace=self._workspace
+                lower,
+                g,
+                active=active,
+                presolve_iters=presolve,
+                workspace=self._workspace,
+                diagnostics=self.diagnostics,
             )
         if self.warm_start:
             self._active = active
@@ -72,11 +79,14 @@ class UPGrad(_DualConeWeighting):
     With ``u = pref_vector`` (default ``1/K``), the weights are ``w = sum_i v_i`` where
     ``v_i = argmin_{v >= u_i e_i} v^T G v`` (Proposition 1 of the paper), on TorchJD 0.18's
     ``G / trace(G)`` (zeros when the trace is below ``norm_eps``) plus ``reg_eps * I``. The K QPs
-    are solved together by a batched primal-dual active-set method
-    (:func:`~labelgrad.aggregators._qp.project_to_dual_cone`): exact at termination, in float64,
-    so it matches TorchJD's quadprog solution to round-off. ``warm_start`` reuses the last call's
-    active sets, and otherwise ``presolve_iters`` FISTA steps guess them (speed only: the result
-    does not depend on either).
+    are solved together by batched block principal pivoting with an anti-cycling safeguard
+    (:func:`~labelgrad.aggregators._qp.project_to_dual_cone`), in float64. Certified: every
+    answer is checked against the QP's KKT conditions (relative natural residual <= 1e-9, on the
+    device) and the problems that fail are re-solved by single pivots (Murty's rule, which cannot
+    cycle); ``diagnostics`` (:class:`~labelgrad.aggregators.SolverDiagnostics`) counts them. So
+    it matches TorchJD's quadprog solution to round-off, and ``warm_start`` (the last call's
+    active sets) and ``presolve_iters`` (FISTA steps that guess them) change the speed only,
+    never the answer beyond that tolerance. Memory is O(K^2) (the systems are built in chunks).
 
     Args:
         pref_vector: (K,) preference weights, or None for ``1/K``.
@@ -109,7 +119,8 @@ class DualProj(_DualConeWeighting):
     ``w = argmin_{v >= u} v^T G v`` with ``u = pref_vector`` (default ``1/K``), i.e. Equation 11
     of Lopez-Paz & Ranzato, `Gradient Episodic Memory for Continual Learning
     <https://arxiv.org/abs/1706.08840>`_ applied to the mean gradient, with TorchJD 0.18's
-    normalization, regularization and defaults (see :class:`UPGrad`; same exact solver).
+    normalization, regularization and defaults (see :class:`UPGrad`; same certified solver,
+    same ``diagnostics``).
 
     Args:
         pref_vector: (K,) preference weights, or None for ``1/K``.

@@ -7,6 +7,7 @@ from labelgrad.policies.clipping import ClipPerClass, ClipPerSample, clip_per_cl
 from labelgrad.policies.eql import EQL, eql
 from labelgrad.policies.eqlv2 import EQLv2, eqlv2
 from labelgrad.policies.ldam import LDAM, ldam_drw
+from labelgrad.policies.linear import LinearPolicy, Multiplier
 from labelgrad.policies.logit_adjust import LogitAdjust, logit_adjust
 from labelgrad.policies.masking import (
     FreezeClasses,
@@ -34,9 +35,11 @@ __all__ = [
     "FreezeClasses",
     "GradContext",
     "GradMonitor",
+    "LinearPolicy",
     "LogitAdjust",
     "Mask",
     "MaskUnknown",
+    "Multiplier",
     "Policy",
     "PosNegWeights",
     "Schedule",

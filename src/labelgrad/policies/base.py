@@ -27,8 +27,6 @@ from labelgrad.targets import Targets, TargetsLike, normalize_class_dim
 __all__ = ["GradContext", "Policy", "no_state_update", "state_updates_enabled"]
 
 _STATE_UPDATES = [True]
-# Accumulation windows currently open (labelgrad.accumulation); empty on the common path.
-_OPEN_WINDOWS: list[object] = []
 
 
 @contextlib.contextmanager
@@ -137,6 +135,13 @@ class Policy(nn.Module):
 
     requires_targets: ClassVar[bool] = True
     reads_logits: ClassVar[bool] = False
+    supports_double_backward: ClassVar[bool] = False
+    """Whether a second-order backward (``create_graph=True``, then a backward of the gradient)
+    may run through this policy. The gate sits in the first-order graph too, so a second-order
+    pass applies :meth:`transform` again (the Hessian term of a reweighting w becomes w² instead
+    of w) and a stateful policy counts the batch twice. Off by default: the first backward still
+    works under ``create_graph=True``; differentiating its result raises a RuntimeError. Set it
+    only for a transform that is the identity on values."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,6 +162,30 @@ class Policy(nn.Module):
     def expected_num_classes(self) -> int | None:
         """The number of classes this policy was built for, if it fixes one."""
         return None
+
+    def check_call(self, num_classes: int, device: torch.device) -> None:
+        """Check, when called, that this policy fits logits with ``num_classes`` on ``device``.
+
+        Called once per forward, from metadata only (no host-device synchronisation). The
+        default checks the policies it contains; override it (and call ``super()``) to refuse a
+        call with a one-line ValueError before the backward pass would fail.
+        """
+        for child in _child_policies(self):
+            child.check_call(num_classes, device)
+
+    def keeps_logits(self) -> bool:
+        """Whether this policy, or one inside it, reads the forward logits (``reads_logits``)."""
+        return any(isinstance(m, Policy) and m.reads_logits for m in self.modules())
+
+    def end_backward(self) -> None:
+        """Called by the gate after each backward pass through this policy.
+
+        The default forwards the call to the policies this one contains;
+        :class:`~labelgrad.StatefulPolicy` uses it to set a micro-batch's statistics aside inside
+        an accumulation window (:func:`labelgrad.accumulation_window`).
+        """
+        for child in _child_policies(self):
+            child.end_backward()
 
     def attach_grad_scaler(self, scaler: Any) -> Policy:
         """Make norm thresholds and statistics independent of a GradScaler's loss scale.
@@ -210,6 +239,7 @@ class Policy(nn.Module):
                 f"{type(self).__name__} was built for num_classes={expected}, but the logits' "
                 f"class axis (class_dim={class_dim}) has length {logits.shape[class_dim]}"
             )
+        self.check_call(logits.shape[class_dim], logits.device)
         t: Targets | None = None
         if targets is not None:
             t = Targets.coerce(
@@ -269,8 +299,8 @@ class _Gate(torch.autograd.Function):
         indices: Tensor | None,
         meta: tuple[Policy, Targets | None, int, bool],
     ) -> Tensor:
-        # view_as: an identity that still gives autograd a distinct output to attach to.
-        return logits.view_as(logits)
+        # A view: an identity that still gives autograd a distinct output to attach to.
+        return logits.view(logits.shape)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -289,13 +319,11 @@ class _Gate(torch.autograd.Function):
         shape = grad.shape
         n, c = shape[0], shape[class_dim]
         s = math.prod(shape) // max(n * c, 1)  # -1 is ambiguous at n=0
-        flat = grad.movedim(class_dim, -1)
-        moved_shape = flat.shape
-        flat = flat.reshape(n, s, c)
+        flat = _class_last(grad, class_dim, n, s, c)
         saved = ctx.saved_tensors
         logits = None
         if keep_logits:
-            logits = saved[0].movedim(class_dim, -1).reshape(n, s, c)
+            logits = _class_last(saved[0], class_dim, n, s, c)
             saved = saved[1:]
         targets = None
         if ctx.has_targets:
@@ -310,26 +338,105 @@ class _Gate(torch.autograd.Function):
                 indices=indices,
                 values=values,
             )
-        out = policy.transform(flat, policy._context(flat, targets, logits))
-        if _OPEN_WINDOWS:
-            # Inside an accumulation window: set this micro-batch's statistics aside and restore
-            # the window's starting state (see labelgrad.accumulation).
-            for module in policy.modules():
-                collect = getattr(module, "_collect_window", None)
-                if collect is not None:
-                    collect()
-        out = out.reshape(moved_shape).movedim(-1, class_dim)
-        return out, None, None, None, None, None
+        if torch.is_grad_enabled() and grad.requires_grad and not policy.supports_double_backward:
+            # create_graph=True: the first derivative is fine; a second-order pass would run
+            # through this gate again (see Policy.supports_double_backward): refuse that one.
+            with torch.no_grad():
+                out = policy.transform(flat, policy._context(flat, targets, logits))
+            out = _RefuseDoubleBackward.apply(out, flat, type(policy).__name__)
+        else:
+            out = policy.transform(flat, policy._context(flat, targets, logits))
+        policy.end_backward()
+        return _class_back(out, class_dim, shape), None, None, None, None, None
+
+
+class _GateEager(torch.autograd.Function):
+    """:class:`_Gate` without ``setup_context``, for eager calls (no torch.func, no compile).
+
+    ``Function.apply`` binds the arguments with ``inspect.signature`` for every call of a
+    Function that defines ``setup_context`` (tens of microseconds per step on the CPU); vmap and
+    the other torch.func transforms need that form, plain autograd does not.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, *inputs: Any) -> Tensor:
+        out = _Gate.forward(*inputs)
+        _Gate.setup_context(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        return _Gate.backward(ctx, grad)
+
+
+# Private torch API, looked up once: when it is missing, every call takes the torch.func form.
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def _gate_function() -> type[torch.autograd.Function]:
+    # torch.compile and the torch.func transforms take the setup_context form.
+    if _functorch_active is None or _functorch_active() or torch.compiler.is_compiling():
+        return _Gate
+    return _GateEager
+
+
+class _RefuseDoubleBackward(torch.autograd.Function):
+    """Passes a transformed gradient on; raises if it is ever differentiated."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(out: Tensor, upstream: Tensor, name: str) -> Tensor:
+        return out.view_as(out)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.name = inputs[2]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        raise RuntimeError(
+            f"{ctx.name} does not support double backward: a second-order pass would apply the "
+            "policy's transform again (and count a stateful policy's batch twice); differentiate "
+            "the reweighted loss instead, or see Policy.supports_double_backward"
+        )
+
+
+def _child_policies(module: nn.Module) -> Iterator[Policy]:
+    """The policies directly inside ``module`` (through containers such as ``nn.ModuleList``)."""
+    for child in module.children():
+        if isinstance(child, Policy):
+            yield child
+        else:
+            yield from _child_policies(child)
+
+
+def _class_last(x: Tensor, class_dim: int, n: int, s: int, c: int) -> Tensor:
+    """``x`` as (N, S, C): one view in the common layouts (class axis last, contiguous)."""
+    if class_dim == x.dim() - 1 and x.is_contiguous():
+        return x.view(n, s, c)
+    return x.movedim(class_dim, -1).reshape(n, s, c)
+
+
+def _class_back(out: Tensor, class_dim: int, shape: torch.Size) -> Tensor:
+    """Undo :func:`_class_last`: (N, S, C) back to the logits' ``shape``."""
+    if class_dim == len(shape) - 1 and out.is_contiguous():
+        return out.view(shape)
+    moved = shape[:class_dim] + shape[class_dim + 1 :] + shape[class_dim : class_dim + 1]
+    return out.reshape(moved).movedim(-1, class_dim)
 
 
 def gate(logits: Tensor, policy: Policy, targets: Targets | None, class_dim: int) -> Tensor:
     """Place ``policy`` on ``logits``: identity forward, ``policy.transform`` backward."""
     out: Tensor
-    keep = any(getattr(m, "reads_logits", False) for m in policy.modules())
+    keep = policy.keeps_logits()
+    fn = _gate_function()
     if targets is None:
-        out = _Gate.apply(logits, None, None, None, None, (policy, None, class_dim, keep))
+        out = fn.apply(logits, None, None, None, None, (policy, None, class_dim, keep))
         return out
     flat = targets.class_last()
     meta = (policy, targets, class_dim, keep)
-    out = _Gate.apply(logits, flat.positive, flat.known, flat.values, flat.indices, meta)
+    # Hard labels' values follow from positive (rebuilt in backward if read): saved for soft only.
+    values = flat.values if flat.encoding == "soft" else None
+    out = fn.apply(logits, flat.positive, flat.known, values, flat.indices, meta)
     return out

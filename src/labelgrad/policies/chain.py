@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from labelgrad.policies.base import GradContext, Policy
+from labelgrad.policies.linear import LinearPolicy, Multiplier
 
 __all__ = ["Chain", "chain"]
 
@@ -25,10 +27,26 @@ class Chain(Policy):
         if len(expected) > 1:
             raise ValueError(f"chained policies were built for different num_classes: {expected}")
         self.policies = nn.ModuleList(flat)
+        # Fixed at construction (a chain's members are not meant to change): read every step.
+        self._members = tuple(flat)
+        self._keeps_logits = any(p.keeps_logits() for p in flat)
 
     def members(self) -> list[Policy]:
         """The chained policies, in order."""
-        return [p for p in self.policies if isinstance(p, Policy)]
+        return list(self._members)
+
+    def keeps_logits(self) -> bool:
+        return self._keeps_logits
+
+    # The members directly, without the generic walk through the ModuleList (per-step cost).
+
+    def check_call(self, num_classes: int, device: torch.device) -> None:
+        for p in self._members:
+            p.check_call(num_classes, device)
+
+    def end_backward(self) -> None:
+        for p in self._members:
+            p.end_backward()
 
     @property
     def requires_targets(self) -> bool:  # type: ignore[override]
@@ -48,9 +66,23 @@ class Chain(Policy):
         return self
 
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        for p in self.members():
+        # Consecutive linear policies are fused: their factors multiply on (C,)-sized vectors and
+        # the product is applied once. An observer (EQLv2, the monitor) sees the gradient put out
+        # so far; any other policy sees the fused gradient before it.
+        pending: Multiplier | None = None
+        for p in self._members:
+            if isinstance(p, LinearPolicy):
+                m = p.multiplier(grad, ctx)
+                pending = m if pending is None else pending.combine(m)
+                if p.observes_output:
+                    grad = pending.apply(grad, ctx.targets)
+                    p.observe(grad, ctx, pending)
+                    pending = None
+                continue
+            if pending is not None:
+                grad, pending = pending.apply(grad, ctx.targets), None
             grad = p.transform(grad, ctx)
-        return grad
+        return grad if pending is None else pending.apply(grad, ctx.targets)
 
 
 def chain(*policies: Policy) -> Chain:

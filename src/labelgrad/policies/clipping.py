@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad._distributed import CheckedReducer
+from labelgrad._distributed import CheckedReducer, is_distributed
 from labelgrad._validation import as_nonnegative_scalar
+from labelgrad.policies._scalars import scalar
 from labelgrad.policies.base import GradContext, Policy
 
 __all__ = ["ClipPerClass", "ClipPerSample", "clip_per_class", "clip_per_sample"]
@@ -21,21 +22,24 @@ def _clip(
 ) -> Tensor:
     # Accumulate in at least float32 (fp16/bf16 gradients overflow or lose the norm).
     acc = torch.promote_types(grad.dtype, torch.float32)
-    sq = grad.to(acc).square().sum(dim=dims, keepdim=True)
-    if reducer is not None:
+    if reducer is not None and is_distributed():
         # The group spans the ranks (a class over the global batch): sum its squared norm.
+        sq = grad.to(acc).square().sum(dim=dims, keepdim=True)
         (sq,) = reducer.sum(sq)
-    norm = sq.sqrt()
-    # A Python scalar, not torch.tensor(max_norm, device=...): that would be a pageable
+        norm = sq.sqrt()
+    else:
+        norm = torch.linalg.vector_norm(grad, dim=dims, keepdim=True, dtype=acc)
+    # A cached 0-d constant, not torch.tensor(max_norm, device=...): that would be a pageable
     # host-to-device copy on every backward, which waits for the stream on CUDA.
-    limit: Tensor | float = max_norm
+    limit = scalar(max_norm, norm)
     if ctx.grad_scale is not None:
-        limit = max_norm * ctx.grad_scale.to(acc)  # compare the unscaled norm with max_norm
-    # norm == 0 gives inf -> clamped to 1. A non-finite norm leaves the group untouched, so a
-    # GradScaler still sees the overflow and skips the step.
-    factor = torch.clamp(limit / norm, max=1.0)
-    factor = torch.where(torch.isfinite(norm), factor, torch.ones_like(factor))
-    return grad * factor.to(grad.dtype)
+        limit = limit * ctx.grad_scale.to(acc)  # compare the unscaled norm with max_norm
+    one = scalar(1.0, norm)
+    # norm == 0 gives inf -> clamped to 1. A non-finite norm (inf, or NaN: the comparison is
+    # False) leaves the group untouched, so a GradScaler still sees the overflow.
+    factor = torch.clamp(torch.div(limit, norm), max=one)
+    factor = torch.where(norm < scalar(float("inf"), norm), factor, one)
+    return grad * (factor if factor.dtype == grad.dtype else factor.to(grad.dtype))
 
 
 class _NormClip(Policy):

@@ -6,13 +6,15 @@ import torch
 from torch import Tensor
 
 from labelgrad._validation import as_count, as_nonnegative_scalar
+from labelgrad.policies._scalars import scalar
 from labelgrad.policies.base import GradContext
+from labelgrad.policies.linear import LinearPolicy, Multiplier, like
 from labelgrad.policies.stateful import StatefulPolicy
 
 __all__ = ["EQLv2", "eqlv2"]
 
 
-class EQLv2(StatefulPolicy):
+class EQLv2(StatefulPolicy, LinearPolicy):
     """Equalization loss v2 as a policy at the logits. Built by :func:`eqlv2`.
 
     Buffers (float32, saved in ``state_dict``): ``pos_grad`` and ``neg_grad`` (C,), the
@@ -23,6 +25,8 @@ class EQLv2(StatefulPolicy):
     pos_grad: Tensor
     neg_grad: Tensor
     num_updates: Tensor
+
+    observes_output = True
 
     def __init__(
         self, num_classes: int, *, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0
@@ -46,32 +50,55 @@ class EQLv2(StatefulPolicy):
     def expected_num_classes(self) -> int | None:
         return self.num_classes
 
+    def check_call(self, num_classes: int, device: torch.device) -> None:
+        if self.pos_grad.device != device:
+            raise ValueError(
+                f"EQLv2's statistics are on {self.pos_grad.device} but the logits on {device}: "
+                "move the policy with policy.to(logits.device)"
+            )
+        super().check_call(num_classes, device)
+
     def weights(self) -> tuple[Tensor, Tensor]:
         """The current (positive, negative) weights per class, each (C,) float32."""
-        ratio = self.pos_grad / (self.neg_grad + 1e-10)
-        neg_w = torch.sigmoid(self.gamma * (ratio - self.mu))
+        s = self.pos_grad
+        ratio = s / (self.neg_grad + scalar(1e-10, s))
+        # The published formulas, in their order (float32 rounding included), in place; 0-d
+        # constants instead of Python floats (see labelgrad.policies._scalars).
+        neg_w = torch.sigmoid(ratio.sub_(scalar(self.mu, s)).mul_(scalar(self.gamma, s)))
         # Before any statistics every weight is 1, as in the published implementation.
-        neg_w = torch.where(self.num_updates > 0, neg_w, torch.ones_like(neg_w))
-        pos_w = 1 + self.alpha * (1 - neg_w)
+        one = scalar(1.0, s)
+        neg_w = torch.where(self.num_updates > scalar(0.0, s), neg_w, one)
+        pos_w = torch.sub(one, neg_w).mul_(scalar(self.alpha, s)).add_(one)
         return pos_w, neg_w
 
-    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        t = ctx.require_targets(self)
+    def multiplier(self, grad: Tensor, ctx: GradContext) -> Multiplier:
+        ctx.require_targets(self)
         pos_w, neg_w = self.weights()
-        one = torch.ones((), dtype=torch.float32, device=grad.device)
-        factor = torch.where(t.positive, pos_w, torch.where(t.known, neg_w, one))
-        out = grad * factor.to(grad.dtype)
-        if ctx.update_state:
-            mag = ctx.unscale(out.detach().float().abs())
-            pos = torch.where(t.positive, mag, 0.0).sum(dim=(0, 1))
-            neg = torch.where(t.known & ~t.positive, mag, 0.0).sum(dim=(0, 1))
-            pos, neg = self.reduce_increments(pos, neg)
-            # A batch with an overflow (GradScaler will skip it) must not poison the statistics.
-            ok = self.all_finite(pos, neg)
-            self.pos_grad.add_(torch.where(ok, pos, 0.0))
-            self.neg_grad.add_(torch.where(ok, neg, 0.0))
-            self.num_updates.add_(ok.float())
-        return out
+        return Multiplier(pos=like(pos_w, grad), neg=like(neg_w, grad))
+
+    def observe(self, out: Tensor, ctx: GradContext, applied: Multiplier) -> None:
+        if not ctx.update_state:
+            return
+        t = ctx.require_targets(self)
+        mag = (out.detach() if out.requires_grad else out).abs()
+        mag = ctx.unscale(mag if mag.dtype == torch.float32 else mag.float())
+        zero = scalar(0.0, mag)
+        # Masks as 0/1 factors: torch.where on a bool mask is slow on the CPU.
+        pos_part = mag * t.mask_as("positive", mag.dtype)
+        # mag - pos_part is exact (x - x = 0, x - 0 = x): the negative part, plus unknown entries
+        # unless a mask already zeroed them.
+        neg_part = mag - pos_part
+        if not applied.masks_unknown:
+            neg_part = neg_part * t.mask_as("known", mag.dtype)
+        pos, neg = self.reduce_increments(pos_part.sum(dim=(0, 1)), neg_part.sum(dim=(0, 1)))
+        # Sums of magnitudes: the total is finite iff every entry is (an overflow batch is
+        # skipped, as GradScaler skips the step), and 0 when nothing was counted (no known
+        # label, or no gradient): such a batch leaves the statistics and weights as they were.
+        total = (pos + neg).sum()
+        ok = torch.logical_and(total > zero, total < scalar(float("inf"), mag))
+        self.pos_grad.add_(torch.where(ok, pos, zero))
+        self.neg_grad.add_(torch.where(ok, neg, zero))
+        self.num_updates.add_(torch.where(ok, scalar(1.0, mag), zero))
 
 
 def eqlv2(num_classes: int, *, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0) -> EQLv2:

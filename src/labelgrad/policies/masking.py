@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from labelgrad._validation import as_class_set
-from labelgrad.policies.base import GradContext, Policy
+from labelgrad._validation import as_class_set, as_count
+from labelgrad.policies.base import GradContext
+from labelgrad.policies.linear import LinearPolicy, Multiplier
 from labelgrad.targets import Targets
 
 __all__ = ["FreezeClasses", "Mask", "MaskUnknown", "freeze_classes", "mask", "mask_unknown"]
@@ -16,12 +17,7 @@ __all__ = ["FreezeClasses", "Mask", "MaskUnknown", "freeze_classes", "mask", "ma
 KeepFn = Callable[[Targets], Tensor]
 
 
-def _zero_where_not(keep: Tensor, grad: Tensor) -> Tensor:
-    # where() rather than multiplication: a masked entry becomes an exact 0 even if it was inf.
-    return torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
-
-
-class Mask(Policy):
+class Mask(LinearPolicy):
     """Zero the gradient where ``keep`` is False. Built by :func:`mask`."""
 
     keep: Tensor
@@ -48,10 +44,11 @@ class Mask(Policy):
     def expected_num_classes(self) -> int | None:
         return None if self._keep_fn is not None else int(self.keep.numel())
 
-    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+    def multiplier(self, grad: Tensor, ctx: GradContext) -> Multiplier:
         if self._keep_fn is None:
             # Moved like the other policies' vectors: a policy need not be .to()'d with the model.
-            return _zero_where_not(self.keep.to(grad.device), grad)
+            keep = self.keep if self.keep.device == grad.device else self.keep.to(grad.device)
+            return Multiplier(keep=keep)
         t = ctx.require_targets(self)
         keep = self._keep_fn(t)
         keep_obj: object = keep
@@ -65,7 +62,7 @@ class Mask(Policy):
                 "mask's keep callable must return a bool tensor shaped like targets.positive "
                 f"{tuple(grad.shape)}; got {got}"
             )
-        return _zero_where_not(keep, grad)
+        return Multiplier(keep=keep)
 
 
 def mask(keep: Tensor | KeepFn) -> Mask:
@@ -89,11 +86,11 @@ def mask(keep: Tensor | KeepFn) -> Mask:
     return Mask(keep)
 
 
-class MaskUnknown(Policy):
+class MaskUnknown(LinearPolicy):
     """Zero the gradient where the label is unknown or ignored. Built by :func:`mask_unknown`."""
 
-    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        return _zero_where_not(ctx.require_targets(self).known, grad)
+    def multiplier(self, grad: Tensor, ctx: GradContext) -> Multiplier:
+        return Multiplier(keep=ctx.require_targets(self).known, masks_unknown=True)
 
 
 def mask_unknown() -> MaskUnknown:
@@ -113,7 +110,7 @@ def mask_unknown() -> MaskUnknown:
     return MaskUnknown()
 
 
-class FreezeClasses(Policy):
+class FreezeClasses(LinearPolicy):
     """Zero the gradient of the given classes for all samples. Built by :func:`freeze_classes`."""
 
     classes: Tensor
@@ -122,21 +119,46 @@ class FreezeClasses(Policy):
 
     def __init__(self, classes: Iterable[int] | Tensor, num_classes: int | None = None) -> None:
         super().__init__()
+        if num_classes is not None:
+            as_count(num_classes, "num_classes")
+        if isinstance(classes, Tensor) and classes.dtype == torch.bool:
+            # A bool mask fixes C: its length is checked against num_classes and the logits.
+            if classes.dim() != 1:
+                raise ValueError(
+                    f"classes as a bool mask must have shape (C,), got {tuple(classes.shape)}"
+                )
+            num_classes = classes.numel() if num_classes is None else num_classes
         idx = as_class_set(classes, "classes", num_classes=num_classes)
         self.num_classes = num_classes
+        # The largest index, read once here (on the CPU): each call checks it against the
+        # logits' class axis from metadata, before the backward pass could fail.
+        self._max_class = int(idx.max()) if idx.numel() else -1
         self.register_buffer("classes", idx)
+        self.register_load_state_dict_post_hook(_refresh_max_class)
 
     def expected_num_classes(self) -> int | None:
         return self.num_classes
 
-    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+    def check_call(self, num_classes: int, device: torch.device) -> None:
+        if self._max_class >= num_classes:
+            raise ValueError(
+                f"freeze_classes got class {self._max_class}, out of range for logits with "
+                f"{num_classes} classes (valid: 0..{num_classes - 1})"
+            )
+        super().check_call(num_classes, device)
+
+    def multiplier(self, grad: Tensor, ctx: GradContext) -> Multiplier:
         c = grad.shape[-1]
-        classes = self.classes.to(grad.device)
         frozen = torch.zeros(c, dtype=torch.bool, device=grad.device)
-        # index_fill has no data-dependent shape: no sync. Out-of-range indices are caught here
-        # on the CPU when num_classes was not given at construction.
-        frozen = frozen.index_fill(0, classes, True)
-        return _zero_where_not(~frozen, grad)
+        # index_fill has no data-dependent shape: no sync (the range was checked at the call).
+        keep = ~frozen.index_fill(0, self.classes.to(grad.device), True)
+        return Multiplier(keep=keep)
+
+
+def _refresh_max_class(module: object, _: object) -> None:
+    """After load_state_dict: the checked bound follows the loaded classes (read on load)."""
+    assert isinstance(module, FreezeClasses)
+    module._max_class = int(module.classes.max()) if module.classes.numel() else -1
 
 
 def freeze_classes(

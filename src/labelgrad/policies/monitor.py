@@ -7,12 +7,15 @@ from torch import Tensor
 
 from labelgrad._validation import as_count
 from labelgrad.policies.base import GradContext
+from labelgrad.policies.linear import LinearPolicy, Multiplier
 from labelgrad.policies.stateful import StatefulPolicy
 
 __all__ = ["GradMonitor", "monitor"]
 
+_MAX_HISTORY_ENTRIES = 2**28  # float32 entries of the ring buffer: 1 GiB
 
-class GradMonitor(StatefulPolicy):
+
+class GradMonitor(StatefulPolicy, LinearPolicy):
     """Per-class statistics of the gradient at the logits. Built by :func:`monitor`.
 
     Buffers (float32; saved in ``state_dict``, summed over ranks):
@@ -39,11 +42,21 @@ class GradMonitor(StatefulPolicy):
     history_len: Tensor
 
     requires_targets = False
+    observes_output = True
 
     def __init__(self, num_classes: int, *, history: int = 0) -> None:
         super().__init__()
         self.num_classes = as_count(num_classes, "num_classes")
         self.history_size = as_count(history, "history", minimum=0)
+        entries = self.history_size * self.num_classes
+        if entries > _MAX_HISTORY_ENTRIES:
+            # Refused before allocating: a typo (history=10**12, or a label typo that makes C
+            # huge) would otherwise ask for terabytes.
+            raise ValueError(
+                f"history={history} x num_classes={num_classes} needs {entries * 4 / 2**30:.3g} "
+                f"GiB for the norm ring buffer, more than its {_MAX_HISTORY_ENTRIES * 4 / 2**30:g}"
+                " GiB limit: lower history"
+            )
         c = num_classes
         self.add_state("num_batches", torch.zeros((), dtype=torch.float32), window="count")
         self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float32), window="any")
@@ -78,10 +91,13 @@ class GradMonitor(StatefulPolicy):
         start = n % h
         return torch.cat([self.history[start:], self.history[:start]])
 
-    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+    def multiplier(self, grad: Tensor, ctx: GradContext) -> Multiplier:
+        return Multiplier()  # the gradient passes unchanged
+
+    def observe(self, out: Tensor, ctx: GradContext, applied: Multiplier) -> None:
         if not ctx.update_state:
-            return grad
-        g = ctx.unscale(grad.detach().float())
+            return
+        g = ctx.unscale(out.detach().float())
         sq = g.square().sum(dim=(0, 1))
         if ctx.targets is not None:
             t = ctx.targets
@@ -104,7 +120,6 @@ class GradMonitor(StatefulPolicy):
             pos_idx = (self.history_len % self.history_size).reshape(1)
             self.history.index_copy_(0, pos_idx, norm.unsqueeze(0))
             self.history_len.add_(1)
-        return grad
 
 
 def monitor(num_classes: int, *, history: int = 0) -> GradMonitor:

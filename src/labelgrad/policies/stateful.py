@@ -27,7 +27,9 @@ class StatefulPolicy(Policy):
     As in torchmetrics, subclasses declare each statistic once with :meth:`add_state`; the base
     class then gives them ``state_dict`` round-trips, ``.to(device)``, :meth:`reset` and a
     cross-rank reduction of each batch's increments (:meth:`reduce_increments`) for free, so that
-    every rank of a DDP job applies the same weights.
+    every rank of a DDP job applies the same weights. Accumulation windows
+    (:func:`labelgrad.accumulation_window`) use the public protocol :meth:`open_window`,
+    :meth:`end_backward` (called by the gate after each backward pass) and :meth:`close_window`.
 
     Example:
         A policy that counts the positive labels it has seen per class, in a few lines:
@@ -77,14 +79,35 @@ class StatefulPolicy(Policy):
         self._window_merge[name] = window
         self.register_buffer(name, default.detach().clone())
 
-    # Accumulation windows (labelgrad.accumulation_window): every micro-batch sees the state of
-    # the window's start; the increments are set aside and committed once at the end.
+    # The accumulation-window protocol (driven by labelgrad.accumulation_window): every
+    # micro-batch sees the state of the window's start; the increments are set aside after each
+    # backward pass (end_backward, called by the gate) and committed once at the end.
 
-    def _open_window(self) -> None:
+    @property
+    def window_open(self) -> bool:
+        """Whether an accumulation window is open on this policy."""
+        return self._window_start is not None
+
+    def open_window(self) -> None:
+        """Start an accumulation window: remember the current statistics.
+
+        Until :meth:`close_window`, each backward pass applies the weights of this state, and
+        its statistics are set aside (:meth:`end_backward`) instead of accumulating.
+
+        Raises:
+            ValueError: a window is already open on this policy.
+        """
+        if self._window_start is not None:
+            raise ValueError(f"{type(self).__name__} is already inside an open accumulation window")
         self._window_start = {n: getattr(self, n).detach().clone() for n in self._defaults}
         self._window_parts = []
 
-    def _collect_window(self) -> None:
+    def end_backward(self) -> None:
+        """Inside a window: set this micro-batch's increments aside, restore the window's start.
+
+        Outside a window it does nothing. Called by the gate after every backward pass.
+        """
+        super().end_backward()
         start = self._window_start
         if start is None:
             return
@@ -95,26 +118,24 @@ class StatefulPolicy(Policy):
             buf.copy_(start[name])
         self._window_parts.append(part)
 
-    def _close_window(self, commit: bool) -> None:
+    def close_window(self, commit: bool) -> None:
+        """End the window; with ``commit``, add the micro-batches' merged increments.
+
+        Each statistic merges as its :data:`WindowMerge` says; without ``commit`` (the block
+        raised) the statistics stay as they were when the window opened.
+        """
         start, parts = self._window_start, self._window_parts
         self._window_start, self._window_parts = None, []
         if start is None or not parts or not commit:
             return
-        counts = [n for n, m in self._window_merge.items() if m == "count"]
+        merged = {
+            name: _merge(torch.stack([p[name] for p in parts]), merge)
+            for name, merge in self._window_merge.items()
+        }
         ok = torch.ones((), dtype=torch.bool, device=start[next(iter(start))].device)
-        merged: dict[str, Tensor] = {}
         for name, merge in self._window_merge.items():
-            stack = torch.stack([p[name] for p in parts])
-            if merge == "sum":
-                merged[name] = stack.sum(0)
-            elif merge == "count":
-                merged[name] = stack.amin(0)
-            elif merge == "any":
-                merged[name] = stack.amax(0)
-            else:
-                merged[name] = stack[-1]
-        for name in counts:
-            ok = ok & (merged[name] > 0).all()
+            if merge == "count":
+                ok = ok & (merged[name] > 0).all()
         for name, merge in self._window_merge.items():
             buf = getattr(self, name)
             if merge == "last":
@@ -143,3 +164,14 @@ class StatefulPolicy(Policy):
         """A 0-d bool tensor: every entry of every tensor is finite (computed on the device)."""
         flags = [torch.isfinite(t).all() for t in tensors]
         return torch.stack(flags).all()
+
+
+def _merge(stack: Tensor, merge: WindowMerge) -> Tensor:
+    """Combine a statistic's per-micro-batch parts (stacked on axis 0) as ``merge`` says."""
+    if merge == "sum":
+        return stack.sum(0)
+    if merge == "count":
+        return stack.amin(0)
+    if merge == "any":
+        return stack.amax(0)
+    return stack[-1]

@@ -8,36 +8,36 @@ import torch
 from torch import Tensor
 
 from labelgrad._validation import as_class_vector
-from labelgrad.policies.base import GradContext, Policy
+from labelgrad.policies._scalars import scalar
+from labelgrad.policies.base import GradContext
+from labelgrad.policies.linear import LinearPolicy, Multiplier, like
 
 __all__ = ["ClassWeights", "PosNegWeights", "class_weights", "pos_neg_weights"]
 
 Weights = Tensor | Sequence[float]
 
 
-class ClassWeights(Policy):
+class ClassWeights(LinearPolicy):
     """Multiply the gradient by per-class weights. Built by :func:`class_weights`."""
 
     weight: Tensor
 
     def __init__(self, weight: Weights) -> None:
         super().__init__()
-        self.register_buffer("weight", as_class_vector(weight, "weight"))
+        self.register_buffer("weight", as_class_vector(weight, "weight", keep_dtype=True))
 
     def expected_num_classes(self) -> int | None:
         return int(self.weight.numel())
 
-    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
+    def multiplier(self, grad: Tensor, ctx: GradContext) -> Multiplier:
         t = ctx.require_targets(self)
-        w = self.weight.to(device=grad.device, dtype=grad.dtype)
+        w = like(self.weight, grad)
         if t.indices is None:
-            return grad * w
+            return Multiplier(scale=w)
         # Class indices: the whole sample is weighted by the weight of its class, exactly as
         # CrossEntropyLoss(weight=w, reduction="sum"). Ignored samples are left as they are.
-        idx = t.indices  # (N, S)
-        known = t.known[..., 0]
-        w_sample = torch.where(known, w[idx.clamp(0, w.numel() - 1)], torch.ones_like(grad[..., 0]))
-        return grad * w_sample.unsqueeze(-1)
+        w_sample = w[t.indices.unsqueeze(-1).clamp(0, w.numel() - 1)]  # (N, S, 1)
+        return Multiplier(scale=torch.where(t.known[..., :1], w_sample, scalar(1.0, w)))
 
 
 def class_weights(weight: Weights) -> ClassWeights:
@@ -62,7 +62,7 @@ def class_weights(weight: Weights) -> ClassWeights:
     return ClassWeights(weight)
 
 
-class PosNegWeights(Policy):
+class PosNegWeights(LinearPolicy):
     """Separate multipliers for positive and negative entries. Built by :func:`pos_neg_weights`."""
 
     pos: Tensor
@@ -70,8 +70,8 @@ class PosNegWeights(Policy):
 
     def __init__(self, pos: float | Weights = 1.0, neg: float | Weights = 1.0) -> None:
         super().__init__()
-        p = as_class_vector(pos, "pos", allow_scalar=True)
-        n = as_class_vector(neg, "neg", allow_scalar=True)
+        p = as_class_vector(pos, "pos", allow_scalar=True, keep_dtype=True)
+        n = as_class_vector(neg, "neg", allow_scalar=True, keep_dtype=True)
         if p.dim() == 1 and n.dim() == 1 and p.numel() != n.numel():
             raise ValueError(
                 f"pos and neg must have the same length (C,), got {p.numel()} and {n.numel()}"
@@ -85,13 +85,9 @@ class PosNegWeights(Policy):
                 return int(w.numel())
         return None
 
-    def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
-        t = ctx.require_targets(self)
-        p = self.pos.to(device=grad.device, dtype=grad.dtype)
-        n = self.neg.to(device=grad.device, dtype=grad.dtype)
-        one = torch.ones((), dtype=grad.dtype, device=grad.device)
-        factor = torch.where(t.positive, p, torch.where(t.known, n, one))
-        return grad * factor
+    def multiplier(self, grad: Tensor, ctx: GradContext) -> Multiplier:
+        ctx.require_targets(self)
+        return Multiplier(pos=like(self.pos, grad), neg=like(self.neg, grad))
 
 
 def pos_neg_weights(pos: float | Weights = 1.0, neg: float | Weights = 1.0) -> PosNegWeights:

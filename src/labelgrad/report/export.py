@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +67,8 @@ def save_monitor(
 ) -> Path:
     """Write a monitor's statistics to ``path`` (atomically), in the format its suffix names.
 
-    - ``.json``: ``{"classes": [...records...], "history": [[norm per class] per batch]}``;
+    - ``.json``: ``{"classes": [...records...], "history": [[norm per class] per batch]}``
+      (strict JSON: a non-finite statistic is written as null);
     - ``.csv``: one row per class with the :func:`monitor_records` columns;
     - ``.history.csv`` (suffix of the stem): one row per recorded batch, one column per class.
 
@@ -85,7 +87,9 @@ def save_monitor(
     history = mon.recent_norms().tolist()
     if file.suffix == ".json":
         payload = {"classes": monitor_records(mon, names), "history": history}
-        atomic_write_text(file, json.dumps(payload, indent=1) + "\n")
+        # JSON has no NaN or inf: non-finite statistics are written as null.
+        text = json.dumps(_finite_or_none(payload), indent=1, allow_nan=False)
+        atomic_write_text(file, text + "\n")
         return file
     if file.suffix != ".csv":
         raise ValueError(f"path must end in .json or .csv, got {file.name!r}")
@@ -103,6 +107,17 @@ def save_monitor(
             writer.writerow(["" if v is None else v for v in r.values()])
     atomic_write_text(file, buf.getvalue())
     return file
+
+
+def _finite_or_none(x: Any) -> Any:
+    """``x`` with every non-finite float replaced by None (recursively)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite_or_none(v) for v in x]
+    return x
 
 
 def log_monitor_tensorboard(

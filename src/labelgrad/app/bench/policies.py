@@ -50,14 +50,33 @@ def _step(model: nn.Module, policy: lg.Policy | None, x: Tensor, y: Tensor) -> C
     return step
 
 
+def aten_ops(step: Callable[[], None]) -> int:
+    """The number of aten operators one call of ``step`` runs (nested ones included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+def _thread_counts() -> list[int]:
+    """torch's default thread count (what users run), then 1."""
+    default = torch.get_num_threads()
+    return [default] if default == 1 else [default, 1]
+
+
 def run(quick: bool = False) -> list[Result]:
-    """Time plain vs policy-chain training steps of an MLP and a small CNN (CPU).
+    """Time plain vs policy-chain training steps (CPU), at the default thread count and at 1.
+
+    Each row's ``extra`` holds the thread count and the aten operators of one step
+    (``aten_ops``; ``added_ops`` = the chain's minus the plain step's).
 
     Args:
         quick: tiny sizes and few steps (a smoke run, not a measurement).
 
     Returns:
-        One row per case, with the ratio to the plain step.
+        One row per case and thread count, with the ratio to the plain step.
     """
     torch.manual_seed(0)
     c = 100
@@ -71,19 +90,32 @@ def run(quick: bool = False) -> list[Result]:
             _mlp(784, 64 if quick else 1024, c),
             torch.randn(batch, 784, generator=g),
         ),
+        "policies/mlp 256-512-512": (
+            _mlp(256, 32 if quick else 512, c),
+            torch.randn(batch, 256, generator=g),
+        ),
         "policies/cnn 28x28": (
             _cnn(c, 4 if quick else 32),
             torch.randn(batch, 1, 28, 28, generator=g),
         ),
     }
+    default_threads = torch.get_num_threads()
     for name, (model, x) in configs.items():
-        times = interleaved(
-            {
-                "plain": _step(model, None, x, y),
-                "chain(mask,weights,eqlv2,clip)": _step(model, _policy(c), x, y),
-            },
-            steps=steps,
-            warmup=warmup,
-        )
-        rows += ratios(name, times, "plain", batch=batch, num_classes=c)
+        cases = {
+            "plain": _step(model, None, x, y),
+            "chain(mask,weights,eqlv2,clip)": _step(model, _policy(c), x, y),
+        }
+        ops = {case: aten_ops(fn) for case, fn in cases.items()}
+        for threads in _thread_counts():
+            torch.set_num_threads(threads)
+            try:
+                times = interleaved(cases, steps=steps, warmup=warmup)
+            finally:
+                torch.set_num_threads(default_threads)
+            label = f"{name} ({threads} thr)"
+            for r in ratios(label, times, "plain", batch=batch, num_classes=c):
+                added = ops[r.case] - ops["plain"]
+                r.extra.update(threads=threads, aten_ops=ops[r.case], added_ops=added)
+                r.case = f"{r.case} +{added} ops" if added else f"{r.case} {ops[r.case]} ops"
+                rows.append(r)
     return rows

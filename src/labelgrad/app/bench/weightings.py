@@ -1,7 +1,7 @@
 """Benchmark (a): weighting solve time vs TorchJD 0.18 at K = 16, 80, 256.
 
-Same Gramians for both, one process, interleaved medians (:func:`interleaved`), with torch
-limited to one intra-op thread for the run (TorchJD's solvers, quadprog and Python loops, are
+Same Gramians for both, one process, interleaved medians (:func:`interleaved`), at a given
+torch intra-op thread count (default: one) (TorchJD's solvers, quadprog and Python loops, are
 single-threaded; on a shared 2-core machine torch's thread pool otherwise thrashes). UPGrad and
 DualProj run cold (``warm_start=False``: every call solves from scratch) and, as a separate case,
 warm (the active sets of the previous call on the same G: the steady state of training when the
@@ -49,11 +49,13 @@ def _bind(
     return lambda: fn(gramian)
 
 
-def run(quick: bool = False) -> list[Result]:
+def run(quick: bool = False, threads: int | None = 1) -> list[Result]:
     """Time each weighting at each K; ratios are to TorchJD (or to ours without TorchJD).
 
     Args:
         quick: K = 16 and 80 only, few steps (a smoke run for CI).
+        threads: torch intra-op threads for the run (None: torch's default, unchanged); the
+            rows carry it in ``extra["threads"]``.
 
     Returns:
         One row per (method, K, case).
@@ -61,12 +63,17 @@ def run(quick: bool = False) -> list[Result]:
     Example:
         >>> rows = run(quick=True)  # doctest: +SKIP
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run((16, 80) if quick else (16, 80, 256), quick)
-    finally:
+    before = torch.get_num_threads()
+    if threads is not None:
         torch.set_num_threads(threads)
+    used = torch.get_num_threads()
+    try:
+        rows = _run((16, 80) if quick else (16, 80, 256), quick)
+    finally:
+        torch.set_num_threads(before)
+    for row in rows:
+        row.extra["threads"] = used
+    return rows
 
 
 def _run(sizes: tuple[int, ...], quick: bool) -> list[Result]:

@@ -1,18 +1,17 @@
 """Per-label Jacobians and Gramians: the expensive half of gradient aggregation.
 
-Two engines live here (the per-sample engine of class groups is in :mod:`.sample_gramian`):
-
-- ``exact``: the K per-label gradients over the shared parameters by batched vector-Jacobian
+- :func:`exact_jacobian`: the K per-label gradients of any inputs by batched vector-Jacobian
   products (``torch.autograd.grad(..., is_grads_batched=True)``, i.e. vmap over the backward),
   chunked so that at most ``chunk_size`` rows run at once; a loop of K backward passes where
   vmap cannot run (BatchNorm in training, custom autograd functions without batching rules).
-- ``representation``: the K per-label gradients with respect to a shared representation
-  ``features``. For a Linear head ``z = f W^T + b`` and losses that depend on disjoint columns of
-  ``z`` (one label or one group of classes each), the gradient of loss k at ``f`` is
-  ``D_k W`` with ``D_k`` the logit gradient D restricted to the columns of group k, so
-  ``G = S^T ((D^T D) ⊙ (W W^T)) S`` (S: class-to-group membership): no backward at all beyond
-  the logits. For class groups of single-label data (cross-entropy) the groups are
-  sample-disjoint and that Gramian is diagonal by construction.
+- :func:`blocked_gramian`: the same Gramian without ever holding J, block pair by block pair,
+  for when J does not fit in the memory budget.
+- :class:`FeatureJacobian`: the per-label gradients at a shared representation ``features``,
+  either stored, or in the closed form of a Linear head ``z = f W^T + b`` whose losses depend on
+  disjoint columns of ``z``: the gradient of loss k at ``f`` is ``D_k W`` (``D_k``: the logit
+  gradient D restricted to the columns of group k), so ``G = S^T ((D^T D) ⊙ (W W^T)) S``.
+  For class groups of single-label data (cross-entropy) the groups are sample-disjoint and that
+  Gramian is diagonal by construction.
 
 All per-label passes run inside :func:`labelgrad.no_state_update`, so stateful policies count
 each batch once (in the one ordinary backward that follows).
@@ -20,33 +19,25 @@ each batch once (in the one ordinary backward that follows).
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from labelgrad.aggregation._warn import warn_once
 from labelgrad.aggregation.losses import LossStructure
 from labelgrad.policies import no_state_update
 
 __all__ = [
     "FeatureJacobian",
+    "blocked_gramian",
     "closed_form",
     "exact_jacobian",
     "gramian_of",
-    "linear_head_feature_jacobian",
     "representation_jacobian",
+    "row_bytes",
 ]
-
-_WARNED: set[str] = set()
-
-
-def warn_once(key: str, message: str) -> None:
-    """Warn ``message`` once per process and ``key``."""
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def _batched_grad(
@@ -60,6 +51,13 @@ def _batched_grad(
         is_grads_batched=True,
         allow_unused=True,
     )
+
+
+def _identity_rows(k: int, start: int, stop: int, like: Tensor) -> Tensor:
+    """Rows ``start:stop`` of the K x K identity, without forming the identity."""
+    rows = torch.zeros(stop - start, k, dtype=like.dtype, device=like.device)
+    rows.diagonal(offset=start).fill_(1)
+    return rows
 
 
 def exact_jacobian(
@@ -82,54 +80,132 @@ def exact_jacobian(
     Returns:
         One (K, *shape) tensor per input, None where the losses do not reach that input.
     """
-    k = losses.numel()
-    eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
-    step = k if chunk_size is None else max(1, min(k, chunk_size))
     with no_state_update():
-        if batched is not False:
-            try:
-                parts = [
-                    _batched_grad(losses, inputs, eye[i : i + step]) for i in range(0, k, step)
-                ]
-                return _stack_chunks(parts, len(inputs))
-            except RuntimeError as err:
-                if batched:
-                    raise
-                warn_once(
-                    f"vmap:{type(err).__name__}",
-                    "labelgrad: batched per-label backward (vmap) failed, falling back to a loop "
-                    f"of K backward passes (pass batched=False to skip the attempt): {err}",
-                )
-        rows = []
-        for i in range(k):
-            rows.append(
-                torch.autograd.grad(
-                    losses, list(inputs), grad_outputs=eye[i], retain_graph=True, allow_unused=True
-                )
-            )
-        return [
-            None if rows[0][j] is None else torch.stack([r[j] for r in rows])
-            for j in range(len(inputs))
-        ]
+        return _row_range(losses, inputs, 0, losses.numel(), chunk_size, batched)[0]
 
 
-def _stack_chunks(parts: list[tuple[Tensor | None, ...]], n: int) -> list[Tensor | None]:
+def _row_range(
+    losses: Tensor,
+    inputs: Sequence[Tensor],
+    start: int,
+    stop: int,
+    chunk_size: int | None,
+    batched: bool | None,
+) -> tuple[list[Tensor | None], bool | None]:
+    """Rows ``start:stop`` of the Jacobian, ``chunk_size`` rows per backward, copied in place
+    (J is held once, not once more by a concatenation)."""
     out: list[Tensor | None] = []
-    for j in range(n):
-        pieces = [p[j] for p in parts]
-        if any(x is None for x in pieces):
-            out.append(None)
-        elif len(pieces) == 1:
-            out.append(pieces[0])
-        else:
-            out.append(torch.cat(pieces))  # type: ignore[arg-type]
-    return out
+    step = stop - start if chunk_size is None else max(1, chunk_size)
+    for a in range(start, stop, step):
+        b = min(stop, a + step)
+        part, batched = _rows_of(losses, inputs, a, b, batched)
+        if a == start and b == stop:
+            return list(part), batched
+        if a == start:
+            out = [None if j is None else j.new_empty((stop - start, *j.shape[1:])) for j in part]
+        for dst, src in zip(out, part):
+            if dst is not None and src is not None:
+                dst[a - start : b - start] = src
+        del part
+    return out, batched
+
+
+def _rows_of(
+    losses: Tensor, inputs: Sequence[Tensor], start: int, stop: int, batched: bool | None
+) -> tuple[tuple[Tensor | None, ...], bool | None]:
+    """Rows ``start:stop`` of the Jacobian: one batched backward, or a loop where vmap fails.
+
+    Returns the rows and the ``batched`` mode for the next chunk (False after a fallback).
+    """
+    rows = _identity_rows(losses.numel(), start, stop, losses)
+    if batched is not False:
+        try:
+            return _batched_grad(losses, inputs, rows), batched
+        except RuntimeError as err:
+            if batched:
+                raise
+            warn_once(
+                f"vmap:{type(err).__name__}",
+                "labelgrad: batched per-label backward (vmap) failed, falling back to a loop "
+                f"of K backward passes (pass batched=False to skip the attempt): {err}",
+            )
+    each = [
+        torch.autograd.grad(
+            losses, list(inputs), grad_outputs=r, retain_graph=True, allow_unused=True
+        )
+        for r in rows
+    ]
+    out = tuple(
+        None if each[0][j] is None else torch.stack([e[j] for e in each])
+        for j in range(len(inputs))
+    )
+    return out, False
+
+
+def row_bytes(inputs: Sequence[Tensor]) -> int:
+    """Bytes of one row of the Jacobian with respect to ``inputs`` (one gradient of each)."""
+    return sum(p.numel() * p.element_size() for p in inputs)
+
+
+def blocked_gramian(
+    losses: Tensor,
+    inputs: Sequence[Tensor],
+    *,
+    anchor_rows: int,
+    chunk_size: int,
+    batched: bool | None,
+) -> tuple[Tensor, list[bool]]:
+    """G = J J^T holding at most ``anchor_rows`` + ``chunk_size`` rows of J at once.
+
+    Rows are taken ``anchor_rows`` at a time (the anchor block, kept) and the later rows are
+    recomputed ``chunk_size`` at a time against it: about K^2 / (2 anchor_rows) per-label
+    backward rows instead of K, for memory that does not grow with K x P. Used by the exact
+    engine when J does not fit in ``memory_budget``.
+
+    Returns:
+        (G, reached): ``reached[i]`` is False where the losses do not reach ``inputs[i]``.
+    """
+    k = losses.numel()
+    g: Tensor | None = None
+    reached: list[bool] = []
+    with no_state_update():
+        for a0 in range(0, k, max(1, anchor_rows)):
+            a1 = min(k, a0 + max(1, anchor_rows))
+            block, batched = _row_range(losses, inputs, a0, a1, chunk_size, batched)
+            if g is None:
+                reached = [j is not None for j in block]
+                dtype = _gramian_dtype([j for j in block if j is not None] or [losses])
+                g = torch.zeros(k, k, dtype=dtype, device=losses.device)
+            anchor = [j.reshape(a1 - a0, -1).to(g.dtype) for j in block if j is not None]
+            del block
+            for fa in anchor:
+                g[a0:a1, a0:a1].addmm_(fa, fa.T)
+            for b0, b1 in _chunks_between(a1, k, chunk_size):
+                part, batched = _rows_of(losses, inputs, b0, b1, batched)
+                tile = g[a0:a1, b0:b1]
+                for fa, jb in zip(anchor, [j for j in part if j is not None]):
+                    tile.addmm_(fa, jb.reshape(b1 - b0, -1).to(g.dtype).T)
+                g[b0:b1, a0:a1] = tile.T
+                del part
+            del anchor
+    assert g is not None
+    return g, reached
+
+
+def _chunks_between(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
+    step = max(1, step)
+    return ((i, min(stop, i + step)) for i in range(start, stop, step))
+
+
+def _gramian_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """float32 for half-precision gradients (their products overflow), their own dtype else."""
+    return torch.promote_types(tensors[0].dtype, torch.float32)
 
 
 def gramian_of(jacobians: Sequence[Tensor]) -> Tensor:
     """G = J J^T summed over the blocks of J (each (K, *shape)), in float32 or wider."""
     k = jacobians[0].shape[0]
-    dtype = torch.promote_types(jacobians[0].dtype, torch.float32)
+    dtype = _gramian_dtype(jacobians)
     g = torch.zeros(k, k, dtype=dtype, device=jacobians[0].device)
     for j in jacobians:
         flat = j.reshape(k, -1).to(dtype)
@@ -207,15 +283,6 @@ def representation_jacobian(
             "logits were computed from (e.g. features = backbone(x); logits = head(features))"
         )
     return FeatureJacobian(jacobian=jac, kind="batched", num_groups=losses.numel())
-
-
-def linear_head_feature_jacobian(
-    losses: Tensor, structure: LossStructure, head: torch.nn.Linear
-) -> FeatureJacobian:
-    """Closed form for ``logits = head(features)``: only the gradient at the logits is needed."""
-    with no_state_update():
-        (d,) = torch.autograd.grad(losses.sum(), structure.logits, retain_graph=True)
-    return closed_form(d, structure, head)
 
 
 def closed_form(

@@ -1,0 +1,54 @@
+"""The subset engine: the exact Gramian over a subset of the shared parameters.
+
+G is computed over ``subset=`` (e.g. the last block of the trunk); the weights then apply to all
+shared parameters with one weighted backward.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor
+
+from labelgrad.aggregation import _write
+from labelgrad.aggregation.engines.base import Call, Prepared, Verdict
+from labelgrad.aggregation.engines.exact import checked_jacobian, rows_per_chunk
+from labelgrad.aggregation.jacobian import gramian_of, row_bytes
+from labelgrad.aggregation.weighing import aggregator_name
+
+__all__ = ["Subset"]
+
+
+class Subset:
+    """Exact G over ``subset=``, one weighted backward over all shared parameters."""
+
+    name: ClassVar[str] = "subset"
+
+    def applies(self, call: Call) -> Verdict:
+        asked = call.options.engine == "subset"
+        if call.options.subset is None:
+            detail = "engine='subset' needs subset= (the parameters to compute G over)"
+            return Verdict(self.name, False, "no_subset", detail, asked=asked)
+        if call.needs_jacobian:
+            detail = (
+                f"{aggregator_name(call.aggregator)} needs the Jacobian over the shared "
+                "parameters, not a Gramian: use engine='exact' (engine='subset' cannot run it)"
+            )
+            return Verdict(self.name, False, "needs_jacobian", detail, asked=asked)
+        detail = "subset engine: exact Gramian over the parameter subset, one weighted backward"
+        return Verdict(self.name, True, "subset", detail)
+
+    def gramian(self, call: Call) -> Prepared:
+        sub = call.options.subset
+        assert sub is not None
+        ids = {id(p) for p in call.params}
+        if any(id(p) not in ids for p in sub):
+            raise ValueError("subset must contain only parameters that are also in shared")
+        k = call.losses.numel()
+        per_row = row_bytes(sub)
+        jac = checked_jacobian(call, sub, "subset", rows_per_chunk(k, per_row, call))
+        return Prepared(gramian_of(jac), None)
+
+    def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
+        assert weights is not None
+        _write.weighted_backward(call.losses, call.params, weights)

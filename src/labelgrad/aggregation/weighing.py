@@ -1,0 +1,100 @@
+"""From a Gramian to checked weights: the aggregator's answer under the ``nonfinite`` policy.
+
+On the CPU reading a flag back is free, so a non-finite Gramian or non-finite weights raise
+(``nonfinite="raise"``, naming the aggregator) or pass through (``"propagate"``: the non-finite
+gradient reaches ``.grad`` and a ``GradScaler`` skips the step). On an accelerator the decision
+stays on the device (no host sync per step): a non-finite Gramian selects plain weights (w = 1),
+and non-finite weights propagate.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["aggregator_name", "check_aggregator", "check_weights", "weigh"]
+
+
+def aggregator_name(aggregator: object) -> str:
+    """``UPGrad``, or ``Amortized(UPGrad)`` for a wrapped one (for error messages)."""
+    inner = getattr(aggregator, "aggregator", None)
+    name = type(aggregator).__name__
+    return f"{name}({type(inner).__name__})" if inner is not None else name
+
+
+def _valid_names() -> list[str]:
+    import labelgrad.aggregators as aggregators
+
+    names = []
+    for name in getattr(aggregators, "__all__", []):
+        obj = getattr(aggregators, name, None)
+        usable = callable(getattr(obj, "weights", None)) or callable(
+            getattr(obj, "aggregate", None)
+        )
+        if inspect.isclass(obj) and not inspect.isabstract(obj) and usable:
+            names.append(name)
+    return sorted(n for n in names if n not in {"Aggregator", "JacobianAggregator"})
+
+
+def check_aggregator(aggregator: object) -> None:
+    """TypeError (one line, naming ``aggregator``) unless it is an aggregator instance."""
+    example = "e.g. lg.aggregators.UPGrad()"
+    if aggregator is None:
+        raise TypeError(f"aggregator must be an aggregator instance ({example}), got None")
+    if inspect.isclass(aggregator):
+        raise TypeError(
+            f"aggregator must be an instance, got the class {aggregator.__name__}: pass "
+            f"{aggregator.__name__}()"
+        )
+    if isinstance(aggregator, str):
+        raise TypeError(
+            f"aggregator must be an instance ({example}), not the name {aggregator!r}; "
+            f"lg.aggregators has: {', '.join(_valid_names())}"
+        )
+    jacobian = bool(getattr(aggregator, "requires_jacobian", False))
+    method = "aggregate" if jacobian else "weights"
+    if not callable(getattr(aggregator, method, None)):
+        raise TypeError(
+            f"aggregator must have a {method}() method ({example}), got {type(aggregator).__name__}"
+        )
+
+
+def check_weights(aggregator: object, w: object, k: int, nonfinite: str) -> Tensor:
+    """``w`` as the (K,) weights: shape checked; non-finite on the CPU per ``nonfinite``."""
+    if not isinstance(w, Tensor) or w.shape != (k,):
+        raise ValueError(
+            f"{aggregator_name(aggregator)}.weights(G) must return a ({k},) tensor, got "
+            f"{getattr(w, 'shape', type(w).__name__)}"
+        )
+    if nonfinite == "raise" and w.device.type == "cpu" and not bool(torch.isfinite(w).all()):
+        raise ValueError(
+            f"{aggregator_name(aggregator)} gave non-finite weights {w.tolist()[:8]} (e.g. a "
+            "solver that did not converge); pass nonfinite='propagate' to write the non-finite "
+            "gradient instead (GradScaler then skips the step)"
+        )
+    return w
+
+
+def weigh(aggregator: Any, g: Tensor, nonfinite: str) -> Tensor:
+    """The aggregator's (K,) weights for the Gramian ``g``, under the ``nonfinite`` policy."""
+    k = g.shape[0]
+    if g.device.type != "cpu":
+        # The weighting sees a finite G; a non-finite G selects plain weights, so that the
+        # non-finite gradient reaches .grad and a GradScaler skips the step (no host sync).
+        finite = torch.isfinite(g).all()
+        safe = torch.where(torch.isfinite(g), g, torch.zeros((), dtype=g.dtype, device=g.device))
+        w = check_weights(aggregator, aggregator.weights(safe), k, nonfinite)
+        return torch.where(finite, w, torch.ones_like(w))
+    if not bool(torch.isfinite(g).all()):
+        if nonfinite == "propagate":
+            return torch.ones(k, dtype=g.dtype, device=g.device)
+        raise ValueError(
+            "the Gramian of the label gradients is not finite (inf/NaN in some label's "
+            "gradient, e.g. a diverged model or a half-precision overflow); pass "
+            "nonfinite='propagate' to write the non-finite plain gradient instead "
+            "(GradScaler then skips the step)"
+        )
+    return check_weights(aggregator, aggregator.weights(g), k, nonfinite)

@@ -1,0 +1,62 @@
+"""Operator budgets of the fused policies (issue 13): counted with torch.profiler on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import labelgrad as lg
+
+C = 10
+
+
+def added_ops(policy: lg.Policy | None) -> int:
+    z0 = torch.randn(16, C)
+    y = torch.randint(-1, 2, (16, C))
+    target = y.clamp(min=0).float()
+
+    def step(p: lg.Policy | None) -> None:
+        z = z0.detach().requires_grad_()
+        out = z if p is None else p(z, y)
+        F.binary_cross_entropy_with_logits(out, target).backward()
+
+    counts = []
+    for p in (None, policy):
+        step(p)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(p)
+        counts.append(sum(1 for e in prof.events() if e.name.startswith("aten::")))
+    return counts[1] - counts[0]
+
+
+@pytest.mark.parametrize(
+    ("build", "budget"),
+    [
+        (lambda: lg.mask_unknown(), 15),
+        (lambda: lg.class_weights(torch.linspace(0.5, 2.0, C)), 15),
+        (
+            lambda: lg.chain(
+                lg.mask_unknown(),
+                lg.class_weights(torch.linspace(0.5, 2.0, C)),
+                lg.eqlv2(num_classes=C),
+                lg.clip_per_class(1.0),
+            ),
+            80,
+        ),
+    ],
+    ids=["mask_unknown", "class_weights", "chain4"],
+)
+def test_policies_stay_within_their_operator_budget(build, budget):
+    # The whole step's aten operators (forward, label checks and backward, nested ones included)
+    # minus those of the plain step: each one pays dispatch, and a kernel launch on a GPU.
+    assert added_ops(build()) <= budget
+
+
+def test_masked_entries_follow_autograd_of_the_masked_loss():
+    """Masks multiply (0/1): finite masked entries become exact zeros, non-finite ones NaN."""
+    z = torch.zeros(1, 3, requires_grad=True)
+    up = torch.tensor([[float("inf"), 2.0, -3.0]])
+    (g,) = torch.autograd.grad(lg.mask(torch.tensor([False, False, True]))(z), z, up)
+    assert torch.isnan(g[0, 0]) and g[0, 1].item() == 0.0 and g[0, 2].item() == -3.0
