@@ -55,7 +55,7 @@ def test_the_library_never_imports_the_application() -> None:
 
 def test_no_private_name_crosses_a_package_boundary() -> None:
     bad = []
-    packages = {name for name, _ in _modules()} - {"labelgrad"}
+    packages = {name for name, _ in _modules() if (SRC / Path(*name.split("."))).is_dir()}
     for name, tree in _modules():
         here = _package(name, (SRC / Path(*name.split("."))).is_dir())
         for target, names in _imports(tree):
