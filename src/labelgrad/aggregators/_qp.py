@@ -67,8 +67,15 @@ def _scratch(
     return buffer[:numel]
 
 
+def _pad(matrix: Tensor) -> Tensor:
+    """``blockdiag(M, I_K)``: padding slots index the identity block, so a gathered system is
+    ``M_FF`` bordered by an identity, with no masking pass over the (n, m, m) systems."""
+    k = matrix.shape[-1]
+    return torch.block_diag(matrix, torch.eye(k, dtype=matrix.dtype, device=matrix.device))
+
+
 def _solve_block(
-    matrix: Tensor,
+    padded: Tensor,
     q: Tensor,
     active: Tensor,
     m: int,
@@ -77,39 +84,36 @@ def _solve_block(
 ) -> Tensor:
     """``x_A = 0`` and ``M_FF x_F = -q_F`` for each row, with systems of size ``m``.
 
-    Compact (CPU): the free coordinates are gathered first and the systems cut to ``m`` (the
-    largest free set); otherwise ``m = K`` with identity rows on the active set (no
-    data-dependent shape). Identity outside the free block keeps every system positive definite.
+    ``padded`` is :func:`_pad` of ``M``. Compact (CPU): the free coordinates are gathered first
+    and the systems cut to ``m`` (the largest free set); otherwise ``m = K`` (no data-dependent
+    shape). Slots beyond a row's free set index the identity block of ``padded`` (distinct
+    indices ``K + slot``), which keeps every system positive definite and decoupled from them.
     """
-    k = matrix.shape[-1]
-    n = q.shape[0]
+    n, k = q.shape
+    width = padded.shape[-1]
+    slots = torch.arange(m, device=q.device)
     if compact:
-        free_count = (~active).sum(dim=-1)
+        free_count = (~active).sum(dim=-1, keepdim=True)
         index = torch.argsort(active.to(torch.int8), dim=-1, stable=True)[:, :m]
-        valid = torch.arange(m, device=q.device) < free_count.unsqueeze(-1)
+        index = torch.where(slots < free_count, index, slots + k)
     else:
-        index = torch.arange(k, device=q.device).expand(n, k)
-        valid = ~active
-    scratch = _scratch(workspace, matrix, 2 * n * m * m)
-    system = scratch[: n * m * m].view(n, m, m)
+        index = torch.where(active, slots + k, slots)
     flat = _scratch(workspace, index, n * m * m, "index").view(n, m, m)
-    torch.add(index.unsqueeze(-1) * k, index.unsqueeze(-2), out=flat)
-    torch.index_select(matrix.reshape(-1), 0, flat.view(-1), out=system.view(-1))
-    system.masked_fill_(~valid.unsqueeze(-1), 0.0)  # broadcast masks: no (n, m, m) temporary
-    system.masked_fill_(~valid.unsqueeze(-2), 0.0)
-    system.diagonal(dim1=-2, dim2=-1).masked_fill_(~valid, 1.0)
+    torch.add(index.unsqueeze(-1) * width, index.unsqueeze(-2), out=flat)
+    scratch = _scratch(workspace, padded, 2 * n * m * m)
+    system = scratch[: n * m * m].view(n, m, m)
+    torch.index_select(padded.reshape(-1), 0, flat.view(-1), out=system.view(-1))
     factor = scratch[n * m * m :].view(n, m, m).mT  # column-major, as LAPACK wants
     info = torch.empty(n, dtype=torch.int32, device=q.device)
-    torch.linalg.cholesky_ex(system.mT, upper=True, out=(factor, info))
-    rhs = torch.where(valid, -q.gather(-1, index), torch.zeros((), dtype=q.dtype, device=q.device))
-    half = torch.linalg.solve_triangular(factor.mT, rhs.unsqueeze(-1), upper=False)
-    solved = torch.linalg.solve_triangular(factor, half, upper=True).squeeze(-1)
-    x = torch.zeros_like(q)
-    return x.scatter_(-1, index, torch.where(valid, solved, torch.zeros_like(solved)))
+    torch.linalg.cholesky_ex(system, upper=True, out=(factor, info))  # symmetric: U^T U
+    rhs = torch.cat((q, torch.zeros_like(q)), dim=-1).gather(-1, index).neg_()
+    solved = torch.cholesky_solve(rhs.unsqueeze(-1), factor, upper=True).squeeze(-1)
+    x = torch.zeros(n, width, dtype=q.dtype, device=q.device)
+    return x.scatter_(-1, index, solved)[:, :k]
 
 
 def _solve_free(
-    matrix: Tensor,
+    padded: Tensor,
     q: Tensor,
     active: Tensor,
     compact: bool,
@@ -125,9 +129,9 @@ def _solve_free(
     if not compact:
         rows = max(1, budget // (k * k))
         if rows >= n:
-            return _solve_block(matrix, q, active, k, False, workspace)
+            return _solve_block(padded, q, active, k, False, workspace)
         parts = [
-            _solve_block(matrix, q[s : s + rows], active[s : s + rows], k, False, workspace)
+            _solve_block(padded, q[s : s + rows], active[s : s + rows], k, False, workspace)
             for s in range(0, n, rows)
         ]
         return torch.cat(parts)
@@ -136,7 +140,7 @@ def _solve_free(
     if m == 0:
         return torch.zeros_like(q)
     if n * m * m <= budget:  # the common case: one block, no sorting
-        return _solve_block(matrix, q, active, m, True, workspace)
+        return _solve_block(padded, q, active, m, True, workspace)
     order = torch.argsort(free_count, descending=True, stable=True)
     counts = free_count[order].tolist()  # CPU only: free
     x = torch.zeros_like(q)
@@ -145,7 +149,7 @@ def _solve_free(
         m = counts[start]
         end = min(n, start + max(1, budget // (m * m)))
         chunk = order[start:end]
-        x[chunk] = _solve_block(matrix, q[chunk], active[chunk], m, True, workspace)
+        x[chunk] = _solve_block(padded, q[chunk], active[chunk], m, True, workspace)
         start = end
     return x
 
@@ -248,9 +252,10 @@ def solve_lcp(
     left = torch.full((n,), _EXCHANGES, dtype=torch.int64, device=q.device)
     todo = torch.arange(n, device=q.device)
     sub_q, sub_active = q, active
+    padded = _pad(matrix)
     for it in range(1, max_iters + 1):
-        x = _solve_free(matrix, sub_q, sub_active, compact, workspace, budget)
-        y = sub_q + x @ matrix
+        x = _solve_free(padded, sub_q, sub_active, compact, workspace, budget)
+        y = torch.addmm(sub_q, x, matrix)
         # Round-off of y grows with |x| |M|: ignore violations below it (else ties cycle).
         tol = eps * torch.addcmul(q_scale, x.abs().amax(dim=-1, keepdim=True), diag)
         flip = torch.where(sub_active, y < -tol, x < -tol)
