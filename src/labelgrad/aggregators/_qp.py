@@ -105,9 +105,10 @@ def _solve_block(
     torch.index_select(padded.reshape(-1), 0, flat.view(-1), out=system.view(-1))
     factor = scratch[n * m * m :].view(n, m, m).mT  # column-major, as LAPACK wants
     info = torch.empty(n, dtype=torch.int32, device=q.device)
-    torch.linalg.cholesky_ex(system, upper=True, out=(factor, info))  # symmetric: U^T U
+    torch.linalg.cholesky_ex(system.mT, upper=True, out=(factor, info))  # symmetric: U^T U
     rhs = torch.cat((q, torch.zeros_like(q)), dim=-1).gather(-1, index).neg_()
-    solved = torch.cholesky_solve(rhs.unsqueeze(-1), factor, upper=True).squeeze(-1)
+    half = torch.linalg.solve_triangular(factor.mT, rhs.unsqueeze(-1), upper=False)
+    solved = torch.linalg.solve_triangular(factor, half, upper=True).squeeze(-1)
     x = torch.zeros(n, width, dtype=q.dtype, device=q.device)
     return x.scatter_(-1, index, solved)[:, :k]
 
@@ -155,19 +156,27 @@ def _solve_free(
 
 
 def _presolve(matrix: Tensor, q: Tensor, iters: int) -> Tensor:
-    """Guess the active sets with a few accelerated projected-gradient (FISTA) steps."""
-    probe = torch.ones(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    """Guess the active sets with a few accelerated projected-gradient (FISTA) steps.
+
+    A guess only (the pivoting decides), so in float32, and each step is two fused ops:
+    ``x' = max(0, y (I - t M) - t q)`` and the momentum step ``y = lerp(x', x, -beta)``.
+    """
+    work = matrix.to(torch.float32)
+    tiny = torch.finfo(torch.float32).tiny
+    probe = torch.ones(work.shape[0], dtype=work.dtype, device=work.device)
     for _ in range(8):  # power iteration: λ_max within a few percent from below
-        probe = matrix @ probe
-        probe = probe / probe.norm().clamp(min=torch.finfo(matrix.dtype).tiny)
-    step = 1 / (1.2 * (probe @ matrix @ probe)).clamp(min=torch.finfo(matrix.dtype).tiny)
-    x = torch.zeros_like(q)
+        probe = work @ probe
+        probe = probe / probe.norm().clamp(min=tiny)
+    step = 1 / (1.2 * (probe @ work @ probe)).clamp(min=tiny)
+    descent = torch.eye(work.shape[0], dtype=work.dtype, device=work.device) - step * work
+    shift = q.to(torch.float32) * -step
+    x = torch.zeros_like(shift)
     y = x
     momentum = 1.0
     for _ in range(iters):
-        x_next = (y - step * (q + y @ matrix)).clamp(min=0)
+        x_next = torch.addmm(shift, y, descent).clamp_(min=0)
         next_momentum = (1 + (1 + 4 * momentum * momentum) ** 0.5) / 2
-        y = x_next + ((momentum - 1) / next_momentum) * (x_next - x)
+        y = torch.lerp(x_next, x, (1 - momentum) / next_momentum)
         x, momentum = x_next, next_momentum
     return x <= 0
 
