@@ -76,47 +76,44 @@ def _pad(matrix: Tensor) -> Tensor:
 
 def _solve_block(
     padded: Tensor,
-    q: Tensor,
-    active: Tensor,
+    rhs: Tensor,
+    key: Tensor,
     m: int,
     compact: bool,
     workspace: dict[str, Tensor] | None,
 ) -> Tensor:
     """``x_A = 0`` and ``M_FF x_F = -q_F`` for each row, with systems of size ``m``.
 
-    ``padded`` is :func:`_pad` of ``M``. Compact (CPU): the free coordinates are gathered first
-    and the systems cut to ``m`` (the largest free set); otherwise ``m = K`` (no data-dependent
-    shape). Slots beyond a row's free set index the identity block of ``padded`` (distinct
-    indices ``K + slot``), which keeps every system positive definite and decoupled from them.
+    ``padded`` is :func:`_pad` of ``M``, ``rhs`` the rows of ``[-q, 0]`` (B, 2K) and ``key``
+    (B, K) holds ``j`` for a free coordinate ``j`` and ``K + j`` for an active one. Active
+    coordinates index the identity block of ``padded`` (distinct indices), which keeps every
+    system positive definite and decoupled from them. Compact (CPU): the keys are sorted, so the
+    free coordinates come first and the systems are cut to ``m`` (the largest free set);
+    otherwise ``m = K`` (no data-dependent shape).
     """
-    n, k = q.shape
-    width = padded.shape[-1]
-    slots = torch.arange(m, device=q.device)
-    if compact:
-        free_count = (~active).sum(dim=-1, keepdim=True)
-        index = torch.argsort(active.to(torch.int8), dim=-1, stable=True)[:, :m]
-        index = torch.where(slots < free_count, index, slots + k)
-    else:
-        index = torch.where(active, slots + k, slots)
+    n, width = rhs.shape
+    index = torch.sort(key, dim=-1).values[:, :m] if compact else key
     flat = _scratch(workspace, index, n * m * m, "index").view(n, m, m)
     torch.add(index.unsqueeze(-1) * width, index.unsqueeze(-2), out=flat)
     scratch = _scratch(workspace, padded, 2 * n * m * m)
     system = scratch[: n * m * m].view(n, m, m)
     torch.index_select(padded.reshape(-1), 0, flat.view(-1), out=system.view(-1))
     factor = scratch[n * m * m :].view(n, m, m).mT  # column-major, as LAPACK wants
-    info = torch.empty(n, dtype=torch.int32, device=q.device)
+    info = torch.empty(n, dtype=torch.int32, device=rhs.device)
     torch.linalg.cholesky_ex(system.mT, upper=True, out=(factor, info))  # symmetric: U^T U
-    rhs = torch.cat((q, torch.zeros_like(q)), dim=-1).gather(-1, index).neg_()
-    half = torch.linalg.solve_triangular(factor.mT, rhs.unsqueeze(-1), upper=False)
+    half = torch.linalg.solve_triangular(
+        factor.mT, rhs.gather(-1, index).unsqueeze(-1), upper=False
+    )
     solved = torch.linalg.solve_triangular(factor, half, upper=True).squeeze(-1)
-    x = torch.zeros(n, width, dtype=q.dtype, device=q.device)
-    return x.scatter_(-1, index, solved)[:, :k]
+    x = torch.zeros_like(rhs).scatter_(-1, index, solved)
+    return x[:, : width // 2]
 
 
 def _solve_free(
     padded: Tensor,
-    q: Tensor,
+    rhs: Tensor,
     active: Tensor,
+    key: Tensor,
     compact: bool,
     workspace: dict[str, Tensor] | None,
     budget: int,
@@ -126,31 +123,31 @@ def _solve_free(
     This bounds the memory by O(budget + B K) instead of O(B K^2). On CPU the rows are sorted by
     free-set size, so each chunk is cut to its own largest free set.
     """
-    n, k = q.shape
+    n, k = active.shape
     if not compact:
         rows = max(1, budget // (k * k))
         if rows >= n:
-            return _solve_block(padded, q, active, k, False, workspace)
+            return _solve_block(padded, rhs, key, k, False, workspace)
         parts = [
-            _solve_block(padded, q[s : s + rows], active[s : s + rows], k, False, workspace)
+            _solve_block(padded, rhs[s : s + rows], key[s : s + rows], k, False, workspace)
             for s in range(0, n, rows)
         ]
         return torch.cat(parts)
-    free_count = (~active).sum(dim=-1)
-    m = int(free_count.max())  # CPU only: free
+    active_count = active.sum(dim=-1)
+    m = k - int(active_count.min())  # CPU only: free
     if m == 0:
-        return torch.zeros_like(q)
+        return rhs.new_zeros(n, k)
     if n * m * m <= budget:  # the common case: one block, no sorting
-        return _solve_block(padded, q, active, m, True, workspace)
-    order = torch.argsort(free_count, descending=True, stable=True)
-    counts = free_count[order].tolist()  # CPU only: free
-    x = torch.zeros_like(q)
+        return _solve_block(padded, rhs, key, m, True, workspace)
+    order = torch.argsort(active_count, stable=True)
+    counts = (k - active_count[order]).tolist()  # CPU only: free
+    x = rhs.new_zeros(n, k)
     start = 0
     while start < n and counts[start] > 0:
         m = counts[start]
         end = min(n, start + max(1, budget // (m * m)))
         chunk = order[start:end]
-        x[chunk] = _solve_block(padded, q[chunk], active[chunk], m, True, workspace)
+        x[chunk] = _solve_block(padded, rhs[chunk], key[chunk], m, True, workspace)
         start = end
     return x
 
@@ -254,20 +251,23 @@ def solve_lcp(
     budget = max(2**24, 4 * k * k) if budget is None else budget
     active = (q > 0) if active is None else active.clone()
     x_out, active_out = torch.zeros_like(q), active.clone()
+    # Round-off of y grows with |x| |M|: violations below it are ignored (else ties cycle).
     eps = 64 * torch.finfo(q.dtype).eps
-    q_scale = q.abs().amax(dim=-1, keepdim=True)
-    diag = matrix.diagonal().abs().amax()
+    low_q = q.abs().amax(dim=-1, keepdim=True) * -eps
+    low_diag = matrix.diagonal().abs().amax() * -eps
     best = torch.full((n,), k + 1, dtype=torch.int64, device=q.device)
     left = torch.full((n,), _EXCHANGES, dtype=torch.int64, device=q.device)
     todo = torch.arange(n, device=q.device)
-    sub_q, sub_active = q, active
+    free_key = torch.arange(k, device=q.device)
+    active_key = free_key + k
     padded = _pad(matrix)
+    sub_rhs, sub_active = torch.cat((-q, torch.zeros_like(q)), dim=-1), active
     for it in range(1, max_iters + 1):
-        x = _solve_free(padded, sub_q, sub_active, compact, workspace, budget)
-        y = torch.addmm(sub_q, x, matrix)
-        # Round-off of y grows with |x| |M|: ignore violations below it (else ties cycle).
-        tol = eps * torch.addcmul(q_scale, x.abs().amax(dim=-1, keepdim=True), diag)
-        flip = torch.where(sub_active, y < -tol, x < -tol)
+        key = torch.where(sub_active, active_key, free_key)
+        x = _solve_free(padded, sub_rhs, sub_active, key, compact, workspace, budget)
+        y = torch.addmm(sub_rhs[:, :k], x, matrix, beta=-1)  # q + x M
+        low = torch.addcmul(low_q, x.abs().amax(dim=-1, keepdim=True), low_diag)
+        flip = torch.where(sub_active, y, x) < low
         if single_pivot or it > _PLAIN:
             flip, best, left = _exchange(flip, best, left, single_pivot)
         unsettled = flip.any(dim=-1)
@@ -276,7 +276,7 @@ def solve_lcp(
             keep = unsettled.nonzero().squeeze(-1)
             if keep.numel() == 0:
                 break
-            todo, sub_q, q_scale = todo[keep], sub_q[keep], q_scale[keep]
+            todo, sub_rhs, low_q = todo[keep], sub_rhs[keep], low_q[keep]
             sub_active, best, left = (sub_active ^ flip)[keep], best[keep], left[keep]
         else:
             x_out, active_out, sub_active = x, sub_active, sub_active ^ flip
