@@ -36,13 +36,15 @@ _PLAIN = 8
 def normalize_gramian(gramian: Tensor, eps: float) -> Tensor:
     """``G / trace(G)`` (zeros when ``trace(G) < eps``), TorchJD's ``normalize``; no host sync."""
     trace = gramian.diagonal().sum()
-    normalized: Tensor = torch.where(trace < eps, torch.zeros_like(gramian), gramian / trace)
+    normalized: Tensor = torch.where(trace < eps, 0.0, gramian / trace)
     return normalized
 
 
 def regularize_gramian(gramian: Tensor, eps: float) -> Tensor:
     """``G + eps I`` (TorchJD's ``regularize``): makes the QPs strictly convex."""
-    return gramian + eps * torch.eye(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
+    regularized = gramian.clone()
+    regularized.diagonal().add_(eps)
+    return regularized
 
 
 def _scratch(
