@@ -73,7 +73,10 @@ def _pad(matrix: Tensor) -> Tensor:
     """``blockdiag(M, I_K)``: padding slots index the identity block, so a gathered system is
     ``M_FF`` bordered by an identity, with no masking pass over the (n, m, m) systems."""
     k = matrix.shape[-1]
-    return torch.block_diag(matrix, torch.eye(k, dtype=matrix.dtype, device=matrix.device))
+    padded: Tensor = torch.block_diag(
+        matrix, torch.eye(k, dtype=matrix.dtype, device=matrix.device)
+    )
+    return padded
 
 
 def _free_first(key: Tensor, k: int) -> Tensor:
