@@ -99,7 +99,8 @@ class Targets:
 
         Example:
             >>> import torch, labelgrad as lg
-            >>> t = lg.Targets.coerce(torch.tensor([[1, -1, 0]]), num_classes=3)
+            >>> y = torch.tensor([[1, -1, 0]])
+            >>> t = lg.Targets.coerce(y, num_classes=3, encoding="multi_hot")
             >>> t.mask_as("known", torch.float32).tolist()
             [[1.0, 0.0, 1.0]]
         """

@@ -217,3 +217,19 @@ def test_read_npz(tmp_path: Path) -> None:
     p.write_bytes(b"garbage")
     with pytest.raises(DataError, match="cannot read npz"):
         read_npz(p)
+
+
+def test_read_npz_closes_a_corrupt_archive(tmp_path: Path) -> None:
+    # np.load leaks its file handle when the zip is corrupt; read_npz owns the handle instead.
+    import gc
+    import warnings
+
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.zeros((4, 2)), y=np.arange(4))
+    p.write_bytes(p.read_bytes()[:100])  # a truncated archive
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataError, match="cannot read npz"):
+            read_npz(p)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

@@ -177,6 +177,7 @@ def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
     ci = [r for r in payload["records"] if r["experiment"] == CI_EXPERIMENT]
     for rec in ci:
         assert 0.0 <= rec["average_acc"]["mean"] <= 1.0 and -1.0 <= rec["forgetting"]["mean"] <= 1.0
+        assert 0.0 <= rec["learning_acc"]["mean"] <= 1.0
     for rec in payload["records"]:
         if rec["experiment"].startswith("digits-LT"):
             acc = rec["balanced_acc"]
@@ -220,3 +221,35 @@ def test_forgetting_is_chaudhry_2018_against_a_direct_loop() -> None:
         assert float(forgetting(acc)) == pytest.approx(want, abs=1e-12)
     with pytest.raises(ValueError, match="acc must be"):
         forgetting(torch.zeros(1, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_labels_trick_is_cross_entropy_over_the_present_classes(dtype: torch.dtype) -> None:
+    """Against autograd of the published loss: CE with the absent classes' logits at -inf."""
+    import torch.nn.functional as F
+
+    from labelgrad.app.bench.incremental import LabelsTrick
+
+    gen = torch.Generator().manual_seed(0)
+    for n, c, classes in ((8, 10, (2, 3)), (5, 4, (0,)), (16, 12, (1, 5, 11)), (3, 2, (0, 1))):
+        z = (6 * torch.randn(n, c, generator=gen)).to(dtype).requires_grad_()
+        pick = torch.randint(0, len(classes), (n,), generator=gen)
+        y = torch.tensor(classes)[pick]
+        y[0] = -100  # an ignored sample: zero gradient
+        w = torch.rand(c, generator=gen).to(dtype) + 0.5  # class weights: a per-sample scale
+        (ours,) = torch.autograd.grad(F.cross_entropy(LabelsTrick()(z, y), y, weight=w), z)
+        absent = ~torch.isin(torch.arange(c), y[y >= 0])
+        ref_loss = F.cross_entropy(z.masked_fill(absent, float("-inf")), y, weight=w)
+        (ref,) = torch.autograd.grad(ref_loss, z)
+        tol = 1e-10 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+        assert torch.all(ours[:, absent] == 0) and torch.all(ours[0] == 0)
+
+
+def test_labels_trick_passes_non_finite_gradients_through() -> None:
+    from labelgrad.app.bench.incremental import LabelsTrick
+
+    z = torch.zeros(2, 3, requires_grad=True)
+    out = LabelsTrick()(z, torch.tensor([0, 1]))
+    (g,) = torch.autograd.grad(out, z, torch.tensor([[float("nan"), 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert g[0].isnan().any() and torch.isfinite(g[1]).all()

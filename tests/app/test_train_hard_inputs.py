@@ -1,16 +1,21 @@
 """``labelgrad train`` on hostile and careless input: exit code 2 and one line on stderr naming the
 cause, never a silent wrong run, never an allocation sized by an unchecked value (issue 15).
 
-Each case runs the real command in a subprocess (the exit code and stderr a user sees)."""
+Each case runs the command's ``main`` (the exit code and stderr a user sees) in this process, with
+the warnings a fresh interpreter would print on its stderr; the cases that need a memory cap, and
+one plain refusal, run the real command in a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,9 +26,10 @@ import torch
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-def _run(
+def _subprocess(
     args: list[str], cwd: Path, *, memory_cap: int | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
+    """The real command in a fresh interpreter (optionally under an address-space cap)."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     code = "import sys\n"
     if memory_cap is not None:
@@ -40,6 +46,40 @@ def _run(
         text=True,
         timeout=timeout,
     )
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The command's ``main`` in this process: its exit code, stdout and stderr, where stderr
+    also gets the warnings a fresh interpreter would print (Python's default filters), so that
+    the one-line checks stay as strict as in a subprocess. The working directory, torch's thread
+    count and its random state are restored afterwards."""
+    from labelgrad.app.cli import main
+
+    argv = [*args, "--quiet", "--threads", "1"]
+    out, err = io.StringIO(), io.StringIO()
+    threads, rng, here = torch.get_num_threads(), torch.random.get_rng_state(), Path.cwd()
+    try:
+        os.chdir(cwd)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            for category in (
+                DeprecationWarning,
+                PendingDeprecationWarning,
+                ImportWarning,
+                ResourceWarning,
+            ):
+                warnings.filterwarnings("ignore", category=category)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(argv)
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(rng)
+    shown = "".join(
+        warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught
+    )
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), shown + err.getvalue())
 
 
 def _assert_refused(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -123,7 +163,10 @@ def test_bad_aggregation_is_refused(tmp_path: Path, table: str, needles: list[st
 def test_negative_seed_is_refused(tmp_path: Path) -> None:
     _csv(tmp_path)
     cfg = _toml(tmp_path, BASE)
-    _assert_refused(_run(["train", str(cfg), "--seed", "-1"], tmp_path), "--seed must be >= 0")
+    # A real process: the exit status and stderr as a shell sees them.
+    _assert_refused(
+        _subprocess(["train", str(cfg), "--seed", "-1"], tmp_path), "--seed must be >= 0"
+    )
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -193,12 +236,12 @@ def test_one_bad_value_never_allocates_under_a_memory_cap(
     tmp_path: Path, make: Callable[[Path], Path], needles: list[str]
 ) -> None:
     cfg = make(tmp_path)
-    _assert_refused(_run(["train", str(cfg)], tmp_path, memory_cap=CAP), *needles)
+    _assert_refused(_subprocess(["train", str(cfg)], tmp_path, memory_cap=CAP), *needles)
 
 
 def test_the_memory_cap_leaves_room_for_a_real_run(tmp_path: Path) -> None:
     _csv(tmp_path)
-    proc = _run(["train", str(_toml(tmp_path, BASE))], tmp_path, memory_cap=CAP)
+    proc = _subprocess(["train", str(_toml(tmp_path, BASE))], tmp_path, memory_cap=CAP)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

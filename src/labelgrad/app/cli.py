@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["BENCH_LEVELS", "INSTALL", "UsageError", "build_parser", "main", "missing_requirements"]
@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"labelgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_demo(sub)
+    _add_bench(sub)
+    _add_train(sub)
+    return parser
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``demo`` subcommand."""
     demo = sub.add_parser(
         "demo",
         help="train small classifiers on bundled real data; print a table, write a report",
@@ -98,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Hidden: a seconds-long run for tests.
     demo.add_argument("--size", choices=("full", "tiny"), default="full", help=argparse.SUPPRESS)
 
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``bench`` subcommand."""
     bench = sub.add_parser(
         "bench",
         help="time each level against a plain step (ratios, one process, interleaved medians)",
@@ -119,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Hidden: a seconds-long outcomes run for tests.
     bench.add_argument("--outcomes-size", choices=("tiny",), default=None, help=argparse.SUPPRESS)
 
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``train`` subcommand."""
     train = sub.add_parser(
         "train",
         help="train an MLP on your data from a TOML config",
@@ -138,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train plain cross-entropy (BCE for multi-label data) with the same seed, "
         "model and optimizer, reported side by side",
     )
-    return parser
 
 
 def _device(name: str) -> str:
@@ -153,6 +166,18 @@ def _device(name: str) -> str:
     return name
 
 
+def _echo(args: argparse.Namespace) -> Callable[[str], None] | None:
+    """Where a command prints its tables: nowhere under --json (stdout is the JSON's)."""
+    return None if args.json else print
+
+
+def _finish(args: argparse.Namespace, payload: Any) -> int:
+    """Print ``payload`` as JSON under --json; the exit code of a command that succeeded."""
+    if args.json:
+        print(json.dumps(payload, indent=1))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from labelgrad.app.demo import run_demo
 
@@ -162,11 +187,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=args.out,
         quiet=args.quiet,
         size=args.size,
-        echo=None if args.json else print,
+        echo=_echo(args),
     )
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=1))
-    return 0
+    return _finish(args, result.as_dict())
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -222,12 +245,10 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
         out=args.out or "labelgrad-outcomes",
         device=_device(args.device),
         quiet=args.quiet,
-        echo=None if args.json else print,
+        echo=_echo(args),
         command=" ".join(["labelgrad", *args.argv]),
     )
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=1))
-    return 0
+    return _finish(args, result.as_dict())
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -241,11 +262,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         quiet=args.quiet,
         baseline=args.baseline,
-        echo=None if args.json else print,
+        echo=_echo(args),
     )
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    return 0
+    return _finish(args, summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

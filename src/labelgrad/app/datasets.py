@@ -555,7 +555,8 @@ def read_npz(
     """
     file = Path(path)
     try:
-        with np.load(file, allow_pickle=False) as archive:
+        # Our own handle: np.load leaks the one it opens when the zip is corrupt.
+        with open(file, "rb") as fh, np.load(fh, allow_pickle=False) as archive:
             if x_key not in archive or y_key not in archive:
                 raise DataError(
                     f"{file}: needs arrays {x_key!r} and {y_key!r}, has {sorted(archive.files)}"

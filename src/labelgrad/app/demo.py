@@ -45,8 +45,14 @@ from labelgrad.app.recipes import (
     long_tail_recipe,
     multilabel_step,
 )
-from labelgrad.app.training import MLP, epoch_batches, progress_bar, small_model_threads
-from labelgrad.report import atomic_write_text, check_writable_dir, label_gramian, save_monitor
+from labelgrad.app.training import (
+    MLP,
+    epoch_batches,
+    prepare_run,
+    progress_bar,
+    small_model_threads,
+)
+from labelgrad.report import atomic_write_text, label_gramian, save_monitor
 
 __all__ = ["DemoResult", "Row", "Sizes", "format_rows", "run_demo"]
 
@@ -369,11 +375,7 @@ def run_demo(
         PermissionError: ``out`` cannot be written (checked before any training).
     """
     t_start = time.perf_counter()
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    sizes = SIZES[size]
-    dev = torch.device(device)
-    folder = check_writable_dir(out)
+    sizes, dev, folder = prepare_run(SIZES, size, device, out)
     with small_model_threads(dev):
         return _run(seed, dev, folder, quiet, sizes, echo, t_start)
 
@@ -572,7 +574,21 @@ def _conflict_stats(conflicts: Tensor) -> str:
 def _write_demo_report(
     path: Path, result: DemoResult, conflicts: Tensor | None, num_seeds: int, device: str
 ) -> None:
-    intro = Section(
+    sections = [_intro_section(result, num_seeds, device)]
+    for exp, header, table in experiment_tables(result.rows):
+        sections.append(Section(exp, header=header, rows=[list(r) for r in table]))
+    sections += _figure_sections(result, conflicts, num_seeds)
+    write_report(
+        path,
+        "labelgrad demo",
+        sections,
+        footer=f"labelgrad {lg.__version__}, torch {torch.__version__}",
+    )
+
+
+def _intro_section(result: DemoResult, num_seeds: int, device: str) -> Section:
+    """What the numbers mean, and the takeaways."""
+    return Section(
         "What the results show",
         [
             f"Mean ± std over {num_seeds} seeds, in %. Balanced accuracy is the mean per-class "
@@ -585,9 +601,11 @@ def _write_demo_report(
         ],
         bullets=takeaways(result.rows),
     )
-    sections = [intro]
-    for exp, header, table in experiment_tables(result.rows):
-        sections.append(Section(exp, header=header, rows=[list(r) for r in table]))
+
+
+def _figure_sections(result: DemoResult, conflicts: Tensor | None, num_seeds: int) -> list[Section]:
+    """The per-class accuracy, gradient norm and label conflict figures."""
+    sections = []
     sections.append(
         Section(
             "Per-class accuracy, digits-LT IF=100",
@@ -624,9 +642,4 @@ def _write_demo_report(
                 ],
             )
         )
-    write_report(
-        path,
-        "labelgrad demo",
-        sections,
-        footer=f"labelgrad {lg.__version__}, torch {torch.__version__}",
-    )
+    return sections

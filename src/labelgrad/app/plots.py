@@ -144,9 +144,11 @@ def plot_per_class_accuracy(
     rotate = len(class_names) > 12 or max(len(str(n)) for n in class_names) > 8
     ax.set_xticks(range(len(class_names)), labels, rotation=90 if rotate else 0)
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("class" if counts is None else f"class (n = {count_label})")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(
+        xlabel="class" if counts is None else f"class (n = {count_label})",
+        ylabel=ylabel,
+        title=title,
+    )
     ax.grid(axis="x", visible=False)
     _legend_outside(ax, title=legend_title)
     return save_figure(fig, path)
@@ -191,9 +193,7 @@ def plot_grad_norm_history(
     ax.set_yscale("log")
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("‖dL/dlogit‖ of the class")
-    ax.set_title(title)
+    ax.set(xlabel="training step", ylabel="‖dL/dlogit‖ of the class", title=title)
     _legend_outside(ax, title="class", ncol=1 if len(class_names) <= 15 else 2)
     return save_figure(fig, path)
 
@@ -270,12 +270,8 @@ def plot_training_curves(
         vals = list(c.get("val_metric", []))
         if vals and not all(math.isnan(v) for v in vals):
             right.plot(range(1, len(vals) + 1), vals, marker="o", color=color, label=name)
-    left.set_xlabel("epoch")
-    left.set_ylabel("training loss (epoch mean)")
-    left.set_title("training loss")
-    right.set_xlabel("epoch")
-    right.set_ylabel(metric_name)
-    right.set_title(f"validation {metric_name}")
+    left.set(xlabel="epoch", ylabel="training loss (epoch mean)", title="training loss")
+    right.set(xlabel="epoch", ylabel=metric_name, title=f"validation {metric_name}")
     if title:
         fig.suptitle(title)
     _legend_outside(right, title="run")

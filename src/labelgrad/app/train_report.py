@@ -143,39 +143,42 @@ def _sections(
             rows,
             bullets=_takeaways(summary),
         ),
-        Section(
+        _figure(
             "Training",
-            images=["training_curves.png"],
-            captions=[
-                "Left: the mean training loss of each epoch. Right: the validation metric after "
-                "each epoch (a split of the training data; early stopping and the 'still "
-                "rising' warning read it)."
-            ],
+            "training_curves.png",
+            "Left: the mean training loss of each epoch. Right: the validation metric after "
+            "each epoch (a split of the training data; early stopping and the 'still "
+            "rising' warning read it).",
         ),
     ]
     if "confusion.png" in files:
         sections.append(
-            Section(
+            _figure(
                 "Confusion matrix",
-                images=["confusion.png"],
-                captions=["Test counts; colour: the share of each true class."],
+                "confusion.png",
+                "Test counts; colour: the share of each true class.",
             )
         )
     score = "accuracy" if data.task == "multiclass" else "F1"
     sections.append(
-        Section(
+        _figure(
             f"Per-class test {score}",
-            images=["per_class.png"],
-            captions=[f"Under each class: its test count. Classes from the data: {data.name}."],
+            "per_class.png",
+            f"Under each class: its test count. Classes from the data: {data.name}.",
         )
     )
     if "grad_norm.png" in files:
         sections.append(
-            Section(
+            _figure(
                 "Per-class gradient norm",
-                images=["grad_norm.png"],
-                captions=["‖dL/dlogit‖ of each class per step (lg.monitor), 9-step average."],
+                "grad_norm.png",
+                "‖dL/dlogit‖ of each class per step (lg.monitor), 9-step average.",
             )
         )
     sections.append(Section("Config", code=config_file.read_text(encoding="utf-8")))
     return sections
+
+
+def _figure(title: str, image: str, caption: str) -> Section:
+    """A report section of one image and its caption."""
+    return Section(title, images=[image], captions=[caption])

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from labelgrad.report import check_writable_dir
+
 __all__ = [
     "MLP",
     "epoch_batches",
+    "prepare_run",
     "progress_bar",
     "small_model_threads",
 ]
+
+_Size = TypeVar("_Size")
 
 
 class MLP(nn.Module):
@@ -92,6 +99,26 @@ def progress_bar(total: int, *, quiet: bool, desc: str, **options: Any) -> Any:
     except ImportError:
         return _NoBar()
     return tqdm(total=total, disable=quiet, desc=desc, **options)
+
+
+def prepare_run(
+    sizes: Mapping[str, _Size], size: str, device: str | torch.device, out: str | os.PathLike[str]
+) -> tuple[_Size, torch.device, Path]:
+    """The settings of ``size``, the device and the output folder of a run, checked before any
+    training: ``size`` is a key of ``sizes`` and ``out`` is a writable folder (created).
+
+    Raises:
+        ValueError: an unknown size.
+        PermissionError: ``out`` cannot be written.
+
+    Example:
+        >>> import tempfile
+        >>> prepare_run({"tiny": 1}, "tiny", "cpu", tempfile.mkdtemp())[:2]
+        (1, device(type='cpu'))
+    """
+    if size not in sizes:
+        raise ValueError(f"size must be one of {sorted(sizes)}, got {size!r}")
+    return sizes[size], torch.device(device), check_writable_dir(out)
 
 
 @contextlib.contextmanager

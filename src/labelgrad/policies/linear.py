@@ -51,7 +51,8 @@ class Multiplier:
     Example:
         >>> import torch, labelgrad as lg
         >>> from labelgrad.policies import Multiplier
-        >>> t = lg.Targets.coerce(torch.tensor([[1, 0, -1]]), num_classes=3).class_last()
+        >>> y = torch.tensor([[1, 0, -1]])
+        >>> t = lg.Targets.coerce(y, num_classes=3, encoding="multi_hot").class_last()
         >>> m = Multiplier(pos=torch.tensor(2.0), neg=torch.tensor(0.5))
         >>> m.apply(torch.ones(1, 1, 3), t).tolist()
         [[[2.0, 0.5, 1.0]]]

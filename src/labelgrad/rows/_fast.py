@@ -85,38 +85,17 @@ def coefficients(
     )
 
 
-def adam_step(
-    optimizer: torch.optim.Optimizer,
+def _adam_grad(
+    grad: Tensor,
+    param: Tensor,
     group: dict[str, Any],
     lp: LabelParam,
     coef: RowCoefficients,
-    *,
-    weight_decay: Tensor | None,
-) -> None:
-    """One Adam/AdamW step of ``lp.param`` with per-row lr scale, weight decay and freezing."""
-    param = lp.param.detach()
-    grad = lp.param.grad
-    assert grad is not None
-    state = optimizer.state[lp.param]
-    if "step" not in state:
-        _init_state(group, param, state)
-    step_t: Tensor = state["step"]
-    exp_avg: Tensor = state["exp_avg"]
-    exp_avg_sq: Tensor = state["exp_avg_sq"]
-    step_t += 1
-
-    beta1, beta2 = group["betas"]
-    lr, eps = group["lr"], group["eps"]
-    decoupled = isinstance(optimizer, torch.optim.AdamW) or group.get(
-        "decoupled_weight_decay", False
-    )
-    dtype = param.dtype
+    wd: Tensor | float,
+    decoupled: bool,
+) -> Tensor:
+    """The gradient Adam's moments see: maximize, L2 decay, and zero in resting rows."""
     rows = lp.per_class
-    row_lr = coef.row_lr
-    wd: Tensor | float = (
-        weight_decay.to(dtype) if weight_decay is not None else float(group["weight_decay"])
-    )
-
     g = -grad if group["maximize"] else grad
     if not decoupled and (isinstance(wd, Tensor) or wd != 0):
         g = g.addcmul(param, rows(wd)) if isinstance(wd, Tensor) else g.add(param, alpha=wd)
@@ -124,43 +103,78 @@ def adam_step(
         # Rows that do not move see a zero gradient, so their moments keep their bits
         # (even where the gradient is not finite).
         g = torch.where(rows(coef.moving), g, 0.0)
+    return g
 
+
+def _update_moments(
+    state: dict[str, Any],
+    g: Tensor,
+    group: dict[str, Any],
+    lp: LabelParam,
+    coef: RowCoefficients,
+) -> Tensor:
+    """Update ``exp_avg`` and ``exp_avg_sq`` in place; return the second moment the step uses."""
+    rows = lp.per_class
+    beta1, beta2 = group["betas"]
+    exp_avg: Tensor = state["exp_avg"]
+    exp_avg_sq: Tensor = state["exp_avg_sq"]
     if coef.keep1 is None or coef.beta2 is None:
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     else:
         exp_avg.lerp_(g, rows(coef.keep1))
         exp_avg_sq.mul_(rows(coef.beta2)).addcmul_(g, g, value=1 - beta2)
-    second = exp_avg_sq
     if group["amsgrad"]:
         torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-        second = state["max_exp_avg_sq"]
+        return state["max_exp_avg_sq"]  # type: ignore[no-any-return]
+    return exp_avg_sq
 
-    bias_correction1: Tensor | float
-    bias_correction2_sqrt: Tensor | float
+
+def _bias_corrections(
+    group: dict[str, Any], step_t: Tensor
+) -> tuple[Tensor | float, Tensor | float]:
+    """Adam's ``1 - beta1**step`` and ``sqrt(1 - beta2**step)``, computed as torch does."""
+    beta1, beta2 = group["betas"]
     if group.get("fused") or step_t.device.type != "cpu":
         # Tensor math in float64 (the values torch computes in Python floats), never .item():
         # no host read when the step counter lives with the parameters (fused).
         step = step_t.to(torch.float64)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    else:
-        # A CPU step counter is read as torch's own Adam reads it: a Python float, no sync.
-        step_f = float(step_t)
-        bias_correction1 = 1 - beta1**step_f
-        bias_correction2_sqrt = (1 - beta2**step_f) ** 0.5
+        return 1 - beta1**step, (1 - beta2**step) ** 0.5
+    # A CPU step counter is read as torch's own Adam reads it: a Python float, no sync.
+    step_f = float(step_t)
+    return 1 - beta1**step_f, (1 - beta2**step_f) ** 0.5
 
-    if decoupled:
-        if row_lr is None:
-            if isinstance(wd, Tensor):
-                param.mul_(rows(1 - lr * wd))
-            elif wd != 0:
-                param.mul_(1 - lr * wd)
-        elif isinstance(wd, Tensor):
-            param.mul_(rows(1 - lr * row_lr * wd))
+
+def _decoupled_decay(
+    param: Tensor, lp: LabelParam, row_lr: Tensor | None, wd: Tensor | float, lr: float
+) -> None:
+    """AdamW's decay ``param *= 1 - lr * row_lr * wd``, per row where either is per row."""
+    rows = lp.per_class
+    if row_lr is None:
+        if isinstance(wd, Tensor):
+            param.mul_(rows(1 - lr * wd))
         elif wd != 0:
-            param.mul_(rows(row_lr * (-lr * wd) + 1))
+            param.mul_(1 - lr * wd)
+    elif isinstance(wd, Tensor):
+        param.mul_(rows(1 - lr * row_lr * wd))
+    elif wd != 0:
+        param.mul_(rows(row_lr * (-lr * wd) + 1))
 
+
+def _apply_update(
+    param: Tensor,
+    exp_avg: Tensor,
+    second: Tensor,
+    group: dict[str, Any],
+    lp: LabelParam,
+    coef: RowCoefficients,
+    corrections: tuple[Tensor | float, Tensor | float],
+) -> None:
+    """``param -= lr * row_lr * m_hat / (sqrt(v_hat) + eps)``, exactly 0 in resting rows."""
+    rows = lp.per_class
+    row_lr = coef.row_lr
+    lr, eps = group["lr"], group["eps"]
+    bias_correction1, bias_correction2_sqrt = corrections
     if row_lr is None:
         denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
@@ -178,6 +192,37 @@ def adam_step(
             rows(coef.moving if coef.moving is not None else row_lr != 0), exp_avg / denom, 0.0
         )  # 0/0 in a resting row
         param.addcmul_(update, rows(row_lr * (-lr / bias_correction1)))
+
+
+def adam_step(
+    optimizer: torch.optim.Optimizer,
+    group: dict[str, Any],
+    lp: LabelParam,
+    coef: RowCoefficients,
+    *,
+    weight_decay: Tensor | None,
+) -> None:
+    """One Adam/AdamW step of ``lp.param`` with per-row lr scale, weight decay and freezing."""
+    param = lp.param.detach()
+    grad = lp.param.grad
+    assert grad is not None
+    state = optimizer.state[lp.param]
+    if "step" not in state:
+        _init_state(group, param, state)
+    step_t: Tensor = state["step"]
+    step_t += 1
+    decoupled = isinstance(optimizer, torch.optim.AdamW) or group.get(
+        "decoupled_weight_decay", False
+    )
+    wd: Tensor | float = (
+        weight_decay.to(param.dtype) if weight_decay is not None else float(group["weight_decay"])
+    )
+    g = _adam_grad(grad, param, group, lp, coef, wd, decoupled)
+    second = _update_moments(state, g, group, lp, coef)
+    corrections = _bias_corrections(group, step_t)
+    if decoupled:
+        _decoupled_decay(param, lp, coef.row_lr, wd, group["lr"])
+    _apply_update(param, state["exp_avg"], second, group, lp, coef, corrections)
 
 
 @dataclass

@@ -112,6 +112,34 @@ def _cpu_indices_present(idx: Tensor, num_classes: int) -> Tensor | None:
     return hit.index_fill_(0, idx if idx.dtype == torch.long else idx.long(), True)
 
 
+def _check_optimizer(optimizer: object) -> None:
+    """Raise unless ``optimizer`` is a torch optimizer that :class:`RowRules` can wrap."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if isinstance(optimizer, RowRules):
+        raise TypeError("optimizer is already a RowRules; put all rows in one RowRules")
+    reason = refusal(optimizer)
+    if reason is not None:
+        raise TypeError(f"optimizer: RowRules cannot wrap {type(optimizer).__name__}: {reason}")
+
+
+def _owned_device(optimizer: torch.optim.Optimizer, params: list[LabelParam]) -> torch.device:
+    """The one device of ``params``; raise if one is not in ``optimizer`` or devices differ."""
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for lp in params:
+        if id(lp.param) not in owned:
+            raise ValueError(
+                f"rows: a parameter of shape {tuple(lp.param.shape)} is not in the "
+                "optimizer's param_groups"
+            )
+    devices = {lp.param.device for lp in params}
+    if len(devices) != 1:
+        raise ValueError(f"rows: label-owned parameters must share one device, got {devices}")
+    return devices.pop()
+
+
 class RowRules(torch.optim.Optimizer):
     """Wrap any torch optimizer so that per-class rules apply to the rows of label-owned params.
 
@@ -193,52 +221,16 @@ class RowRules(torch.optim.Optimizer):
         fast: bool = True,
     ) -> None:
         # Deliberately no Optimizer.__init__: param_groups and state are the wrapped optimizer's.
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
-        if isinstance(optimizer, RowRules):
-            raise TypeError("optimizer is already a RowRules; put all rows in one RowRules")
-        reason = refusal(optimizer)
-        if reason is not None:
-            raise TypeError(f"optimizer: RowRules cannot wrap {type(optimizer).__name__}: {reason}")
+        _check_optimizer(optimizer)
         if not isinstance(skip_absent, bool):
             raise TypeError(f"skip_absent must be a bool, got {type(skip_absent).__name__}")
         self.optimizer = optimizer
         self._params, self.num_classes = parse_rows(rows, num_classes)
-        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        for lp in self._params:
-            if id(lp.param) not in owned:
-                raise ValueError(
-                    f"rows: a parameter of shape {tuple(lp.param.shape)} is not in the "
-                    "optimizer's param_groups"
-                )
-        devices = {lp.param.device for lp in self._params}
-        if len(devices) != 1:
-            raise ValueError(f"rows: label-owned parameters must share one device, got {devices}")
-        self._device = devices.pop()
+        self._device = _owned_device(optimizer, self._params)
         self.skip_absent = skip_absent
         self.fast = bool(fast)
-        c = self.num_classes
-        self._frozen = class_mask(frozen, "frozen", c).to(self._device)
-        self._frozen_index = self._frozen.nonzero().flatten()
-        self._lr_scale = _on(class_values(lr_scale, "lr_scale", c), self._device)
-        self._weight_decay = _on(class_values(weight_decay, "weight_decay", c), self._device)
-        if self._lr_scale is not None and not isinstance(optimizer, LR_LINEAR):
-            warnings.warn(
-                f"lr_scale scales the update of {type(optimizer).__name__}; that equals a "
-                "smaller learning rate only for optimizers whose update is linear in lr",
-                stacklevel=2,
-            )
-        if self._weight_decay is not None:
-            for lp in self._params:
-                if decay_kind(optimizer, self._group_of(lp.param)) is None:
-                    raise TypeError(
-                        f"weight_decay: per-class weight decay is not supported for "
-                        f"{type(optimizer).__name__} (known: optimizers with L2 or decoupled "
-                        "weight decay such as SGD, Adam, AdamW, RMSprop, Adagrad)"
-                    )
-        self._present = torch.zeros(c, dtype=torch.bool, device=self._device)
+        self._set_rules(frozen, lr_scale, weight_decay)
+        self._present = torch.zeros(self.num_classes, dtype=torch.bool, device=self._device)
         self._present_reducer = CheckedReducer("the present classes of RowRules")
         self._observed = False
         self._in_closure = False
@@ -252,6 +244,28 @@ class RowRules(torch.optim.Optimizer):
         self._fresh_cache: dict[int, Tensor | None] = {}
         self._warned_state: set[str] = set()
         self._lr_scale_cache: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+
+    def _set_rules(self, frozen: object, lr_scale: object, weight_decay: object) -> None:
+        """Parse and check the per-class rules onto the parameters' device."""
+        c, optimizer = self.num_classes, self.optimizer
+        self._frozen = class_mask(frozen, "frozen", c).to(self._device)
+        self._frozen_index = self._frozen.nonzero().flatten()
+        self._lr_scale = _on(class_values(lr_scale, "lr_scale", c), self._device)
+        self._weight_decay = _on(class_values(weight_decay, "weight_decay", c), self._device)
+        if self._lr_scale is not None and not isinstance(optimizer, LR_LINEAR):
+            warnings.warn(
+                f"lr_scale scales the update of {type(optimizer).__name__}; that equals a "
+                "smaller learning rate only for optimizers whose update is linear in lr",
+                stacklevel=3,
+            )
+        if self._weight_decay is not None:
+            for lp in self._params:
+                if decay_kind(optimizer, self._group_of(lp.param)) is None:
+                    raise TypeError(
+                        f"weight_decay: per-class weight decay is not supported for "
+                        f"{type(optimizer).__name__} (known: optimizers with L2 or decoupled "
+                        "weight decay such as SGD, Adam, AdamW, RMSprop, Adagrad)"
+                    )
 
     # -- the optimizer interface: everything but step belongs to the wrapped optimizer ----------
 

@@ -56,6 +56,56 @@ def _step(params: Sequence[Tensor], lr: float = 1e-3) -> None:
                 p.grad = None
 
 
+def _libmtl_loop(
+    trunk: nn.Module, head: nn.Module, x: Tensor, y: Tensor, weighting: Any
+) -> Callable[[], None]:
+    """LibMTL's way: one backward per task, flattened and stacked, then the weighting."""
+    params = [*trunk.parameters(), *head.parameters()]
+    shared = list(trunk.parameters())
+
+    def loop() -> None:
+        losses = lg.per_label_losses(head(trunk(x)), y)
+        rows = []
+        for i in range(losses.shape[0]):
+            grads = torch.autograd.grad(losses[i], shared, retain_graph=True)
+            rows.append(torch.cat([gr.reshape(-1) for gr in grads]))
+        jac = torch.stack(rows)
+        w = weighting.weights(jac @ jac.T)
+        update = w @ jac
+        torch.autograd.backward(losses.sum(), inputs=list(head.parameters()))
+        for p, u in zip(shared, update.split([p.numel() for p in shared])):
+            p.grad = u.view_as(p)
+        _step(params)
+
+    return loop
+
+
+def _torchjd_cases(
+    trunk: nn.Module, head: nn.Module, x: Tensor, y: Tensor
+) -> dict[str, Callable[[], object]]:
+    """TorchJD's mtl_backward with UPGrad and Mean, or nothing where TorchJD is not installed."""
+    try:
+        from torchjd.aggregation import Mean as JDMean
+        from torchjd.aggregation import UPGrad as JDUPGrad
+        from torchjd.autojac import jac_to_grad, mtl_backward
+    except ImportError:  # pragma: no cover - optional dependency
+        return {}
+    params = [*trunk.parameters(), *head.parameters()]
+    shared = list(trunk.parameters())
+
+    def torchjd_case(agg: Any) -> Callable[[], None]:
+        def run_jd() -> None:
+            feats = trunk(x)
+            losses = lg.per_label_losses(head(feats), y)
+            mtl_backward(list(losses.unbind()), features=feats, retain_graph=True)
+            jac_to_grad(shared, agg)
+            _step(params)
+
+        return run_jd
+
+    return {"torchjd-upgrad": torchjd_case(JDUPGrad()), "torchjd-mean": torchjd_case(JDMean())}
+
+
 def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], object]], str]:
     trunk, head = _mlp(k)
     params = [*trunk.parameters(), *head.parameters()]
@@ -89,47 +139,15 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
 
         return representation
 
-    def loop() -> None:
-        losses = lg.per_label_losses(head(trunk(x)), y)
-        rows = []
-        for i in range(k):  # LibMTL: one backward per task, flattened and stacked
-            grads = torch.autograd.grad(losses[i], shared, retain_graph=True)
-            rows.append(torch.cat([gr.reshape(-1) for gr in grads]))
-        jac = torch.stack(rows)
-        w = weighting.weights(jac @ jac.T)
-        update = w @ jac
-        torch.autograd.backward(losses.sum(), inputs=list(head.parameters()))
-        for p, u in zip(shared, update.split([p.numel() for p in shared])):
-            p.grad = u.view_as(p)
-        _step(params)
-
     cases: dict[str, Callable[[], object]] = {"plain": plain}
     if k <= 16:
+        loop = _libmtl_loop(trunk, head, x, y, weighting)
         cases.update({"exact": exact, "loop": loop, "amortized-8": amortized_exact})
     cases["representation"] = representation_with(weighting)
     # The same engine with w = 1/K: the engine's own cost, without the weighting solve.
     cases["representation (Mean)"] = representation_with(_MeanWeighting())
     if k <= 16:
-        try:
-            from torchjd.aggregation import Mean as JDMean
-            from torchjd.aggregation import UPGrad as JDUPGrad
-            from torchjd.autojac import jac_to_grad, mtl_backward
-        except ImportError:  # pragma: no cover - optional dependency
-            pass
-        else:
-
-            def torchjd_case(agg: Any) -> Callable[[], None]:
-                def run_jd() -> None:
-                    feats = trunk(x)
-                    losses = lg.per_label_losses(head(feats), y)
-                    mtl_backward(list(losses.unbind()), features=feats, retain_graph=True)
-                    jac_to_grad(shared, agg)
-                    _step(params)
-
-                return run_jd
-
-            cases["torchjd-upgrad"] = torchjd_case(JDUPGrad())
-            cases["torchjd-mean"] = torchjd_case(JDMean())
+        cases.update(_torchjd_cases(trunk, head, x, y))
     return cases, wname
 
 

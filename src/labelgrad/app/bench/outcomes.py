@@ -21,8 +21,9 @@ The recipes and their constants are :mod:`labelgrad.app.recipes`, the metrics
     trunk (``aggregate_backward`` with the representation and the exact engine). Metrics:
     macro-F1, worst-label AP, median step time.
 (d) Class-incremental: digits in 5 tasks of 2 classes with a small replay memory: fine-tuning vs
-    ``RowRules`` (old rows frozen) vs A-GEM (``project_replay``) vs both
-    (:mod:`labelgrad.app.bench.incremental`). Metrics: average accuracy and forgetting.
+    ``RowRules`` (old rows frozen) vs A-GEM (``project_replay``) vs both, and the labels trick
+    (ER-ACE) alone and with A-GEM (:mod:`labelgrad.app.bench.incremental`). Metrics: average
+    accuracy, forgetting and learning accuracy.
 
 Outputs (in ``out``): ``outcomes.csv``, ``outcomes.json``, PNG plots and ``results.md`` (the
 tables, the plots, the goals and whether they were met, the machine and the command).
@@ -62,7 +63,7 @@ from labelgrad.app.metrics import (
     per_class_recall,
     shot_group_accuracy,
 )
-from labelgrad.app.plots import plot_per_class_accuracy, pyplot, save_figure
+from labelgrad.app.plots import _legend_outside, plot_per_class_accuracy, pyplot, save_figure
 from labelgrad.app.recipes import (
     BETA,
     DRW_FRACTION,
@@ -72,8 +73,14 @@ from labelgrad.app.recipes import (
     long_tail_recipe,
     multilabel_step,
 )
-from labelgrad.app.training import MLP, epoch_batches, progress_bar, small_model_threads
-from labelgrad.report import atomic_write_text, check_writable_dir
+from labelgrad.app.training import (
+    MLP,
+    epoch_batches,
+    prepare_run,
+    progress_bar,
+    small_model_threads,
+)
+from labelgrad.report import atomic_write_text
 
 __all__ = [
     "AGG_METHODS",
@@ -111,6 +118,7 @@ PARTIAL_METHODS = (
     "mask_unknown+asymmetric_focus",
 )
 CI_EXPERIMENT = "digits, class-incremental (5 tasks of 2 classes)"
+CI_METRICS = ("average_acc", "forgetting", "learning_acc")
 AGG_METHODS = (
     "sum",
     "PCGrad/representation",
@@ -392,11 +400,7 @@ def run_outcomes(
         ValueError: an unknown size.
         PermissionError: ``out`` cannot be written.
     """
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    sizes = SIZES[size]
-    dev = torch.device(device)
-    folder = check_writable_dir(out)
+    sizes, dev, folder = prepare_run(SIZES, size, device, out)
     with small_model_threads(dev):
         result = _run(sizes, size, dev, folder, quiet, echo)
         write_outputs(result, command)
@@ -431,57 +435,82 @@ def _run(
     result = OutcomesResult(records, folder, "", size)
     try:
         for imb in sizes.imbalances:
-            recs = {m: Record("", m) for m in LT_METHODS}
-            per_class: dict[str, list[Tensor]] = {m: [] for m in LT_METHODS}
-            for s in seeds:
-                ds, side, source = _load_lt(imb, s, sizes)
-                result.lt_source = source
-                result.class_names = list(ds.class_names)
-                if s == 0:
-                    result.lt_counts[f"IF={imb:g}"] = ds.train_counts().tolist()
-                for m in LT_METHODS:
-                    bar.set_postfix_str(f"{source} IF={imb:g} {m} seed={s}")
-                    metrics, recall = _lt_run(ds, side, m, s, sizes, dev)
-                    recs[m].add(metrics)
-                    per_class[m].append(recall)
-                    bar.update()
-            for m in LT_METHODS:
-                recs[m].experiment = f"{result.lt_source} IF={imb:g}"
-                records.append(recs[m])
-                stacked = torch.stack(per_class[m])
-                result.per_class[f"IF={imb:g}/{m}"] = stacked.nanmean(0).tolist()
-                sd = stacked.std(0) if len(seeds) > 1 else torch.zeros_like(stacked[0])
-                result.per_class_std[f"IF={imb:g}/{m}"] = sd.nan_to_num(0.0).tolist()
+            _run_long_tail(result, imb, seeds, sizes, dev, bar)
         for frac in sizes.hidden:
-            recs = {m: Record(f"Yeast, {frac:.0%} hidden", m) for m in PARTIAL_METHODS}
-            for s in seeds:
-                ds = yeast(seed=s).head(sizes.yeast_limit)
-                hidden = hide_labels(ds.y_train, frac, seed=s)
-                for m in PARTIAL_METHODS:
-                    bar.set_postfix_str(f"Yeast {frac:.0%} hidden {m} seed={s}")
-                    recs[m].add(_yeast_run(ds, hidden, m, s, sizes, dev))
-                    bar.update()
-            records.extend(recs.values())
-        recs = {m: Record("Yeast, label aggregation", m) for m in sizes.agg_methods}
-        for s in seeds:
-            ds = yeast(seed=s).head(sizes.yeast_limit)
-            for m in sizes.agg_methods:
-                bar.set_postfix_str(f"Yeast aggregation {m} seed={s}")
-                recs[m].add(_yeast_run(ds, ds.y_train, m, s, sizes, dev))
-                bar.update()
-        records.extend(recs.values())
-        recs = {m: Record(CI_EXPERIMENT, m) for m in INCREMENTAL_METHODS}
-        for s in seeds:
-            for m in INCREMENTAL_METHODS:
-                bar.set_postfix_str(f"class-incremental {m} seed={s}")
-                kw = {"epochs": sizes.ci_epochs, "memory_per_class": sizes.ci_memory}
-                recs[m].add(incremental_run(m, s, device=dev, **kw))
-                bar.update()
-        records.extend(recs.values())
+            records.extend(_run_partial(frac, seeds, sizes, dev, bar))
+        records.extend(_run_aggregation(seeds, sizes, dev, bar))
+        records.extend(_run_incremental(seeds, sizes, dev, bar))
     finally:
         bar.close()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _run_long_tail(
+    result: OutcomesResult, imb: float, seeds: list[int], sizes: Sizes, dev: torch.device, bar: Any
+) -> None:
+    """The long-tail methods at one imbalance factor: records and per-class recall into
+    ``result``."""
+    recs = {m: Record("", m) for m in LT_METHODS}
+    per_class: dict[str, list[Tensor]] = {m: [] for m in LT_METHODS}
+    for s in seeds:
+        ds, side, source = _load_lt(imb, s, sizes)
+        result.lt_source = source
+        result.class_names = list(ds.class_names)
+        if s == 0:
+            result.lt_counts[f"IF={imb:g}"] = ds.train_counts().tolist()
+        for m in LT_METHODS:
+            bar.set_postfix_str(f"{source} IF={imb:g} {m} seed={s}")
+            metrics, recall = _lt_run(ds, side, m, s, sizes, dev)
+            recs[m].add(metrics)
+            per_class[m].append(recall)
+            bar.update()
+    for m in LT_METHODS:
+        recs[m].experiment = f"{result.lt_source} IF={imb:g}"
+        result.records.append(recs[m])
+        stacked = torch.stack(per_class[m])
+        result.per_class[f"IF={imb:g}/{m}"] = stacked.nanmean(0).tolist()
+        sd = stacked.std(0) if len(seeds) > 1 else torch.zeros_like(stacked[0])
+        result.per_class_std[f"IF={imb:g}/{m}"] = sd.nan_to_num(0.0).tolist()
+
+
+def _run_partial(
+    frac: float, seeds: list[int], sizes: Sizes, dev: torch.device, bar: Any
+) -> list[Record]:
+    """The partial-label methods on Yeast with ``frac`` of the labels hidden."""
+    recs = {m: Record(f"Yeast, {frac:.0%} hidden", m) for m in PARTIAL_METHODS}
+    for s in seeds:
+        ds = yeast(seed=s).head(sizes.yeast_limit)
+        hidden = hide_labels(ds.y_train, frac, seed=s)
+        for m in PARTIAL_METHODS:
+            bar.set_postfix_str(f"Yeast {frac:.0%} hidden {m} seed={s}")
+            recs[m].add(_yeast_run(ds, hidden, m, s, sizes, dev))
+            bar.update()
+    return list(recs.values())
+
+
+def _run_aggregation(seeds: list[int], sizes: Sizes, dev: torch.device, bar: Any) -> list[Record]:
+    """The label-aggregation methods on Yeast with every label."""
+    recs = {m: Record("Yeast, label aggregation", m) for m in sizes.agg_methods}
+    for s in seeds:
+        ds = yeast(seed=s).head(sizes.yeast_limit)
+        for m in sizes.agg_methods:
+            bar.set_postfix_str(f"Yeast aggregation {m} seed={s}")
+            recs[m].add(_yeast_run(ds, ds.y_train, m, s, sizes, dev))
+            bar.update()
+    return list(recs.values())
+
+
+def _run_incremental(seeds: list[int], sizes: Sizes, dev: torch.device, bar: Any) -> list[Record]:
+    """The class-incremental methods on digits."""
+    recs = {m: Record(CI_EXPERIMENT, m) for m in INCREMENTAL_METHODS}
+    for s in seeds:
+        for m in INCREMENTAL_METHODS:
+            bar.set_postfix_str(f"class-incremental {m} seed={s}")
+            kw = {"epochs": sizes.ci_epochs, "memory_per_class": sizes.ci_memory}
+            recs[m].add(incremental_run(m, s, device=dev, **kw))
+            bar.update()
+    return list(recs.values())
 
 
 # --- reporting --------------------------------------------------------------------------------
@@ -548,12 +577,12 @@ def markdown_tables(result: OutcomesResult) -> str:
     if rows:
         parts.append("**Yeast, conflicting labels** (%)\n\n" + _md_table(agg_header, rows))
     rows = [
-        [m] + [_cell(result.find(CI_EXPERIMENT, m), k) for k in ("average_acc", "forgetting")]
+        [m] + [_cell(result.find(CI_EXPERIMENT, m), k) for k in CI_METRICS]
         for m in INCREMENTAL_METHODS
         if result.find(CI_EXPERIMENT, m) is not None
     ]
     if rows:
-        header = ["method", "average accuracy", "forgetting"]
+        header = ["method", "average accuracy", "forgetting", "learning accuracy"]
         parts.append(f"**{CI_EXPERIMENT}** (%, after the last task)\n\n" + _md_table(header, rows))
     return "\n\n".join(parts)
 
@@ -647,10 +676,6 @@ def _method_colors(methods: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
 
 
-def _legend_outside(ax: Any, title: str) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title=title)
-
-
 def _plot_lt_bars(result: OutcomesResult, path: Path) -> Path:
     """Balanced accuracy per method (mean ± std over seeds), one panel per imbalance factor."""
     plt = pyplot()
@@ -684,7 +709,7 @@ def _plot_lt_bars(result: OutcomesResult, path: Path) -> Path:
     if means:
         axes[0][0].set_ylim(max(0.0, min(means) - 8), min(100.0, max(means) + 4))
     axes[0][0].set_ylabel("balanced accuracy % (mean ± std)")
-    _legend_outside(axes[0][-1], "method")
+    _legend_outside(axes[0][-1], title="method")
     return save_figure(fig, path)
 
 
@@ -708,10 +733,12 @@ def _plot_partial(result: OutcomesResult, path: Path) -> Path:
             label=m,
         )
     ax.set_xticks(fracs, [f"{f:g}" for f in fracs])
-    ax.set_xlabel("training labels hidden % (points offset slightly per method)")
-    ax.set_ylabel("test mAP % (mean ± std)")
-    ax.set_title("Yeast, partial labels")
-    _legend_outside(ax, "method")
+    ax.set(
+        xlabel="training labels hidden % (points offset slightly per method)",
+        ylabel="test mAP % (mean ± std)",
+        title="Yeast, partial labels",
+    )
+    _legend_outside(ax, title="method")
     return save_figure(fig, path)
 
 
@@ -734,10 +761,12 @@ def _plot_aggregation(result: OutcomesResult, path: Path) -> Path:
             label=r.method,
         )
     ax.set_xscale("log")
-    ax.set_xlabel("median step time, ms (log scale)")
-    ax.set_ylabel("macro-F1 % (mean ± std)")
-    ax.set_title("Yeast: label aggregation")
-    _legend_outside(ax, "method/engine")
+    ax.set(
+        xlabel="median step time, ms (log scale)",
+        ylabel="macro-F1 % (mean ± std)",
+        title="Yeast: label aggregation",
+    )
+    _legend_outside(ax, title="method/engine")
     return save_figure(fig, path)
 
 
@@ -766,10 +795,13 @@ def _plot_incremental(result: OutcomesResult, path: Path) -> Path:
         ax.set_xticks([])
         ax.set_xlabel("method (colour)")
         ax.set_ylabel(f"{label} (mean ± std)")
-        ax.set_ylim(0, 100)
+        # Forgetting can be negative (a task learnt only after its own training).
+        lowest = min([0.0] + [bar.get_height() for bar in ax.patches])
+        ax.set_ylim(lowest - 5 if lowest < 0 else 0, 100)
+        ax.axhline(0.0, color="black", linewidth=0.8)
         ax.grid(axis="x", visible=False)
     fig.suptitle(f"{CI_EXPERIMENT}, after the last task")
-    _legend_outside(axes[-1], "method")
+    _legend_outside(axes[-1], title="method")
     return save_figure(fig, path)
 
 
@@ -786,7 +818,6 @@ PER_CLASS_METHODS = (
 
 
 def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
-    g = goals(result)
     sizes = SIZES[result.size]
     mach = machine()
     lines = [
@@ -800,13 +831,28 @@ def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
         "",
         "## Goals",
         "",
+        *_md_goals(goals(result)),
+        *_md_recipe(result, sizes),
+        "",
+        "## Results",
+        "",
+        markdown_tables(result),
+        "",
     ]
+    for img in images:
+        lines += [f"![{img}]({img})", ""]
+    return "\n".join(lines)
+
+
+def _met(goal: dict[str, Any]) -> str:
+    return f"**{'met' if goal['met'] else 'not met'}**"
+
+
+def _md_goals(g: dict[str, Any]) -> list[str]:
+    """One line per goal that was measured: the best method and whether it met the goal."""
+    lines = []
     if "long_tail" in g:
-        lt = g["long_tail"]
-        lines.append(
-            f"- {lt['goal']}: best is `{lt['best_method']}` at {lt['gain_points']:+.1f} points "
-            f"— **{'met' if lt['met'] else 'not met'}**."
-        )
+        lines.append(_best_line(g["long_tail"]))
     if "long_tail_reference" in g:
         ref = g["long_tail_reference"]
         same = (
@@ -817,22 +863,30 @@ def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
         )
         lines.append(
             f"- {ref['goal']}: `{ref['best_method']}` at {ref['gain_points']:+.1f} points "
-            f"— **{'met' if ref['met'] else 'not met'}**{same}."
+            f"— {_met(ref)}{same}."
         )
     if "partial" in g:
-        pa = g["partial"]
-        lines.append(
-            f"- {pa['goal']}: best is `{pa['best_method']}` at {pa['gain_points']:+.1f} points "
-            f"— **{'met' if pa['met'] else 'not met'}**."
-        )
+        lines.append(_best_line(g["partial"]))
     if "incremental" in g:
         ci = g["incremental"]
         lines.append(
             f"- {ci['goal']}: best is `{ci['best_method']}` at {ci['forgetting_ratio']:.2f} × "
-            f"fine-tuning — **{'met' if ci['met'] else 'not met'}**."
+            f"fine-tuning — {_met(ci)}."
         )
+    return lines
+
+
+def _best_line(goal: dict[str, Any]) -> str:
+    return (
+        f"- {goal['goal']}: best is `{goal['best_method']}` at {goal['gain_points']:+.1f} "
+        f"points — {_met(goal)}."
+    )
+
+
+def _md_recipe(result: OutcomesResult, sizes: Sizes) -> list[str]:
+    """The recipe section: data, models and the settings of every method."""
     counts = ", ".join(f"{k}: {v}" for k, v in result.lt_counts.items())
-    lines += [
+    return [
         "",
         "## Recipe (identical for every method of an experiment; nothing tuned per method)",
         "",
@@ -874,19 +928,17 @@ def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
         f"lr 0.1, batch 32, {sizes.ci_epochs} epochs per task, replay memory of "
         f"{sizes.ci_memory} training images per learnt class; A-GEM projects each batch "
         "gradient against the loss on the whole memory (`lg.project_replay`); frozen rows: "
-        "`lg.RowRules(frozen=old classes)`. Forgetting as in Chaudhry et al. 2018: the mean "
+        "`lg.RowRules(frozen=old classes)`; labels_trick, chosen from the literature before the "
+        "run: the labels trick (Zeno et al. 2018) as ER-ACE's asymmetric cross-entropy (Caccia et "
+        "al. 2022; SS-IL, Ahn et al. 2021): the task's batch trains a softmax over the classes "
+        "present in it (a surrogate-gradient `lg.Policy`), the memory plain cross-entropy over "
+        "all classes, summed; agem+labels_trick: A-GEM with that batch loss. The memory takes a "
+        "task's images only after the task. Forgetting as in Chaudhry et al. 2018: the mean "
         "over tasks 1-4 of (the best accuracy on the task after any earlier task - the accuracy "
         "after the last task); average accuracy: the mean over the 5 tasks' test sets after "
-        "the last task (no task identity at test time).",
-        "",
-        "## Results",
-        "",
-        markdown_tables(result),
-        "",
+        "the last task (no task identity at test time); learning accuracy (Riemer et al. 2019): "
+        "the mean over the tasks of the accuracy on a task right after training it.",
     ]
-    for img in images:
-        lines += [f"![{img}]({img})", ""]
-    return "\n".join(lines)
 
 
 def write_outputs(result: OutcomesResult, command: str) -> list[str]:

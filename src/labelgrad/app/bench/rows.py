@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from labelgrad.app.bench.timing import Result, interleaved, ratios
 from labelgrad.rows import RowRules
 
 __all__ = ["run"]
+
+_LOSS = nn.CrossEntropyLoss()
 
 
 def _setup(
@@ -54,70 +56,18 @@ def run(quick: bool = False) -> list[Result]:
     # zero and the moments into denormals, which slows CPU kernels unevenly across cases.
     xs = torch.randn(8, batch, in_features)
     ys = torch.randint(0, num_classes, (8, batch))
-    lr_scale = torch.rand(num_classes) + 0.5
-    frozen = torch.arange(0, num_classes, 2)
-
-    def make(kind: str) -> tuple[nn.Sequential, torch.optim.Optimizer]:
-        model, head = _setup(width, num_classes, in_features, seed=1)
-        opt: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=1e-3, weight_decay=0.05, foreach=True
-        )
-        # Earlier training (every class seen): every row has optimizer state, as in class-
-        # incremental learning. It also keeps both cases off the slow path some CPUs take for
-        # sqrt(0) on never-touched second moments.
-        for k in range(2):
-            opt.zero_grad()
-            loss_fn(model(xs[k]), torch.arange(batch) % num_classes).backward()
-            opt.step()
-        if kind != "adamw":
-            opt = RowRules(
-                opt,
-                rows=head,
-                frozen=frozen,
-                lr_scale=lr_scale,
-                skip_absent=True,
-                fast=kind == "row_rules",
-            )
-        return model, opt
-
-    loss_fn = nn.CrossEntropyLoss()
+    rules = {"frozen": torch.arange(0, num_classes, 2), "lr_scale": torch.rand(num_classes) + 0.5}
     kinds = ("adamw", "row_rules", "row_rules_snapshot")
-    built = {kind: make(kind) for kind in kinds}
-
-    def train_step(kind: str) -> Callable[[], None]:
-        model, opt = built[kind]
-        count = [0]
-
-        def fn() -> None:
-            x, y = xs[count[0] % 8], ys[count[0] % 8]
-            count[0] += 1
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            if isinstance(opt, RowRules):
-                opt.step(targets=y)
-            else:
-                opt.step()
-
-        return fn
-
-    def optimizer_step(kind: str) -> Callable[[], None]:
-        model, opt = built[kind]
-        x, y = xs[0], ys[0]
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-
-        def fn() -> None:
-            if isinstance(opt, RowRules):
-                opt.step(targets=y)
-            else:
-                opt.step()
-
-        return fn
+    built = {kind: _make(kind, width, num_classes, xs, rules) for kind in kinds}
 
     flush = torch.set_flush_denormal(True)  # both cases alike; see above
     try:
-        train = interleaved({k: train_step(k) for k in kinds}, steps=steps, warmup=warmup)
-        step_only = interleaved({k: optimizer_step(k) for k in kinds}, steps=steps, warmup=warmup)
+        train = interleaved(
+            {k: _train_step(*built[k], xs, ys) for k in kinds}, steps=steps, warmup=warmup
+        )
+        step_only = interleaved(
+            {k: _optimizer_step(*built[k], xs[0], ys[0]) for k in kinds}, steps=steps, warmup=warmup
+        )
     finally:
         if flush:
             torch.set_flush_denormal(False)
@@ -131,3 +81,63 @@ def run(quick: bool = False) -> list[Result]:
     return ratios("rows/train_step", train, "adamw", **extra) + ratios(
         "rows/optimizer_step", step_only, "adamw", **extra
     )
+
+
+def _make(
+    kind: str, width: int, num_classes: int, xs: Tensor, rules: dict[str, Tensor]
+) -> tuple[nn.Sequential, torch.optim.Optimizer]:
+    """The model and optimizer of one case, after two steps of earlier training."""
+    batch, in_features = xs.shape[1:]
+    model, head = _setup(width, num_classes, in_features, seed=1)
+    opt: torch.optim.Optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-3, weight_decay=0.05, foreach=True
+    )
+    # Earlier training (every class seen): every row has optimizer state, as in class-
+    # incremental learning. It also keeps both cases off the slow path some CPUs take for
+    # sqrt(0) on never-touched second moments.
+    for k in range(2):
+        opt.zero_grad()
+        _LOSS(model(xs[k]), torch.arange(batch) % num_classes).backward()
+        opt.step()
+    if kind != "adamw":
+        opt = RowRules(
+            opt,
+            rows=head,
+            frozen=rules["frozen"],
+            lr_scale=rules["lr_scale"],
+            skip_absent=True,
+            fast=kind == "row_rules",
+        )
+    return model, opt
+
+
+def _step(opt: torch.optim.Optimizer, y: Tensor) -> None:
+    if isinstance(opt, RowRules):
+        opt.step(targets=y)
+    else:
+        opt.step()
+
+
+def _train_step(
+    model: nn.Module, opt: torch.optim.Optimizer, xs: Tensor, ys: Tensor
+) -> Callable[[], None]:
+    """A whole training step on the next batch of the pool."""
+    count = [0]
+
+    def fn() -> None:
+        x, y = xs[count[0] % 8], ys[count[0] % 8]
+        count[0] += 1
+        opt.zero_grad()
+        _LOSS(model(x), y).backward()
+        _step(opt, y)
+
+    return fn
+
+
+def _optimizer_step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor
+) -> Callable[[], None]:
+    """The optimizer step alone, on the gradients of one batch computed once."""
+    opt.zero_grad()
+    _LOSS(model(x), y).backward()
+    return lambda: _step(opt, y)
