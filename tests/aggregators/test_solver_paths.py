@@ -32,6 +32,6 @@ def test_chunked_and_fixed_shape_paths_match_the_single_block(k: int, seed: int)
         {"host_shapes": False},
         {"host_shapes": False, "budget": 1},
     ):
-        x_path, active_path = solve_lcp(m, q, **options)  # type: ignore[arg-type]
+        x_path, active_path = solve_lcp(m, q, **options)
         torch.testing.assert_close(x_path, x, rtol=0, atol=1e-10, msg=str(options))
         assert bool((active_path == active).all()), options
