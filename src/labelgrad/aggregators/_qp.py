@@ -36,13 +36,15 @@ _PLAIN = 8
 def normalize_gramian(gramian: Tensor, eps: float) -> Tensor:
     """``G / trace(G)`` (zeros when ``trace(G) < eps``), TorchJD's ``normalize``; no host sync."""
     trace = gramian.diagonal().sum()
-    normalized: Tensor = torch.where(trace < eps, torch.zeros_like(gramian), gramian / trace)
+    normalized: Tensor = torch.where(trace < eps, 0.0, gramian / trace)
     return normalized
 
 
 def regularize_gramian(gramian: Tensor, eps: float) -> Tensor:
     """``G + eps I`` (TorchJD's ``regularize``): makes the QPs strictly convex."""
-    return gramian + eps * torch.eye(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
+    regularized = gramian.clone()
+    regularized.diagonal().add_(eps)
+    return regularized
 
 
 def _scratch(
@@ -67,51 +69,68 @@ def _scratch(
     return buffer[:numel]
 
 
+def _pad(matrix: Tensor) -> Tensor:
+    """``blockdiag(M, I_K)``: padding slots index the identity block, so a gathered system is
+    ``M_FF`` bordered by an identity, with no masking pass over the (n, m, m) systems."""
+    k = matrix.shape[-1]
+    padded: Tensor = torch.block_diag(
+        matrix, torch.eye(k, dtype=matrix.dtype, device=matrix.device)
+    )
+    return padded
+
+
+def _free_first(key: Tensor, k: int) -> Tensor:
+    """Each row of ``key`` with its free coordinates (keys below ``k``) first, both parts in
+    order: the sort of the keys, by positions from one cumulative sum (cheaper than a sort)."""
+    free = key < k
+    before = free.cumsum(dim=-1)  # free coordinates up to and including each one
+    columns = torch.arange(k, device=key.device)
+    position = torch.where(free, before - 1, columns - before + before[:, -1:])
+    return torch.empty_like(key).scatter_(-1, position, key)
+
+
 def _solve_block(
-    matrix: Tensor,
-    q: Tensor,
-    active: Tensor,
+    padded: Tensor,
+    rhs: Tensor,
+    key: Tensor,
     m: int,
     compact: bool,
     workspace: dict[str, Tensor] | None,
 ) -> Tensor:
     """``x_A = 0`` and ``M_FF x_F = -q_F`` for each row, with systems of size ``m``.
 
-    Compact (CPU): the free coordinates are gathered first and the systems cut to ``m`` (the
-    largest free set); otherwise ``m = K`` with identity rows on the active set (no
-    data-dependent shape). Identity outside the free block keeps every system positive definite.
+    ``padded`` is :func:`_pad` of ``M``, ``rhs`` the rows of ``[-q, 0]`` (B, 2K) and ``key``
+    (B, K) holds ``j`` for a free coordinate ``j`` and ``K + j`` for an active one. Active
+    coordinates index the identity block of ``padded`` (distinct indices), which keeps every
+    system positive definite and decoupled from them. Compact (CPU): the keys are sorted, so the
+    free coordinates come first and the systems are cut to ``m`` (the largest free set);
+    otherwise ``m = K`` (no data-dependent shape).
     """
-    k = matrix.shape[-1]
-    n = q.shape[0]
-    if compact:
-        free_count = (~active).sum(dim=-1)
-        index = torch.argsort(active.to(torch.int8), dim=-1, stable=True)[:, :m]
-        valid = torch.arange(m, device=q.device) < free_count.unsqueeze(-1)
-    else:
-        index = torch.arange(k, device=q.device).expand(n, k)
-        valid = ~active
-    scratch = _scratch(workspace, matrix, 2 * n * m * m)
-    system = scratch[: n * m * m].view(n, m, m)
-    flat = _scratch(workspace, index, n * m * m, "index").view(n, m, m)
-    torch.add(index.unsqueeze(-1) * k, index.unsqueeze(-2), out=flat)
-    torch.index_select(matrix.reshape(-1), 0, flat.view(-1), out=system.view(-1))
-    system.masked_fill_(~valid.unsqueeze(-1), 0.0)  # broadcast masks: no (n, m, m) temporary
-    system.masked_fill_(~valid.unsqueeze(-2), 0.0)
-    system.diagonal(dim1=-2, dim2=-1).masked_fill_(~valid, 1.0)
-    factor = scratch[n * m * m :].view(n, m, m).mT  # column-major, as LAPACK wants
-    info = torch.empty(n, dtype=torch.int32, device=q.device)
-    torch.linalg.cholesky_ex(system.mT, upper=True, out=(factor, info))
-    rhs = torch.where(valid, -q.gather(-1, index), torch.zeros((), dtype=q.dtype, device=q.device))
-    half = torch.linalg.solve_triangular(factor.mT, rhs.unsqueeze(-1), upper=False)
+    n, width = rhs.shape
+    index = _free_first(key, width // 2)[:, :m] if compact else key
+    # Flat offsets into ``padded``: int32 where they fit (half the memory traffic of int64).
+    small = index.to(torch.int32) if width * width < 2**31 else index
+    flat = _scratch(workspace, small, n * m * m, "index").view(n, m, m)
+    torch.add(small.unsqueeze(-1) * width, small.unsqueeze(-2), out=flat)
+    # Symmetric systems: the row-major gather is its own column-major (LAPACK) layout, so the
+    # factorization runs in place, without the copy ``cholesky_ex`` makes otherwise.
+    factor = _scratch(workspace, padded, n * m * m).view(n, m, m).mT
+    torch.index_select(padded.reshape(-1), 0, flat.view(-1), out=factor.mT.reshape(-1))
+    info = torch.empty(n, dtype=torch.int32, device=rhs.device)
+    torch.linalg.cholesky_ex(factor, upper=True, out=(factor, info))  # U^T U
+    half = torch.linalg.solve_triangular(
+        factor.mT, rhs.gather(-1, index).unsqueeze(-1), upper=False
+    )
     solved = torch.linalg.solve_triangular(factor, half, upper=True).squeeze(-1)
-    x = torch.zeros_like(q)
-    return x.scatter_(-1, index, torch.where(valid, solved, torch.zeros_like(solved)))
+    x = torch.zeros_like(rhs).scatter_(-1, index, solved)
+    return x[:, : width // 2]
 
 
 def _solve_free(
-    matrix: Tensor,
-    q: Tensor,
+    padded: Tensor,
+    rhs: Tensor,
     active: Tensor,
+    key: Tensor,
     compact: bool,
     workspace: dict[str, Tensor] | None,
     budget: int,
@@ -121,49 +140,58 @@ def _solve_free(
     This bounds the memory by O(budget + B K) instead of O(B K^2). On CPU the rows are sorted by
     free-set size, so each chunk is cut to its own largest free set.
     """
-    n, k = q.shape
+    n, k = active.shape
     if not compact:
         rows = max(1, budget // (k * k))
         if rows >= n:
-            return _solve_block(matrix, q, active, k, False, workspace)
+            return _solve_block(padded, rhs, key, k, False, workspace)
         parts = [
-            _solve_block(matrix, q[s : s + rows], active[s : s + rows], k, False, workspace)
+            _solve_block(padded, rhs[s : s + rows], key[s : s + rows], k, False, workspace)
             for s in range(0, n, rows)
         ]
         return torch.cat(parts)
-    free_count = (~active).sum(dim=-1)
-    m = int(free_count.max())  # CPU only: free
+    active_count = active.sum(dim=-1)
+    m = k - int(active_count.min())  # CPU only: free
     if m == 0:
-        return torch.zeros_like(q)
+        return rhs.new_zeros(n, k)
     if n * m * m <= budget:  # the common case: one block, no sorting
-        return _solve_block(matrix, q, active, m, True, workspace)
-    order = torch.argsort(free_count, descending=True, stable=True)
-    counts = free_count[order].tolist()  # CPU only: free
-    x = torch.zeros_like(q)
+        return _solve_block(padded, rhs, key, m, True, workspace)
+    order = torch.argsort(active_count, stable=True)
+    counts = (k - active_count[order]).tolist()  # CPU only: free
+    x = rhs.new_zeros(n, k)
     start = 0
     while start < n and counts[start] > 0:
         m = counts[start]
         end = min(n, start + max(1, budget // (m * m)))
         chunk = order[start:end]
-        x[chunk] = _solve_block(matrix, q[chunk], active[chunk], m, True, workspace)
+        x[chunk] = _solve_block(padded, rhs[chunk], key[chunk], m, True, workspace)
         start = end
     return x
 
 
 def _presolve(matrix: Tensor, q: Tensor, iters: int) -> Tensor:
-    """Guess the active sets with a few accelerated projected-gradient (FISTA) steps."""
-    probe = torch.ones(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
-    for _ in range(8):  # power iteration: λ_max within a few percent from below
-        probe = matrix @ probe
-        probe = probe / probe.norm().clamp(min=torch.finfo(matrix.dtype).tiny)
-    step = 1 / (1.2 * (probe @ matrix @ probe)).clamp(min=torch.finfo(matrix.dtype).tiny)
-    x = torch.zeros_like(q)
+    """Guess the active sets with a few accelerated projected-gradient (FISTA) steps.
+
+    A guess only (the pivoting decides), so in float32, and each step is two fused ops:
+    ``x' = max(0, y (I - t M) - t q)`` and the momentum step ``y = lerp(x', x, -beta)``.
+    """
+    work = matrix.to(torch.float32)
+    tiny = torch.finfo(torch.float32).tiny
+    # λ_max from (M / trace)^8 1 (eigenvalues <= 1: no overflow), within a few percent from below.
+    power = work / work.diagonal().sum().clamp(min=tiny)
+    for _ in range(3):
+        power = power @ power
+    probe = power.sum(dim=-1)
+    step = (probe @ probe) / (1.2 * (probe @ work @ probe)).clamp(min=tiny)
+    descent = torch.eye(work.shape[0], dtype=work.dtype, device=work.device) - step * work
+    shift = q.to(torch.float32) * -step
+    x = torch.zeros_like(shift)
     y = x
     momentum = 1.0
     for _ in range(iters):
-        x_next = (y - step * (q + y @ matrix)).clamp(min=0)
+        x_next = torch.addmm(shift, y, descent).clamp_(min=0)
         next_momentum = (1 + (1 + 4 * momentum * momentum) ** 0.5) / 2
-        y = x_next + ((momentum - 1) / next_momentum) * (x_next - x)
+        y = torch.lerp(x_next, x, (1 - momentum) / next_momentum)
         x, momentum = x_next, next_momentum
     return x <= 0
 
@@ -241,19 +269,23 @@ def solve_lcp(
     budget = max(2**24, 4 * k * k) if budget is None else budget
     active = (q > 0) if active is None else active.clone()
     x_out, active_out = torch.zeros_like(q), active.clone()
+    # Round-off of y grows with |x| |M|: violations below it are ignored (else ties cycle).
     eps = 64 * torch.finfo(q.dtype).eps
-    q_scale = q.abs().amax(dim=-1, keepdim=True)
-    diag = matrix.diagonal().abs().amax()
+    low_q = q.abs().amax(dim=-1, keepdim=True) * -eps
+    low_diag = matrix.diagonal().abs().amax() * -eps
     best = torch.full((n,), k + 1, dtype=torch.int64, device=q.device)
     left = torch.full((n,), _EXCHANGES, dtype=torch.int64, device=q.device)
     todo = torch.arange(n, device=q.device)
-    sub_q, sub_active = q, active
+    free_key = torch.arange(k, device=q.device)
+    active_key = free_key + k
+    padded = _pad(matrix)
+    sub_rhs, sub_active = torch.cat((-q, torch.zeros_like(q)), dim=-1), active
     for it in range(1, max_iters + 1):
-        x = _solve_free(matrix, sub_q, sub_active, compact, workspace, budget)
-        y = sub_q + x @ matrix
-        # Round-off of y grows with |x| |M|: ignore violations below it (else ties cycle).
-        tol = eps * torch.addcmul(q_scale, x.abs().amax(dim=-1, keepdim=True), diag)
-        flip = torch.where(sub_active, y < -tol, x < -tol)
+        key = torch.where(sub_active, active_key, free_key)
+        x = _solve_free(padded, sub_rhs, sub_active, key, compact, workspace, budget)
+        y = torch.addmm(sub_rhs[:, :k], x, matrix, beta=-1)  # q + x M
+        low = torch.addcmul(low_q, x.abs().amax(dim=-1, keepdim=True), low_diag)
+        flip = torch.where(sub_active, y, x) < low
         if single_pivot or it > _PLAIN:
             flip, best, left = _exchange(flip, best, left, single_pivot)
         unsettled = flip.any(dim=-1)
@@ -262,7 +294,7 @@ def solve_lcp(
             keep = unsettled.nonzero().squeeze(-1)
             if keep.numel() == 0:
                 break
-            todo, sub_q, q_scale = todo[keep], sub_q[keep], q_scale[keep]
+            todo, sub_rhs, low_q = todo[keep], sub_rhs[keep], low_q[keep]
             sub_active, best, left = (sub_active ^ flip)[keep], best[keep], left[keep]
         else:
             x_out, active_out, sub_active = x, sub_active, sub_active ^ flip

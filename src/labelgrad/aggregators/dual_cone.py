@@ -52,8 +52,9 @@ class _DualConeWeighting(Aggregator):
         if not self.warm_start or active is None or active.shape != lower.shape:
             active = None
         presolve = self.presolve_iters
-        if presolve < 0:  # automatic
-            presolve = 20 if lower.shape[0] * lower.shape[1] >= 32 * 32 else 0
+        if presolve < 0:  # automatic: a FISTA step costs O(B K^2), a pivoting step O(B K^3)
+            size = lower.shape[0] * lower.shape[1]
+            presolve = 0 if size < 32 * 32 else 20 if size < 128 * 128 else 50
         with torch.no_grad():  # not differentiable (an active-set solve)
             solution, active = project_to_dual_cone(
                 lower,
@@ -95,7 +96,7 @@ class UPGrad(_DualConeWeighting):
         warm_start: start the active-set search from the previous call's sets.
         presolve_iters: accelerated projected-gradient steps that guess the first active sets
             when there is no warm start (speed only; 0 starts from the non-conflicting rows;
-            default: 20 from K = 32 on, else 0).
+            default: 0 below K = 32, 20 below K = 128, else 50).
 
     Example:
         >>> import torch
