@@ -193,9 +193,31 @@ def plot_grad_norm_history(
     ax.set_yscale("log")
     if ylim is not None:
         ax.set_ylim(*ylim)
+    _label_short_log_axis(ax)
     ax.set(xlabel="training step", ylabel="‖dL/dlogit‖ of the class", title=title)
     _legend_outside(ax, title="class", ncol=1 if len(class_names) <= 15 else 2)
     return save_figure(fig, path)
+
+
+def _label_short_log_axis(ax: Any) -> None:
+    # A log axis spanning under two decades gets only one or two labelled ticks by default:
+    # label the 1-2-5 steps inside it so that the values can be read.
+    low, high = ax.get_ylim()
+    if not (low > 0 and high / low < 100):
+        return
+    ticks = [
+        m * 10.0**e
+        for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+        for m in (1, 2, 5)
+        if low <= m * 10.0**e <= high
+    ]
+    if len(ticks) < 3:  # under about half a decade: evenly spaced values read best
+        from matplotlib.ticker import MaxNLocator
+
+        ticks = [t for t in MaxNLocator(nbins=5).tick_values(low, high) if low <= t <= high]
+    ax.set_yticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.set_yticks([], minor=True)
+    ax.set_ylim(low, high)
 
 
 def plot_conflicts(
