@@ -10,28 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import labelgrad as lg
-
-
-class Mean:
-    """TorchJD's Mean: w = 1/K, i.e. the gradient of losses.mean()."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        k = gramian.shape[0]
-        return torch.full((k,), 1.0 / k, dtype=gramian.dtype, device=gramian.device)
-
-
-class Sum:
-    """w = 1: the gradient of losses.sum(), the ordinary mean loss of the batch."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        return torch.ones(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
-
-
-class InvNorm:
-    """A weighting that depends on G: w_k = 1 / sqrt(G_kk) (equalizes the label gradients)."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        return gramian.diagonal().clamp_min(1e-12).rsqrt()
+from _aggregation_helpers import InvNorm, Mean, Sum, batch, model
 
 
 class SumJacobian:
@@ -41,20 +20,6 @@ class SumJacobian:
 
     def aggregate(self, jacobian: Tensor, /) -> Tensor:
         return jacobian.sum(0)
-
-
-def _model(c: int = 5, d: int = 8) -> tuple[nn.Module, nn.Linear]:
-    torch.manual_seed(0)
-    trunk = nn.Sequential(nn.Linear(6, d), nn.Tanh(), nn.Linear(d, d), nn.Tanh()).double()
-    head = nn.Linear(d, c).double()
-    return trunk, head
-
-
-def _batch(n: int = 12, c: int = 5) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(
-        0, 2, (n, c), generator=g
-    )
 
 
 def _reference_jacobian(losses: Tensor, params: list[Tensor]) -> list[Tensor]:
@@ -78,8 +43,8 @@ def _grads(params: list[Tensor]) -> list[Tensor]:
 def test_exact_engine_matches_loop_reference(
     groups: list[list[int]] | None, batched: bool | None
 ) -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     shared = list(trunk.parameters())
     losses = lg.per_label_losses(head(trunk(x)), y, groups=groups)
     jac = _reference_jacobian(losses, shared)
@@ -98,8 +63,8 @@ def test_exact_engine_matches_loop_reference(
 
 
 def test_mean_equals_backward_of_mean_and_sum_equals_plain_step() -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     shared = list(trunk.parameters())
     losses = lg.per_label_losses(head(trunk(x)), y)
     ref_shared = torch.autograd.grad(losses.mean(), shared, retain_graph=True)
@@ -111,7 +76,7 @@ def test_mean_equals_backward_of_mean_and_sum_equals_plain_step() -> None:
         torch.testing.assert_close(p.grad, r)
 
     # Sum weights reproduce an ordinary training step of the mean BCE loss, for every parameter.
-    trunk2, head2 = _model()
+    trunk2, head2 = model()
     F.binary_cross_entropy_with_logits(head2(trunk2(x)), y.double()).backward()
     trunk.zero_grad(set_to_none=True)
     head.zero_grad(set_to_none=True)
@@ -123,8 +88,8 @@ def test_mean_equals_backward_of_mean_and_sum_equals_plain_step() -> None:
 
 
 def test_gradients_accumulate() -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     params = [*trunk.parameters(), *head.parameters()]
     lg.aggregate_backward(
         lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=InvNorm()
@@ -138,8 +103,8 @@ def test_gradients_accumulate() -> None:
 
 
 def test_jacobian_aggregator_and_no_other_parameters() -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     everything = [*trunk.parameters(), *head.parameters()]
     losses = lg.per_label_losses(head(trunk(x)), y)
     ref = torch.autograd.grad(losses.sum(), everything, retain_graph=True)
@@ -158,8 +123,8 @@ def test_jacobian_aggregator_and_no_other_parameters() -> None:
 
 
 def test_stateful_policy_counts_batch_once() -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     p1, p2 = lg.eqlv2(num_classes=5).double(), lg.eqlv2(num_classes=5).double()
     lg.per_label_losses(p1(head(trunk(x)), y), y).sum().backward()
     lg.aggregate_backward(
@@ -170,8 +135,8 @@ def test_stateful_policy_counts_batch_once() -> None:
 
 
 def test_errors() -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
 
     def losses() -> Tensor:
         return lg.per_label_losses(head(trunk(x)), y)
@@ -215,8 +180,8 @@ def test_errors() -> None:
 
 
 def test_with_lg_aggregators_upgrad_and_config() -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     shared = list(trunk.parameters())
     losses = lg.per_label_losses(head(trunk(x)), y)
     jac = _reference_jacobian(losses, shared)
@@ -240,8 +205,8 @@ def test_exact_engine_matches_torchjd_mtl_backward() -> None:
     from torchjd.autojac import jac_to_grad, mtl_backward
 
     del torchjd
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     feats = trunk(x)
     losses = lg.per_label_losses(head(feats), y)
     mtl_backward(list(losses.unbind()), features=feats, retain_graph=True)

@@ -4,50 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
 
 import labelgrad as lg
-
-
-class Mean:
-    """TorchJD's Mean: w = 1/K, i.e. the gradient of losses.mean()."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        k = gramian.shape[0]
-        return torch.full((k,), 1.0 / k, dtype=gramian.dtype, device=gramian.device)
-
-
-class Sum:
-    """w = 1: the gradient of losses.sum(), the ordinary mean loss of the batch."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        return torch.ones(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
-
-
-class InvNorm:
-    """A weighting that depends on G: w_k = 1 / sqrt(G_kk) (equalizes the label gradients)."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        return gramian.diagonal().clamp_min(1e-12).rsqrt()
-
-
-def _model(c: int = 5, d: int = 8) -> tuple[nn.Module, nn.Linear]:
-    torch.manual_seed(0)
-    trunk = nn.Sequential(nn.Linear(6, d), nn.Tanh(), nn.Linear(d, d), nn.Tanh()).double()
-    head = nn.Linear(d, c).double()
-    return trunk, head
-
-
-def _batch(n: int = 12, c: int = 5) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(
-        0, 2, (n, c), generator=g
-    )
+from _aggregation_helpers import InvNorm, batch, model
 
 
 def test_amortized_reuses_weights_and_round_trips() -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     agg = lg.aggregation.Amortized(InvNorm(), every=3)
     first = lg.aggregate_backward(
         lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=agg
@@ -77,8 +41,8 @@ def test_amortized_reuses_weights_and_round_trips() -> None:
 
 def test_amortized_upgrad_state_dict() -> None:
     agg = lg.aggregation.Amortized(lg.aggregators.UPGrad(), every=4)
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     lg.aggregate_backward(lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=agg)
     clone = lg.aggregation.Amortized(lg.aggregators.UPGrad(), every=4)
     clone.load_state_dict(agg.state_dict())
@@ -91,8 +55,8 @@ def test_amortized_upgrad_state_dict() -> None:
 def test_a_change_of_k_recomputes_and_the_cached_engine_says_so() -> None:
     from labelgrad.aggregation.engines import CACHED, Call, Options
 
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     agg = lg.aggregation.Amortized(InvNorm(), every=10)
     first = lg.aggregate_backward(
         lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=agg

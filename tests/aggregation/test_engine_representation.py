@@ -8,42 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import labelgrad as lg
-
-
-class Mean:
-    """TorchJD's Mean: w = 1/K, i.e. the gradient of losses.mean()."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        k = gramian.shape[0]
-        return torch.full((k,), 1.0 / k, dtype=gramian.dtype, device=gramian.device)
-
-
-class Sum:
-    """w = 1: the gradient of losses.sum(), the ordinary mean loss of the batch."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        return torch.ones(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
-
-
-class InvNorm:
-    """A weighting that depends on G: w_k = 1 / sqrt(G_kk) (equalizes the label gradients)."""
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        return gramian.diagonal().clamp_min(1e-12).rsqrt()
-
-
-def _model(c: int = 5, d: int = 8) -> tuple[nn.Module, nn.Linear]:
-    torch.manual_seed(0)
-    trunk = nn.Sequential(nn.Linear(6, d), nn.Tanh(), nn.Linear(d, d), nn.Tanh()).double()
-    head = nn.Linear(d, c).double()
-    return trunk, head
-
-
-def _batch(n: int = 12, c: int = 5) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(
-        0, 2, (n, c), generator=g
-    )
+from _aggregation_helpers import InvNorm, Mean, batch, model
 
 
 def _feature_reference(
@@ -69,8 +34,8 @@ def _feature_reference(
 def test_representation_engine_matches_reference(
     closed_form: bool, groups: list[list[int]] | None
 ) -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     feats = trunk(x)
     losses = lg.per_label_losses(head(feats), y, groups=groups)
     g_ref, trunk_ref = _feature_reference(losses, feats, trunk, InvNorm())
@@ -92,8 +57,8 @@ def test_representation_engine_matches_reference(
 
 
 def test_representation_single_label_groups_is_diagonal_and_warns() -> None:
-    trunk, head = _model(c=4)
-    x = _batch()[0]
+    trunk, head = model(c=4)
+    x = batch()[0]
     y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, -100, 0, 1, 2])
     for use_head in (True, False):
         feats = trunk(x)
@@ -116,8 +81,8 @@ def test_representation_single_label_groups_is_diagonal_and_warns() -> None:
 
 
 def test_representation_with_policy_between_uses_batched_path() -> None:
-    trunk, head = _model()
-    x, y = _batch()
+    trunk, head = model()
+    x, y = batch()
     feats = trunk(x)
     policy = lg.clip_per_sample(max_norm=0.01)
     losses = lg.per_label_losses(policy(head(feats), y), y)
@@ -133,10 +98,10 @@ def test_representation_with_policy_between_uses_batched_path() -> None:
 
 
 def test_closed_form_non_finite_gramian_raises() -> None:
-    trunk, head = _model()
+    trunk, head = model()
     with torch.no_grad():
         head.weight[0, 0] = float("inf")
-    x, y = _batch()
+    x, y = batch()
     feats = trunk(x)
     losses = lg.per_label_losses(head(feats), y)
     with pytest.raises(ValueError, match="not finite"):
