@@ -7,6 +7,7 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 """
 
 from labelgrad import aggregation, aggregators, report
+from labelgrad._version import __version__
 from labelgrad.accumulation import accumulation_window
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
 from labelgrad.aggregators.conflicts import conflicts
@@ -51,8 +52,6 @@ from labelgrad.policies import (
 from labelgrad.replay import ReplayProjection, project_replay
 from labelgrad.rows import Router, RowRules, route
 from labelgrad.targets import Encoding, Targets, TargetsLike
-
-__version__ = "0.1.0"
 
 __all__ = [
     "EQL",
