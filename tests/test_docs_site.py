@@ -20,21 +20,34 @@ ROOT = Path(__file__).parents[1]
 
 
 class _Links(HTMLParser):
-    """The ``href`` / ``src`` values and the element ids of one page."""
+    """The ``href`` / ``src`` values and the element ids of one page.
+
+    Links inside a ``repo-only`` element are left out: the site hides that element (it points
+    readers of the repository page to a file there, such as ../CHANGELOG.md).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
         self.ids: set[str] = set()
+        self._hidden: str | None = None  # the tag of the repo-only element we are in
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if "repo-only" in (dict(attrs).get("class") or "").split():
+            self._hidden = tag
         for key, value in attrs:
+            if self._hidden and key in {"href", "src"}:
+                continue
             if value is None:
                 continue
             if key in {"href", "src"}:
                 self.links.append(value)
             elif key in {"id", "name"}:
                 self.ids.add(value)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == self._hidden:
+            self._hidden = None
 
 
 def _parse(page: Path) -> _Links:
@@ -101,8 +114,12 @@ def test_the_link_check_finds_a_folder_link(tmp_path: Path) -> None:
     (tmp_path / "guides").mkdir()
     (tmp_path / "guides" / "index.html").write_text("<p id='x'>guide</p>")
     page = tmp_path / "index.html"
-    page.write_text("<a href='guides/'>a</a><a href='guides/index.html#x'>b</a>")
+    page.write_text(
+        "<a href='guides/'>a</a><p class='repo-only'><a href='../X.md'>c</a></p>"
+        "<a href='guides/index.html#x'>b</a>"
+    )
     opened = [_local_target(page, link) for link in _parse(page).links]
+    assert len(opened) == 2  # the hidden repo-only link is not checked
     assert opened[0] is not None and opened[0][0].is_dir()
     assert opened[1] is not None and opened[1][0].is_file() and opened[1][1] == "x"
     assert _local_target(page, "mailto:someone") is None
