@@ -6,11 +6,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
-# torch is installed first, so the extras do not pull another build of it. The default is the
-# CPU build pinned to what these machines have on disk (1/10 the size of the CUDA build).
-# Elsewhere: `make TORCH_SPEC=torch test` takes the build pip's index gives (on Linux from
-# PyPI: the CUDA build); README and docs/installation.md give the CPU index line.
+# torch is installed first, so that the extras do not pull another build of it. TORCH_SPEC is
+# what these machines have on disk (the CPU build, through pip's configuration). Elsewhere pip's
+# default index gives, on Linux, the CUDA build (several GB); TORCH_INDEX=<PyTorch's CPU index>
+# installs the CPU build (README, "Installing torch"). A TORCH_SPEC or TORCH_INDEX set after the
+# first run has no effect until `make clean`.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+TORCH_PIP := $(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 DEMO_STAMP := $(VENV)/.labelgrad-demo-installed
 STAMP := $(VENV)/.labelgrad-installed
 
@@ -18,14 +21,14 @@ STAMP := $(VENV)/.labelgrad-installed
 
 $(DEMO_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) "$(TORCH_SPEC)"
+	$(TORCH_PIP)
 	$(PIP) -e ".[cli,data]"
 	touch $(DEMO_STAMP)
 
 # dev includes cli and data: its install also brings the demo's set-up up to date.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) "$(TORCH_SPEC)"
+	$(TORCH_PIP)
 	$(PIP) -e ".[dev]"
 	touch $(STAMP) $(DEMO_STAMP)
 
