@@ -113,8 +113,9 @@ def _display_name(path: str, obj: object) -> str:
     parts = path.split(".")
     for i in range(1, len(parts)):
         module = sys.modules.get(".".join(parts[:i]))
-        public = module is not None and short in getattr(module, "__all__", ())
-        if public and getattr(module, short, None) is obj:
+        if module is None or short not in getattr(module, "__all__", ()):
+            continue
+        if getattr(module, short, None) is obj:
             path = f"{module.__name__}.{short}"
             break
     if path.startswith("labelgrad.app."):
@@ -154,7 +155,7 @@ def signature(obj: object) -> str:
     for i, p in enumerate(params):
         if p.kind is P.KEYWORD_ONLY and P.VAR_POSITIONAL not in kinds and "*" not in out:
             out.append("*")
-        star = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "")
+        star = "*" if p.kind is P.VAR_POSITIONAL else "**" if p.kind is P.VAR_KEYWORD else ""
         default = "" if p.default is p.empty else f"={_default(p.default)}"
         out.append(f"{star}{p.name}{default}")
         last_positional = i + 1 == len(params) or params[i + 1].kind is not p.POSITIONAL_ONLY
