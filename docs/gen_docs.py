@@ -14,7 +14,10 @@ the Markdown itself, between marker comments, instead of being included at build
   indented block after ``::``) of MODULE's docstring, fenced as LANG (e.g. the TOML keys of
   ``labelgrad train``, kept where the code is and shown on the command's page).
 - ``<!-- names -->`` ... ``<!-- /names -->`` on an API page: one line per ``::: path``
-  directive that follows on the page, the name and the first paragraph of its docstring.
+  directive that follows on the page: the public name (``lg.X``, or its shortest path through a
+  package's ``__all__``) with its signature, and the first paragraph of its docstring. The
+  names come from the live package, so after code moves between modules one run of this script
+  brings every page up to date.
 
 Usage, from the repository root (with the sources importable, e.g. ``PYTHONPATH=src``)::
 
@@ -103,14 +106,66 @@ def _resolve(path: str) -> object:
 
 
 def _display_name(path: str, obj: object) -> str:
-    import labelgrad
-
+    """The public name of ``obj``: ``lg.X`` when ``labelgrad`` exports it, else its shortest path
+    through a package that lists it in ``__all__`` (``lg.aggregation.X``, not the module that
+    defines it), so that moving code between private modules does not change the pages."""
     short = path.rsplit(".", 1)[-1]
-    if short in labelgrad.__all__ and getattr(labelgrad, short) is obj:
-        return f"lg.{short}"
+    parts = path.split(".")
+    for i in range(1, len(parts)):
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is None or short not in getattr(module, "__all__", ()):
+            continue
+        if getattr(module, short, None) is obj:
+            path = f"{module.__name__}.{short}"
+            break
     if path.startswith("labelgrad.app."):
         return path
     return "lg." + path.removeprefix("labelgrad.")
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
+def _default(value: object) -> str:
+    # An object's repr may hold its memory address, which would change the page on every run.
+    return _ADDRESS.sub("", repr(value))
+
+
+def signature(obj: object) -> str:
+    """``obj``'s call signature as a call reads: the parameters, their defaults and ``->`` the
+    return annotation; no parameter annotations (the site shows them), "" where there is none.
+
+    Example:
+        >>> def f(x: int, /, y: str = "a", *args: int, z: float = 1.0, **kw: int) -> bool: ...
+        >>> signature(f)
+        "(x, /, y='a', *args, z=1.0, **kw) -> bool"
+    """
+    if not (inspect.isclass(obj) or inspect.isroutine(obj)):
+        return ""  # a type alias (typing's aliases are callable, but not with a signature)
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return ""
+    params = list(sig.parameters.values())
+    kinds = [p.kind for p in params]
+    P = inspect.Parameter
+    if inspect.isclass(obj) and kinds == [P.VAR_POSITIONAL, P.VAR_KEYWORD]:
+        return ""  # a protocol or an exception: nothing to call it with
+    out: list[str] = []
+    for i, p in enumerate(params):
+        if p.kind is P.KEYWORD_ONLY and P.VAR_POSITIONAL not in kinds and "*" not in out:
+            out.append("*")
+        star = "*" if p.kind is P.VAR_POSITIONAL else "**" if p.kind is P.VAR_KEYWORD else ""
+        default = "" if p.default is p.empty else f"={_default(p.default)}"
+        out.append(f"{star}{p.name}{default}")
+        last_positional = i + 1 == len(params) or params[i + 1].kind is not p.POSITIONAL_ONLY
+        if p.kind is p.POSITIONAL_ONLY and last_positional:
+            out.append("/")
+    ret = sig.return_annotation
+    if ret is sig.empty or ret is None or ret == "None" or inspect.isclass(obj):
+        return f"({', '.join(out)})"
+    ret_text = ret if isinstance(ret, str) else inspect.formatannotation(ret)
+    return f"({', '.join(out)}) -> {ret_text}"
 
 
 def _attribute_doc(path: str, obj: object) -> str:
@@ -158,14 +213,29 @@ def _summary(path: str, obj: object) -> str:
 
 
 def names_block(page_text: str) -> str:
-    """One Markdown list line per ``:::`` directive of the page (module directives skipped)."""
+    """One Markdown list line per ``:::`` directive of the page (module directives skipped):
+    the public name with its signature, and the first paragraph of its docstring.
+
+    The lines hold no links: the anchors of the names exist on the built site only, and the list
+    is what a reader of the repository page reads instead of the rendered reference below it.
+    """
     lines = []
     for path in DIRECTIVE.findall(page_text):
         obj = _resolve(path)
         if inspect.ismodule(obj):
             continue
-        lines.append(f"- [`{_display_name(path, obj)}`](#{path}): {_summary(path, obj)}")
+        kind = "class " if inspect.isclass(obj) else ""
+        code = f"{kind}{_display_name(path, obj)}{signature(obj)}"
+        lines.append(f"- {_code(code)}: {_summary(path, obj)}")
     return "\n".join(lines) + "\n"
+
+
+def _code(text: str) -> str:
+    # A code span delimited by more backticks than any run inside it (a default such as "`").
+    runs = [len(r) for r in re.findall(r"`+", text)]
+    ticks = "`" * (max(runs, default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
 
 
 def render(text: str) -> str:

@@ -326,6 +326,68 @@ def test_api_pages_list_their_names_for_plain_markdown_readers() -> None:
             assert "<!-- names -->" in text, f"{page}: add <!-- names --> <!-- /names -->"
 
 
+_NAMES_LINE = re.compile(r"^- (`+) ?(class )?([\w.]+)(\(.*\)(?: -> .+)?)? ?\1: (.+)$")
+
+
+def test_api_name_lists_read_without_the_site() -> None:
+    """Each line: a public name that resolves to what it says, its call signature, one line.
+
+    No line links an anchor (``#labelgrad.X`` exists on the built site only).
+    """
+    bad = []
+    for page in sorted((DOCS / "api").glob("*.md")):
+        block = re.search(r"<!-- names -->\n(.*?)<!-- /names -->", page.read_text(), re.S)
+        for line in (block[1] if block else "").splitlines():
+            m = _NAMES_LINE.match(line)
+            if m is None or "](#" in line:
+                bad.append(f"{page.name}: {line[:80]}")
+                continue
+            kind, name, sig = m[2], m[3], m[4]
+            obj = _resolve(re.sub(r"^lg\.", "labelgrad.", name))
+            # The name is a public path: the package before the last dot lists it in __all__.
+            package, short = re.sub(r"^lg\.", "labelgrad.", name).rsplit(".", 1)
+            if short not in importlib.import_module(package).__all__:
+                bad.append(f"{page.name}: {name} is not in {package}.__all__")
+            if bool(kind) != inspect.isclass(obj):
+                bad.append(f"{page.name}: {name} shown as {'a class' if kind else 'a function'}")
+            if inspect.isroutine(obj):
+                # An independent reference: the parameter names, in order, from inspect.
+                params = list(inspect.signature(obj).parameters)
+                shown = re.findall(r"[(,] ?\**(\w+)", (sig or "").split(" -> ")[0])
+                if shown != params:
+                    bad.append(f"{page.name}: {name} shows {shown}, has {params}")
+    assert not bad, "fix docs/gen_docs.py, then run it:\n" + "\n".join(bad)
+
+
+def test_gen_docs_signatures() -> None:
+    sig = _gen_docs().signature
+
+    def f(x: int, /, y: str = "a", *args: int, z: float = 1.0, **kw: int) -> bool:
+        return True
+
+    def g(a: object, *, b: object = object()) -> None: ...
+
+    class C:
+        def __init__(self, n: int, *, scale: float = 2.0) -> None: ...
+
+    assert sig(f) == "(x, /, y='a', *args, z=1.0, **kw) -> bool"
+    assert sig(g) == "(a, *, b=<object object>)"  # no memory address, no "-> None"
+    assert sig(C) == "(n, *, scale=2.0)"
+    assert sig(labelgrad.Encoding) == ""  # a type alias
+    assert sig(ValueError) == ""
+
+
+def test_changelog_and_contributing_pages_point_to_their_file() -> None:
+    """On the repository page, these pages show the include line; a link leads to the file."""
+    css = (DOCS / "stylesheets" / "extra.css").read_text()
+    assert re.search(r"\.repo-only \{\s*display: none;", css)  # the site shows the file itself
+    for page, name in [("changelog.md", "CHANGELOG.md"), ("contributing.md", "CONTRIBUTING.md")]:
+        text = (DOCS / page).read_text()
+        link = re.search(r'<p class="repo-only">.*<a href="\.\./([\w.]+)">', text)
+        assert link and link[1] == name and (ROOT / name).is_file(), page
+        assert f'--8<-- "{name}"' in text, page
+
+
 _FENCE = re.compile(r"^(`{3,})[^\n]*\n(.*?)^\1$", re.S | re.M)
 
 
