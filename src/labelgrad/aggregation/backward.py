@@ -56,7 +56,8 @@ class AggregationResult:
             engine that computed the Gramian (a name in
             :data:`labelgrad.aggregation.engines.REGISTERED_NAMES`).
         reason: why that engine (what ``explain_engine`` says); on cached steps, the engine
-            that computes the Gramian when the weights are due, then ``"; cached weights"``.
+            that computes the Gramian when the weights are due, then
+            ``"; cached weights (Amortized)"``.
 
     Example:
         >>> import torch, labelgrad as lg
