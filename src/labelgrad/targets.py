@@ -15,6 +15,7 @@ from typing import Literal, TypeAlias
 import torch
 from torch import Tensor
 
+from labelgrad._layout import class_last
 from labelgrad._validation import as_count
 
 __all__ = ["Encoding", "Targets", "TargetsLike"]
@@ -154,12 +155,8 @@ class Targets:
         n, c = self.positive.shape[0], self.num_classes
         s = math.prod(self.positive.shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
 
-        last = self.class_dim == self.positive.dim() - 1
-
-        def flat(x: Tensor) -> Tensor:
-            if last and x.is_contiguous():
-                return x.view(n, s, c)  # one view: the common (N, C) and (N, T, C) layouts
-            return x.movedim(self.class_dim, -1).reshape(n, s, c)
+        def flat(x: Tensor) -> Tensor:  # one view in the common (N, C) and (N, T, C) layouts
+            return class_last(x, self.class_dim, n, s, c)
 
         indices = None
         if self.indices is not None:

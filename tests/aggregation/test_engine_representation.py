@@ -64,7 +64,7 @@ def test_representation_single_label_groups_is_diagonal_and_warns() -> None:
         feats = trunk(x)
         losses = lg.per_label_losses(head(feats), y, loss="ce", groups=[[0, 1], [2, 3]])
         g_ref, trunk_ref = _feature_reference(losses, feats, trunk, InvNorm())
-        lg.aggregation._warn._WARNED.discard("repr-diagonal")
+        lg.aggregation.reset_warnings("repr-diagonal")
         trunk.zero_grad(set_to_none=True)
         with pytest.warns(UserWarning, match="diagonal"):
             out = lg.aggregate_backward(

@@ -106,13 +106,62 @@ def test_unsupported_layer_falls_back_with_warning() -> None:
     tracker = lg.aggregation.track(trunk)
     try:
         g_exact, grads_exact = _run(trunk, head, x, y, groups, "exact")
-        lg.aggregation._warn._WARNED.discard("sg-type:LayerNorm")
+        lg.aggregation.reset_warnings("sg-type:LayerNorm")
         with pytest.warns(UserWarning, match=r"LayerNorm.*exact engine"):
             g_sample, grads_sample = _run(trunk, head, x, y, groups, "sample_gramian")
     finally:
         tracker.remove()
     torch.testing.assert_close(g_sample, g_exact)
     for a, b in zip(grads_sample, grads_exact):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("option", "rows"),
+    [({}, [5]), ({"memory_budget": 1}, [1, 1, 1, 1, 1]), ({"chunk_size": 2}, [2, 2, 1])],
+)
+def test_fallback_jacobian_is_chunked_within_the_budget(
+    option: dict[str, int], rows: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layers without a per-sample rule get their J chunked by ``memory_budget`` and
+    ``chunk_size`` as in the exact engine (the copy of that code once took all K rows at once)."""
+    trunk, head = _cnn(5, norm=True)
+    norm = trunk[-1]
+    x = torch.randn(12, 2, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 5, (12,))
+    groups = torch.arange(5)
+    tracker = lg.aggregation.track(trunk)
+    try:
+        g_ref, grads_ref = _run(trunk, head, x, y, groups, "exact")
+        seen: list[int] = []
+        real_grad = torch.autograd.grad
+
+        def spy(outputs: object, inputs: object, *args: object, **kwargs: object) -> object:
+            batched = kwargs.get("is_grads_batched")
+            if batched and any(i is norm.weight for i in inputs):  # type: ignore[attr-defined]
+                seen.append(kwargs["grad_outputs"].shape[0])  # type: ignore[attr-defined]
+            return real_grad(outputs, inputs, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(torch.autograd, "grad", spy)
+        for p in [*trunk.parameters(), *head.parameters()]:
+            p.grad = None
+        losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the LayerNorm fallback warning
+            out = lg.aggregate_backward(
+                losses,
+                shared=trunk,
+                aggregator=InvNorm(),
+                engine="sample_gramian",
+                **option,  # type: ignore[arg-type]
+            )
+        monkeypatch.undo()
+    finally:
+        tracker.remove()
+    assert seen == rows
+    torch.testing.assert_close(out.gramian, g_ref)
+    grads = [p.grad for p in [*trunk.parameters(), *head.parameters()]]
+    for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b)
 
 

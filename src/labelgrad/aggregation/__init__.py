@@ -4,11 +4,13 @@ K label (or label-group) losses -> a K x K Gramian estimate (exact, representati
 subset, per-sample for class groups, amortized) -> weights from an aggregator -> one backward.
 
 Modules: ``losses`` (per_label_losses, LossStructure), ``backward`` (aggregate_backward,
-explain_engine), ``engines/`` (one module per engine behind one protocol), ``jacobian``
-(per-label Jacobians and Gramians), ``weighing`` (weights under the nonfinite policy),
-``tracker`` (layer records for the sample-Gramian engine), ``amortized`` (Amortized).
+explain_engine), ``engines/`` (one module per engine behind one protocol),
+``per_label_jacobian`` (per-label Jacobians and Gramians), ``weighing`` (weights under the
+nonfinite policy), ``tracker`` (layer records for the sample-Gramian engine), ``amortized``
+(Amortized), ``_warn`` (warnings given once; :func:`reset_warnings`).
 """
 
+from labelgrad.aggregation._warn import reset_warnings
 from labelgrad.aggregation.amortized import Amortized
 from labelgrad.aggregation.backward import (
     AggregationResult,
@@ -37,5 +39,6 @@ __all__ = [
     "group_ids",
     "loss_structure",
     "per_label_losses",
+    "reset_warnings",
     "track",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from torch import Tensor, nn
 
 from labelgrad.aggregation.amortized import Amortized
-from labelgrad.aggregation.engines import CACHED, ENGINE_NAMES, Call, Choice, Options, choose
+from labelgrad.aggregation.engines import ENGINE_NAMES, Call, Choice, Options, choose
 from labelgrad.aggregation.engines.base import EngineName
 from labelgrad.aggregation.losses import LossStructure, find_structure
 from labelgrad.aggregation.tracker import Tracker
@@ -51,8 +51,13 @@ class AggregationResult:
             Jacobian aggregators such as ConFIG, whose update is not a weighting).
         gramian: the (K, K) Gramian the weights were computed from (None when cached weights
             of :class:`labelgrad.aggregation.Amortized` were reused).
-        engine: the engine that ran.
-        reason: why that engine (what ``explain_engine`` says).
+        engine: the engine that ran: ``"cached"`` on the steps where
+            :class:`labelgrad.aggregation.Amortized` reused its weights (no Gramian), else the
+            engine that computed the Gramian (a name in
+            :data:`labelgrad.aggregation.engines.REGISTERED_NAMES`).
+        reason: why that engine (what ``explain_engine`` says); on cached steps, the engine
+            that computes the Gramian when the weights are due, then
+            ``"; cached weights (Amortized)"``.
 
     Example:
         >>> import torch, labelgrad as lg
@@ -334,18 +339,11 @@ def aggregate_backward(
 
 
 def _run(call: Call, choice: Choice) -> AggregationResult:
-    """Gramian, weights, weighted backward: with the chosen engine, or cached weights."""
-    cached = CACHED.applies(call)
-    if cached.ok:
-        prepared = CACHED.gramian(call)
-        CACHED.backward(call, prepared, prepared.state)
-        return AggregationResult(
-            prepared.state, None, choice.engine.name, f"{choice.reason}; {cached.detail}"
-        )
+    """Gramian (or reused weights), weights, weighted backward: the same steps for every engine."""
     engine = choice.engine
     prepared = engine.gramian(call)
-    w = None
-    if not call.needs_jacobian:
+    w = prepared.weights
+    if w is None and not call.needs_jacobian:
         assert prepared.gramian is not None
         w = weigh(call.aggregator, prepared.gramian, call.options.nonfinite)
         if isinstance(call.aggregator, Amortized):

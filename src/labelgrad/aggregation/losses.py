@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labelgrad._layout import class_last
 from labelgrad.targets import Targets, TargetsLike, normalize_class_dim
 
 __all__ = ["LossStructure", "find_structure", "group_ids", "loss_structure", "per_label_losses"]
@@ -305,12 +306,9 @@ def per_label_losses(
     n = logits.shape[0]
     positions = math.prod(logits.shape[1:]) // max(num_classes, 1)
 
-    def class_last(x: Tensor) -> Tensor:  # (N, C, *) -> (N, S, C); explicit S for empty batches
-        return x.movedim(cd, -1).reshape(n, positions, num_classes)
-
-    z = class_last(logits)
-    known = class_last(t.known)
-    values = class_last(t.values).to(z.dtype)
+    z = class_last(logits, cd, n, positions, num_classes)  # explicit S for empty batches
+    known = class_last(t.known, cd, n, positions, num_classes)
+    values = class_last(t.values, cd, n, positions, num_classes).to(z.dtype)
 
     if loss == "ce":
         if t.indices is not None:

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from labelgrad._distributed import gradient_world_size
+from labelgrad._layout import class_back as _class_back
+from labelgrad._layout import class_last as _class_last
 from labelgrad.targets import Targets, TargetsLike, normalize_class_dim
 
 __all__ = ["GradContext", "Policy", "no_state_update", "state_updates_enabled"]
@@ -409,21 +411,6 @@ def _child_policies(module: nn.Module) -> Iterator[Policy]:
             yield child
         else:
             yield from _child_policies(child)
-
-
-def _class_last(x: Tensor, class_dim: int, n: int, s: int, c: int) -> Tensor:
-    """``x`` as (N, S, C): one view in the common layouts (class axis last, contiguous)."""
-    if class_dim == x.dim() - 1 and x.is_contiguous():
-        return x.view(n, s, c)
-    return x.movedim(class_dim, -1).reshape(n, s, c)
-
-
-def _class_back(out: Tensor, class_dim: int, shape: torch.Size) -> Tensor:
-    """Undo :func:`_class_last`: (N, S, C) back to the logits' ``shape``."""
-    if class_dim == len(shape) - 1 and out.is_contiguous():
-        return out.view(shape)
-    moved = shape[:class_dim] + shape[class_dim + 1 :] + shape[class_dim : class_dim + 1]
-    return out.reshape(moved).movedim(-1, class_dim)
 
 
 def gate(logits: Tensor, policy: Policy, targets: Targets | None, class_dim: int) -> Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from labelgrad.aggregation.jacobian import exact_jacobian, gramian_of
+from labelgrad.aggregation.per_label_jacobian import exact_jacobian, gramian_of
 
 __all__ = ["label_gramian"]
 

@@ -13,13 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from labelgrad.aggregation import _graph
-from labelgrad.aggregation.engines.base import Call, Prepared, Verdict
+from labelgrad.aggregation.engines.base import Call, Prepared, Verdict, own
 from labelgrad.aggregation.engines.representation import (
+    RepresentationPrepared,
     check_features,
     features_verdict,
     weighted_feature_backward,
 )
-from labelgrad.aggregation.jacobian import closed_form
+from labelgrad.aggregation.per_label_jacobian import closed_form
 from labelgrad.policies import no_state_update
 
 __all__ = ["ClosedFormRepresentation"]
@@ -29,6 +30,7 @@ class ClosedFormRepresentation:
     """The closed-form Gramian of a Linear head between ``features`` and the logits."""
 
     name: ClassVar[str] = "representation"
+    reuses_weights: ClassVar[bool] = False
 
     def applies(self, call: Call) -> Verdict:
         refusal = features_verdict(self.name, call)
@@ -76,12 +78,15 @@ class ClosedFormRepresentation:
         # a leaf hangs between them (e.g. a callable loss with a parameter of its own).
         stop = structure.logits.grad_fn
         from_logits = stop is not None and not _graph.leaves_reached(call.losses, stop=stop)
-        return Prepared(fj.gramian(), (fj, d if from_logits else None))
+        return RepresentationPrepared(
+            fj.gramian(), features_jacobian=fj, logit_grad=d if from_logits else None
+        )
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
         assert weights is not None
-        fj, d = prepared.state
+        mine = own(prepared, RepresentationPrepared)
         structure = call.options.structure
         assert structure is not None
+        d = mine.logit_grad
         start = None if d is None else (structure.logits, d)
-        weighted_feature_backward(call, fj, weights, start=start)
+        weighted_feature_backward(call, mine.features_jacobian, weights, start=start)

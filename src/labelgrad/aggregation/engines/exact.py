@@ -2,59 +2,46 @@
 
 J (K, P) is stored when it fits in ``memory_budget`` (half of it, the rest for the rows in
 flight), so the update ``J^T w`` needs no second backward through the shared part. When it does
-not fit, G is formed block pair by block pair (``jacobian.blocked_gramian``: more backward
-rows, for memory that does not grow with K x P) and the update is one weighted backward.
+not fit, G is formed block pair by block pair (``per_label_jacobian.blocked_gramian``: more
+backward rows, for memory that does not grow with K x P) and the update is one weighted
+backward.
 Jacobian aggregators (ConFIG, GradDrop) always get the stored J.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from labelgrad.aggregation import _write
-from labelgrad.aggregation.engines.base import Call, Prepared, Verdict
-from labelgrad.aggregation.jacobian import blocked_gramian, exact_jacobian, gramian_of, row_bytes
+from labelgrad.aggregation.engines._shared import check_reached, checked_jacobian, rows_per_chunk
+from labelgrad.aggregation.engines.base import Call, Prepared, Verdict, own
+from labelgrad.aggregation.per_label_jacobian import blocked_gramian, gramian_of, row_bytes
 from labelgrad.aggregation.weighing import aggregator_name
 
-__all__ = ["Exact", "checked_jacobian", "rows_per_chunk"]
+__all__ = ["Exact", "ExactPrepared"]
 
 
-def rows_per_chunk(k: int, per_row: int, call: Call, held: int = 0) -> int:
-    """Rows per batched backward: ``chunk_size``, or what the budget leaves after ``held`` bytes.
+@dataclass(eq=False, kw_only=True)
+class ExactPrepared(Prepared):
+    """The exact engine's record.
 
-    A batched backward holds its per-row gradients plus about as much again in flight.
+    Attributes:
+        jacobian: the stored J, one (K, *shape) tensor per shared parameter; None when G was
+            formed block by block (the update is then one weighted backward).
     """
-    if call.options.chunk_size is not None:
-        return call.options.chunk_size
-    free = max(0, call.options.memory_budget - held)
-    return max(1, min(k, free // max(1, 2 * per_row)))
 
-
-def checked_jacobian(call: Call, inputs: Sequence[Tensor], what: str, rows: int) -> list[Tensor]:
-    """The stored Jacobian over ``inputs``; ValueError naming those the losses do not reach."""
-    jac = exact_jacobian(call.losses, inputs, chunk_size=rows, batched=call.options.batched)
-    _check_reached(inputs, [j is not None for j in jac], what)
-    return [j for j in jac if j is not None]
-
-
-def _check_reached(inputs: Sequence[Tensor], reached: list[bool], what: str) -> None:
-    missing = [i for i, ok in enumerate(reached) if not ok]
-    if missing:
-        shapes = [tuple(inputs[i].shape) for i in missing[:5]]
-        raise ValueError(
-            f"the losses do not reach {len(missing)} of the {what} parameters (indices "
-            f"{missing[:5]}, shapes {shapes}): pass only parameters the losses depend on"
-        )
+    jacobian: list[Tensor] | None = None
 
 
 class Exact:
     """Batched per-label VJPs over the shared parameters (always applies)."""
 
     name: ClassVar[str] = "exact"
+    reuses_weights: ClassVar[bool] = False
 
     def applies(self, call: Call) -> Verdict:
         if call.needs_jacobian:
@@ -72,16 +59,17 @@ class Exact:
         if call.needs_jacobian or 2 * k * per_row <= call.options.memory_budget:
             rows = rows_per_chunk(k, per_row, call, held=k * per_row)
             jac = checked_jacobian(call, params, "shared", rows)
-            return Prepared(None if call.needs_jacobian else gramian_of(jac), jac)
+            return ExactPrepared(None if call.needs_jacobian else gramian_of(jac), jacobian=jac)
         anchor, rows = _blocked_plan(call, per_row)
         g, reached = blocked_gramian(
             call.losses, params, anchor_rows=anchor, chunk_size=rows, batched=call.options.batched
         )
-        _check_reached(params, reached, "shared")
-        return Prepared(g, None)
+        missing = [p for p, ok in zip(params, reached) if not ok]
+        check_reached(missing, params, "shared")
+        return ExactPrepared(g)
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
-        jac: list[Tensor] | None = prepared.state
+        jac = own(prepared, ExactPrepared).jacobian
         if jac is None:
             assert weights is not None
             _write.weighted_backward(call.losses, call.params, weights)

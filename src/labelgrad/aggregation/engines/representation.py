@@ -8,6 +8,7 @@ per-label VJPs, for a Linear head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -15,16 +16,35 @@ from torch import Tensor
 
 from labelgrad.aggregation import _graph
 from labelgrad.aggregation._warn import warn_once
-from labelgrad.aggregation.engines.base import Call, Prepared, Verdict
-from labelgrad.aggregation.jacobian import FeatureJacobian, representation_jacobian, row_bytes
-from labelgrad.aggregation.weighing import aggregator_name
+from labelgrad.aggregation.engines._shared import jacobian_refusal, rows_per_chunk
+from labelgrad.aggregation.engines.base import Call, Prepared, Verdict, own
+from labelgrad.aggregation.per_label_jacobian import (
+    FeatureJacobian,
+    representation_jacobian,
+    row_bytes,
+)
 
 __all__ = [
     "BatchedRepresentation",
+    "RepresentationPrepared",
     "check_features",
     "features_verdict",
     "weighted_feature_backward",
 ]
+
+
+@dataclass(eq=False, kw_only=True)
+class RepresentationPrepared(Prepared):
+    """The representation engines' record.
+
+    Attributes:
+        features_jacobian: the per-label gradients at ``features`` (stored or closed form).
+        logit_grad: the closed form's logit gradient D of ``losses.sum()``, to start the final
+            backward at the logits; None: start it at the losses.
+    """
+
+    features_jacobian: FeatureJacobian
+    logit_grad: Tensor | None = None
 
 
 def features_verdict(name: str, call: Call) -> Verdict | None:
@@ -33,13 +53,7 @@ def features_verdict(name: str, call: Call) -> Verdict | None:
     if call.options.features is None:
         detail = "engine='representation' needs features= (the shared representation)"
         return Verdict(name, False, "no_features", detail, asked=asked)
-    if call.needs_jacobian:
-        detail = (
-            f"{aggregator_name(call.aggregator)} needs the Jacobian over the shared parameters, "
-            "not a Gramian: use engine='exact' (engine='representation' cannot run it)"
-        )
-        return Verdict(name, False, "needs_jacobian", detail, asked=asked)
-    return None
+    return jacobian_refusal(name, call, asked)
 
 
 def check_features(call: Call) -> Tensor:
@@ -104,6 +118,7 @@ class BatchedRepresentation:
     """Batched VJPs from the losses to ``features`` (any losses, any head)."""
 
     name: ClassVar[str] = "representation"
+    reuses_weights: ClassVar[bool] = False
 
     def applies(self, call: Call) -> Verdict:
         refusal = features_verdict(self.name, call)
@@ -116,12 +131,13 @@ class BatchedRepresentation:
     def gramian(self, call: Call) -> Prepared:
         features = check_features(call)
         per_row = row_bytes([features])
-        rows = call.options.chunk_size or max(1, call.options.memory_budget // max(1, 2 * per_row))
+        rows = rows_per_chunk(call.losses.numel(), per_row, call)
         fj = representation_jacobian(
             call.losses, features, chunk_size=rows, batched=call.options.batched
         )
-        return Prepared(fj.gramian(), fj)
+        return RepresentationPrepared(fj.gramian(), features_jacobian=fj)
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
         assert weights is not None
-        weighted_feature_backward(call, prepared.state, weights)
+        fj = own(prepared, RepresentationPrepared).features_jacobian
+        weighted_feature_backward(call, fj, weights)

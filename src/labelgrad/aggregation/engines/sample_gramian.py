@@ -35,12 +35,16 @@ from torch import Tensor, nn
 
 from labelgrad.aggregation import _graph, _write
 from labelgrad.aggregation._warn import warn_once
-from labelgrad.aggregation.engines.base import Call, Prepared, Verdict
-from labelgrad.aggregation.jacobian import exact_jacobian, gramian_of
+from labelgrad.aggregation.engines._shared import (
+    checked_jacobian,
+    jacobian_refusal,
+    rows_per_chunk,
+)
+from labelgrad.aggregation.engines.base import Call, Prepared, Verdict, own
+from labelgrad.aggregation.per_label_jacobian import gramian_of, row_bytes
 from labelgrad.aggregation.tracker import Tracker
-from labelgrad.aggregation.weighing import aggregator_name
 
-__all__ = ["SampleGramian"]
+__all__ = ["SampleGramian", "SampleGramianPrepared"]
 
 _NOT = "sample-Gramian engine not applicable: "
 
@@ -105,11 +109,11 @@ def _layer_gramian(a: Tensor, b: Tensor, has_bias: bool) -> Tensor:
     return per_sample @ per_sample.T + bias
 
 
-@dataclass(eq=False)
-class _Layers:
+@dataclass(eq=False, kw_only=True)
+class SampleGramianPrepared(Prepared):
     """The layers the per-sample rule covers, their (A, B) positions, and the rest's Jacobian."""
 
-    prepared: list[tuple[nn.Module, Tensor, Tensor]]
+    layers: list[tuple[nn.Module, Tensor, Tensor]]
     fallback: list[Tensor]
     fallback_jacobian: list[Tensor]
     vmask: Tensor  # (N,) 1.0 where the sample's label counts, in the Gramian's dtype
@@ -155,16 +159,12 @@ def _live_layers(
 
 
 def _fallback_jacobian(call: Call, fallback: list[Tensor]) -> list[Tensor]:
+    """J over the parameters without a per-sample rule, chunked within the budget as exact's."""
     if not fallback:
         return []
-    jac = exact_jacobian(call.losses, fallback, chunk_size=None, batched=call.options.batched)
-    missing = [i for i, j in enumerate(jac) if j is None]
-    if missing:
-        raise ValueError(
-            f"the losses do not reach {len(missing)} of the shared parameters "
-            f"(shapes {[tuple(fallback[i].shape) for i in missing[:5]]})"
-        )
-    return [j for j in jac if j is not None]
+    k, per_row = call.losses.numel(), row_bytes(fallback)
+    rows = rows_per_chunk(k, per_row, call, held=k * per_row)
+    return checked_jacobian(call, fallback, "shared", rows, among=call.params)
 
 
 def _backward_to_outputs(
@@ -198,16 +198,13 @@ class SampleGramian:
     """Single-label class groups: G = S^T P S from per-sample gradient Gramians of the layers."""
 
     name: ClassVar[str] = "sample_gramian"
+    reuses_weights: ClassVar[bool] = False
 
     def applies(self, call: Call) -> Verdict:
         structure = call.options.structure
-        if call.needs_jacobian:
-            detail = (
-                f"{aggregator_name(call.aggregator)} needs the Jacobian over the shared "
-                "parameters, not a Gramian: use engine='exact' (engine='sample_gramian' cannot "
-                "run it)"
-            )
-            return Verdict(self.name, False, "needs_jacobian", detail, asked=False)
+        refusal = jacobian_refusal(self.name, call, asked=False)
+        if refusal is not None:
+            return refusal
         if structure is None or structure.kind != "sample":
             why = "the losses are not cross-entropy class groups from lg.per_label_losses"
             if structure is None and call.options.structure_note:
@@ -261,19 +258,21 @@ class SampleGramian:
         g = _group_gramian(p_total, structure.sample_group, vmask, structure.num_groups)
         if fb_jac:
             g = g + gramian_of(fb_jac)
-        return Prepared(g, _Layers(prepared, fallback, fb_jac, vmask))
+        return SampleGramianPrepared(
+            g, layers=prepared, fallback=fallback, fallback_jacobian=fb_jac, vmask=vmask
+        )
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
         assert weights is not None
-        layers: _Layers = prepared.state
+        mine = own(prepared, SampleGramianPrepared)
         structure = call.options.structure
         assert structure is not None
         assert structure.sample_known is not None
         assert structure.sample_group is not None
-        c = weights.to(layers.vmask.dtype)[structure.sample_group] * layers.vmask
+        c = weights.to(mine.vmask.dtype)[structure.sample_group] * mine.vmask
         with torch.no_grad():
             updates: dict[int, Tensor] = {}
-            for module, a, b in layers.prepared:
+            for module, a, b in mine.layers:
                 bc = b * c.to(b.dtype)[:, None, None]
                 weight = module.weight
                 assert isinstance(weight, Tensor)
@@ -281,7 +280,7 @@ class SampleGramian:
                 updates[id(weight)] = (flat_b.T @ flat_a).reshape(weight.shape)
                 if isinstance(module.bias, Tensor):
                     updates[id(module.bias)] = bc.sum((0, 1))
-            for p, j in zip(layers.fallback, layers.fallback_jacobian):
+            for p, j in zip(mine.fallback, mine.fallback_jacobian):
                 updates[id(p)] = torch.tensordot(weights.to(j.dtype), j, dims=1)
             for p in call.params:
                 _write.add_grad(p, updates[id(p)], fresh=True)

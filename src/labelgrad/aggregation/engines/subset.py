@@ -11,10 +11,13 @@ from typing import ClassVar
 from torch import Tensor
 
 from labelgrad.aggregation import _write
+from labelgrad.aggregation.engines._shared import (
+    checked_jacobian,
+    jacobian_refusal,
+    rows_per_chunk,
+)
 from labelgrad.aggregation.engines.base import Call, Prepared, Verdict
-from labelgrad.aggregation.engines.exact import checked_jacobian, rows_per_chunk
-from labelgrad.aggregation.jacobian import gramian_of, row_bytes
-from labelgrad.aggregation.weighing import aggregator_name
+from labelgrad.aggregation.per_label_jacobian import gramian_of, row_bytes
 
 __all__ = ["Subset"]
 
@@ -23,18 +26,16 @@ class Subset:
     """Exact G over ``subset=``, one weighted backward over all shared parameters."""
 
     name: ClassVar[str] = "subset"
+    reuses_weights: ClassVar[bool] = False
 
     def applies(self, call: Call) -> Verdict:
         asked = call.options.engine == "subset"
         if call.options.subset is None:
             detail = "engine='subset' needs subset= (the parameters to compute G over)"
             return Verdict(self.name, False, "no_subset", detail, asked=asked)
-        if call.needs_jacobian:
-            detail = (
-                f"{aggregator_name(call.aggregator)} needs the Jacobian over the shared "
-                "parameters, not a Gramian: use engine='exact' (engine='subset' cannot run it)"
-            )
-            return Verdict(self.name, False, "needs_jacobian", detail, asked=asked)
+        refusal = jacobian_refusal(self.name, call, asked)
+        if refusal is not None:
+            return refusal
         detail = "subset engine: exact Gramian over the parameter subset, one weighted backward"
         return Verdict(self.name, True, "subset", detail)
 

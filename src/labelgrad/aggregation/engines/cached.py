@@ -1,7 +1,10 @@
-"""Cached weights of :class:`labelgrad.aggregation.Amortized`: no Gramian on this step.
+"""The cached engine: the weights of :class:`labelgrad.aggregation.Amortized` between
+recomputations, with no Gramian on this step.
 
-Between recomputations the shared parameters get the gradient of ``sum_k w_k L_k`` with the
-cached ``w`` (one weighted backward), whatever engine computes the Gramian on the other steps.
+The shared parameters get the gradient of ``sum_k w_k L_k`` with the cached ``w`` (one weighted
+backward), whatever engine computes the Gramian on the steps where the weights are due. The
+result of such a step names this engine (``"cached"``), and its reason names the engine that
+computes the Gramian when the weights are due.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ __all__ = ["CachedWeights"]
 class CachedWeights:
     """Applies when the aggregator is ``Amortized`` and its weights are not due this step."""
 
-    name: ClassVar[str] = "amortized"
+    name: ClassVar[str] = "cached"
+    reuses_weights: ClassVar[bool] = True
 
     def applies(self, call: Call) -> Verdict:
         agg = call.aggregator
@@ -32,9 +36,11 @@ class CachedWeights:
         return Verdict(self.name, True, "cached", "cached weights (Amortized)")
 
     def gramian(self, call: Call) -> Prepared:
+        agg = call.aggregator
+        assert isinstance(agg, Amortized)
         k = call.losses.numel()
-        w = call.aggregator.cached(k, call.losses)
-        return Prepared(None, check_weights(call.aggregator, w, k, call.options.nonfinite))
+        w = check_weights(agg, agg.cached(k, call.losses), k, call.options.nonfinite)
+        return Prepared(None, weights=w)
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
         assert weights is not None

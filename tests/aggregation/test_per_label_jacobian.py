@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from labelgrad.aggregation.jacobian import blocked_gramian, exact_jacobian, gramian_of
+from labelgrad.aggregation.per_label_jacobian import blocked_gramian, exact_jacobian, gramian_of
 
 
 def _losses(k: int = 6) -> tuple[Tensor, list[Tensor]]:
