@@ -351,7 +351,7 @@ def test_a_foreign_checkpoint_is_not_a_labelgrad_checkpoint(trained: tuple[Path,
 def test_a_full_disk_keeps_the_old_checkpoint(
     trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from labelgrad.app import train
+    from labelgrad.app import train_checkpoint
     from labelgrad.app.cli import main
 
     cfg, ckpt = trained
@@ -360,7 +360,7 @@ def test_a_full_disk_keeps_the_old_checkpoint(
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train.os, "fsync", full)
+    monkeypatch.setattr(train_checkpoint.os, "fsync", full)
     monkeypatch.chdir(ckpt.parents[1])
     code = main(["train", str(cfg), "--resume", "--quiet"])
     err = capsys.readouterr().err

@@ -286,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     from labelgrad.app.datasets import DataError, MissingSourceError
-    from labelgrad.app.train import ConfigError, OutputError
+    from labelgrad.app.train_checkpoint import OutputError
+    from labelgrad.app.train_config import ConfigError
 
     commands = {"demo": _cmd_demo, "bench": _cmd_bench, "train": _cmd_train}
     try:
