@@ -87,7 +87,7 @@ def test_demo_writes_a_complete_report(demo_out: tuple[Path, dict[str, object]])
 
 
 def test_demo_table_format() -> None:
-    from labelgrad.app.demo import Row, format_rows
+    from labelgrad.app.demo_tables import Row, format_rows
 
     row = Row("e", "m", {"balanced_acc": [0.5, 0.7], "few_shot_acc": [0.1, 0.1]}, [2.0, 4.0])
     row.timed_ms, row.timed_ratio = 3.0, 1.5
