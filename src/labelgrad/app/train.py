@@ -26,7 +26,7 @@ files are one-line errors)::
                                 #   this many epochs (0: train every epoch)
     lr = 0.001
     batch_size = 64
-    optimizer = "adam"          # adam | adamw | sgd
+    optimizer = "adam"          # adam | adamw | sgd (any case: "AdamW" too)
     weight_decay = 0.0
     momentum = 0.9              # sgd only
 
@@ -313,7 +313,8 @@ def _echo_summary(echo: Callable[[str], None], summary: dict[str, Any], folder: 
             + ", ".join(f"{k} {v:.4f}" for k, v in r["test"].items())
         )
 
-    echo(line(f"trained (from epoch {summary['resumed_from_epoch']})", summary))
+    start = summary["resumed_from_epoch"]
+    echo(line(f"trained (resumed after epoch {start})" if start else "trained", summary))
     if "baseline" in summary:
         echo(line("baseline (plain loss, same seed)", summary["baseline"]))
     for note in summary["notes"]:

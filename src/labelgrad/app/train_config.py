@@ -245,11 +245,13 @@ def _check_model_and_train(model: dict[str, Any], train: dict[str, Any], name: s
         if not (math.isfinite(v) and v >= 0 and (key != "momentum" or v < 1)):
             expected = "a finite number in [0, 1)" if key == "momentum" else "a finite number >= 0"
             raise ConfigError(f"{name}: [train] {key} must be {expected}, got {v}")
-    if train["optimizer"] not in _OPTIMIZERS:
+    # Names as torch spells its classes (AdamW, SGD) are the same optimizers.
+    if train["optimizer"].lower() not in _OPTIMIZERS:
         raise ConfigError(
-            f"{name}: [train] optimizer must be one of {', '.join(_OPTIMIZERS)}, "
+            f"{name}: [train] optimizer must be one of {', '.join(_OPTIMIZERS)} (any case), "
             f"got {train['optimizer']!r}"
         )
+    train["optimizer"] = train["optimizer"].lower()
 
 
 def _check_rows(rows: dict[str, Any], name: str) -> None:

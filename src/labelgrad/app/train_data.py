@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from labelgrad.app.datafiles import csv_data_lines, label_problem
 from labelgrad.app.datasets import (
     DataError,
     Dataset,
@@ -29,9 +30,6 @@ from labelgrad.app.train_config import ConfigError, TrainConfig
 MONITOR_HISTORY = 2048
 """Steps of per-class gradient norms the run's monitor keeps (a ring buffer; fixed so that a
 checkpoint resumes under a config with more epochs)."""
-
-
-# --- data -----------------------------------------------------------------------------------
 
 
 MAX_UNUSED_CLASSES = 16
@@ -60,23 +58,35 @@ def _read_arrays(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
-        raise DataError(f"{d['path']}: labels must be integers")
+    problem = label_problem(y)
+    if problem is not None:
+        index, why = problem
+        raise DataError(f"{d['path']}: {_where(d, index[0])} {why}")
     if len(x) < 2:
         raise DataError(f"{d['path']}: needs at least 2 samples, has {len(x)}")
     return x, y
 
 
-def _num_classes(y: np.ndarray, declared: int | None, path: str) -> int:
-    """C of class-index labels: checked against ``declared``, or inferred when plausible."""
+def _where(d: Mapping[str, Any], index: int) -> str:
+    """Where sample ``index`` is in the data file: a CSV's line number, else the sample number."""
+    if d["format"] == "csv":
+        return f"line {csv_data_lines(d['path'])[index]}"
+    return f"sample {index + 1}"
+
+
+def _num_classes(y: np.ndarray, d: Mapping[str, Any]) -> int:
+    """C of class-index labels: checked against ``[data] num_classes``, or inferred when
+    plausible."""
+    path: str = d["path"]
+    declared: int | None = d["num_classes"]
     if y.min(initial=0) < 0:
         row = int(np.argmin(y))
-        raise DataError(f"{path}: data row {row + 1} has label {y[row]}; class labels are >= 0")
+        raise DataError(f"{path}: {_where(d, row)} has label {y[row]}; class labels are >= 0")
     top = int(np.argmax(y))
     if declared is not None:
         if y[top] >= declared:
             raise DataError(
-                f"{path}: data row {top + 1} has label {y[top]}, out of range for "
+                f"{path}: {_where(d, top)} has label {y[top]}, out of range for "
                 f"[data] num_classes = {declared} (labels 0..{declared - 1})"
             )
         return declared
@@ -85,7 +95,7 @@ def _num_classes(y: np.ndarray, declared: int | None, path: str) -> int:
     if c - len(distinct) > max(MAX_UNUSED_CLASSES, len(distinct)):
         rest = distinct[:-1]
         raise DataError(
-            f"{path}: data row {top + 1} has label {y[top]}, but the other labels are "
+            f"{path}: {_where(d, top)} has label {y[top]}, but the other labels are "
             f"{len(rest)} values in {rest.min(initial=0)}..{rest.max(initial=0)}: a typo? "
             f"(set [data] num_classes = {c} if there really are {c} classes)"
         )
@@ -100,7 +110,7 @@ def _labels(y: np.ndarray, d: Mapping[str, Any]) -> tuple[np.ndarray, Task, int]
     if task == "multiclass":
         if y.ndim != 1:
             raise DataError(f"{path}: multiclass data needs one label column, got {y.shape}")
-        return y, task, _num_classes(y, d["num_classes"], path)
+        return y, task, _num_classes(y, d)
     if y.ndim != 2:
         raise DataError(f"{path}: multilabel data needs label columns, got {y.shape}")
     c = y.shape[1]
@@ -110,7 +120,7 @@ def _labels(y: np.ndarray, d: Mapping[str, Any]) -> tuple[np.ndarray, Task, int]
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise DataError(
-            f"{path}: data row {row + 1}, label column {col + 1} is {y[row, col]}; multi-hot "
+            f"{path}: {_where(d, row)}, label column {col + 1} is {y[row, col]}; multi-hot "
             "labels must be 0, 1 or -1 (unknown)"
         )
     return y, task, c
