@@ -203,3 +203,15 @@ def test_a_bad_npz_label_is_shown_as_stored_with_its_sample(
     code, _, err = _train([str(cfg)], capsys, tmp_path)
     assert code == 2, err
     assert needle in err, err
+
+
+@pytest.mark.parametrize("header", ["", "a,b,label\n"])
+def test_a_byte_order_mark_is_not_a_header(tmp_path: Path, header: str) -> None:
+    from labelgrad.app.datafiles import csv_data_lines, csv_header, read_csv
+
+    path = tmp_path / "d.csv"
+    path.write_bytes(("\ufeff" + header + "1,2,0\n3,4,1\n").encode())
+    x, y = read_csv(path, label_columns=[-1])
+    assert x.tolist() == [[1.0, 2.0], [3.0, 4.0]] and y.tolist() == [[0], [1]]
+    assert csv_header(path) == (["a", "b", "label"] if header else None)
+    assert csv_data_lines(path) == ([2, 3] if header else [1, 2])

@@ -138,7 +138,7 @@ def _numbered_lines(file: Path) -> list[tuple[int, str]]:
     """The non-blank lines of a CSV with their line numbers (from 1)."""
     opener = gzip.open if file.suffix == ".gz" else open
     try:
-        with opener(file, "rt") as fh:
+        with opener(file, "rt", encoding="utf-8-sig") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError, EOFError) as err:
         raise DataError(f"{file}: cannot read CSV ({err})") from None
@@ -193,7 +193,7 @@ def csv_header(path: str | os.PathLike[str]) -> list[str] | None:
     file = Path(path)
     opener = gzip.open if file.suffix == ".gz" else open
     try:
-        with opener(file, "rt") as fh:
+        with opener(file, "rt", encoding="utf-8-sig") as fh:
             first = fh.readline()
     except (OSError, UnicodeDecodeError, EOFError) as err:
         raise DataError(f"{file}: cannot read CSV ({err})") from None

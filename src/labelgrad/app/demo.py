@@ -10,6 +10,9 @@ Experiments (each method trained from the same seeds; mean ± std over seeds):
 (b) Yeast with half the training labels hidden: unknowns treated as negatives vs ``mask_unknown``.
 (c) Yeast: the summed label gradients vs PCGrad and UPGrad on the shared trunk
     (``lg.aggregate_backward``). Metrics for Yeast: macro mAP and macro F1 at threshold 0.5.
+
+The rows and their tables are :mod:`labelgrad.app.demo_tables`, the training runs
+:mod:`labelgrad.app.demo_runs`; this module runs the experiments and writes the report.
 """
 
 from __future__ import annotations
@@ -51,20 +54,10 @@ from labelgrad.app.demo_tables import (
     takeaways,
 )
 from labelgrad.app.html import Section, write_report
-from labelgrad.app.metrics import (
-    FEW_SHOT,
-)
+from labelgrad.app.metrics import FEW_SHOT
 from labelgrad.app.plots import plot_conflicts, plot_grad_norm_history, plot_per_class_accuracy
-from labelgrad.app.recipes import (
-    BETA,
-    TAIL_LR_POWER,
-)
-from labelgrad.app.training import (
-    MLP,
-    prepare_run,
-    progress_bar,
-    small_model_threads,
-)
+from labelgrad.app.recipes import BETA, TAIL_LR_POWER
+from labelgrad.app.training import MLP, prepare_run, progress_bar, small_model_threads
 from labelgrad.report import atomic_write_text, label_gramian, save_monitor
 
 __all__ = ["DemoResult", "run_demo"]

@@ -14,21 +14,9 @@ from torch import Tensor
 import labelgrad as lg
 from labelgrad.app.datasets import Dataset, digits_lt
 from labelgrad.app.demo_tables import Row, nan_median
-from labelgrad.app.metrics import (
-    multilabel_metrics,
-    per_class_recall,
-    shot_group_accuracy,
-)
-from labelgrad.app.recipes import (
-    MULTILABEL_METHODS,
-    StepFn,
-    long_tail_recipe,
-    multilabel_step,
-)
-from labelgrad.app.training import (
-    MLP,
-    epoch_batches,
-)
+from labelgrad.app.metrics import multilabel_metrics, per_class_recall, shot_group_accuracy
+from labelgrad.app.recipes import MULTILABEL_METHODS, StepFn, long_tail_recipe, multilabel_step
+from labelgrad.app.training import MLP, epoch_batches
 
 
 @dataclass(frozen=True)

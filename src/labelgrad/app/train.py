@@ -60,6 +60,11 @@ shapes and dtypes of the model, optimizer and policy states) is checked first.
 Every bad input (config, data, flag, checkpoint, a full disk) is one line on stderr and exit 2;
 values that would size an allocation (num_classes, hidden widths, labels) are checked against
 the memory they would need before anything is allocated.
+
+This module runs the epochs and writes the summary; the config is read and checked in
+:mod:`labelgrad.app.train_config`, the data in :mod:`labelgrad.app.train_data`, the model,
+policy, optimizer and step are built in :mod:`labelgrad.app.train_build`, and the checkpoint is
+:mod:`labelgrad.app.train_checkpoint`.
 """
 
 from __future__ import annotations
@@ -76,10 +81,7 @@ import torch
 import torch.nn.functional as F
 
 import labelgrad as lg
-from labelgrad.app.datasets import (
-    Dataset,
-    Task,
-)
+from labelgrad.app.datasets import Dataset, Task
 from labelgrad.app.metrics import multiclass_metrics, multilabel_metrics
 from labelgrad.app.train_build import Parts, build_parts, make_step
 from labelgrad.app.train_checkpoint import (

@@ -13,9 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import labelgrad as lg
-from labelgrad.app.datasets import (
-    Dataset,
-)
+from labelgrad.app.datasets import Dataset
 from labelgrad.app.recipes import effective_number_weights, tail_lr_scale
 from labelgrad.app.train_config import ConfigError, TrainConfig
 from labelgrad.app.train_data import MONITOR_HISTORY

@@ -16,9 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labelgrad.app.datasets import (
-    DataError,
-)
+from labelgrad.app.datasets import DataError
 from labelgrad.app.train_build import Parts
 from labelgrad.app.train_config import ConfigError, TrainConfig
 from labelgrad.report import atomic_path

@@ -122,7 +122,7 @@ def _check_list(where: str, values: list[Any], types: tuple[type, ...]) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A validated ``labelgrad train`` config (see the module docstring for the keys)."""
+    """A validated ``labelgrad train`` config (the keys: :mod:`labelgrad.app.train`)."""
 
     file: Path
     data: dict[str, Any]

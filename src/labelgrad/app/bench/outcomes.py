@@ -27,6 +27,10 @@ The recipes and their constants are :mod:`labelgrad.app.recipes`, the metrics
 
 Outputs (in ``out``): ``outcomes.csv``, ``outcomes.json``, PNG plots and ``results.md`` (the
 tables, the plots, the goals and whether they were met, the machine and the command).
+
+The methods, sizes and records are :mod:`labelgrad.app.bench.outcomes_setup`, the outputs
+:mod:`labelgrad.app.bench.outcomes_report` (figures: :mod:`labelgrad.app.bench.outcomes_plots`);
+this module trains.
 """
 
 from __future__ import annotations
@@ -61,15 +65,8 @@ from labelgrad.app.datasets import (
     hide_labels,
     yeast,
 )
-from labelgrad.app.metrics import (
-    multilabel_metrics,
-    per_class_recall,
-    shot_group_accuracy,
-)
-from labelgrad.app.recipes import (
-    long_tail_recipe,
-    multilabel_step,
-)
+from labelgrad.app.metrics import multilabel_metrics, per_class_recall, shot_group_accuracy
+from labelgrad.app.recipes import long_tail_recipe, multilabel_step
 from labelgrad.app.training import (
     MLP,
     epoch_batches,

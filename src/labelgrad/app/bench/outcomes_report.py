@@ -32,17 +32,9 @@ from labelgrad.app.bench.outcomes_setup import (
     goals,
     machine,
 )
-from labelgrad.app.metrics import (
-    FEW_SHOT,
-    MANY_SHOT,
-)
+from labelgrad.app.metrics import FEW_SHOT, MANY_SHOT
 from labelgrad.app.plots import plot_per_class_accuracy
-from labelgrad.app.recipes import (
-    BETA,
-    DRW_FRACTION,
-    LA_TAU,
-    TAIL_LR_POWER,
-)
+from labelgrad.app.recipes import BETA, DRW_FRACTION, LA_TAU, TAIL_LR_POWER
 from labelgrad.report import atomic_write_text
 
 # --- reporting --------------------------------------------------------------------------------

@@ -17,9 +17,7 @@ from torch import Tensor, nn
 
 import labelgrad as lg
 from labelgrad.app.bench.incremental import INCREMENTAL_METHODS
-from labelgrad.app.recipes import (
-    LONG_TAIL_METHODS,
-)
+from labelgrad.app.recipes import LONG_TAIL_METHODS
 
 __all__ = [
     "AGG_METHODS",
