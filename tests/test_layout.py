@@ -44,7 +44,9 @@ def test_the_library_never_imports_the_application() -> None:
     bad = [
         f"{name} imports {target}"
         for name, tree in _modules()
-        if not name.startswith("labelgrad.app")
+        # ``python -m labelgrad`` runs the command: its module imports the application inside
+        # main() only (``import labelgrad`` never runs it; checked below).
+        if not name.startswith("labelgrad.app") and name != "labelgrad.__main__"
         for target, _ in _imports(tree)
         if target == "labelgrad.app"
         or target.startswith("labelgrad.app.")
@@ -99,3 +101,14 @@ def test_import_labelgrad_pulls_in_no_application_dependency() -> None:
 
     assert run("labelgrad") == run("torch")
     assert "matplotlib" not in run("labelgrad") and "sklearn" not in run("labelgrad")
+
+
+def test_python_m_labelgrad_loads_the_application_only_when_run() -> None:
+    tree = dict(_modules())["labelgrad.__main__"]
+    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not [
+        target
+        for node in top_level
+        for target, _ in _imports(ast.Module([node], []))
+        if target.startswith("labelgrad.app")
+    ]

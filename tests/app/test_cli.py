@@ -87,7 +87,7 @@ def test_demo_writes_a_complete_report(demo_out: tuple[Path, dict[str, object]])
 
 
 def test_demo_table_format() -> None:
-    from labelgrad.app.demo import Row, format_rows
+    from labelgrad.app.demo_tables import Row, format_rows
 
     row = Row("e", "m", {"balanced_acc": [0.5, 0.7], "few_shot_acc": [0.1, 0.1]}, [2.0, 4.0])
     row.timed_ms, row.timed_ratio = 3.0, 1.5
@@ -260,9 +260,9 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 @pytest.mark.parametrize(
     ("content", "extra", "message"),
     [
-        ("1,2,0\n3,4\n", "", "row 2 has 2 cells"),
+        ("1,2,0\n3,4\n", "", "line 2 has 2 cells"),
         ("1,2,0\n3,x,1\n", "", "non-numeric"),
-        ("1,2,0\n3,4,7\n5,6,1\n", "num_classes = 3", "data row 2 has label 7, out of range"),
+        ("1,2,0\n3,4,7\n5,6,1\n", "num_classes = 3", "line 2 has label 7, out of range"),
         ("1,2,0\n3,4,1\n", "label_columns = [9]", "label column 9 out of range"),
     ],
 )

@@ -192,7 +192,7 @@ def test_read_csv(tmp_path: Path) -> None:
     assert x.tolist() == [[0.5, 1.0], [1.5, -2.0]]
     assert y.tolist() == [[2], [0]]
     p.write_text("1,2,3\n4,5\n")
-    with pytest.raises(DataError, match="row 2 has 2 cells"):
+    with pytest.raises(DataError, match="line 2 has 2 cells"):
         read_csv(p, label_columns=[-1])
     p.write_text("1,2,3\n4,abc,6\n")
     with pytest.raises(DataError, match="non-numeric"):

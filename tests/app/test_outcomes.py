@@ -15,7 +15,7 @@ import torch
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 from labelgrad.app.bench.incremental import INCREMENTAL_METHODS  # noqa: E402
-from labelgrad.app.bench.outcomes import (  # noqa: E402
+from labelgrad.app.bench.outcomes_setup import (  # noqa: E402
     CI_EXPERIMENT,
     LT_METHODS,
     PARTIAL_METHODS,

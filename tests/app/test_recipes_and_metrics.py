@@ -32,14 +32,14 @@ def test_constants_are_defined_only_in_the_recipe_and_metrics_modules() -> None:
 
 
 def test_demo_outcomes_and_train_share_one_definition() -> None:
-    from labelgrad.app import demo, train
-    from labelgrad.app.bench import outcomes
+    from labelgrad.app import demo, demo_runs, train
+    from labelgrad.app.bench import outcomes, outcomes_report, outcomes_setup
 
-    assert outcomes.BETA is recipes.BETA
-    assert outcomes.LT_METHODS is recipes.LONG_TAIL_METHODS
+    assert outcomes_report.BETA is recipes.BETA
+    assert outcomes_setup.LT_METHODS is recipes.LONG_TAIL_METHODS
     assert set(demo.DIGITS_METHODS) <= set(recipes.LONG_TAIL_METHODS)
-    assert demo.FEW_SHOT == outcomes.FEW_SHOT == metrics.FEW_SHOT
-    assert train.multilabel_metrics is outcomes.multilabel_metrics is demo.multilabel_metrics
+    assert demo.FEW_SHOT == outcomes_report.FEW_SHOT == metrics.FEW_SHOT
+    assert train.multilabel_metrics is outcomes.multilabel_metrics is demo_runs.multilabel_metrics
 
 
 def test_effective_number_weights_follow_the_paper() -> None:

@@ -205,7 +205,7 @@ def _label_typo(tmp_path: Path) -> Path:
     path = _csv(tmp_path)
     lines = path.read_text().splitlines()
     cells = lines[8].split(",")
-    lines[8] = ",".join([*cells[:-1], "1000000"])  # data row 8 (line 9, after the header)
+    lines[8] = ",".join([*cells[:-1], "1000000"])  # data row 8: line 9, after the header
     path.write_text("\n".join(lines) + "\n")
     return _toml(tmp_path, BASE)
 
@@ -227,7 +227,7 @@ CAP = 3 * 1024**3
 @pytest.mark.parametrize(
     ("make", "needles"),
     [
-        (_label_typo, ["d.csv: data row 8 has label 1000000", "a typo?", "num_classes"]),
+        (_label_typo, ["d.csv: line 9 has label 1000000", "a typo?", "num_classes"]),
         (_huge_classes, ["would need about", "of memory;", "is available"]),
         (_huge_hidden, ["hidden = [100000000000]", "would need about"]),
     ],
@@ -250,7 +250,7 @@ def test_declared_num_classes_reports_the_offending_row(tmp_path: Path) -> None:
     cfg = _toml(tmp_path, BASE.replace("[model]", "num_classes = 2\n[model]"))
     _assert_refused(
         _run(["train", str(cfg)], tmp_path),
-        "data row 8 has label 1000000, out of range for [data] num_classes = 2",
+        "line 9 has label 1000000, out of range for [data] num_classes = 2",
     )
 
 
@@ -351,7 +351,7 @@ def test_a_foreign_checkpoint_is_not_a_labelgrad_checkpoint(trained: tuple[Path,
 def test_a_full_disk_keeps_the_old_checkpoint(
     trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from labelgrad.app import train
+    from labelgrad.app import train_checkpoint
     from labelgrad.app.cli import main
 
     cfg, ckpt = trained
@@ -360,7 +360,7 @@ def test_a_full_disk_keeps_the_old_checkpoint(
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train.os, "fsync", full)
+    monkeypatch.setattr(train_checkpoint.os, "fsync", full)
     monkeypatch.chdir(ckpt.parents[1])
     code = main(["train", str(cfg), "--resume", "--quiet"])
     err = capsys.readouterr().err

@@ -8,11 +8,14 @@ corrupt data file, an output folder that cannot be written), reported as one lin
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import json
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["BENCH_LEVELS", "INSTALL", "UsageError", "build_parser", "main", "missing_requirements"]
@@ -112,6 +115,10 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bench = sub.add_parser(
         "bench",
         help="time each level against a plain step (ratios, one process, interleaved medians)",
+        description="Time each level of labelgrad (policies, row rules, weightings, aggregation) "
+        "against a plain training step: every case runs in one process, interleaved, and the "
+        "table gives medians and their ratio to the plain step. --outcomes instead measures "
+        "accuracy on real data (docs/results.md).",
     )
     _common(bench, None)
     bench.add_argument("--quick", action="store_true", help="fewer steps and sizes")
@@ -137,7 +144,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "train",
         help="train an MLP on your data from a TOML config",
         description="Train on CSV, NPZ or idx data with the policies, row rules and aggregator "
-        "a TOML config declares; checkpoints every epoch (see README: 'labelgrad train').",
+        "a TOML config declares; checkpoints every epoch (docs/api/cli.md: 'labelgrad train').",
+        epilog="config keys, with example values (every key is checked):\n\n" + _config_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("config", help="the TOML config file")
     _common(train, "labelgrad-out")
@@ -152,6 +161,24 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="also train plain cross-entropy (BCE for multi-label data) with the same seed, "
         "model and optimizer, reported side by side",
     )
+
+
+def _config_keys() -> str:
+    """The config keys of ``labelgrad train``: the literal block of its module docstring.
+
+    Read from the source, not imported: ``--help`` needs none of the command's extras, and the
+    keys are written down once (docs/api/cli.md shows the same block).
+    """
+    spec = importlib.util.find_spec("labelgrad.app.train")
+    if spec is None or spec.origin is None:  # pragma: no cover - the package is always there
+        return "see docs/api/cli.md"
+    doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
+    block: list[str] = []
+    for line in doc.partition("::\n")[2].splitlines():
+        if line.strip() and not line.startswith(" "):
+            break
+        block.append(line)
+    return textwrap.dedent("\n".join(block)).strip("\n")
 
 
 def _device(name: str) -> str:
@@ -286,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     from labelgrad.app.datasets import DataError, MissingSourceError
-    from labelgrad.app.train import ConfigError, OutputError
+    from labelgrad.app.train_checkpoint import OutputError
+    from labelgrad.app.train_config import ConfigError
 
     commands = {"demo": _cmd_demo, "bench": _cmd_bench, "train": _cmd_train}
     try:

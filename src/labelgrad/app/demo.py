@@ -10,6 +10,9 @@ Experiments (each method trained from the same seeds; mean ± std over seeds):
 (b) Yeast with half the training labels hidden: unknowns treated as negatives vs ``mask_unknown``.
 (c) Yeast: the summed label gradients vs PCGrad and UPGrad on the shared trunk
     (``lg.aggregate_backward``). Metrics for Yeast: macro mAP and macro F1 at threshold 0.5.
+
+The rows and their tables are :mod:`labelgrad.app.demo_tables`, the training runs
+:mod:`labelgrad.app.demo_runs`; this module runs the experiments and writes the report.
 """
 
 from __future__ import annotations
@@ -29,82 +32,35 @@ from torch import Tensor
 
 import labelgrad as lg
 from labelgrad.app.datasets import Dataset, digits_lt, hide_labels, yeast
+from labelgrad.app.demo_runs import (
+    SIZES,
+    MethodRun,
+    Sizes,
+    digits_lt_run,
+    digits_setup,
+    set_timings,
+    yeast_run,
+    yeast_setup,
+)
+from labelgrad.app.demo_tables import (
+    AGG_METHODS,
+    DIGITS_METHODS,
+    IMBALANCES,
+    PARTIAL_METHODS,
+    Row,
+    experiment_tables,
+    nan_std,
+    plain_table,
+    takeaways,
+)
 from labelgrad.app.html import Section, write_report
-from labelgrad.app.metrics import (
-    FEW_SHOT,
-    multilabel_metrics,
-    per_class_recall,
-    shot_group_accuracy,
-)
+from labelgrad.app.metrics import FEW_SHOT
 from labelgrad.app.plots import plot_conflicts, plot_grad_norm_history, plot_per_class_accuracy
-from labelgrad.app.recipes import (
-    BETA,
-    MULTILABEL_METHODS,
-    TAIL_LR_POWER,
-    StepFn,
-    long_tail_recipe,
-    multilabel_step,
-)
-from labelgrad.app.training import (
-    MLP,
-    epoch_batches,
-    prepare_run,
-    progress_bar,
-    small_model_threads,
-)
+from labelgrad.app.recipes import BETA, TAIL_LR_POWER
+from labelgrad.app.training import MLP, prepare_run, progress_bar, small_model_threads
 from labelgrad.report import atomic_write_text, label_gramian, save_monitor
 
-__all__ = ["DemoResult", "Row", "Sizes", "format_rows", "run_demo"]
-
-DIGITS_METHODS = ("plain_ce", "class_weights", "plain_sigmoid", "eqlv2", "row_rules")
-"""The long-tail recipes (:mod:`labelgrad.app.recipes`) the demo runs on digits-LT."""
-PARTIAL_METHODS = ("unknown_as_negative", "mask_unknown")
-AGG_METHODS = ("sum", "PCGrad", "UPGrad")
-IMBALANCES = (10.0, 100.0)
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much the demo trains (``full`` for ``make demo``, ``tiny`` for tests)."""
-
-    seeds: int
-    digits_epochs: int
-    yeast_epochs: int
-    yeast_limit: int | None
-    timing_steps: int = 30
-    batch_size: int = 64
-    yeast_batch_size: int = 128
-
-
-SIZES = {
-    "full": Sizes(seeds=3, digits_epochs=40, yeast_epochs=15, yeast_limit=None),
-    "tiny": Sizes(seeds=2, digits_epochs=1, yeast_epochs=1, yeast_limit=300, timing_steps=2),
-}
-
-
-@dataclass
-class Row:
-    """One line of the demo table: a method on an experiment, over seeds."""
-
-    experiment: str
-    method: str
-    metrics: dict[str, list[float]]
-    step_ms: list[float]
-    timed_ms: float = math.nan
-    timed_ratio: float = math.nan
-    note: str = ""
-
-    def summary(self) -> dict[str, Any]:
-        """Means and standard deviations (for JSON)."""
-        out: dict[str, Any] = {"experiment": self.experiment, "method": self.method}
-        for k, v in self.metrics.items():
-            out[k] = {"mean": _mean(v), "std": _std(v), "values": v}
-        out["train_step_ms"] = {"median": _median(self.step_ms), "values": self.step_ms}
-        out["step_ms"] = self.timed_ms
-        out["step_ratio"] = self.timed_ratio
-        if self.note:
-            out["note"] = self.note
-        return out
+__all__ = ["DemoResult", "run_demo"]
 
 
 @dataclass
@@ -124,229 +80,6 @@ class DemoResult:
             "files": self.files,
             "seconds": self.seconds,
         }
-
-
-def _mean(v: list[float]) -> float:
-    return statistics.fmean(v) if v else math.nan
-
-
-def _std(v: list[float]) -> float:
-    return statistics.stdev(v) if len(v) > 1 else 0.0
-
-
-def _median(v: list[float]) -> float:
-    return statistics.median(v) if v else math.nan
-
-
-def _fmt(v: list[float], scale: float = 100.0) -> str:
-    return f"{scale * _mean(v):5.1f} ± {scale * _std(v):4.1f}"
-
-
-METRIC_NAMES = {
-    "balanced_acc": "balanced acc %",
-    "few_shot_acc": "few-shot acc %",
-    "map": "macro mAP %",
-    "macro_f1": "macro F1 %",
-}
-
-
-def format_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """One experiment's table as (header, rows of strings): one metric per column.
-
-    The rows must share their metrics (one experiment, or experiments measured alike).
-    """
-    keys = list(rows[0].metrics) if rows else []
-    header = ["method", *(METRIC_NAMES[k] for k in keys), "step ms", "step × first"]
-    out = [
-        [
-            r.method,
-            *(_fmt(r.metrics[k]) for k in keys),
-            f"{r.timed_ms:.2f}",
-            f"{r.timed_ratio:.2f}x",
-        ]
-        for r in rows
-    ]
-    return header, out
-
-
-def experiment_tables(rows: list[Row]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The demo's tables, one per experiment: (experiment, header, rows)."""
-    names = list(dict.fromkeys(r.experiment for r in rows))
-    return [(e, *format_rows([r for r in rows if r.experiment == e])) for e in names]
-
-
-def takeaways(rows: list[Row]) -> list[str]:
-    """What the results show, computed from the rows (mean differences in points)."""
-    find = {(r.experiment, r.method): r for r in rows}
-
-    def gain(exp: str, method: str, base: str, metric: str) -> float:
-        a, b = find.get((exp, method)), find.get((exp, base))
-        if a is None or b is None:
-            return math.nan
-        return 100 * (_mean(a.metrics[metric]) - _mean(b.metrics[metric]))
-
-    out = []
-    for imb in IMBALANCES:
-        exp = f"digits-LT IF={imb:g}"
-        gains = {
-            m: gain(exp, m, "plain_ce", "balanced_acc") for m in ("class_weights", "row_rules")
-        }
-        eql = gain(exp, "eqlv2", "plain_sigmoid", "balanced_acc")
-        out.append(
-            f"{exp}: class_weights {gains['class_weights']:+.1f} and row_rules "
-            f"{gains['row_rules']:+.1f} balanced-accuracy points over plain cross-entropy; "
-            f"eqlv2 {eql:+.1f} over a plain sigmoid classifier."
-        )
-    exp = "Yeast, 50% labels hidden"
-    out.append(
-        f"{exp}: mask_unknown {gain(exp, 'mask_unknown', 'unknown_as_negative', 'map'):+.1f} mAP "
-        f"and {gain(exp, 'mask_unknown', 'unknown_as_negative', 'macro_f1'):+.1f} macro-F1 points "
-        "over training on hidden labels as negatives."
-    )
-    exp = "Yeast, label aggregation"
-    agg = [
-        f"{m} {gain(exp, m, 'sum', 'macro_f1'):+.1f}" for m in AGG_METHODS[1:] if (exp, m) in find
-    ]
-    out.append(
-        f"{exp}: macro-F1 points over the summed loss: {', '.join(agg)} (the conflicts are "
-        "measured on the training set in the label-conflict heatmap)."
-    )
-    return out
-
-
-def _plain_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
-
-
-# --- training loops ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    metrics: dict[str, float]
-    per_class: list[float]
-    step_ms: float
-    history: list[list[float]]
-    model: MLP
-    monitor: lg.GradMonitor
-
-
-def _interleaved_ms(
-    steps: dict[str, StepFn], xb: Tensor, yb: Tensor, sizes: Sizes, device: torch.device
-) -> dict[str, float]:
-    """Median ms per training step of each method on one fixed batch, timed round-robin.
-
-    Separate training runs on a shared machine see different load; timing the methods in
-    turn, in one loop, lets the load hit each alike (the ``labelgrad.app.bench`` convention).
-    """
-    from labelgrad.app.bench import interleaved
-
-    cases = {name: (lambda fn=fn: fn(xb, yb)) for name, fn in steps.items()}
-    times = interleaved(cases, steps=sizes.timing_steps, warmup=3, device=device)
-    return {name: 1000 * t for name, t in times.items()}
-
-
-def _set_timings(
-    rows: list[Row],
-    steps: dict[str, StepFn],
-    ds: Dataset,
-    y_train: Tensor,
-    sizes: Sizes,
-    device: torch.device,
-) -> None:
-    """Fill ``timed_ms`` / ``timed_ratio`` (to the first method) of one experiment's rows."""
-    size = sizes.batch_size if ds.task == "multiclass" else sizes.yeast_batch_size
-    xb, yb = ds.x_train[:size].to(device), y_train[:size].to(device)
-    times = _interleaved_ms(steps, xb, yb, sizes, device)
-    base = times[rows[0].method]
-    for row in rows:
-        row.timed_ms = times[row.method]
-        row.timed_ratio = times[row.method] / base
-
-
-def _timed_epochs(
-    n: int, batch_size: int, epochs: int, seed: int, step: StepFn, x: Tensor, y: Tensor
-) -> float:
-    times = []
-    for epoch in range(epochs):
-        for idx in epoch_batches(n, batch_size, seed=seed, epoch=epoch):
-            t0 = time.perf_counter()
-            step(x[idx], y[idx])
-            times.append(time.perf_counter() - t0)
-    return 1000 * _median(times)
-
-
-def _digits_setup(
-    ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device
-) -> tuple[MLP, lg.GradMonitor, StepFn]:
-    """A fresh model and one training step of ``method`` (a long-tail recipe) on digits-LT."""
-    torch.manual_seed(seed)
-    c = ds.num_classes
-    model = MLP(ds.num_features, [128], c).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    steps = sizes.digits_epochs * math.ceil(len(ds.x_train) / sizes.batch_size)
-    mon = lg.monitor(num_classes=c, history=steps)
-    recipe = long_tail_recipe(
-        method, model.head, opt, ds.train_counts(), total_steps=steps, monitor=mon
-    )
-    return model, mon, recipe.step(model)
-
-
-def _digits_run(ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device) -> _Run:
-    model, mon, step = _digits_setup(ds, method, seed, sizes, device)
-    x, y = ds.x_train.to(device), ds.y_train.to(device)
-    step_ms = _timed_epochs(len(x), sizes.batch_size, sizes.digits_epochs, seed, step, x, y)
-    with torch.no_grad():
-        pred = model(ds.x_test.to(device)).argmax(dim=1).cpu()
-    recall = per_class_recall(pred, ds.y_test, ds.num_classes)
-    return _Run(
-        metrics={
-            "balanced_acc": float(recall.nanmean()),
-            "few_shot_acc": shot_group_accuracy(recall, ds.train_counts())["few"],
-        },
-        per_class=recall.tolist(),
-        step_ms=step_ms,
-        history=mon.recent_norms().tolist(),
-        model=model,
-        monitor=mon,
-    )
-
-
-def _digits_lt_run(
-    seed: int, *, imbalance: float, method: str, sizes: Sizes, device: torch.device
-) -> _Run:
-    """:func:`_digits_run` on the digits-LT cut of ``seed``."""
-    return _digits_run(digits_lt(imbalance=imbalance, seed=seed), method, seed, sizes, device)
-
-
-def _yeast_setup(
-    ds: Dataset, method: str, seed: int, device: torch.device, y_train: Tensor
-) -> tuple[MLP, lg.GradMonitor, StepFn]:
-    """A fresh model and one training step of ``method`` (a multi-label recipe) on Yeast."""
-    torch.manual_seed(seed)
-    k = ds.num_classes
-    model = MLP(ds.num_features, [128], k).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    mon = lg.monitor(num_classes=k)
-    monitor = mon if method in MULTILABEL_METHODS else None  # aggregators bypass the policy
-    return model, mon, multilabel_step(method, model, opt, y_train, monitor=monitor)
-
-
-def _yeast_run(
-    ds: Dataset, method: str, seed: int, sizes: Sizes, device: torch.device, y_train: Tensor
-) -> _Run:
-    model, mon, step = _yeast_setup(ds, method, seed, device, y_train)
-    x, y = ds.x_train.to(device), y_train.to(device)
-    step_ms = _timed_epochs(len(x), sizes.yeast_batch_size, sizes.yeast_epochs, seed, step, x, y)
-    with torch.no_grad():
-        scores = torch.sigmoid(model(ds.x_test.to(device))).cpu()
-    metrics, per_label_f1 = multilabel_metrics(scores, ds.y_test)
-    kept = {k: metrics[k] for k in ("map", "macro_f1")}
-    return _Run(kept, per_label_f1.tolist(), step_ms, [], model, mon)
 
 
 # --- the demo ---------------------------------------------------------------------------------
@@ -399,7 +132,9 @@ class _Runner:
     def __init__(self, seeds: list[int], bar: Any, collected: _Collected) -> None:
         self.seeds, self.bar, self.collected = seeds, bar, collected
 
-    def row(self, experiment: str, method: str, run_one: Callable[[int], _Run]) -> list[_Run]:
+    def row(
+        self, experiment: str, method: str, run_one: Callable[[int], MethodRun]
+    ) -> list[MethodRun]:
         """One table row: ``method`` run once per seed (runs[0] is the first seed's)."""
         row = Row(experiment, method, {}, [])
         runs = []
@@ -423,7 +158,7 @@ def _digits_experiments(r: _Runner, seed: int, sizes: Sizes, dev: torch.device) 
             runs = r.row(
                 f"digits-LT IF={imb:g}",
                 method,
-                partial(_digits_lt_run, imbalance=imb, method=method, sizes=sizes, device=dev),
+                partial(digits_lt_run, imbalance=imb, method=method, sizes=sizes, device=dev),
             )
             if imb == 100.0:
                 got.per_class_if100[method] = [run.per_class for run in runs]
@@ -432,8 +167,8 @@ def _digits_experiments(r: _Runner, seed: int, sizes: Sizes, dev: torch.device) 
         ds = digits_lt(imbalance=imb, seed=seed)
         if imb == 100.0:
             got.digits_if100 = ds
-        steps = {m: _digits_setup(ds, m, seed, sizes, dev)[2] for m in DIGITS_METHODS}
-        _set_timings(got.rows[-len(DIGITS_METHODS) :], steps, ds, ds.y_train, sizes, dev)
+        steps = {m: digits_setup(ds, m, seed, sizes, dev)[2] for m in DIGITS_METHODS}
+        set_timings(got.rows[-len(DIGITS_METHODS) :], steps, ds, ds.y_train, sizes, dev)
 
 
 def _yeast_experiments(r: _Runner, seed: int, sizes: Sizes, dev: torch.device) -> None:
@@ -449,12 +184,12 @@ def _yeast_experiments(r: _Runner, seed: int, sizes: Sizes, dev: torch.device) -
             runs = r.row(
                 experiment,
                 method,
-                partial(_yeast_run, base, method, sizes=sizes, device=dev, y_train=y_train),
+                partial(yeast_run, base, method, sizes=sizes, device=dev, y_train=y_train),
             )
             if method == "sum":
                 r.collected.conflicts = _label_conflicts(runs[0].model, base, dev)
-        steps = {m: _yeast_setup(base, m, seed, dev, y_train)[2] for m in methods}
-        _set_timings(r.collected.rows[-len(methods) :], steps, base, y_train, sizes, dev)
+        steps = {m: yeast_setup(base, m, seed, dev, y_train)[2] for m in methods}
+        set_timings(r.collected.rows[-len(methods) :], steps, base, y_train, sizes, dev)
 
 
 def _run(
@@ -489,7 +224,7 @@ def _run(
     atomic_write_text(folder / "results.json", json.dumps(result.as_dict(), indent=1) + "\n")
     if echo is not None:
         for exp, header, table in experiment_tables(got.rows):
-            echo(f"\n{exp}\n" + _plain_table(header, table))
+            echo(f"\n{exp}\n" + plain_table(header, table))
         echo("")
         for line in takeaways(got.rows):
             echo(f"- {line}")
@@ -506,7 +241,7 @@ def _write_figures(folder: Path, got: _Collected, num_seeds: int) -> list[str]:
     mean_acc = {
         m: [statistics.fmean(col) for col in zip(*runs)] for m, runs in got.per_class_if100.items()
     }
-    std_acc = {m: [_std(list(c)) for c in zip(*runs)] for m, runs in got.per_class_if100.items()}
+    std_acc = {m: [nan_std(list(c)) for c in zip(*runs)] for m, runs in got.per_class_if100.items()}
     plot_per_class_accuracy(
         mean_acc,
         names,

@@ -1,0 +1,219 @@
+"""The data of ``labelgrad train``: reading the configured files, checking the labels, the
+seeded test and validation splits, and the memory check that runs before anything is sized.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from labelgrad.app.datafiles import csv_data_lines, label_problem
+from labelgrad.app.datasets import (
+    DataError,
+    Dataset,
+    Task,
+    csv_header,
+    read_csv,
+    read_idx,
+    read_npz,
+)
+from labelgrad.app.train_config import ConfigError, TrainConfig
+
+MONITOR_HISTORY = 2048
+"""Steps of per-class gradient norms the run's monitor keeps (a ring buffer; fixed so that a
+checkpoint resumes under a config with more epochs)."""
+
+
+MAX_UNUSED_CLASSES = 16
+"""Without a declared ``num_classes``, C = max label + 1 may leave at most this many class ids
+(or as many as there are distinct labels, if more) without a sample: beyond that a label is
+far more likely a typo (1000000 in a 2-class file) than a class, and C would size the model."""
+
+
+def _read_arrays(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The features (N, D) float64 and the raw labels of the configured data file(s)."""
+    fmt = d["format"]
+    if fmt == "csv":
+        x, y = read_csv(d["path"], label_columns=d["label_columns"] or [-1])
+    elif fmt == "npz":
+        x, y = read_npz(d["path"], x_key=d["x_key"], y_key=d["y_key"])
+    else:
+        images, labels = read_idx(d["path"]), read_idx(d["labels"])
+        if len(images) != len(labels):
+            raise DataError(f"{d['path']}: {len(images)} images but {len(labels)} labels")
+        x = images.reshape(len(images), -1).astype(np.float64)
+        if images.dtype == np.uint8:
+            x = x / 255.0
+        y = labels
+    if not np.isfinite(x).all():
+        raise DataError(f"{d['path']}: features contain NaN or infinity")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    problem = label_problem(y)
+    if problem is not None:
+        index, why = problem
+        raise DataError(f"{d['path']}: {_where(d, index[0])} {why}")
+    if len(x) < 2:
+        raise DataError(f"{d['path']}: needs at least 2 samples, has {len(x)}")
+    return x, y
+
+
+def _where(d: Mapping[str, Any], index: int) -> str:
+    """Where sample ``index`` is in the data file: a CSV's line number, else the sample number."""
+    if d["format"] == "csv":
+        return f"line {csv_data_lines(d['path'])[index]}"
+    return f"sample {index + 1}"
+
+
+def _num_classes(y: np.ndarray, d: Mapping[str, Any]) -> int:
+    """C of class-index labels: checked against ``[data] num_classes``, or inferred when
+    plausible."""
+    path: str = d["path"]
+    declared: int | None = d["num_classes"]
+    if y.min(initial=0) < 0:
+        row = int(np.argmin(y))
+        raise DataError(f"{path}: {_where(d, row)} has label {y[row]}; class labels are >= 0")
+    top = int(np.argmax(y))
+    if declared is not None:
+        if y[top] >= declared:
+            raise DataError(
+                f"{path}: {_where(d, top)} has label {y[top]}, out of range for "
+                f"[data] num_classes = {declared} (labels 0..{declared - 1})"
+            )
+        return declared
+    distinct = np.unique(y)
+    c = int(y[top]) + 1
+    if c - len(distinct) > max(MAX_UNUSED_CLASSES, len(distinct)):
+        rest = distinct[:-1]
+        raise DataError(
+            f"{path}: {_where(d, top)} has label {y[top]}, but the other labels are "
+            f"{len(rest)} values in {rest.min(initial=0)}..{rest.max(initial=0)}: a typo? "
+            f"(set [data] num_classes = {c} if there really are {c} classes)"
+        )
+    return c
+
+
+def _labels(y: np.ndarray, d: Mapping[str, Any]) -> tuple[np.ndarray, Task, int]:
+    """The labels as int64, the task and the number of classes, each checked."""
+    path = d["path"]
+    task: Task = d["task"] or ("multiclass" if y.ndim == 1 else "multilabel")
+    y = y.astype(np.int64)
+    if task == "multiclass":
+        if y.ndim != 1:
+            raise DataError(f"{path}: multiclass data needs one label column, got {y.shape}")
+        return y, task, _num_classes(y, d)
+    if y.ndim != 2:
+        raise DataError(f"{path}: multilabel data needs label columns, got {y.shape}")
+    c = y.shape[1]
+    if d["num_classes"] is not None and d["num_classes"] != c:
+        raise DataError(f"{path}: num_classes={d['num_classes']} but {c} label columns")
+    bad = ~np.isin(y, (-1, 0, 1))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(
+            f"{path}: {_where(d, row)}, label column {col + 1} is {y[row, col]}; multi-hot "
+            "labels must be 0, 1 or -1 (unknown)"
+        )
+    return y, task, c
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The validation split (carved from the training part; empty with validation_fraction 0)."""
+
+    x: Tensor
+    y: Tensor
+
+
+def load_data(cfg: TrainConfig, seed: int) -> tuple[Dataset, Validation]:
+    """Read, check and split the data: a seeded test split, then validation from the rest."""
+    d = cfg.data
+    x, raw = _read_arrays(d)
+    y, task, c = _labels(raw, d)
+    check_memory(cfg, x.shape[1], c)  # before anything is sized by C
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_test = min(len(x) - 1, max(1, round(d["test_fraction"] * len(x))))
+    n_val = min(len(x) - n_test - 1, round(d["validation_fraction"] * len(x)))
+    te, va, tr = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+    xtr, xva, xte = x[tr], x[va], x[te]
+    if d["standardize"]:
+        mean, std = xtr.mean(axis=0), xtr.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
+
+    def t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
+    data = Dataset(
+        name=Path(d["path"]).name,
+        x_train=t(xtr, torch.float32),
+        y_train=t(y[tr], torch.long),
+        x_test=t(xte, torch.float32),
+        y_test=t(y[te], torch.long),
+        class_names=_class_names(d, task, c),
+        task=task,
+        meta={"source": d["path"], "seed": seed},
+    )
+    return data, Validation(t(xva, torch.float32), t(y[va], torch.long))
+
+
+def _class_names(d: Mapping[str, Any], task: Task, c: int) -> tuple[str, ...]:
+    """Multi-label CSV: the label columns' header names; otherwise the class indices."""
+    if d["format"] == "csv" and task == "multilabel":
+        names = csv_header(d["path"])
+        cols = d["label_columns"] or [-1]
+        if names is not None and len(cols) == c:
+            return tuple(names[k] for k in cols)
+    return tuple(str(k) for k in range(c))
+
+
+def check_memory(cfg: TrainConfig, num_features: int, num_classes: int) -> None:
+    """Refuse a model whose parameters, gradients, optimizer state and monitor would not fit.
+
+    The estimate is 4 float32 copies of every parameter (weights, gradient, two Adam moments)
+    and the monitor's float64 history of MONITOR_HISTORY x C norms, compared with the machine's
+    memory (and the process's address-space limit, where one is set).
+
+    Raises:
+        ConfigError: one line with the estimate and what is available.
+    """
+    widths = [num_features, *cfg.model["hidden"], num_classes]
+    params = sum((a + 1) * b for a, b in itertools.pairwise(widths))
+    need = 4 * 4 * params + 8 * (MONITOR_HISTORY + 4) * num_classes
+    have = _available_memory()
+    if need > have:
+        raise ConfigError(
+            f"{cfg.file.name}: a model of {num_features} features, [model] hidden = "
+            f"{cfg.model['hidden']} and {num_classes} classes would need about {_bytes(need)} "
+            f"of memory; {_bytes(have)} is available"
+        )
+
+
+def _available_memory() -> int:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            total = min(total, soft)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        pass
+    return int(total * 0.8)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover
