@@ -2,10 +2,12 @@
 
 :class:`RowRules` wraps any torch optimizer and acts on the update of the rows a class owns
 (freeze, per-class learning rate and weight decay, skip classes absent from the batch);
-:func:`route` steps separate optimizers only when their classes occur.
+:func:`route` steps separate optimizers only when their classes occur. Both are
+:class:`LabelObserver`s: they take the labels of every micro-batch through ``observe``.
 """
 
+from labelgrad.rows.observer import LabelObserver
 from labelgrad.rows.route import Router, route
 from labelgrad.rows.rules import RowRules, present_classes
 
-__all__ = ["Router", "RowRules", "present_classes", "route"]
+__all__ = ["LabelObserver", "Router", "RowRules", "present_classes", "route"]
