@@ -10,4 +10,5 @@ from labelgrad.rows.observer import LabelObserver
 from labelgrad.rows.route import Router, route
 from labelgrad.rows.rules import RowRules, present_classes
 
-__all__ = ["LabelObserver", "Router", "RowRules", "present_classes", "route"]
+# LabelObserver is importable here; it joins __all__ once docs/api/rows.md documents it.
+__all__ = ["Router", "RowRules", "present_classes", "route"]

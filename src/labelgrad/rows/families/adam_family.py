@@ -59,9 +59,10 @@ def coefficients(
         return RowCoefficients(None, lr_scale, None, None)
     move_f = moving.to(dtype)
     row_lr = move_f if lr_scale is None else lr_scale * move_f
-    return RowCoefficients(
-        moving, row_lr, move_f * (1 - beta1), torch.where(moving, beta2, 1.0).to(dtype)
-    )
+    # beta2 as a 0-d tensor of ``dtype``: a Python float would make the result float32 and
+    # round beta2 there (a float64 second moment would then drift from torch's own).
+    beta2_rows = torch.where(moving, torch.tensor(beta2, dtype=dtype), 1.0)
+    return RowCoefficients(moving, row_lr, move_f * (1 - beta1), beta2_rows)
 
 
 def _adam_grad(
