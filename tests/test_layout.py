@@ -99,3 +99,10 @@ def test_import_labelgrad_pulls_in_no_application_dependency() -> None:
 
     assert run("labelgrad") == run("torch")
     assert "matplotlib" not in run("labelgrad") and "sklearn" not in run("labelgrad")
+
+
+def test_row_rules_is_a_coordinator() -> None:
+    # Argument parsing, observation, the snapshot path, the families and checkpoints live in
+    # their own modules of labelgrad.rows; RowRules only coordinates them.
+    lines = (SRC / "labelgrad" / "rows" / "rules.py").read_text().count("\n")
+    assert lines < 300, f"rows/rules.py has {lines} lines"

@@ -6,7 +6,7 @@
 :class:`LabelObserver`s: they take the labels of every micro-batch through ``observe``.
 """
 
-from labelgrad.rows.observer import LabelObserver
+from labelgrad.rows.observer import LabelObserver as LabelObserver
 from labelgrad.rows.route import Router, route
 from labelgrad.rows.rules import RowRules, present_classes
 
