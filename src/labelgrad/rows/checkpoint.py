@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.rows._spec import checked_rules_state
+from labelgrad.rows.class_rules import on_device
 from labelgrad.rows.label_param import LabelParam
 from labelgrad.rows.observer import ClassWindow
 from labelgrad.rows.started import StartedRows
@@ -79,8 +80,8 @@ class RowRulesCheckpoint:
         )
         self.optimizer.load_state_dict(sd)
         self._set_frozen(r["frozen"])
-        self._lr_scale = _on(r["lr_scale"], self._device)
-        self._weight_decay = _on(r["weight_decay"], self._device)
+        self._lr_scale = on_device(r["lr_scale"], self._device)
+        self._weight_decay = on_device(r["weight_decay"], self._device)
         self.skip_absent = r["skip_absent"]
         assert self._window.mask is not None
         self._window.mask.copy_(r["present"])
@@ -93,7 +94,3 @@ class RowRulesCheckpoint:
             else:
                 rows.append(started[i])
         self._started.set(rows)
-
-
-def _on(values: Tensor | None, device: torch.device) -> Tensor | None:
-    return None if values is None else values.to(device, torch.float64)

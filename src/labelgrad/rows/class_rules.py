@@ -13,7 +13,7 @@ from labelgrad.rows.families import Family, decay_kind
 from labelgrad.rows.label_param import LabelParam
 from labelgrad.rows.snapshot import StepRules
 
-__all__ = ["ClassRules"]
+__all__ = ["ClassRules", "on_device"]
 
 
 class ClassRules:
@@ -45,8 +45,8 @@ class ClassRules:
         """Parse and check the per-class rules onto the parameters' device."""
         c, optimizer = self.num_classes, self.optimizer
         self._set_frozen(class_mask(frozen, "frozen", c))
-        self._lr_scale = _on(class_values(lr_scale, "lr_scale", c), self._device)
-        self._weight_decay = _on(class_values(weight_decay, "weight_decay", c), self._device)
+        self._lr_scale = on_device(class_values(lr_scale, "lr_scale", c), self._device)
+        self._weight_decay = on_device(class_values(weight_decay, "weight_decay", c), self._device)
         if self._lr_scale is not None and not self._family.linear_in_lr:
             warnings.warn(
                 f"lr_scale scales the update of {type(optimizer).__name__}; that equals a "
@@ -86,7 +86,7 @@ class ClassRules:
 
     @lr_scale.setter
     def lr_scale(self, value: object) -> None:
-        self._lr_scale = _on(class_values(value, "lr_scale", self.num_classes), self._device)
+        self._lr_scale = on_device(class_values(value, "lr_scale", self.num_classes), self._device)
 
     @property
     def weight_decay(self) -> Tensor | None:
@@ -116,5 +116,6 @@ class ClassRules:
         )
 
 
-def _on(values: Tensor | None, device: torch.device) -> Tensor | None:
+def on_device(values: Tensor | None, device: torch.device) -> Tensor | None:
+    """Per-class values as float64 on ``device`` (None stays None)."""
     return None if values is None else values.to(device, torch.float64)
