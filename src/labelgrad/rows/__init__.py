@@ -2,10 +2,13 @@
 
 :class:`RowRules` wraps any torch optimizer and acts on the update of the rows a class owns
 (freeze, per-class learning rate and weight decay, skip classes absent from the batch);
-:func:`route` steps separate optimizers only when their classes occur.
+:func:`route` steps separate optimizers only when their classes occur. Both are
+:class:`LabelObserver`s: they take the labels of every micro-batch through ``observe``.
 """
 
+from labelgrad.rows.observer import LabelObserver as LabelObserver
 from labelgrad.rows.route import Router, route
 from labelgrad.rows.rules import RowRules, present_classes
 
+# LabelObserver is importable here; it joins __all__ once docs/api/rows.md documents it.
 __all__ = ["Router", "RowRules", "present_classes", "route"]

@@ -4,48 +4,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from labelgrad._validation import as_class_set, as_class_vector, as_count
+from labelgrad.rows.families import refusal
+from labelgrad.rows.label_param import LabelParam
+from labelgrad.rows.wrapped import WrappedOptimizer
 
 __all__ = [
-    "LabelParam",
     "RowsLike",
+    "check_optimizer",
     "checked_rules_state",
     "class_mask",
     "class_values",
+    "owned_device",
     "parse_rows",
 ]
 
 RowsLike = nn.Module | Tensor | Sequence[object]
 """A Linear head, a parameter whose axis 0 is the class axis, or a list of such items and
 ``(param, class_dim)`` pairs."""
-
-
-@dataclass(frozen=True)
-class LabelParam:
-    """A label-owned parameter: its slices along ``class_dim`` belong to the classes in order."""
-
-    param: Tensor
-    class_dim: int
-
-    def per_class(self, values: Tensor) -> Tensor:
-        """Reshape a (C,) vector so that it broadcasts along this parameter's class axis."""
-        shape = [1] * self.param.dim()
-        shape[self.class_dim] = -1
-        out = values.reshape(shape)
-        mesh = getattr(self.param, "device_mesh", None)
-        if mesh is not None and not isinstance(out, type(self.param)):
-            # FSDP2 / DTensor parameter: a replicated DTensor broadcasts against any sharding
-            # of the parameter without communication (each rank uses its own rows).
-            from torch.distributed.tensor import DTensor, Replicate
-
-            out = DTensor.from_local(out, mesh, [Replicate()] * mesh.ndim, run_check=False)
-        return out
 
 
 def _from_item(item: object) -> list[LabelParam]:
@@ -121,6 +102,35 @@ def parse_rows(rows: RowsLike, num_classes: int | None) -> tuple[list[LabelParam
             "pass matching (param, class_dim) pairs"
         )
     return params, num_classes if num_classes is not None else sizes.pop()
+
+
+def check_optimizer(optimizer: object) -> None:
+    """Raise unless ``optimizer`` is a torch optimizer that :class:`labelgrad.RowRules` can
+    wrap."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if isinstance(optimizer, WrappedOptimizer):
+        raise TypeError("optimizer is already a RowRules; put all rows in one RowRules")
+    reason = refusal(optimizer)
+    if reason is not None:
+        raise TypeError(f"optimizer: RowRules cannot wrap {type(optimizer).__name__}: {reason}")
+
+
+def owned_device(optimizer: torch.optim.Optimizer, params: list[LabelParam]) -> torch.device:
+    """The one device of ``params``; raise if one is not in ``optimizer`` or devices differ."""
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for lp in params:
+        if id(lp.param) not in owned:
+            raise ValueError(
+                f"rows: a parameter of shape {tuple(lp.param.shape)} is not in the "
+                "optimizer's param_groups"
+            )
+    devices = {lp.param.device for lp in params}
+    if len(devices) != 1:
+        raise ValueError(f"rows: label-owned parameters must share one device, got {devices}")
+    return devices.pop()
 
 
 def class_mask(classes: object, name: str, num_classes: int) -> Tensor:
