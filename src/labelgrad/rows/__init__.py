@@ -6,9 +6,8 @@
 :class:`LabelObserver`s: they take the labels of every micro-batch through ``observe``.
 """
 
-from labelgrad.rows.observer import LabelObserver as LabelObserver
+from labelgrad.rows.observer import LabelObserver
 from labelgrad.rows.route import Router, route
 from labelgrad.rows.rules import RowRules, present_classes
 
-# LabelObserver is importable here; it joins __all__ once docs/api/rows.md documents it.
-__all__ = ["Router", "RowRules", "present_classes", "route"]
+__all__ = ["LabelObserver", "Router", "RowRules", "present_classes", "route"]
