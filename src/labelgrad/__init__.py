@@ -9,7 +9,7 @@ Three levels that compose: policies that transform dL/dlogits per sample and per
 from labelgrad import aggregation, aggregators, report
 from labelgrad.accumulation import accumulation_window
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
-from labelgrad.aggregators.conflicts import conflicts
+from labelgrad.aggregators.gradient_cosines import conflicts
 from labelgrad.policies import (
     EQL,
     LDAM,

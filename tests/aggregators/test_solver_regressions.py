@@ -168,7 +168,7 @@ def test_fairgrad_float64_exactly_stationary_gives_zero() -> None:
 
 
 @pytest.mark.parametrize("make", [A.NashMTL, A.FairGrad], ids=["NashMTL", "FairGrad"])
-def test_opposite_gradients_give_finite_documented_weights(make: type[A.Aggregator]) -> None:
+def test_opposite_gradients_give_finite_documented_weights(make: type[A.GramianWeighting]) -> None:
     j = torch.tensor([[1.0, 2.0], [-1.0, -2.0]], dtype=torch.float64)
     w = make().weights(j @ j.T)
     assert bool(w.isfinite().all())

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from torch import Tensor, nn
 
 from labelgrad.aggregation.losses import LossStructure
+from labelgrad.aggregators.base import JacobianAggregator
 
 __all__ = ["Call", "Engine", "EngineName", "Options", "Prepared", "Verdict"]
 
@@ -79,7 +80,7 @@ class Call:
     @property
     def needs_jacobian(self) -> bool:
         """Whether the aggregator aggregates the Jacobian itself (ConFIG, GradDrop)."""
-        return bool(getattr(self.aggregator, "requires_jacobian", False))
+        return isinstance(self.aggregator, JacobianAggregator)
 
 
 @dataclass(frozen=True)
