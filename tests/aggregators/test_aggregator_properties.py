@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 import labelgrad as lg
+from _aggregation_helpers import one_thread
 from aggregators.gramian_generators import CASES, NON_STRONG, STATIONARY, case_ids, jacobian
 
 A = lg.aggregators
@@ -61,11 +62,8 @@ LUS_CASES = [c for c in CASES if c[0] in {"k1", "typical", "duplicated", "zero_r
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    # On a shared 2-core machine torch's thread pool thrashes (100x slower small solves).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def make(name: str) -> A.Aggregator:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from collections.abc import Callable
 
@@ -11,27 +10,12 @@ import torch
 from torch import Tensor
 
 import labelgrad as lg
+from _aggregation_helpers import needs_cvxpy, needs_quadprog, needs_scipy, needs_torchjd
 from labelgrad.aggregators._qp import normalize_gramian, project_to_dual_cone, regularize_gramian
 from labelgrad.aggregators.gradvac import gradvac_weights
 from labelgrad.aggregators.pcgrad import pcgrad_weights
 
 A = lg.aggregators
-HAS_TORCHJD = importlib.util.find_spec("torchjd") is not None
-HAS_QUADPROG = HAS_TORCHJD and all(
-    importlib.util.find_spec(m) is not None for m in ("quadprog", "qpsolvers")
-)
-HAS_CVXPY = HAS_TORCHJD and all(
-    importlib.util.find_spec(m) is not None for m in ("cvxpy", "clarabel", "ecos")
-)
-HAS_SCIPY = HAS_TORCHJD and importlib.util.find_spec("scipy") is not None
-needs_torchjd = pytest.mark.skipif(not HAS_TORCHJD, reason="torchjd 0.18 is not installed")
-needs_quadprog = pytest.mark.skipif(
-    not HAS_QUADPROG, reason="torchjd[quadprog_projector] (quadprog, qpsolvers) not installed"
-)
-needs_cvxpy = pytest.mark.skipif(
-    not HAS_CVXPY, reason="torchjd[cagrad,nash_mtl] (cvxpy, clarabel, ecos) not installed"
-)
-needs_scipy = pytest.mark.skipif(not HAS_SCIPY, reason="torchjd[fairgrad] (scipy) not installed")
 
 GRAMIAN_AGGREGATORS: list[Callable[[], lg.aggregators.GramianWeighting]] = [
     A.Mean,
