@@ -14,14 +14,15 @@ from labelgrad.aggregators.balance import FairGrad, NashMTL
 from labelgrad.aggregators.base import GramianWeighting, JacobianAggregator
 from labelgrad.aggregators.basic import Mean, Random, Sum
 from labelgrad.aggregators.cagrad import CAGrad
+from labelgrad.aggregators.conflict_free import ConFIG
 from labelgrad.aggregators.constant import Constant
 from labelgrad.aggregators.cr_mogm import CRMOGM
 from labelgrad.aggregators.double_sampling import MoDo, SDMGrad
 from labelgrad.aggregators.dual_cone import DualProj, UPGrad
 from labelgrad.aggregators.excess_mtl import ExcessMTL
+from labelgrad.aggregators.graddrop import GradDrop
 from labelgrad.aggregators.gradvac import GradVac
 from labelgrad.aggregators.imtlg import IMTLG
-from labelgrad.aggregators.jacobian import ConFIG, GradDrop
 from labelgrad.aggregators.mgda import MGDA
 from labelgrad.aggregators.pcd import PCD
 from labelgrad.aggregators.pcgrad import PCGrad
