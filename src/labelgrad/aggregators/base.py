@@ -8,6 +8,8 @@ from typing import TypeAlias
 import torch
 from torch import Tensor, nn
 
+from labelgrad.aggregators.diagnostics import SolverDiagnostics
+
 __all__ = [
     "Aggregator",
     "GramianWeighting",
@@ -266,9 +268,9 @@ class WeightingWrapper(GramianWeighting):
             reset()
 
     @property
-    def diagnostics(self) -> nn.Module:
+    def diagnostics(self) -> SolverDiagnostics:
         """The wrapped weighting's ``diagnostics`` (AttributeError where it solves nothing)."""
         found = getattr(self.aggregator, "diagnostics", None)
-        if not isinstance(found, nn.Module):
+        if not isinstance(found, SolverDiagnostics):
             raise AttributeError(f"{type(self.aggregator).__name__} has no diagnostics")
         return found
