@@ -95,10 +95,15 @@ def test_delegates_diagnostics_and_reset(name: str) -> None:
     with pytest.raises(AttributeError, match="diagnostics"):
         _ = WRAPPERS[name](A.Mean()).diagnostics
     stateful = WRAPPERS[name](A.PCD())
-    _feed(stateful, g)
+    gs = [j @ j.T for j in sequence(random_jacobian(4, 9, seed=53), 4, seed=54)]
+    for x in gs[:3]:
+        _feed(stateful, x)
     stateful.reset()
     assert isinstance(stateful.aggregator, A.PCD)
     assert stateful.aggregator.sq_norm_ema.numel() == 0
+    fresh = WRAPPERS[name](A.PCD())  # after reset: the wrapper's own state restarts too
+    for x in gs:
+        assert torch.equal(_feed(stateful, x), _feed(fresh, x))
 
 
 class _Doubled(A.GramianWeighting):
