@@ -10,7 +10,7 @@ from labelgrad import aggregation, aggregators, report
 from labelgrad._version import __version__
 from labelgrad.accumulation import accumulation_window
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
-from labelgrad.aggregators.conflicts import conflicts
+from labelgrad.aggregators.gradient_cosines import conflicts
 from labelgrad.policies import (
     EQL,
     LDAM,

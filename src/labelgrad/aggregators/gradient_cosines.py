@@ -1,4 +1,4 @@
-"""The cosine matrix of the label-group gradients, for diagnostics."""
+"""The cosine matrix of the label-group gradients (``lg.conflicts``), for diagnostics."""
 
 from __future__ import annotations
 
