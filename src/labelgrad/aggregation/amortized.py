@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregation.weighing import check_aggregator
-from labelgrad.aggregators.base import WeightingWrapper
+from labelgrad.aggregators.aggregator_types import WeightingWrapper
 
 __all__ = ["Amortized"]
 

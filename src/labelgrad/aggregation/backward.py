@@ -16,11 +16,13 @@ from torch import Tensor, nn
 
 from labelgrad.aggregation.amortized import Amortized
 from labelgrad.aggregation.engines import ENGINE_NAMES, Call, Choice, Options, choose
-from labelgrad.aggregation.engines.base import EngineName
+from labelgrad.aggregation.engines.protocol import EngineName
 from labelgrad.aggregation.losses import LossStructure, find_structure
 from labelgrad.aggregation.tracker import Tracker
 from labelgrad.aggregation.weighing import check_aggregator, weigh
-from labelgrad.aggregators.base import Aggregator  # re-exported: one public aggregator type
+from labelgrad.aggregators.aggregator_types import (
+    Aggregator,  # re-exported: one public aggregator type
+)
 
 __all__ = ["AggregationResult", "Aggregator", "aggregate_backward", "explain_engine"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import JacobianAggregator
+from labelgrad.aggregators.aggregator_types import JacobianAggregator
 from labelgrad.aggregators.registry import available
 
 __all__ = ["aggregator_name", "check_aggregator", "check_weights", "weigh"]

@@ -24,14 +24,14 @@ Example:
     True
 """
 
-from labelgrad.aggregators.aligned_mtl import AlignedMTL
-from labelgrad.aggregators.balance import FairGrad, NashMTL
-from labelgrad.aggregators.base import (
+from labelgrad.aggregators.aggregator_types import (
     Aggregator,
     GramianWeighting,
     JacobianAggregator,
     WeightingWrapper,
 )
+from labelgrad.aggregators.aligned_mtl import AlignedMTL
+from labelgrad.aggregators.balance import FairGrad, NashMTL
 from labelgrad.aggregators.basic import Mean, Random, Sum
 from labelgrad.aggregators.cagrad import CAGrad
 from labelgrad.aggregators.conflict_free import ConFIG

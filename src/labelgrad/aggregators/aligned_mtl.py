@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import GramianWeighting, optional_vector, per_row_vector
+from labelgrad.aggregators.aggregator_types import GramianWeighting, optional_vector, per_row_vector
 
 __all__ = ["AlignedMTL"]
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import JacobianAggregator, optional_vector, per_row_vector
+from labelgrad.aggregators.aggregator_types import (
+    JacobianAggregator,
+    optional_vector,
+    per_row_vector,
+)
 
 __all__ = ["ConFIG"]
 

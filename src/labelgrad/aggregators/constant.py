@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import GramianWeighting
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 
 __all__ = ["Constant"]
 

@@ -8,7 +8,11 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._state import resize_buffers_for_load
-from labelgrad.aggregators.base import GramianWeighting, WeightingWrapper, optional_vector
+from labelgrad.aggregators.aggregator_types import (
+    GramianWeighting,
+    WeightingWrapper,
+    optional_vector,
+)
 from labelgrad.aggregators.mgda import MGDA
 
 __all__ = ["CRMOGM"]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._state import resize_buffers_for_load
-from labelgrad.aggregators.base import GramianWeighting, optional_vector, per_row_vector
+from labelgrad.aggregators.aggregator_types import GramianWeighting, optional_vector, per_row_vector
 
 __all__ = ["MoDo", "SDMGrad", "project_to_simplex"]
 

@@ -7,7 +7,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import JacobianAggregator, optional_vector, per_row_vector
+from labelgrad.aggregators.aggregator_types import (
+    JacobianAggregator,
+    optional_vector,
+    per_row_vector,
+)
 
 __all__ = ["GradDrop"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import check_gramian
+from labelgrad.aggregators.aggregator_types import check_gramian
 
 __all__ = ["conflicts"]
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import GramianWeighting
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 from labelgrad.aggregators.pcgrad import random_orders
 
 __all__ = ["GradVac", "gradvac_weights"]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._qp import min_norm_point, should_check
-from labelgrad.aggregators.base import GramianWeighting
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 from labelgrad.aggregators.diagnostics import SolverDiagnostics
 
 __all__ = ["MGDA"]

@@ -9,9 +9,9 @@ Example:
 
 from __future__ import annotations
 
+from labelgrad.aggregators.aggregator_types import GramianWeighting, JacobianAggregator
 from labelgrad.aggregators.aligned_mtl import AlignedMTL
 from labelgrad.aggregators.balance import FairGrad, NashMTL
-from labelgrad.aggregators.base import GramianWeighting, JacobianAggregator
 from labelgrad.aggregators.basic import Mean, Random, Sum
 from labelgrad.aggregators.cagrad import CAGrad
 from labelgrad.aggregators.conflict_free import ConFIG

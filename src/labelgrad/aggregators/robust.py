@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import GramianWeighting, JacobianAggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting, JacobianAggregator
 
 __all__ = ["Krum", "TrimmedMean"]
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from labelgrad._distributed import CheckedReducer, gradient_world_size, is_distributed
-from labelgrad.aggregators.base import GramianWeighting, WeightingWrapper
+from labelgrad.aggregators.aggregator_types import GramianWeighting, WeightingWrapper
 
 __all__ = ["SynchronizedGramian", "all_reduce_gradients", "synchronized"]
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
 from torch import Tensor, nn
 
 from labelgrad.aggregation.losses import LossStructure
-from labelgrad.aggregators.base import JacobianAggregator
+from labelgrad.aggregators.aggregator_types import JacobianAggregator
 
 __all__ = [
     "ENGINE_NAMES",
