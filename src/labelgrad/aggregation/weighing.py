@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.aggregator_types import JacobianAggregator
+from labelgrad.aggregators.aggregator_types import JacobianAggregator, WeightingWrapper
 from labelgrad.aggregators.registry import available
 
 __all__ = ["aggregator_name", "check_aggregator", "check_weights", "weigh"]
@@ -23,9 +23,10 @@ __all__ = ["aggregator_name", "check_aggregator", "check_weights", "weigh"]
 
 def aggregator_name(aggregator: object) -> str:
     """``UPGrad``, or ``Amortized(UPGrad)`` for a wrapped one (for error messages)."""
-    inner = getattr(aggregator, "aggregator", None)
     name = type(aggregator).__name__
-    return f"{name}({type(inner).__name__})" if inner is not None else name
+    if isinstance(aggregator, WeightingWrapper):
+        return f"{name}({type(aggregator.aggregator).__name__})"
+    return name
 
 
 def check_aggregator(aggregator: object) -> None:
