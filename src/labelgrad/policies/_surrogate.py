@@ -110,8 +110,9 @@ def softmax_scale(grad: Tensor, logits: Tensor, q: Tensor, rtol: float) -> tuple
     s = torch.where(unsure, torch.where(agree, hi, zero), s)
     residual = (grad - s.unsqueeze(-1) * r).abs().sum(-1)
     bound = rtol * (s.abs() * size + grad.abs().sum(-1)) + torch.finfo(grad.dtype).tiny
-    not_plain = (finite & (residual > bound)).any()
-    no_scale = unsure.any() & ~agree
+    no_scale = unsure & ~agree
+    not_plain = (finite & ~no_scale & (residual > bound)).any()
+    no_scale = no_scale.any()
     code = torch.where(not_plain, NOT_PLAIN, torch.where(no_scale, NO_SCALE, 0))
     return s.unsqueeze(-1), code
 

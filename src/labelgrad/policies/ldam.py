@@ -87,7 +87,9 @@ def drw_weights(counts: Tensor, beta: float) -> Tensor:
     Computed in float64, returned in ``counts``' floating dtype.
     """
     n = counts.double()
-    w = (1 - beta) / (1 - beta**n)
+    # 1 - beta^n as -expm1(n log beta): exact for tiny n, where 1 - beta^n rounds to 0.
+    log_beta = torch.log(torch.tensor(beta, dtype=torch.float64))
+    w = (1 - beta) / -torch.expm1(n * log_beta)
     return (w * (n.numel() / w.sum())).to(counts.dtype)
 
 
