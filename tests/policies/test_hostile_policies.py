@@ -606,3 +606,44 @@ def test_soft_values_keep_their_dtype_through_class_last(dtype):
     assert flat.values.dtype == dtype
     assert torch.equal(flat.values, y.clamp(min=0).movedim(1, -1).reshape(3, 2, 5))
     assert torch.equal(flat.positive, flat.values >= 0.5)
+
+
+def test_a_deferred_check_failure_is_raised_by_the_next_call_once():
+    """On an accelerator the check's result reaches host memory without a wait (report());
+    the policy's next call raises it. Simulated here: the host copy says "not plain"."""
+    z, y = softmax_case()
+    policy = lg.chain(lg.logit_adjust(COUNTS))
+    surrogate = policy.members()[0]
+    surrogate._pending_host = torch.tensor(1)
+    with pytest.raises(ValueError, match=r"not one: .*\[in an earlier backward pass\]"):
+        policy(z, y)
+    policy(z, y)  # raised once, then cleared
+
+
+def test_check_argument_is_validated_everywhere():
+    for make in (
+        lambda: lg.logit_adjust(COUNTS, check=1),
+        lambda: lg.ldam_drw(COUNTS, check="on"),
+        lambda: lg.seesaw(C, check=0),
+        lambda: lg.asymmetric_focus(check="x"),
+    ):
+        with pytest.raises(TypeError, match="check must be True, False or None"):
+            make()
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        lg.logit_adjust(COUNTS, label_smoothing=2.0)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("n", [0, 3])
+def test_empty_and_all_unlabelled_batches_give_a_zero_gradient(name, n):
+    make, kind = POLICIES[name]
+    z = torch.randn(n, C, dtype=F64, requires_grad=True)
+    if kind == "softmax":
+        y = torch.full((n,), -100)
+        loss = F.cross_entropy(make()(z, y), y, reduction="sum")
+    else:
+        y = torch.full((n, C), -1)
+        out = lg.chain(lg.mask_unknown(), make())(z, y)
+        loss = F.binary_cross_entropy_with_logits(out, y.clamp(min=0).to(F64))
+    (g,) = torch.autograd.grad(loss, z)
+    assert g.shape == (n, C) and (g == 0).all()
