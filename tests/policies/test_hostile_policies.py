@@ -510,7 +510,8 @@ def restricted_ce(z, y, keep, class_dim, reduction, ignore_index=-100):
     idx = keep.nonzero().flatten()
     remap = torch.full((z.shape[class_dim],), -1, dtype=torch.long)
     remap[idx] = torch.arange(idx.numel())
-    yy = torch.where(y == ignore_index, ignore_index, remap[y.clamp(min=0)])
+    ignored = y == ignore_index
+    yy = torch.where(ignored, ignore_index, remap[torch.where(ignored, 0, y)])
     zr = z.index_select(class_dim, idx)
     if class_dim != 1:
         zr = zr.movedim(class_dim, 1)
@@ -647,3 +648,37 @@ def test_empty_and_all_unlabelled_batches_give_a_zero_gradient(name, n):
         loss = F.binary_cross_entropy_with_logits(out, y.clamp(min=0).to(F64))
     (g,) = torch.autograd.grad(loss, z)
     assert g.shape == (n, C) and (g == 0).all()
+
+
+def test_labels_trick_state_dict_round_trip_and_mismatch():
+    a, b = lg.labels_trick([0, 3]), lg.labels_trick([1, 2])
+    b.load_state_dict(a.state_dict())
+    assert b.classes.tolist() == [0, 3] and b._max_class == 3
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        lg.labels_trick().load_state_dict(a.state_dict())
+    z = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="class 3"):
+        b(z, torch.tensor([0, 0]))
+
+
+def test_labels_trick_with_another_ignore_index_and_soft_targets():
+    g = torch.Generator().manual_seed(14)
+    z0 = torch.randn(6, 5, generator=g, dtype=F64)
+    y = torch.tensor([0, 255, 3, 3, 255, 0])
+    keep = torch.tensor([True, False, False, True, False])
+    z = z0.clone().requires_grad_()
+    out = lg.labels_trick()(z, y, ignore_index=255)
+    (got,) = torch.autograd.grad(F.cross_entropy(out, y, ignore_index=255), z)
+    w = z0.clone().requires_grad_()
+    (want,) = torch.autograd.grad(restricted_ce(w, y, keep, 1, "mean", ignore_index=255), w)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    # Soft targets: the kept classes are those with any mass in the batch.
+    q = torch.zeros(6, 5, dtype=F64)
+    q[:, [1, 2]] = torch.softmax(torch.randn(6, 2, generator=g, dtype=F64), -1)
+    z = z0.clone().requires_grad_()
+    out = lg.labels_trick(label_smoothing=0.2)(z, q)
+    (got,) = torch.autograd.grad(F.cross_entropy(out, q, label_smoothing=0.2), z)
+    w = z0.clone().requires_grad_()
+    ref = F.cross_entropy(w[:, [1, 2]], q[:, [1, 2]], label_smoothing=0.2)
+    (want,) = torch.autograd.grad(ref, w)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)

@@ -52,6 +52,7 @@ class LabelsTrick(SurrogatePolicy):
         self.from_batch = classes is None
         self._max_class = int(idx.max()) if idx.numel() else -1
         self.register_buffer("classes", idx)
+        self.register_load_state_dict_post_hook(_refresh_max_class)
 
     def extra_repr(self) -> str:
         kept = "present in the batch" if self.from_batch else self.classes.tolist()
@@ -95,6 +96,12 @@ class LabelsTrick(SurrogatePolicy):
             target = y * (1 - self.label_smoothing) + share
         p = torch.softmax(z.masked_fill(~keep, float("-inf")), dim=-1)
         return passthrough_non_finite(grad, scale * (p * total - target), per_row=True)
+
+
+def _refresh_max_class(module: object, _: object) -> None:
+    """After load_state_dict: the checked bound follows the loaded classes (read on load)."""
+    assert isinstance(module, LabelsTrick)
+    module._max_class = int(module.classes.max()) if module.classes.numel() else -1
 
 
 def labels_trick(
