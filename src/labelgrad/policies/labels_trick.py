@@ -74,7 +74,7 @@ class LabelsTrick(SurrogatePolicy):
         t = ctx.require_targets(self)
         dt = compute_dtype(grad)
         g, z, y = grad.to(dt), ctx.require_logits(self).to(dt), t.values.to(dt)
-        scale, code = softmax_scale(g, z, smoothed(y, self.label_smoothing), self.rtol(grad))
+        scale, code = softmax_scale(g, z, smoothed(y, self.label_smoothing), grad.dtype)
         c = z.shape[-1]
         if self.from_batch:
             labelled = (y != 0) & t.known

@@ -72,7 +72,7 @@ class LDAM(SurrogatePolicy):
         dt = compute_dtype(grad)
         g, z, y = grad.to(dt), ctx.require_logits(self).to(dt), t.values.to(dt)
         q = smoothed(y, self.label_smoothing)
-        scale, code = softmax_scale(g, z, q, self.rtol(grad))
+        scale, code = softmax_scale(g, z, q, grad.dtype)
         self.report(code)
         margins = self.margins(dt).to(z.device)
         # The margin follows the label (y), the cross-entropy the (smoothed) target (q).

@@ -58,7 +58,7 @@ class LogitAdjust(SurrogatePolicy):
         dt = compute_dtype(grad)
         g, z = grad.to(dt), ctx.require_logits(self).to(dt)
         q = smoothed(t.values.to(dt), self.label_smoothing)
-        scale, code = softmax_scale(g, z, q, self.rtol(grad))
+        scale, code = softmax_scale(g, z, q, grad.dtype)
         self.report(code)
         # The logarithm in the prior's own precision: a float64 prior of 1e-50 is 0 in float32.
         prior = self.prior.to(z.device)

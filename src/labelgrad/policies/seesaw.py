@@ -71,7 +71,7 @@ class Seesaw(StatefulPolicy, SurrogatePolicy):
         dt = compute_dtype(grad)
         g, z, y = grad.to(dt), ctx.require_logits(self).to(dt), t.values.to(dt)
         target = smoothed(y, self.label_smoothing)
-        scale, code = softmax_scale(g, z, target, self.rtol(grad))
+        scale, code = softmax_scale(g, z, target, grad.dtype)
         if t.encoding == "soft":
             # The factors compare the label's class with the others: one-hot float labels only.
             hard = ((y == 0) | (y == 1)).all()
