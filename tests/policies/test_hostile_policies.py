@@ -682,3 +682,30 @@ def test_labels_trick_with_another_ignore_index_and_soft_targets():
     ref = F.cross_entropy(w[:, [1, 2]], q[:, [1, 2]], label_smoothing=0.2)
     (want,) = torch.autograd.grad(ref, w)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", SOFTMAX_SURROGATES)
+@pytest.mark.parametrize(("c", "scale"), [(2, 1.0), (1000, 30.0), (32000, 3.0)])
+def test_no_false_refusal_for_a_float32_loss_on_float64_logits(name, c, scale):
+    """The tolerance covers a loss computed in lower precision than the logits (up to 1e-5)."""
+    g = torch.Generator().manual_seed(15)
+    z = (scale * torch.randn(4, c, generator=g, dtype=F64)).requires_grad_()
+    y = torch.randint(0, c, (4,), generator=g)
+    counts = torch.rand(c, generator=g, dtype=F64) + 0.1
+    make = {
+        "labels_trick": lambda: lg.labels_trick(),
+        "ldam_drw": lambda: lg.ldam_drw(counts),
+        "logit_adjust": lambda: lg.logit_adjust(counts),
+        "seesaw": lambda: lg.seesaw(c),
+    }[name]
+    (got,) = torch.autograd.grad(F.cross_entropy(make()(z, y).float(), y), z)
+    (want,) = torch.autograd.grad(F.cross_entropy(make()(z, y), y), z)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_refusals_are_one_line():
+    z, y = softmax_case()
+    z.requires_grad_()
+    with pytest.raises(ValueError) as info:
+        F.cross_entropy(lg.logit_adjust(COUNTS)(z, y), y, label_smoothing=0.1).backward()
+    assert "\n" not in str(info.value)
