@@ -6,6 +6,7 @@ from labelgrad.policies.chain import Chain, chain
 from labelgrad.policies.clipping import ClipPerClass, ClipPerSample, clip_per_class, clip_per_sample
 from labelgrad.policies.eql import EQL, eql
 from labelgrad.policies.eqlv2 import EQLv2, eqlv2
+from labelgrad.policies.labels_trick import LabelsTrick, labels_trick
 from labelgrad.policies.ldam import LDAM, ldam_drw
 from labelgrad.policies.linear import LinearPolicy, Multiplier
 from labelgrad.policies.logit_adjust import LogitAdjust, logit_adjust
@@ -35,6 +36,7 @@ __all__ = [
     "FreezeClasses",
     "GradContext",
     "GradMonitor",
+    "LabelsTrick",
     "LinearPolicy",
     "LogitAdjust",
     "Mask",
@@ -53,6 +55,7 @@ __all__ = [
     "eql",
     "eqlv2",
     "freeze_classes",
+    "labels_trick",
     "ldam_drw",
     "logit_adjust",
     "mask",
