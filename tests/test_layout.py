@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -174,3 +175,12 @@ def test_probe_scan_catches_a_planted_probe() -> None:
     assert len(_probes("labelgrad.planted", planted)) == 2
     allowed = ast.parse('w = getattr(agg, "weights", None)')
     assert _probes("labelgrad.aggregators.aggregator_types", allowed) == []
+
+
+def test_no_module_name_is_used_twice() -> None:
+    # One name, one module: `aggregation/jacobian.py` next to `aggregators/jacobian.py` made
+    # readers (and tracebacks) guess which one is meant.
+    names = Counter(
+        p.name for p in (SRC / "labelgrad").rglob("*.py") if p.name not in {"__init__.py"}
+    )
+    assert not [n for n, count in names.items() if count > 1]

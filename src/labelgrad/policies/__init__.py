@@ -1,7 +1,6 @@
 """Level 1: policies that transform dL/dlogits per sample and per class during backward."""
 
 from labelgrad.policies.asymmetric_focus import AsymmetricFocus, asymmetric_focus
-from labelgrad.policies.base import GradContext, Policy, no_state_update, state_updates_enabled
 from labelgrad.policies.chain import Chain, chain
 from labelgrad.policies.clipping import ClipPerClass, ClipPerSample, clip_per_class, clip_per_sample
 from labelgrad.policies.eql import EQL, eql
@@ -19,6 +18,7 @@ from labelgrad.policies.masking import (
     mask_unknown,
 )
 from labelgrad.policies.monitor import GradMonitor, monitor
+from labelgrad.policies.policy import GradContext, Policy, no_state_update, state_updates_enabled
 from labelgrad.policies.schedule import Schedule, schedule
 from labelgrad.policies.seesaw import Seesaw, seesaw
 from labelgrad.policies.stateful import StatefulPolicy

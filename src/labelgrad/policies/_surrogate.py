@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from labelgrad._validation import as_nonnegative_scalar
-from labelgrad.policies.base import Policy
+from labelgrad.policies.policy import Policy
 from labelgrad.targets import _tracing
 
 __all__ = [

@@ -13,7 +13,7 @@ from labelgrad.policies._surrogate import (
     passthrough_non_finite,
     sigmoid_scale,
 )
-from labelgrad.policies.base import GradContext
+from labelgrad.policies.policy import GradContext
 
 __all__ = ["AsymmetricFocus", "asymmetric_focus"]
 

@@ -6,13 +6,13 @@ import torch
 from torch import Tensor, nn
 
 from labelgrad.policies._surrogate import SurrogatePolicy
-from labelgrad.policies.base import GradContext, Policy
 from labelgrad.policies.clipping import ClipPerClass, ClipPerSample
 from labelgrad.policies.eql import EQL
 from labelgrad.policies.eqlv2 import EQLv2
 from labelgrad.policies.linear import LinearPolicy, Multiplier
 from labelgrad.policies.masking import FreezeClasses, Mask, MaskUnknown
 from labelgrad.policies.monitor import GradMonitor
+from labelgrad.policies.policy import GradContext, Policy
 from labelgrad.policies.schedule import Schedule
 from labelgrad.policies.weighting import ClassWeights, PosNegWeights
 

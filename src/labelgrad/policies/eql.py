@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from labelgrad._validation import as_class_vector, as_nonnegative_scalar
-from labelgrad.policies.base import GradContext, Policy
+from labelgrad.policies.policy import GradContext, Policy
 
 __all__ = ["EQL", "eql"]
 

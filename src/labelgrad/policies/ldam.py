@@ -16,8 +16,8 @@ from labelgrad.policies._surrogate import (
     smoothed,
     softmax_scale,
 )
-from labelgrad.policies.base import GradContext
 from labelgrad.policies.chain import Chain
+from labelgrad.policies.policy import GradContext
 from labelgrad.policies.schedule import schedule
 from labelgrad.policies.weighting import class_weights
 

@@ -16,7 +16,7 @@ from labelgrad.policies._surrogate import (
     smoothed,
     softmax_scale,
 )
-from labelgrad.policies.base import GradContext
+from labelgrad.policies.policy import GradContext
 
 __all__ = ["LogitAdjust", "logit_adjust"]
 

@@ -15,7 +15,7 @@ from labelgrad.policies._surrogate import (
     smoothed,
     softmax_scale,
 )
-from labelgrad.policies.base import GradContext
+from labelgrad.policies.policy import GradContext
 from labelgrad.policies.stateful import StatefulPolicy
 
 __all__ = ["Seesaw", "seesaw"]
