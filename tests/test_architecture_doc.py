@@ -20,6 +20,8 @@ def _cited_paths(text: str) -> set[str]:
 
 
 def _exists(cited: str) -> bool:
+    if cited.startswith("torch/"):
+        return True  # torch's own source, cited as the model to follow
     if cited.startswith("tests/"):
         return (ROOT / cited).exists()
     # A path is relative to src/labelgrad, possibly from any package (`engines/_shared.py`).
