@@ -70,4 +70,9 @@ def project(lp: LabelParam, radius: Tensor, moving: Tensor | None) -> None:
     if moving is not None:
         outside = outside & moving
     factor = torch.where(outside, radius / norm, torch.ones_like(norm))
-    lp.param.mul_(lp.per_class(factor.to(lp.param.dtype)))
+    p = lp.param
+    if p.element_size() >= 4:
+        p.mul_(lp.per_class(factor.to(p.dtype)))
+    else:
+        # Half precision: one rounding of the exact product, not two (factor, then product).
+        p.copy_(p.float() * lp.per_class(factor.float()))
