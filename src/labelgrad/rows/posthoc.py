@@ -80,8 +80,9 @@ def tau_normalize(head: HeadT, tau: float = 1.0, *, inplace: bool = False) -> He
     Kang et al. 2020, "Decoupling representation and classifier for long-tailed recognition":
     ``w_c / ||w_c||^tau``; ``tau=1`` gives every row unit norm, ``tau=0`` changes nothing
     (bitwise), values in between (the paper picks ``tau`` on a validation set) shrink the
-    spread of the norms that long-tailed training leaves. A zero row stays zero. The bias is
-    left as it is; the paper's classifier has none (zero it for the same logits).
+    spread of the norms that long-tailed training leaves. A zero row stays zero; a row with a
+    NaN or inf entry gets what the formula gives (NaN entries). The bias is left as it is; the
+    paper's classifier has none (zero it for the same logits).
 
     Args:
         head: an ``nn.Linear`` or a weight tensor of shape (C, D, ...).
@@ -117,8 +118,9 @@ def tau_normalize(head: HeadT, tau: float = 1.0, *, inplace: bool = False) -> He
     if not math.isfinite(tau) or tau < 0:
         raise ValueError(f"tau_normalize: tau must be finite and non-negative, got {tau!r}")
     norm = row_norms(weight, 0)
-    # 0 ** tau is 0 for tau > 0: a zero row has no direction to keep, it stays zero.
-    divisor = torch.where(norm > 0, norm.pow(float(tau)), torch.ones_like(norm))
+    # 0 ** tau is 0 for tau > 0: a zero row has no direction to keep, it stays zero. A NaN or
+    # inf norm goes through, as in the formula.
+    divisor = torch.where(norm == 0, torch.ones_like(norm), norm.pow(float(tau)))
     return _apply(head, divisor, inplace, "tau_normalize", divide=True)
 
 
@@ -183,6 +185,6 @@ def align_weights(
     is_new, is_old = is_new.to(norm.device), is_old.to(norm.device)
     mean_new = norm[is_new].mean()
     mean_old = norm[is_old].mean()
-    gamma = torch.where(mean_new > 0, mean_old / mean_new, torch.ones_like(mean_new))
+    gamma = torch.where(mean_new == 0, torch.ones_like(mean_new), mean_old / mean_new)
     factor = torch.where(is_new, gamma, torch.ones_like(norm))
     return _apply(head, factor, inplace, "align_weights")
