@@ -230,6 +230,11 @@ def checked_rules_state(
             raise ValueError(f"state_dict['row_rules'][{key!r}] must be a bool")
         out[key] = rules[key]
     started = rules.get("started")
+    if isinstance(started, Tensor) and started.dim() == 2 and started.shape[0] != num_params:
+        raise ValueError(
+            f"state_dict['row_rules']['started'] was saved for {started.shape[0]} label-owned "
+            f"parameters, this RowRules has {num_params}: build it with the same rows="
+        )
     out["started"] = (
         None if started is None else _saved_mask(started, "started", (num_params, num_classes))
     )
