@@ -373,3 +373,34 @@ def test_grad_scaler_steps_and_projects_or_skips_both(inf_at: int | None):
     torch.testing.assert_close(ours.weight, ref.weight)
     torch.testing.assert_close(ours.bias, ref.bias)
     assert torch.equal(ours.weight[3], ref.weight[3])
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_the_projection_reads_nothing_back(
+    fast: bool, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+):
+    """Every value read-back a tensor offers raises during the step: on an accelerator each
+    would synchronise with the host (as in test_row_rules.py's step-path tests). Fused AdamW:
+    the for-loop one reads its CPU step counter back, which the patch cannot tell apart."""
+    h = head(dtype, seed=12)
+    opt = lg.RowRules(
+        torch.optim.AdamW(h.parameters(), lr=0.1, weight_decay=0.1, fused=True),
+        rows=h,
+        frozen=[0],
+        skip_absent=True,
+        max_norm=RADII,
+        fast=fast,
+    )
+    set_grads(h, 0)
+    opt.observe(torch.tensor([1, 2]))  # label validation reads CPU values: outside the step
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("host read on the step path")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero"):
+        monkeypatch.setattr(Tensor, name, refuse)
+    monkeypatch.setattr(torch, "nonzero", refuse)
+    opt.step()
+    monkeypatch.undo()
+    assert float(h.weight[2].detach().double().norm()) <= RADII[2] * (1 + 1e-3)
