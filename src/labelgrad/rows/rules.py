@@ -43,8 +43,8 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
     A row that starts moving later (frozen at first, or absent from the first batches with
     ``skip_absent``) starts as a new parameter would: from the optimizer's initial state
     (Rprop's step sizes at ``lr``, SGD's momentum buffer from its first gradient), sharing only
-    the tensor's step counter. With no rules set (nothing frozen, no ``lr_scale`` or
-    ``weight_decay``, ``skip_absent=False``) a step is exactly the wrapped optimizer's step.
+    the tensor's step counter. With no rules set (nothing frozen, no ``lr_scale``,
+    ``weight_decay`` or ``max_norm``, ``skip_absent=False``) a step is the wrapped optimizer's.
 
     Optimizers with a fast kernel in :mod:`labelgrad.rows.families` (Adam, AdamW, SGD) are stepped
     by labelgrad itself on label-owned parameters when a rule applies (the same update with
