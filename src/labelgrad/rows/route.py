@@ -87,8 +87,8 @@ class Router(ObservesLabels):
                         "each class belongs to one optimizer"
                     )
                 owner[c] = name
-        for name, opt in self._observers():
-            inner = getattr(opt, "num_classes", None)
+        for name, observer in self._observers():
+            inner = getattr(observer, "num_classes", None)
             if inner != self.num_classes:
                 raise ValueError(
                     f"{name}: its optimizer observes targets over {inner} classes but "
@@ -141,8 +141,8 @@ class Router(ObservesLabels):
     def _observe_more(self, targets: TargetsLike, kwargs: dict[str, Any]) -> None:
         """Every optimizer this router steps that observes labels itself (a RowRules, routed or
         ``always``) observes them too."""
-        for _, opt in self._observers():
-            opt.observe(targets, **kwargs)
+        for _, observer in self._observers():
+            observer.observe(targets, **kwargs)
 
     def step(
         self,
