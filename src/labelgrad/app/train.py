@@ -83,19 +83,20 @@ import torch.nn.functional as F
 import labelgrad as lg
 from labelgrad.app.datasets import Dataset, Task
 from labelgrad.app.metrics import multiclass_metrics, multilabel_metrics
+from labelgrad.app.outputs import DEFAULT_OUT, claim_output, record_output
 from labelgrad.app.train_build import Parts, build_parts, make_step
 from labelgrad.app.train_checkpoint import (
     History,
     RunId,
     data_identity,
     resume_run,
+    run_identity,
     save_checkpoint,
 )
 from labelgrad.app.train_config import TrainConfig, check_against_classes, load_config
 from labelgrad.app.train_data import Validation, load_data
-from labelgrad.app.train_report import write_train_outputs
+from labelgrad.app.train_report import TRAIN_FILES, write_train_outputs
 from labelgrad.app.training import MLP, epoch_batches, progress_bar
-from labelgrad.report import check_writable_dir
 
 __all__ = ["run_train"]
 
@@ -156,10 +157,11 @@ def _train_epochs(
 def run_train(
     config: str | Path,
     *,
-    out: str | Path = "labelgrad-out",
+    out: str | Path = DEFAULT_OUT["train"],
     seed: int = 0,
     device: str = "cpu",
     resume: bool = False,
+    force: bool = False,
     quiet: bool = False,
     baseline: bool = False,
     echo: Callable[[str], None] | None = print,
@@ -173,6 +175,8 @@ def run_train(
         seed: the seed of the data split, the initialisation and the batches.
         device: where to train.
         resume: continue from ``out/checkpoint.pt`` (same config, seed and data only).
+        force: replace the run ``out`` holds although its config, seed or data differ (its
+            files are removed first).
         quiet: no progress bar.
         baseline: also train plain cross-entropy (BCE for multi-label data) with the same seed,
             model and optimizer, and report it beside the configured run.
@@ -187,17 +191,21 @@ def run_train(
         ConfigError: the config is invalid, or the checkpoint belongs to another config, seed
             or data.
         DataError: the data files or the checkpoint are corrupt, or labels out of range.
-        OutputError: the disk is full (the previous checkpoint is kept).
+        OutputError: ``out`` is empty, a file, or holds another run (without ``force`` or
+            ``resume``), or the disk is full (the previous checkpoint is kept).
         PermissionError: ``out`` cannot be written.
     """
     warn = warn or (lambda msg: print(f"labelgrad train: warning: {msg}", file=sys.stderr))
     cfg = load_config(config)
-    folder = check_writable_dir(out)
+    identity = data_identity(cfg)
+    folder = claim_output(
+        out, "train", run_identity(cfg, seed, identity), TRAIN_FILES, force=force, resume=resume
+    )
     data, val = load_data(cfg, seed)
     check_against_classes(cfg, data.num_classes)
     dev = torch.device(device)
     steps_per_epoch = math.ceil(len(data.x_train) / cfg.train["batch_size"])
-    run = RunId(cfg, seed, data_identity(cfg), steps_per_epoch)
+    run = RunId(cfg, seed, identity, steps_per_epoch)
     parts = build_parts(cfg, data, seed, dev)
     ckpt_path = folder / "checkpoint.pt"
     history = resume_run(ckpt_path, run, parts, dev, echo) if resume else History()
@@ -226,6 +234,7 @@ def run_train(
     for msg in summary["warnings"]:
         warn(msg)
     write_train_outputs(folder, cfg.file, data, parts.monitor, summary)
+    record_output(folder, summary["files"])
     if echo is not None:
         _echo_summary(echo, summary, folder)
     return summary

@@ -21,7 +21,21 @@ from labelgrad.app.plots import (
 )
 from labelgrad.report import atomic_write_text, save_monitor
 
-__all__ = ["METRIC_LABELS", "write_train_outputs"]
+__all__ = ["METRIC_LABELS", "TRAIN_FILES", "write_train_outputs"]
+
+TRAIN_FILES = (
+    "checkpoint.pt",
+    "metrics.json",
+    "monitor.csv",
+    "monitor.history.csv",
+    "monitor.json",
+    "training_curves.png",
+    "per_class.png",
+    "confusion.png",
+    "grad_norm.png",
+    "report.html",
+)
+"""Every file ``labelgrad train`` may write into its output folder."""
 
 METRIC_LABELS = {
     "accuracy": "accuracy %",
@@ -176,6 +190,8 @@ def _sections(
             )
         )
     sections.append(Section("Config", code=config_file.read_text(encoding="utf-8")))
+    # Exactly this run's files: a new run removes the previous run's (labelgrad.app.outputs).
+    sections.append(Section("Files", bullets=[*files, "report.html"]))
     return sections
 
 
