@@ -282,7 +282,7 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
 
     result = run_outcomes(
         size=args.outcomes_size or ("quick" if args.quick else "full"),
-        out=args.out or "labelgrad-outcomes",
+        out="labelgrad-outcomes" if args.out is None else args.out,
         device=_device(args.device),
         quiet=args.quiet,
         echo=_echo(args),

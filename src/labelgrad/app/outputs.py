@@ -89,7 +89,10 @@ def claim_output(
                     f"--out {folder}: {entry.name} is a folder there, but this run writes a file "
                     "of that name (move it away or choose another --out)"
                 )
-    check_writable_dir(folder)
+    try:
+        check_writable_dir(folder)
+    except PermissionError as err:
+        raise PermissionError(f"--out: {err}") from None
     if not resume:
         _remove(folder, previous)
         previous = []
