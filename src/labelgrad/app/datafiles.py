@@ -237,10 +237,12 @@ def read_npz(
     try:
         # Our own handle: np.load leaks the one it opens when the zip is corrupt.
         with open(file, "rb") as fh, np.load(fh, allow_pickle=False) as archive:
-            if x_key not in archive or y_key not in archive:
-                raise DataError(
-                    f"{file}: needs arrays {x_key!r} and {y_key!r}, has {sorted(archive.files)}"
-                )
+            for which, key in (("x_key", x_key), ("y_key", y_key)):
+                if key not in archive:
+                    raise DataError(
+                        f"{file}: needs arrays {x_key!r} and {y_key!r}, has "
+                        f"{sorted(archive.files)} (no {key!r}: [data] {which})"
+                    )
             x, y = archive[x_key], archive[y_key]
     except DataError:
         raise

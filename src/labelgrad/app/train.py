@@ -93,7 +93,8 @@ from labelgrad.app.train_checkpoint import (
     run_identity,
     save_checkpoint,
 )
-from labelgrad.app.train_config import TrainConfig, check_against_classes, load_config
+from labelgrad.app.train_checks import validate_run
+from labelgrad.app.train_config import TrainConfig, load_config
 from labelgrad.app.train_data import Validation, load_data
 from labelgrad.app.train_report import TRAIN_FILES, write_train_outputs
 from labelgrad.app.training import MLP, epoch_batches, progress_bar
@@ -202,7 +203,9 @@ def run_train(
         out, "train", run_identity(cfg, seed, identity), TRAIN_FILES, force=force, resume=resume
     )
     data, val = load_data(cfg, seed)
-    check_against_classes(cfg, data.num_classes)
+    early_warnings = validate_run(cfg, data, val)  # every check that needs the data
+    for msg in early_warnings:
+        warn(msg)
     dev = torch.device(device)
     steps_per_epoch = math.ceil(len(data.x_train) / cfg.train["batch_size"])
     run = RunId(cfg, seed, identity, steps_per_epoch)
@@ -233,6 +236,7 @@ def run_train(
     summary = _summary(cfg, seed, start_epoch, data, dev, runs, time.perf_counter() - t0)
     for msg in summary["warnings"]:
         warn(msg)
+    summary["warnings"][:0] = early_warnings  # shown before training; recorded with the rest
     write_train_outputs(folder, cfg.file, data, parts.monitor, summary)
     record_output(folder, summary["files"])
     if echo is not None:

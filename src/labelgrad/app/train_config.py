@@ -188,6 +188,10 @@ def load_config(path: str | Path) -> TrainConfig:
     aggregation = _table(raw, "aggregation", name) if "aggregation" in raw else None
 
     _check_data(data, file.parent, name)
+    for key, fmt in (("x_key", "npz"), ("y_key", "npz"), ("labels", "idx")):
+        # A key of another format would be ignored: say so rather than train on other arrays.
+        if key in raw["data"] and data["format"] != fmt:
+            raise ConfigError(f"{name}: [data] {key} applies to {fmt} data only")
     _check_model_and_train(model, train, name)
     policies = _policies(raw.get("policies", []), name)
     if rows is not None:

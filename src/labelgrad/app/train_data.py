@@ -153,6 +153,7 @@ def load_data(cfg: TrainConfig, seed: int) -> tuple[Dataset, Validation]:
     def t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
+    warnings = _label_warnings(y, tr, task, c, d)
     data = Dataset(
         name=Path(d["path"]).name,
         x_train=t(xtr, torch.float32),
@@ -161,9 +162,49 @@ def load_data(cfg: TrainConfig, seed: int) -> tuple[Dataset, Validation]:
         y_test=t(y[te], torch.long),
         class_names=_class_names(d, task, c),
         task=task,
-        meta={"source": d["path"], "seed": seed},
+        meta={"source": d["path"], "seed": seed, "warnings": warnings},
     )
     return data, Validation(t(xva, torch.float32), t(y[va], torch.long))
+
+
+def _label_warnings(
+    y: np.ndarray, train: np.ndarray, task: Task, c: int, d: Mapping[str, Any]
+) -> list[str]:
+    """Classes the training split never shows (a typo that is still a valid label, or a class
+    whose only samples went to the test split), naming each class and where its samples are.
+    A multi-class label column of one class is refused: a model of one class learns nothing."""
+    path = d["path"]
+    if task == "multiclass":
+        present = np.unique(y)
+        if len(present) < 2:
+            cols = d["label_columns"] or [-1]
+            raise DataError(
+                f"{path}: the label column ([data] label_columns = {cols}) holds one class only "
+                f"({present[0]}); a classifier needs 2 or more (another column?)"
+            )
+        counts = np.bincount(y[train], minlength=c)
+        out = []
+        for k in np.flatnonzero(counts == 0)[:5]:
+            rows = np.flatnonzero(y == k)
+            if len(rows):
+                out.append(
+                    f"class {k} has no training sample (its {len(rows)} sample(s) from "
+                    f"{_where(d, int(rows[0]))} went to the test or validation split): a typo?"
+                )
+        unseen = np.flatnonzero(np.bincount(y, minlength=c) == 0)
+        if len(unseen):
+            shown = ", ".join(str(k) for k in unseen[:8]) + (", ..." if len(unseen) > 8 else "")
+            out.append(
+                f"{len(unseen)} of {c} classes have no sample at all ({shown}); their accuracy "
+                "is not measured"
+            )
+        return out
+    yt = y[train]
+    names = _class_names(d, task, c)
+    return [
+        f"label {names[k]!r} (column {k + 1} of the labels) has no positive training sample"
+        for k in np.flatnonzero(~(yt == 1).any(axis=0))[:8]
+    ]
 
 
 def _class_names(d: Mapping[str, Any], task: Task, c: int) -> tuple[str, ...]:
