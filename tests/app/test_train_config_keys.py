@@ -75,6 +75,7 @@ BAD_VALUE: dict[tuple[str, str], str | None] = {
     ("data", "format"): '"xls"',
     ("data", "labels"): '"missing.idx"',
     ("data", "label_columns"): "[]",
+    ("data", "delimiter"): '";;"',
     ("data", "x_key"): '"nope"',
     ("data", "y_key"): '"nope"',
     ("data", "task"): '"both"',
@@ -125,7 +126,7 @@ def test_a_wrong_type_of_every_key_is_refused(
     _refused(tmp_path, _config(tmp_path, _tables(table, key, value)), capsys, f"[{table}] {key}")
 
 
-@pytest.mark.parametrize(("table", "key"), [k for k in KEYS if BAD_VALUE[k] is not None])
+@pytest.mark.parametrize(("table", "key"), [k for k in KEYS if BAD_VALUE.get(k) is not None])
 def test_a_wrong_value_of_every_key_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str, key: str
 ) -> None:

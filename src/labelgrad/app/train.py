@@ -7,7 +7,10 @@ files are one-line errors)::
     path = "train.csv"          # .csv / .csv.gz, .npz, or an idx images file (.gz or raw)
     format = "csv"              # csv | npz | idx; default: from the suffix
     labels = "labels.idx.gz"    # idx only: the labels file
-    label_columns = [-1]        # csv only: the label column(s); several = multi-hot labels
+    label_columns = [-1]        # csv only: the label column(s), indices or header names
+                                #   (["species"]); several = multi-hot labels; one column of
+                                #   names (cat, dog) = classes numbered in sorted name order
+    delimiter = ";"             # csv only; default: sniffed (comma, semicolon, tab or |)
     x_key = "x"                 # npz only (with y_key = "y")
     task = "multiclass"         # or "multilabel" (multi-hot labels in {0, 1}, -1 = unknown)
     num_classes = 10            # default: max label + 1 (multiclass; refused when most class

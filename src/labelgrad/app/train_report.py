@@ -48,6 +48,10 @@ METRIC_LABELS = {
 """Column names of the report's metric table (one metric per column, in %)."""
 
 
+MAX_CLASS_TABLE = 100
+"""Up to this many classes, the report lists each class by name with its test count and score."""
+
+
 def write_train_outputs(
     folder: Path,
     config_file: Path,
@@ -174,13 +178,20 @@ def _sections(
             )
         )
     score = "accuracy" if data.task == "multiclass" else "F1"
-    sections.append(
-        _figure(
-            f"Per-class test {score}",
-            "per_class.png",
-            f"Under each class: its test count. Classes from the data: {data.name}.",
-        )
+    per_class = _figure(
+        f"Per-class test {score}",
+        "per_class.png",
+        f"Under each class: its test count. Classes from the data: {data.name}.",
     )
+    if data.num_classes <= MAX_CLASS_TABLE:
+        # The names as the data spells them (the figure's tick labels may be cut short).
+        counts = _test_counts(data)
+        per_class.header = ["class", "test samples", f"test {score} %"]
+        per_class.rows = [
+            [name, counts[k], "-" if math.isnan(v) else f"{100 * v:.1f}"]
+            for k, (name, v) in enumerate(zip(data.class_names, summary["per_class"]))
+        ]
+    sections.append(per_class)
     if "grad_norm.png" in files:
         sections.append(
             _figure(
