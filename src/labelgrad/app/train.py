@@ -47,22 +47,26 @@ files are one-line errors)::
     aggregator = "UPGrad"       # an lg.aggregators class (the error lists the valid names)
     engine = "auto"             # auto | exact | representation
 
-Outputs in ``--out`` (each written atomically: a temporary file renamed into place):
+Outputs in ``--out`` (default ``labelgrad-out/train``; checked before anything is read by
+:func:`labelgrad.app.outputs.claim_output`: a folder holding another run needs ``--force`` or
+``--resume``), each written atomically (a temporary file renamed into place):
 ``checkpoint.pt`` after every epoch (``torch.save``; loaded with ``weights_only=True``),
 ``metrics.json`` (written before any figure), ``monitor.csv`` / ``monitor.json`` (per-class
 gradient statistics), ``training_curves.png``, ``per_class.png``, ``confusion.png``
-(single-label), ``grad_norm.png`` and ``report.html``. ``--baseline`` also trains plain
+(single-label), ``grad_norm.png``, ``report.html`` (which lists them) and
+``labelgrad-run.json`` (the manifest of the run's files). ``--baseline`` also trains plain
 cross-entropy (BCE for multi-label data) from the same seed and reports it beside the run.
 
 ``--resume`` continues from the checkpoint exactly as an uninterrupted run would (the batches of
-each epoch are a function of the seed and the epoch; model, optimizer and policy state are
-restored). The checkpoint records the config, the seed and the data (path, size, SHA-256); a
+each epoch are a function of the seed and the epoch; model, optimizer (with its row rules),
+policy, aggregator state and the aggregator's random generator are restored). The checkpoint records the config, the seed and the data (path, size, SHA-256); a
 resume with another seed or other data is refused, and every loaded field (epoch, losses, tensor
 shapes and dtypes of the model, optimizer and policy states) is checked first.
 
 Every bad input (config, data, flag, checkpoint, a full disk) is one line on stderr and exit 2;
 values that would size an allocation (num_classes, hidden widths, labels) are checked against
-the memory they would need before anything is allocated.
+the memory they would need before anything is allocated. The config is then checked against
+the data before the first step (:func:`labelgrad.app.train_checks.validate_run`).
 
 This module runs the epochs and writes the summary; the config is read and checked in
 :mod:`labelgrad.app.train_config`, the data in :mod:`labelgrad.app.train_data`, the model,
