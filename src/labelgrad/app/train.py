@@ -59,9 +59,10 @@ cross-entropy (BCE for multi-label data) from the same seed and reports it besid
 
 ``--resume`` continues from the checkpoint exactly as an uninterrupted run would (the batches of
 each epoch are a function of the seed and the epoch; model, optimizer (with its row rules),
-policy, aggregator state and the aggregator's random generator are restored). The checkpoint records the config, the seed and the data (path, size, SHA-256); a
-resume with another seed or other data is refused, and every loaded field (epoch, losses, tensor
-shapes and dtypes of the model, optimizer and policy states) is checked first.
+policy, aggregator state and the aggregator's random generator are restored). The checkpoint
+records the config, the seed and the data (path, size, SHA-256); a resume with another seed or
+other data is refused, and every loaded field (epoch, losses, tensor shapes and dtypes of the
+model, optimizer and policy states) is checked first.
 
 Every bad input (config, data, flag, checkpoint, a full disk) is one line on stderr and exit 2;
 values that would size an allocation (num_classes, hidden widths, labels) are checked against
