@@ -51,3 +51,76 @@ def test_clipping_leaves_a_group_with_inf_or_nan_untouched():
     torch.testing.assert_close(got[0], up[0], equal_nan=True)
     torch.testing.assert_close(got[2], up[2], equal_nan=True)
     torch.testing.assert_close(got[1], torch.tensor([0.6, 0.8, 0.0]))
+
+
+# --- 5. Labels: soft values exactly at the prediction, one class ------------------------------
+
+
+def asl_reference(z: torch.Tensor, y: torch.Tensor, gp: float, gn: float, clip: float):
+    p = torch.sigmoid(z)
+    pm = (p - clip).clamp(min=0)
+    return -y * (1 - p) ** gp * torch.log(p) - (1 - y) * pm**gn * torch.log(1 - pm)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_asymmetric_focus_soft_label_at_its_prediction_takes_the_shared_scale(dtype, reduction):
+    """BCE's gradient vanishes where sigmoid(z) = y; the published ASL gradient does not."""
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(4, 3, generator=g, dtype=F64).to(dtype)
+    q = torch.rand(4, 3, generator=g, dtype=F64).to(dtype)
+    z0[0, 0] = 0.0
+    q[0, 0] = 0.5  # exactly sigmoid(0)
+    q[2, 1] = torch.sigmoid(z0[2, 1])  # a soft target equal to the prediction
+    z = z0.clone().requires_grad_()
+    out = lg.asymmetric_focus(1.0, 2.0, 0.05)(z, q)
+    (got,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(out, q, reduction=reduction), z)
+    zd = z0.to(F64).requires_grad_()
+    loss = asl_reference(zd, q.to(F64), 1.0, 2.0, 0.05)
+    (want,) = torch.autograd.grad(loss.mean() if reduction == "mean" else loss.sum(), zd)
+    assert want[0, 0] != 0 and want[2, 1] != 0
+    tol = 1e-10 if dtype == F64 else 1e-5
+    torch.testing.assert_close(got.to(F64), want, rtol=tol, atol=tol)
+
+
+def test_asymmetric_focus_soft_label_at_its_prediction_without_a_shared_scale_is_refused():
+    z = torch.tensor([[0.0, 1.0, -1.0]], dtype=F64, requires_grad=True)
+    q = torch.tensor([[0.5, 0.2, 0.9]], dtype=F64)
+    w = torch.tensor([1.0, 2.0, 3.0], dtype=F64)  # per-entry weights: no shared scale
+    out = lg.asymmetric_focus()(z, q)
+    with pytest.raises(ValueError, match="cannot read the loss scale") as info:
+        F.binary_cross_entropy_with_logits(out, q, weight=w).backward()
+    assert "\n" not in str(info.value) and "entry" in str(info.value)
+
+
+def test_asymmetric_focus_saturated_hard_label_keeps_a_zero_gradient_under_weights():
+    """A hard label where sigmoid(z) rounds to it is not refused, whatever the weights."""
+    z = torch.tensor([[40.0, 0.3, -0.2]], requires_grad=True)
+    y = torch.tensor([[1.0, 0.0, 1.0]])
+    w = torch.tensor([1.0, 2.0, 3.0])
+    out = lg.asymmetric_focus(0.0, 0.0, 0.0)(z, y)  # the BCE gradient itself
+    (got,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(out, y, weight=w), z)
+    zz = z.detach().requires_grad_()
+    (want,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(zz, y, weight=w), zz)
+    torch.testing.assert_close(got, want)
+
+
+SOFTMAX_ONE_CLASS = {
+    "logit_adjust": lambda: lg.logit_adjust([1.0]),
+    "seesaw": lambda: lg.seesaw(1),
+    "ldam_drw": lambda: lg.ldam_drw([5.0], drw_start=0),
+    "labels_trick": lambda: lg.labels_trick(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOFTMAX_ONE_CLASS))
+def test_softmax_surrogates_with_one_class_give_the_zero_gradient(name):
+    """Softmax over one class is 1: CE and every published softmax loss have zero gradient."""
+    z = torch.randn(3, 1, dtype=F64, requires_grad=True)
+    y = torch.zeros(3, dtype=torch.long)
+    (got,) = torch.autograd.grad(F.cross_entropy(SOFTMAX_ONE_CLASS[name]()(z, y), y), z)
+    assert torch.equal(got, torch.zeros_like(got))
+    # a second loss term on the same logits is still refused
+    with pytest.raises(ValueError, match="not one"):
+        out = SOFTMAX_ONE_CLASS[name]()(z, y)
+        (F.cross_entropy(out, y) + out.sum()).backward()
