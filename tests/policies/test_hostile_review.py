@@ -124,3 +124,32 @@ def test_softmax_surrogates_with_one_class_give_the_zero_gradient(name):
     with pytest.raises(ValueError, match="not one"):
         out = SOFTMAX_ONE_CLASS[name]()(z, y)
         (F.cross_entropy(out, y) + out.sum()).backward()
+
+
+# --- per_label_losses --------------------------------------------------------------------------
+
+
+def test_per_label_losses_ce_with_partial_multi_hot_is_the_documented_sum():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 4, generator=g, dtype=F64)
+    y = torch.randint(-1, 2, (6, 4), generator=g)
+    got = lg.per_label_losses(z, y, loss="ce")
+    want = -(y.clamp(min=0) * torch.log_softmax(z, 1)).sum(0) / 6  # unknown entries: nothing
+    assert got.dtype == F64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_per_label_losses_ntc_with_class_dim_minus_one_sums_to_the_mean_loss():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 3, 4, generator=g, dtype=F64)
+    y = torch.randint(0, 4, (2, 3), generator=g)
+    y[0, 1] = -100
+    got = lg.per_label_losses(z, y, loss="ce", class_dim=-1)
+    torch.testing.assert_close(got.sum(), F.cross_entropy(z.transpose(1, 2), y), rtol=1e-12, atol=0)
+
+
+def test_per_label_losses_callable_of_the_wrong_shape_names_the_class_last_layout():
+    z = torch.randn(2, 4, 3)  # (N, C, L): the callable sees (N, L, C)
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\) \(class axis last") as info:
+        lg.per_label_losses(z, torch.randint(0, 2, (2, 4, 3)), loss=lambda a, b: a.sum())
+    assert "\n" not in str(info.value)
