@@ -153,3 +153,75 @@ def test_per_label_losses_callable_of_the_wrong_shape_names_the_class_last_layou
     with pytest.raises(ValueError, match=r"\(2, 3, 4\) \(class axis last") as info:
         lg.per_label_losses(z, torch.randint(0, 2, (2, 4, 3)), loss=lambda a, b: a.sum())
     assert "\n" not in str(info.value)
+
+
+# --- 2. Graphs: torch.func transforms ----------------------------------------------------------
+
+STATEFUL = {
+    "eqlv2": lambda: lg.eqlv2(4),
+    "monitor": lambda: lg.monitor(4),
+    "schedule": lambda: lg.schedule(lg.class_weights([1.0, 2.0, 3.0, 4.0]), start_step=1),
+    "chain": lambda: lg.chain(lg.mask_unknown(), lg.eqlv2(4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_stateful_policy_under_torch_func_is_refused_clearly_or_exact_without_updates(name):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 4, generator=g, dtype=F64)
+    y = torch.randint(0, 2, (6, 4), generator=g)
+    policy = STATEFUL[name]()
+
+    def loss(zz: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(policy(zz, y), y.to(F64), reduction="sum")
+
+    with pytest.raises(RuntimeError, match=r"no_state_update\(\)") as info:
+        torch.func.grad(loss)(z)
+    assert "\n" not in str(info.value)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    with lg.no_state_update():
+        got = torch.func.grad(loss)(z)
+    zz = z.clone().requires_grad_()
+    with lg.no_state_update():
+        (want,) = torch.autograd.grad(loss(zz), zz)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# --- 4. State: reset of composed policies ------------------------------------------------------
+
+COMPOSED = {
+    "chain": (lambda: lg.chain(lg.mask_unknown(), lg.eqlv2(4), lg.monitor(4)), "sigmoid"),
+    "schedule": (lambda: lg.schedule(lg.eqlv2(4), start_step=1, end_step=3), "sigmoid"),
+    "ldam_drw": (lambda: lg.ldam_drw([8.0, 4.0, 2.0, 1.0], s=4.0, drw_start=1), "softmax"),
+    "seesaw_chain": (lambda: lg.chain(lg.seesaw(4), lg.clip_per_sample(1.0)), "softmax"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSED))
+def test_reset_of_a_composed_policy_gives_a_fresh_one(name):
+    make, kind = COMPOSED[name]
+    g = torch.Generator().manual_seed(4)
+    batches = []
+    for _ in range(3):
+        z = torch.randn(6, 4, generator=g, dtype=F64)
+        y = torch.randint(0, 4, (6,), generator=g)
+        batches.append((z, y if kind == "softmax" else F.one_hot(y, 4)))
+
+    def grads(policy):
+        out = []
+        for z0, y in batches:
+            z = z0.clone().requires_grad_()
+            o = policy(z, y)
+            loss = F.cross_entropy(o, y) if kind == "softmax" else o.sigmoid().sum()
+            out.append(torch.autograd.grad(loss, z)[0])
+        return out
+
+    used, fresh = make(), make()
+    grads(used)
+    used.reset()
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(used.state_dict()[k], v), k
+    for a, b in zip(grads(used), grads(fresh), strict=True):
+        assert torch.equal(a, b)
