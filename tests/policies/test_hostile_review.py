@@ -225,3 +225,19 @@ def test_reset_of_a_composed_policy_gives_a_fresh_one(name):
         assert torch.equal(used.state_dict()[k], v), k
     for a, b in zip(grads(used), grads(fresh), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (lambda: lg.class_weights([]), "weight"),
+        (lambda: lg.pos_neg_weights(pos=[]), "pos"),
+        (lambda: lg.logit_adjust([]), "prior"),
+        (lambda: lg.ldam_drw([]), "counts"),
+        (lambda: lg.eql(0.1, []), "frequencies"),
+    ],
+)
+def test_empty_class_vectors_are_refused_at_construction(build, name):
+    with pytest.raises(ValueError, match=f"^{name} must have one entry per class") as info:
+        build()
+    assert "\n" not in str(info.value)
