@@ -334,4 +334,8 @@ def _run(call: Call, choice: Choice) -> AggregationResult:
         if isinstance(call.aggregator, Amortized):
             call.aggregator.store(w)
     engine.backward(call, prepared, w)
-    return AggregationResult(w, prepared.gramian, engine.name, choice.reason)
+    # A copy (K values): the caller may edit the result in place without reaching the
+    # aggregator's state (Amortized's cache, a user-defined weighting's buffer). The Gramian is
+    # the engine's fresh tensor, held by nobody else.
+    weights = None if w is None else w.detach().clone()
+    return AggregationResult(weights, prepared.gramian, engine.name, choice.reason)

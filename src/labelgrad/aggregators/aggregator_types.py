@@ -22,6 +22,10 @@ __all__ = [
 ]
 
 
+#: Dtypes in which a solver's constants (``1e-8`` is 0 in float16) do not survive: upcast.
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _host_checkable(t: Tensor) -> bool:
     # Value checks read the data on the host: free on CPU, a device sync elsewhere (skipped there).
     return t.device.type == "cpu"
@@ -147,15 +151,25 @@ class GramianWeighting(nn.Module):
     def weights(self, gramian: Tensor, /) -> Tensor:
         """The (K,) weights for the Gramian ``gramian`` (K, K), on its device and dtype.
 
+        A float16 or bfloat16 Gramian is solved in float32 (where every tolerance and
+        constant of the solvers exists) and the weights returned in its dtype.
+
         Args:
             gramian: symmetric positive semi-definite (K, K) matrix ``J J^T``.
 
         Returns:
             The weights ``w``; the update is ``J^T w``. Constants: computed under
-            ``torch.no_grad()`` (the weightings are not differentiable, as in TorchJD).
+            ``torch.no_grad()`` (the weightings are not differentiable, as in TorchJD). A new
+            tensor on every call: editing it in place changes no state of the weighting.
         """
         with torch.no_grad():
-            return self._weights(check_gramian(gramian))
+            checked = check_gramian(gramian)
+            work = checked.float() if checked.dtype in _HALF else checked
+            # The one copy of every weighting's answer: stateful ones (MoDo, CRMOGM, ...) keep
+            # their iterate in a buffer, which the caller must not be able to edit. (From a
+            # half-precision G the cast back to its dtype is that copy.)
+            w = self._weights(work)
+            return w.to(checked.dtype) if work is not checked else w.clone()
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         raise NotImplementedError
@@ -196,7 +210,10 @@ class JacobianAggregator(nn.Module):
             ``torch.no_grad()``).
         """
         with torch.no_grad():
-            return self._aggregate(check_jacobian(jacobian))
+            checked = check_jacobian(jacobian)
+            if checked.dtype in _HALF:  # as for weightings: solved in float32
+                return self._aggregate(checked.float()).to(checked.dtype)
+            return self._aggregate(checked)
 
     def _aggregate(self, jacobian: Tensor, /) -> Tensor:
         raise NotImplementedError

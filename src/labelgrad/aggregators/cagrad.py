@@ -8,6 +8,7 @@ from torch import Tensor
 from labelgrad.aggregators._qp import min_norm_point, normalize_gramian, should_check
 from labelgrad.aggregators.aggregator_types import GramianWeighting
 from labelgrad.aggregators.diagnostics import SolverDiagnostics
+from labelgrad.aggregators.double_sampling import shift_for_simplex
 
 __all__ = ["CAGrad", "project_to_simplex"]
 
@@ -21,6 +22,7 @@ def project_to_simplex(y: Tensor) -> Tensor:
         tensor([1., 0.])
     """
     k = y.shape[-1]
+    y = shift_for_simplex(y)  # keeps the ``- 1`` below at any magnitude
     sorted_y = torch.sort(y, dim=-1, descending=True).values
     cumsum = sorted_y.cumsum(dim=-1) - 1
     index = torch.arange(1, k + 1, dtype=y.dtype, device=y.device)
