@@ -127,10 +127,10 @@ class SDMGrad(_SimplexState):
     ``SDMGradWeighting`` (defaults ``lr=10``, ``momentum=0.5``, ``n_iter=20``, ``lambda_=0.3``).
 
     ``A`` (``J_1 J_2^T`` from two independent batches, or the Gramian) is divided by
-    ``s^2 + 1e-8 min(s^2, 1)`` with ``s^2 = mean_i sqrt(max(A_ii, 0))^2`` (TorchJD's
-    ``s^2 + 1e-8`` from scale 1 up; below, the constant is relative, so that the weights do not
-    depend on the scale of ``A``: TorchJD's absolute ``1e-8`` is 0 in float16 and dominates
-    below scale 1e-4); then ``n_iter`` steps of heavy-ball SGD on the simplex
+    ``s^2 + 1e-8 min(s^2 / 1e-4, 1)`` with ``s^2 = mean_i sqrt(max(A_ii, 0))^2`` (TorchJD's
+    ``s^2 + 1e-8`` from ``s^2 = 1e-4`` up; below, the constant is relative, so that the weights
+    do not depend on the scale of ``A`` beyond 1e-4 relative: TorchJD's absolute ``1e-8`` is 0
+    in float16 and dominates at small scales); then ``n_iter`` steps of heavy-ball SGD on the simplex
     from the stored iterate ``w``: ``v <- μ v + A (w + λ w̃)``, ``w <- Π_simplex(w - lr v)``; the
     weights are ``(w + λ w̃) / (1 + λ)`` (mean scale), ``w̃`` the preference vector (uniform by
     default). The iterate ``w`` lives in the ``task_weights`` buffer (``state_dict`` round-trips;
@@ -177,10 +177,11 @@ class SDMGrad(_SimplexState):
         k = gramian.shape[0]
         target = per_row_vector(self.pref_vector, k, 1.0 / k, "pref_vector", like=gramian)
         scale = gramian.diagonal().clamp(min=0).sqrt().mean()
-        # TorchJD's ``+ 1e-8``, made relative below scale 1 (where an absolute constant would
-        # change the step size with the scale of A, and is 0 in float16); zero A stays zero.
+        # TorchJD's ``+ 1e-8``, made relative below s^2 = 1e-4 (where an absolute constant
+        # would change the step size with the scale of A; it is 0 in float16); zero A stays 0.
         sq = scale * scale
-        a = gramian / (sq + 1e-8 * sq.clamp(max=1)).clamp(min=torch.finfo(gramian.dtype).tiny)
+        denominator = sq + 1e-8 * (sq / 1e-4).clamp(max=1)
+        a = gramian / denominator.clamp(min=torch.finfo(gramian.dtype).tiny)
         w = self._iterate(gramian)
         velocity = torch.zeros_like(w)
         for _ in range(self.n_iter):  # iterations of the inner solver, not rows
