@@ -31,6 +31,14 @@ def _host_checkable(t: Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+def _reset_counters(module: nn.Module) -> None:
+    # Every SolverDiagnostics among the module's own submodules (a wrapped weighting's are reset
+    # by that weighting's reset()).
+    for sub in module.children():
+        if isinstance(sub, SolverDiagnostics):
+            sub.reset()
+
+
 def check_gramian(gramian: object, /) -> Tensor:
     """Validate a Gramian: a floating 2-D square tensor, finite where that is checkable for free.
 
@@ -174,6 +182,13 @@ class GramianWeighting(nn.Module):
     def _weights(self, gramian: Tensor, /) -> Tensor:
         raise NotImplementedError
 
+    def reset(self) -> None:
+        """Forget the state of past calls: zero the ``diagnostics`` counters (where it has any).
+
+        Stateful weightings extend it (and call it) to restart their statistics as well.
+        """
+        _reset_counters(self)
+
     def forward(self, gramian: Tensor, /) -> Tensor:
         """Same as :meth:`weights` (so that module hooks apply)."""
         return self.weights(gramian)
@@ -217,6 +232,13 @@ class JacobianAggregator(nn.Module):
 
     def _aggregate(self, jacobian: Tensor, /) -> Tensor:
         raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget the state of past calls: zero the ``diagnostics`` counters (where it has any).
+
+        Stateful aggregators extend it (and call it) to restart their statistics as well.
+        """
+        _reset_counters(self)
 
     def forward(self, jacobian: Tensor, /) -> Tensor:
         """Same as :meth:`aggregate`."""
@@ -279,7 +301,8 @@ class WeightingWrapper(GramianWeighting):
         return w
 
     def reset(self) -> None:
-        """Reset the wrapped weighting where it is stateful (it has ``reset``)."""
+        """Reset the wrapped weighting (where it has ``reset``: its state and counters)."""
+        super().reset()
         reset = getattr(self.aggregator, "reset", None)
         if callable(reset):
             reset()

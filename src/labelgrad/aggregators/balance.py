@@ -218,7 +218,8 @@ class NashMTL(GramianWeighting):
         self._count = 0
 
     def reset(self) -> None:
-        """Forget the last weights and the call counter."""
+        """Forget the last weights and the call counter (and zero ``diagnostics``)."""
+        super().reset()
         self.last_weights = torch.zeros(0, device=self.last_weights.device)
         self.calls.zero_()
         self._count = 0

@@ -63,6 +63,7 @@ class _SimplexState(GramianWeighting):
 
     def reset(self) -> None:
         """Forget the iterate: the next call starts from uniform weights."""
+        super().reset()
         self.task_weights = torch.zeros(0, device=self.task_weights.device)
 
     def _iterate(self, matrix: Tensor) -> Tensor:

@@ -91,6 +91,7 @@ class GradVac(GramianWeighting):
 
     def reset(self) -> None:
         """Forget the EMA targets (the next call starts from zeros)."""
+        super().reset()
         self.target_cosines = torch.zeros(0, 0, device=self.target_cosines.device)
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
