@@ -187,7 +187,9 @@ class PCD(GramianWeighting):
         tau: fraction in [0, 1] of normalized progress guaranteed to each secondary objective; a
             float or a (K - 1,) tensor.
         beta: EMA decay in [0, 1).
-        eps: added to the EMA before its inverse square root (>= 0).
+        eps: added to the EMA before its inverse square root (>= 0), in the units of
+            ``|g_i|^2`` as TorchJD: the weights for ``c G`` are those for ``G`` with
+            ``eps / c`` (for gradients far below ``sqrt(eps)`` every ``s_i`` is the same).
 
     Example:
         >>> import torch
@@ -272,6 +274,7 @@ class PCD(GramianWeighting):
         taus = self._taus(k)
         g = gramian.detach().to(device="cpu", dtype=torch.float64)  # the one transfer
         if not bool(g.isfinite().all()):
+            self.diagnostics.record(0, 0)
             return torch.full((k,), torch.nan, dtype=gramian.dtype, device=gramian.device)
         sq_norms = g.diagonal()
         scales = self._scales(sq_norms)
