@@ -131,14 +131,26 @@ class CAGrad(GramianWeighting):
             # Give the entering coordinates a small share and polish again on the larger face.
             w = torch.where(entering, torch.full_like(w, 1e-6), w)
             w = w / w.sum()
-        w = self._certify(w, g, b, sqrt_phi, lam_max)
+        ridge = 10 * k * torch.finfo(gramian.dtype).eps  # G's own rounding, in its dtype
+        w = self._certify(w, g, b, sqrt_phi, lam_max, ridge)
         norm_w = (w @ g @ w).clamp(min=0).sqrt()
+        # |g_w|^2 = w^T G w is known to the rounding of G's entries, ~eps |g_i| |g_j| each: below
+        # 8 sqrt(eps) sum_i w_i |g_i| (in G's dtype) |g_w| cannot be told from 0 (a float32 G of
+        # a stationary J is indefinite at that level), and 0 is the answer there.
+        spread = w @ g.diagonal().clamp(min=0).sqrt()
+        floor = torch.clamp(8 * torch.finfo(gramian.dtype).eps ** 0.5 * spread, min=self.norm_eps)
         weights = mean + sqrt_phi / norm_w.clamp(min=tiny) * w
-        weights = torch.where(norm_w >= self.norm_eps, weights, torch.zeros_like(weights))
+        weights = torch.where(norm_w >= floor, weights, torch.zeros_like(weights))
         return weights.to(gramian.dtype)
 
     def _certify(
-        self, w: Tensor, g: Tensor, b: Tensor, sqrt_phi: Tensor, lam_max: Tensor
+        self,
+        w: Tensor,
+        g: Tensor,
+        b: Tensor,
+        sqrt_phi: Tensor,
+        lam_max: Tensor,
+        ridge: float = 1e-10,
     ) -> Tensor:
         """Check the Frank-Wolfe gap of ``w``; where it fails, solve exactly (:meth:`_exact`).
 
@@ -153,7 +165,7 @@ class CAGrad(GramianWeighting):
         failed = not bool((sqrt_phi == 0) | (gap <= self.CERT_TOL * scale))
         uncertified: Tensor | int = 0
         if failed:
-            w, residual = self._exact(g, b, sqrt_phi)
+            w, residual = self._exact(g, b, sqrt_phi, ridge=ridge)
             uncertified = (~(residual <= self.CERT_TOL)).to(torch.int64)
         self.diagnostics.record(1, int(failed), uncertified)
         return w
@@ -166,7 +178,9 @@ class CAGrad(GramianWeighting):
         return torch.nan_to_num(grad @ w - grad.min(), nan=torch.inf)
 
     @staticmethod
-    def _exact(g: Tensor, b: Tensor, sqrt_phi: Tensor, iters: int = 60) -> tuple[Tensor, Tensor]:
+    def _exact(
+        g: Tensor, b: Tensor, sqrt_phi: Tensor, iters: int = 60, ridge: float = 1e-10
+    ) -> tuple[Tensor, Tensor]:
         """The robust fallback: the minimizer as a fixed point of exact min-norm problems.
 
         At the minimizer, with ``ρ = |g_w|`` and ``t = ρ / √φ``, ``w`` also minimizes
@@ -186,10 +200,10 @@ class CAGrad(GramianWeighting):
             t = rho / float(sqrt_phi)
             shifted = g + t * (torch.outer(b, ones) + torch.outer(ones, b))
             shifted = shifted + t * t * mean_sq * torch.outer(ones, ones)
-            w = min_norm_point(shifted)
+            w = min_norm_point(shifted, ridge=ridge)
             return w, float((w @ g @ w).clamp(min=0).sqrt()) - rho
 
-        hi = float(g.diagonal().clamp(min=0).sqrt().max())
+        hi = scale = float(g.diagonal().clamp(min=0).sqrt().max())  # hi shrinks; scale stays
         w, h_lo = solve(0.0)
         lo, side = 0.0, 0
         if h_lo > 1e-12 * hi:
@@ -209,7 +223,7 @@ class CAGrad(GramianWeighting):
                     h_lo = h_lo / 2 if side == -1 else h_lo
                     side = -1
             h_lo = h
-        residual = torch.tensor(abs(h_lo) / max(hi, 1e-300), dtype=g.dtype, device=g.device)
+        residual = torch.tensor(abs(h_lo) / max(scale, 1e-300), dtype=g.dtype, device=g.device)
         return w, residual
 
     @staticmethod
