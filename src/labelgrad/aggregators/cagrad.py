@@ -38,7 +38,10 @@ class CAGrad(GramianWeighting):
 
     On ``Ĝ = G / trace(G)``: ``g_0`` is the mean gradient, ``√φ = c |g_0|``, and
     ``w* = argmin_{w in simplex} w^T Ĝ 1/K + √φ sqrt(w^T Ĝ w)``; the weights are
-    ``1/K + (√φ / |g_w*|) w*`` (zeros when ``|g_w*| < norm_eps``: already Pareto-stationary).
+    ``1/K + (√φ / |g_w*|) w*`` (zeros when ``|g_w*| < norm_eps``: already Pareto-stationary; also
+    when ``|g_w*| < 8 sqrt(eps) sum_i w*_i |g_i|`` with ``eps`` of G's dtype, below which the
+    rounding of G's entries decides ``|g_w*|``: a float32 G of a strongly stationary J is
+    indefinite at that level).
     TorchJD solves the simplex problem with cvxpy/Clarabel; here accelerated projected gradient
     (FISTA with adaptive restart, step ``|g_w| / (√φ λ_max)``, exact sort-based simplex
     projection) in float64, up to ``max_iters`` steps, stopping when a step moves ``w`` by less
