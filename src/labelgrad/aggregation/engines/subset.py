@@ -52,7 +52,7 @@ class Subset:
         check_reached([p for p in call.params if id(p) not in reached], call.params, "shared")
         k = call.losses.numel()
         per_row = row_bytes(sub)
-        jac = checked_jacobian(call, sub, "subset", rows_per_chunk(k, per_row, call))
+        jac = checked_jacobian(call, sub, "subset", rows_per_chunk(k, per_row, call, inputs=sub))
         return Prepared(gramian_of(jac), None)
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
