@@ -159,6 +159,7 @@ def project_replay(
         raise ValueError("replay_losses is empty: pass a scalar or (M,) losses, 1 <= M <= 12")
     # Each part must reach the shared parameters: a replay loss computed under no_grad or from
     # detached features has a zero gradient there, and the projection would do nothing.
+    params: list[Tensor]
     if isinstance(shared, nn.Module):
         params = [p for p in shared.parameters() if p.requires_grad]
     elif isinstance(shared, Tensor):

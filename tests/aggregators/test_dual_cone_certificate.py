@@ -38,9 +38,9 @@ def min_over_box(m: Tensor, lower: Tensor) -> Tensor:
             feasible = bool((v >= lower - 1e-12).all())
             stationary = all(abs(float(grad[i])) <= 1e-11 for i in free)
             signs = all(float(grad[i]) >= -1e-11 for i in active)
-            if feasible and stationary and signs:
-                if best is None or float(v @ m @ v) < float(best @ m @ best):
-                    best = v
+            better = best is None or float(v @ m @ v) < float(best @ m @ best)
+            if feasible and stationary and signs and better:
+                best = v
     assert best is not None
     return best
 

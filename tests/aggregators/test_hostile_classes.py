@@ -97,7 +97,8 @@ def run(agg: A.Aggregator, j: Tensor) -> Tensor:
 def test_tables_classify_every_aggregator() -> None:
     assert set(GRAMIAN_NAMES) == set(DEGREE)
     assert set(NAMES) - set(GRAMIAN_NAMES) == set(J_DEGREE)
-    assert SOLVING | NOT_SOLVING == set(NAMES) and not SOLVING & NOT_SOLVING
+    assert set(NAMES) == SOLVING | NOT_SOLVING
+    assert not SOLVING & NOT_SOLVING
 
 
 # --- 3. Precision and magnitude ------------------------------------------------------------
@@ -326,5 +327,3 @@ def test_stateful_aggregators_are_stateful(name: str) -> None:
     assert agg.state_dict(), name
     fresh_answer = run(make(name), jacobian(seed=9))
     assert not torch.equal(run(agg, jacobian(seed=9)), fresh_answer), name
-
-

@@ -129,10 +129,10 @@ class SDMGrad(_SimplexState):
 
     ``A`` (``J_1 J_2^T`` from two independent batches, or the Gramian) is divided by
     ``s^2 + 1e-8 min(s^2 / 1e-4, 1)`` with ``s^2 = mean_i sqrt(max(A_ii, 0))^2`` (TorchJD's
-    ``s^2 + 1e-8`` from ``s^2 = 1e-4`` up; below, the constant is relative, so that the weights
-    do not depend on the scale of ``A`` beyond 1e-4 relative: TorchJD's absolute ``1e-8`` is 0
-    in float16 and dominates at small scales); then ``n_iter`` steps of heavy-ball SGD on the simplex
-    from the stored iterate ``w``: ``v <- μ v + A (w + λ w̃)``, ``w <- Π_simplex(w - lr v)``; the
+    ``s^2 + 1e-8`` from ``s^2 = 1e-4`` up; below, ``1e-4 s^2``, relative, so that tiny ``A``
+    are not flattened: TorchJD's absolute ``1e-8`` is 0 in float16 and dominates at small
+    scales); then ``n_iter`` steps of heavy-ball SGD on the simplex from the stored iterate
+    ``w``: ``v <- μ v + A (w + λ w̃)``, ``w <- Π_simplex(w - lr v)``; the
     weights are ``(w + λ w̃) / (1 + λ)`` (mean scale), ``w̃`` the preference vector (uniform by
     default). The iterate ``w`` lives in the ``task_weights`` buffer (``state_dict`` round-trips;
     restarted by :meth:`reset` or when K changes).
