@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labelgrad.aggregation import AggregationResult, aggregate_backward, check_reaches
+from labelgrad.aggregation import AggregationResult, aggregate_backward
+from labelgrad.aggregation.graph_checks import check_reaches
 from labelgrad.aggregators import GramianWeighting
 
 __all__ = ["ReplayProjection", "project_replay"]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import labelgrad as lg
+from labelgrad.aggregation.graph_checks import check_reaches
 
 ENGINES = ["auto", "exact", "representation", "subset", "sample_gramian"]
 
@@ -122,6 +123,6 @@ def test_project_replay_still_projects_a_conflicting_replay_loss() -> None:
 
 def test_check_reaches_reports_which_parameters() -> None:
     a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
-    assert lg.aggregation.check_reaches((a * 2).sum(), [a, b], "loss") == [True, False]
+    assert check_reaches((a * 2).sum(), [a, b], "loss") == [True, False]
     with pytest.raises(ValueError, match=r"^loss reaches none of the 1 shared"):
-        lg.aggregation.check_reaches((a * 2).sum(), [b], "loss")
+        check_reaches((a * 2).sum(), [b], "loss")

@@ -7,7 +7,7 @@ Modules: ``losses`` (per_label_losses, LossStructure), ``backward`` (aggregate_b
 explain_engine), ``engines/`` (one module per engine behind one protocol),
 ``per_label_jacobian`` (per-label Jacobians and Gramians), ``weighing`` (weights under the
 nonfinite policy), ``tracker`` (layer records for the sample-Gramian engine), ``amortized``
-(Amortized), ``graph_checks`` (:func:`check_reaches`: a loss must reach the shared parameters),
+(Amortized), ``graph_checks`` (``check_reaches``: a loss must reach the shared parameters),
 ``_warn`` (warnings given once; :func:`reset_warnings`).
 """
 
@@ -19,7 +19,6 @@ from labelgrad.aggregation.backward import (
     aggregate_backward,
     explain_engine,
 )
-from labelgrad.aggregation.graph_checks import check_reaches
 from labelgrad.aggregation.losses import (
     LossStructure,
     find_structure,
@@ -36,7 +35,6 @@ __all__ = [
     "LossStructure",
     "Tracker",
     "aggregate_backward",
-    "check_reaches",
     "explain_engine",
     "find_structure",
     "group_ids",
