@@ -327,3 +327,18 @@ def test_stateful_aggregators_are_stateful(name: str) -> None:
     assert agg.state_dict(), name
     fresh_answer = run(make(name), jacobian(seed=9))
     assert not torch.equal(run(agg, jacobian(seed=9)), fresh_answer), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_change_of_k_restarts_from_a_fresh_state(name: str) -> None:
+    # HOSTILE 4: K changes between calls, also right after loading a checkpoint of another K.
+    agg = make(name)
+    feed(agg, 3)  # K = 4
+    loaded = make(name)
+    loaded.load_state_dict(agg.state_dict())
+    wider = jacobian(k=6, seed=7)
+    for instance in (agg, loaded):
+        out = run(instance, wider)
+        assert out.shape == run(make(name), wider).shape and bool(out.isfinite().all())
+        if name not in ("PCGrad", "Random", "GradDrop", "GradVac"):  # their generator moved on
+            torch.testing.assert_close(out, run(make(name), wider))
