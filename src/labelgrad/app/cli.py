@@ -157,9 +157,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     train.add_argument(
         "--baseline",
-        action="store_true",
-        help="also train plain cross-entropy (BCE for multi-label data) with the same seed, "
-        "model and optimizer, reported side by side",
+        nargs="?",
+        const="plain",
+        default=None,
+        choices=("plain", "unknown-as-negative"),
+        help="also train a baseline with the same seed, model and optimizer, reported side by "
+        "side: plain (the default: cross-entropy; multi-label: BCE over the known labels) or "
+        "unknown-as-negative (multi-label: BCE with unknown labels as negatives)",
     )
 
 

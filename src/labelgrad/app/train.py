@@ -31,9 +31,19 @@ files are one-line errors)::
     momentum = 0.9              # sgd only
 
     [[policies]]                # level 1, applied in order at the logits
-    name = "class_weights"      # mask_unknown | class_weights | pos_neg_weights | eqlv2 |
-    beta = 0.999                #   clip_per_class | clip_per_sample | freeze_classes
-                                # (class_weights: weights = [...] or beta = effective number)
+    name = "logit_adjust"       # any lg policy, with its keys (others take their defaults):
+    tau = 1.0                   #   logit_adjust (tau), seesaw (p, q, eps),
+                                #   ldam_drw (max_margin, s, beta, drw_epoch): multiclass only
+                                #   asymmetric_focus (gamma_pos, gamma_neg, clip): multilabel
+                                #   class_weights (weights = [...] or beta: effective number),
+                                #   eqlv2 (gamma, mu, alpha), eql (freq_threshold),
+                                #   pos_neg_weights (pos, neg), mask (keep = [true, ...]),
+                                #   mask_unknown, freeze_classes (classes),
+                                #   clip_per_class / clip_per_sample (max_norm)
+    start_epoch = 0             # any policy: apply from this epoch (0-based) until before
+                                #   end_epoch (lg.schedule); the class counts, priors and
+                                #   frequencies of logit_adjust, ldam_drw, eql come from the
+                                #   training data
 
     [rows]                      # level 2: lg.RowRules on the head
     frozen = [0]
@@ -73,12 +83,13 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 import labelgrad as lg
 from labelgrad.app.datasets import Dataset, Task
@@ -91,17 +102,46 @@ from labelgrad.app.train_checkpoint import (
     resume_run,
     save_checkpoint,
 )
-from labelgrad.app.train_config import TrainConfig, check_against_classes, load_config
+from labelgrad.app.train_config import (
+    ConfigError,
+    TrainConfig,
+    check_against_classes,
+    load_config,
+)
 from labelgrad.app.train_data import Validation, load_data
-from labelgrad.app.train_report import write_train_outputs
+from labelgrad.app.train_report import BASELINE_LABELS, METRIC_LABELS, write_train_outputs
 from labelgrad.app.training import MLP, epoch_batches, progress_bar
-from labelgrad.report import check_writable_dir
+from labelgrad.report import atomic_path, check_writable_dir
 
 __all__ = ["run_train"]
 
 
 VAL_METRIC = {"multiclass": "balanced_accuracy", "multilabel": "macro_f1"}
 """The validation (and headline test) metric of each task."""
+
+BASELINES = ("plain", "unknown-as-negative")
+"""What ``--baseline`` trains beside the configured run, from the same seed: ``plain``, the plain
+loss (cross-entropy; multi-label: mean BCE over the known labels, unknown ones left out);
+``unknown-as-negative`` (multi-label only), BCE with the unknown (-1) labels as negatives, the
+common practice that masking unknown labels is measured against."""
+
+HANDFUL = 5
+"""A class with fewer validation samples (multi-label: known positives) than this makes the
+validation metric, and early stopping on it, noise for that class: the run warns."""
+
+DIVERGENCE = 2.0
+"""A run whose last epoch loss is above DIVERGENCE x its lowest epoch loss (and above half its
+first) is diverging: the run warns."""
+
+
+@dataclass
+class _Best:
+    """The best validation epoch of a run with patience (1-based; 0: none) and its weights."""
+
+    epoch: int = 0
+    metric: float = -math.inf
+    state: dict[str, Tensor] | None = None
+    restored: bool = False
 
 
 def _validate(model: MLP, val: Validation, task: Task, dev: torch.device) -> tuple[float, float]:
@@ -120,6 +160,7 @@ def _validate(model: MLP, val: Validation, task: Task, dev: torch.device) -> tup
 
 
 def _train_epochs(
+    name: str,
     run: RunId,
     parts: Parts,
     data: Dataset,
@@ -128,29 +169,95 @@ def _train_epochs(
     history: History,
     ckpt_path: Path | None,
     bar: Any,
-) -> None:
-    """Train to the configured epochs (or an early stop), checkpointing after each epoch."""
+) -> _Best:
+    """Train to the configured epochs (or an early stop), checkpointing after each epoch.
+
+    With patience, the weights of the best validation epoch are kept (and, beside a checkpoint,
+    written to ``best_model.pt`` so that a resumed run has them) and restored at the end.
+
+    Raises:
+        FloatingPointError: the training loss became NaN or infinite (the run stops; the
+            checkpoint of the last finished epoch is kept).
+    """
     seed, t = run.seed, run.cfg.train
     x, y = data.x_train.to(dev), data.y_train.to(dev)
     step = make_step(parts, data.task == "multilabel")
+    best_path = None if ckpt_path is None else ckpt_path.with_name("best_model.pt")
+    best = _resume_best(history, best_path) if t["patience"] > 0 else _Best()
     for epoch in range(len(history.losses), t["epochs"]):
         if history.stalled(t["patience"]):
             history.stopped_early = True
+            # The steps not taken leave the bar: it ends at 100 %, not where training stopped.
+            if hasattr(bar, "total") and bar.total is not None:
+                bar.total -= (t["epochs"] - epoch) * run.steps_per_epoch
+                bar.refresh()
             break
         losses_t = []
         for idx in epoch_batches(len(x), t["batch_size"], seed=seed, epoch=epoch):
             losses_t.append(step(x[idx], y[idx]))
             bar.update()
         epoch_losses = torch.stack(losses_t).tolist()  # one host sync per epoch
-        if not all(math.isfinite(v) for v in epoch_losses):
-            raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}")
+        _check_finite(name, epoch, epoch_losses, history)
         history.losses.append(epoch_losses)
         val_loss, val_metric = _validate(parts.model, val, data.task, dev)
         history.val_loss.append(val_loss)
         history.val_metric.append(val_metric)
+        if t["patience"] > 0 and val_metric > best.metric:  # NaN (no validation) never is
+            best.epoch, best.metric = epoch + 1, val_metric
+            best.state = {
+                k: v.detach().to("cpu", copy=True) for k, v in parts.model.state_dict().items()
+            }
+            if best_path is not None:
+                _save_best(best_path, best)
         bar.set_postfix_str(f"epoch {epoch + 1} loss {history.epoch_loss()[-1]:.4f}")
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, run, parts, history)
+    if best.epoch and best.epoch != len(history.losses) and best.state is not None:
+        parts.model.load_state_dict(best.state)
+        best.restored = True
+    return best
+
+
+def _check_finite(name: str, epoch: int, losses: list[float], history: History) -> None:
+    """Stop the run at a NaN or infinite training loss, saying where and how it got there."""
+    bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+    if bad is None:
+        return
+    before = history.epoch_loss()
+    trend = (
+        f" after epoch losses {', '.join(f'{v:.3g}' for v in before[-4:])}"
+        if before
+        else ""
+    )
+    kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
+    raise FloatingPointError(
+        f"{name} run: the training loss became {losses[bad]} at step {bad + 1} of epoch "
+        f"{epoch + 1}{trend}; training stopped ({kept}). Lower [train] lr, or the policy or "
+        "[rows] settings that scale the gradient or the step"
+    )
+
+
+def _save_best(path: Path, best: _Best) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"epoch": best.epoch, "metric": best.metric, "model": best.state}, tmp)
+
+
+def _resume_best(history: History, path: Path | None) -> _Best:
+    """The best epoch of the epochs already trained, with its weights from ``best_model.pt``."""
+    v = history.val_metric
+    finite = [(m, -i) for i, m in enumerate(v) if not math.isnan(m)]
+    if not finite:
+        return _Best()
+    metric, neg = max(finite)  # the first epoch of the best metric, as the run would pick
+    best = _Best(epoch=1 - neg, metric=metric)
+    if path is not None and path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # an unreadable file: the run says it cannot restore (summary)
+            return best
+        if isinstance(saved, dict) and saved.get("epoch") == best.epoch:
+            best.state = saved.get("model")
+    return best
 
 
 def run_train(
@@ -161,7 +268,7 @@ def run_train(
     device: str = "cpu",
     resume: bool = False,
     quiet: bool = False,
-    baseline: bool = False,
+    baseline: bool | str = False,
     echo: Callable[[str], None] | None = print,
     warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -174,8 +281,8 @@ def run_train(
         device: where to train.
         resume: continue from ``out/checkpoint.pt`` (same config, seed and data only).
         quiet: no progress bar.
-        baseline: also train plain cross-entropy (BCE for multi-label data) with the same seed,
-            model and optimizer, and report it beside the configured run.
+        baseline: also train a baseline with the same seed, model and optimizer, and report it
+            beside the configured run: one of :data:`BASELINES` (True: ``"plain"``).
         echo: where the summary lines go (None: nowhere).
         warn: where warnings go (default: stderr).
 
@@ -191,10 +298,18 @@ def run_train(
         PermissionError: ``out`` cannot be written.
     """
     warn = warn or (lambda msg: print(f"labelgrad train: warning: {msg}", file=sys.stderr))
+    kind = "plain" if baseline is True else baseline or None
+    if kind is not None and kind not in BASELINES:
+        raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}, got {kind!r}")
     cfg = load_config(config)
     folder = check_writable_dir(out)
     data, val = load_data(cfg, seed)
     check_against_classes(cfg, data.num_classes)
+    if kind == "unknown-as-negative" and data.task != "multilabel":
+        raise ConfigError(
+            "--baseline unknown-as-negative needs multilabel data (unknown (-1) labels to count "
+            "as negatives); this data is multiclass"
+        )
     dev = torch.device(device)
     steps_per_epoch = math.ceil(len(data.x_train) / cfg.train["batch_size"])
     run = RunId(cfg, seed, data_identity(cfg), steps_per_epoch)
@@ -203,13 +318,14 @@ def run_train(
     history = resume_run(ckpt_path, run, parts, dev, echo) if resume else History()
     start_epoch = len(history.losses)
     runs: list[_Job] = [("configured", run, parts, history, ckpt_path)]
-    if baseline:
+    if kind is not None:
         plain = replace(cfg, policies=[], rows=None, aggregation=None)
+        uan = kind == "unknown-as-negative"
         runs.append(
             (
                 "baseline",
                 replace(run, cfg=plain),
-                build_parts(plain, data, seed, dev),
+                build_parts(plain, data, seed, dev, unknown_as_negative=uan),
                 History(),
                 None,
             )
@@ -217,12 +333,16 @@ def run_train(
     total = sum(cfg.train["epochs"] - len(h.losses) for _, _, _, h, _ in runs) * steps_per_epoch
     bar = progress_bar(total, quiet=quiet, desc="labelgrad train", unit="step")
     t0 = time.perf_counter()
+    bests: dict[str, _Best] = {}
     try:
-        for _, r, p, h, ck in runs:
-            _train_epochs(r, p, data, val, dev, h, ck, bar)
+        for name, r, p, h, ck in runs:
+            bests[name] = _train_epochs(name, r, p, data, val, dev, h, ck, bar)
     finally:
         bar.close()
-    summary = _summary(cfg, seed, start_epoch, data, dev, runs, time.perf_counter() - t0)
+    summary = _summary(cfg, seed, start_epoch, data, dev, runs, bests, time.perf_counter() - t0)
+    if kind is not None:
+        summary["baseline"]["kind"] = kind
+    summary["warnings"] = _validation_warnings(cfg, data, val) + summary["warnings"]
     for msg in summary["warnings"]:
         warn(msg)
     write_train_outputs(folder, cfg.file, data, parts.monitor, summary)
@@ -238,6 +358,7 @@ def _summary(
     data: Dataset,
     dev: torch.device,
     runs: list[_Job],
+    bests: dict[str, _Best],
     seconds: float,
 ) -> dict[str, Any]:
     """metrics.json's content: the configured run at the top level, the baseline beside it."""
@@ -261,6 +382,9 @@ def _summary(
             **history.as_dict(),
             "epochs_trained": len(history.losses),
             "stopped_early": history.stopped_early,
+            # With patience: the epoch whose weights the test uses (the best validation epoch).
+            "best_epoch": bests[name].epoch or None,
+            "restored_best_epoch": bests[name].restored,
             "test": metrics,
             "per_class": per_class,
         }
@@ -269,6 +393,13 @@ def _summary(
             out["confusion"] = _confusion(parts.model, data, dev)
         else:
             out["baseline"] = result
+        warnings += _loss_warnings(name, history.epoch_loss())
+        b = bests[name]
+        if b.epoch and b.epoch != len(history.losses) and not b.restored:
+            warnings.append(
+                f"{name} run: the weights of the best validation epoch ({b.epoch}) were not "
+                "available (best_model.pt missing or unreadable): the test uses the last epoch's"
+            )
         if history.still_rising() and not history.stopped_early:
             v = [m for m in history.val_metric if not math.isnan(m)]
             warnings.append(
@@ -283,8 +414,61 @@ _Job = tuple[str, "RunId", "Parts", "History", "Path | None"]
 """One training job of run_train: (name, run identity, parts, history, checkpoint path)."""
 
 
+def _loss_warnings(name: str, epoch_loss: list[float]) -> list[str]:
+    """A diverging run: its last epoch loss far above its lowest (see :data:`DIVERGENCE`)."""
+    if len(epoch_loss) < 2:
+        return []
+    low = min(range(len(epoch_loss)), key=epoch_loss.__getitem__)
+    first, last = epoch_loss[0], epoch_loss[-1]
+    if not (last > DIVERGENCE * epoch_loss[low] and last > 0.5 * first):
+        return []
+    return [
+        f"{name} run: the training loss diverges: it fell to {epoch_loss[low]:.3g} (epoch "
+        f"{low + 1}) and rose to {last:.3g} (epoch {len(epoch_loss)}); the test metrics are "
+        "those of a diverging model. Lower [train] lr, or the [rows] lr_scale / policy weights "
+        "that enlarge some steps"
+    ]
+
+
+def _validation_warnings(cfg: TrainConfig, data: Dataset, val: Validation) -> list[str]:
+    """Classes with fewer than :data:`HANDFUL` validation samples (known positives)."""
+    if len(val.y) == 0:
+        return []
+    c = data.num_classes
+    if data.task == "multiclass":
+        counts = torch.bincount(val.y, minlength=c)
+    else:
+        counts = (val.y == 1).sum(dim=0)
+    few = [(k, n) for k, n in enumerate(counts.tolist()) if n < HANDFUL]
+    if not few:
+        return []
+    listed = ", ".join(f"{data.class_names[k]!r}: {n}" for k, n in few[:5])
+    more = f" and {len(few) - 5} more" if len(few) > 5 else ""
+    what = "samples" if data.task == "multiclass" else "positive samples"
+    reads = ", and early stopping on it ([train] patience)," if cfg.train["patience"] > 0 else ""
+    return [
+        f"the validation split holds fewer than {HANDFUL} {what} of {len(few)} of {c} classes "
+        f"({listed}{more}): the validation metric{reads} judges those classes on noise; raise "
+        "[data] validation_fraction"
+    ]
+
+
 def _notes(cfg: TrainConfig, data: Dataset) -> list[str]:
     notes = []
+    rows = cfg.rows
+    moving = rows is not None and (
+        rows["frozen"] or rows["lr_scale"] is not None or rows["lr_scale_power"] is not None
+    )
+    if moving and any(p["name"] == "eqlv2" for p in cfg.policies):
+        # Measured (docs/api/cli.md): eqlv2 alone and lr_scale_power alone converge, together
+        # the rare rows' logits run away.
+        notes.append(
+            "eqlv2 with [rows] frozen / lr_scale can diverge: EQLv2 removes most of a rare "
+            "class's negative gradient and boosts its positives, so only the other samples' "
+            "gradients pull its logit down; a row that steps several times faster (lr_scale) "
+            "or rows that cannot follow (frozen) leave nothing to hold the logits back. Watch "
+            "the training loss (the run warns when it diverges)"
+        )
     if any(p["name"] == "mask_unknown" for p in cfg.policies):
         notes.append(
             "[[policies]] mask_unknown changes nothing in `labelgrad train`: its loss already "
@@ -310,15 +494,25 @@ def _confusion(model: MLP, data: Dataset, dev: torch.device) -> list[list[int]] 
 
 def _echo_summary(echo: Callable[[str], None], summary: dict[str, Any], folder: Path) -> None:
     def line(name: str, r: dict[str, Any]) -> str:
+        # Percentages, as the report shows them.
+        best = (
+            f" (test on the weights of epoch {r['best_epoch']}, the best validation epoch)"
+            if r["restored_best_epoch"]
+            else ""
+        )
         return (
-            f"{name}: {r['epochs_trained']} epochs, final loss {r['epoch_loss'][-1]:.4f}; "
-            + ", ".join(f"{k} {v:.4f}" for k, v in r["test"].items())
+            f"{name}: {r['epochs_trained']} epochs{best}, final loss {r['epoch_loss'][-1]:.4f}; "
+            + ", ".join(
+                f"{METRIC_LABELS.get(k, k).removesuffix(' %')} {100 * v:.1f} %"
+                for k, v in r["test"].items()
+            )
         )
 
     start = summary["resumed_from_epoch"]
     echo(line(f"trained (resumed after epoch {start})" if start else "trained", summary))
     if "baseline" in summary:
-        echo(line("baseline (plain loss, same seed)", summary["baseline"]))
+        kind = summary["baseline"].get("kind", "plain")
+        echo(line(f"baseline ({BASELINE_LABELS[kind]}, same seed)", summary["baseline"]))
     for note in summary["notes"]:
         echo(f"note: {note}")
     echo(f"wrote {folder / 'report.html'}")
