@@ -224,11 +224,7 @@ def _check_finite(name: str, epoch: int, losses: list[float], history: History) 
     if bad is None:
         return
     before = history.epoch_loss()
-    trend = (
-        f" after epoch losses {', '.join(f'{v:.3g}' for v in before[-4:])}"
-        if before
-        else ""
-    )
+    trend = f" after epoch losses {', '.join(f'{v:.3g}' for v in before[-4:])}" if before else ""
     kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
     raise FloatingPointError(
         f"{name} run: the training loss became {losses[bad]} at step {bad + 1} of epoch "

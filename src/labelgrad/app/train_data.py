@@ -195,8 +195,9 @@ def split_indices(
             where[perm] = np.arange(n)  # each split keeps the permutation's order
 
             def part(mask: np.ndarray) -> np.ndarray:
-                idx = order[mask]
-                return idx[np.argsort(where[idx])]
+                idx: np.ndarray = order[mask]
+                out: np.ndarray = idx[np.argsort(where[idx])]
+                return out
 
             return part(is_te), part(is_va), part(~(is_te | is_va))
     n_test = min(n - 1, max(1, round(test_fraction * n)))
