@@ -152,6 +152,21 @@ def test_a_policy_of_the_other_loss_is_refused(
         ('name = "ldam_drw"\nbeta = 1.5\ndrw_epoch = 1', "[[policies]] ldam_drw"),
         ('name = "logit_adjust"\ntau = -1.0', "[[policies]] logit_adjust"),
         ('name = "logit_adjust"\nprior = [1, 2, 3]', "unknown key 'prior'"),
+        ('name = "logit_adjust"\ntau = nan', "[[policies]] logit_adjust"),
+        ('name = "seesaw"\np = inf', "[[policies]] seesaw"),
+        ('name = "eql"\nfreq_threshold = nan', "[[policies]] eql"),
+        ('name = "logit_adjust"\ntau = true', "tau must be"),
+        ('name = "ldam_drw"\nbeta = 0.9', "give drw_epoch"),
+        ('name = "ldam_drw"\ndrw_epoch = 3', "drw_epoch 3 is not before [train] epochs 3"),
+        ('name = "ldam_drw"\ndrw_epoch = -1', "drw_epoch must be >= 0"),
+        (
+            'name = "logit_adjust"\n[[policies]]\nname = "seesaw"',
+            "seesaw) replaces the loss's gradient: list it before logit_adjust",
+        ),
+        (
+            'name = "eqlv2"\n[[policies]]\nname = "logit_adjust"',
+            "(logit_adjust) replaces the loss's gradient: list it before eqlv2",
+        ),
     ],
 )
 def test_bad_policy_entries_are_one_line_errors(tmp_path: Path, entry: str, message: str) -> None:
@@ -169,16 +184,18 @@ def test_counts_and_priors_come_from_the_training_data(tmp_path: Path) -> None:
     from labelgrad.app.train_data import load_data
 
     _multiclass_csv(tmp_path)
-    (tmp_path / "c.toml").write_text(
-        '[data]\npath = "d.csv"\n[[policies]]\nname = "logit_adjust"\n'
-        '[[policies]]\nname = "ldam_drw"\ndrw_epoch = 2\n'
-    )
-    cfg = load_config(tmp_path / "c.toml")
-    data, _ = load_data(cfg, seed=0)
-    parts = build_parts(cfg, data, 0, torch.device("cpu"))
+
+    def parts_of(entry: str) -> Any:
+        (tmp_path / "c.toml").write_text(f'[data]\npath = "d.csv"\n[[policies]]\n{entry}\n')
+        cfg = load_config(tmp_path / "c.toml")
+        data, _ = load_data(cfg, seed=0)
+        return data, build_parts(cfg, data, 0, torch.device("cpu"))
+
+    data, parts = parts_of('name = "logit_adjust"')
     counts = np.bincount(data.y_train.numpy(), minlength=3)
     la = next(m for m in parts.policy.modules() if isinstance(m, lg.LogitAdjust))
     torch.testing.assert_close(la.prior.double(), torch.tensor(counts / counts.sum()))
+    _, parts = parts_of('name = "ldam_drw"\ndrw_epoch = 2')
     drw = next(m for m in parts.policy.modules() if isinstance(m, lg.Schedule))
     assert drw.start_step == 2 * int(np.ceil(len(data.y_train) / 64))
     z = torch.randn(6, 3, requires_grad=True)

@@ -52,6 +52,11 @@ def _build_policy(
                 f"{where} start_epoch {spec['start_epoch']} is not before [train] epochs "
                 f"{cfg.train['epochs']}: the policy would never apply"
             )
+        if spec.get("drw_epoch", 0) >= cfg.train["epochs"]:
+            raise ConfigError(
+                f"{where} drw_epoch {spec['drw_epoch']} is not before [train] epochs "
+                f"{cfg.train['epochs']}: the re-weighting would never start"
+            )
         try:
             policy = _one_policy(spec, c, counts, steps)
         except (ValueError, TypeError) as err:

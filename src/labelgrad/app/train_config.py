@@ -86,6 +86,9 @@ SCHEDULE_KEYS: dict[str, tuple[type, ...]] = {"start_epoch": (int,), "end_epoch"
 """Keys every [[policies]] entry accepts: apply it from epoch ``start_epoch`` (counted from 0)
 until before ``end_epoch`` (``lg.schedule``, in steps of the run)."""
 
+REPLACING_POLICIES = ("logit_adjust", "seesaw", "ldam_drw", "asymmetric_focus")
+"""Policies that replace the loss's gradient by a published loss's (surrogate gradients)."""
+
 _REQUIRED_POLICY_KEYS = {
     "mask": "keep",
     "clip_per_class": "max_norm",
@@ -330,7 +333,7 @@ def _infer_format(path: Path) -> str:
 def _policies(raw: Any, file: str) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
         raise ConfigError(f"{file}: policies must be an array of tables ([[policies]])")
-    out = []
+    out: list[dict[str, Any]] = []
     for i, spec in enumerate(raw):
         where = f"{file}: [[policies]] #{i + 1}"
         name = spec.get("name")
@@ -351,7 +354,7 @@ def _policies(raw: Any, file: str) -> list[dict[str, Any]]:
             if isinstance(value, list):
                 entry = {"classes": (int,), "keep": (bool,)}.get(key, _NUM)
                 _check_list(f"{where} ({name}) {key}", value, entry)
-            if key in SCHEDULE_KEYS and value < 0:
+            if key in (*SCHEDULE_KEYS, "drw_epoch") and value < 0:
                 raise ConfigError(f"{where} ({name}) {key} must be >= 0, got {value}")
         if spec.get("end_epoch", math.inf) <= spec.get("start_epoch", 0):
             raise ConfigError(f"{where} ({name}): end_epoch must be > start_epoch")
@@ -360,6 +363,18 @@ def _policies(raw: Any, file: str) -> list[dict[str, Any]]:
         required = _REQUIRED_POLICY_KEYS.get(name)
         if required is not None and required not in spec:
             raise ConfigError(f"{where} ({name}): {required} is required")
+        if name == "ldam_drw" and "beta" in spec and "drw_epoch" not in spec:
+            raise ConfigError(f"{where} (ldam_drw): beta weights the DRW phase: give drw_epoch")
+        if name in REPLACING_POLICIES:
+            # A replacing policy reads the loss's scale from the gradient it receives: only
+            # masks and per-sample (or per-entry) weights may come before it, and one only.
+            before = [p["name"] for p in out if p["name"] not in ("mask_unknown", "class_weights")]
+            if before:
+                raise ConfigError(
+                    f"{where} ({name}) replaces the loss's gradient: list it before {before[0]} "
+                    "(only mask_unknown and class_weights may come first), and give at most one "
+                    f"of {', '.join(REPLACING_POLICIES)}"
+                )
         out.append(dict(spec))
     return out
 
