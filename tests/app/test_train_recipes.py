@@ -282,6 +282,7 @@ def test_early_stopping_tests_the_best_epoch(tmp_path: Path) -> None:
     assert f"tested with the weights of epoch {best}, its best validation epoch" in html
     saved = torch.load(tmp_path / "o" / "best_model.pt", weights_only=True)
     assert saved["epoch"] == best
+    assert "best_model.pt" in summary["files"]
     # A run that stops at the best epoch has the same weights and the same test metrics.
     short = tmp_path / "short"
     short.mkdir()

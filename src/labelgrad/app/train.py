@@ -56,10 +56,12 @@ files are one-line errors)::
 
 Outputs in ``--out`` (each written atomically: a temporary file renamed into place):
 ``checkpoint.pt`` after every epoch (``torch.save``; loaded with ``weights_only=True``),
+``best_model.pt`` with ``[train] patience`` (the best validation epoch's weights, which the test
+uses),
 ``metrics.json`` (written before any figure), ``monitor.csv`` / ``monitor.json`` (per-class
 gradient statistics), ``training_curves.png``, ``per_class.png``, ``confusion.png``
-(single-label), ``grad_norm.png`` and ``report.html``. ``--baseline`` also trains plain
-cross-entropy (BCE for multi-label data) from the same seed and reports it beside the run.
+(single-label), ``grad_norm.png`` and ``report.html``. ``--baseline`` also trains a baseline
+(:data:`BASELINES`) from the same seed and reports it beside the run.
 
 ``--resume`` continues from the checkpoint exactly as an uninterrupted run would (the batches of
 each epoch are a function of the seed and the epoch; model, optimizer and policy state are
@@ -312,6 +314,8 @@ def run_train(
     parts = build_parts(cfg, data, seed, dev)
     ckpt_path = folder / "checkpoint.pt"
     history = resume_run(ckpt_path, run, parts, dev, echo) if resume else History()
+    if not resume:  # a fresh run never restores another run's best weights
+        (folder / "best_model.pt").unlink(missing_ok=True)
     start_epoch = len(history.losses)
     runs: list[_Job] = [("configured", run, parts, history, ckpt_path)]
     if kind is not None:
@@ -341,6 +345,8 @@ def run_train(
     summary["warnings"] = _validation_warnings(cfg, data, val) + summary["warnings"]
     for msg in summary["warnings"]:
         warn(msg)
+    if (folder / "best_model.pt").is_file():
+        summary["files"] = ["checkpoint.pt", "best_model.pt", "metrics.json"]
     write_train_outputs(folder, cfg.file, data, parts.monitor, summary)
     if echo is not None:
         _echo_summary(echo, summary, folder)
