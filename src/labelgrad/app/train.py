@@ -75,8 +75,9 @@ the memory they would need before anything is allocated.
 
 This module runs the epochs and writes the summary; the config is read and checked in
 :mod:`labelgrad.app.train_config`, the data in :mod:`labelgrad.app.train_data`, the model,
-policy, optimizer and step are built in :mod:`labelgrad.app.train_build`, and the checkpoint is
-:mod:`labelgrad.app.train_checkpoint`.
+policy, optimizer and step are built in :mod:`labelgrad.app.train_build`, the checkpoint is
+:mod:`labelgrad.app.train_checkpoint`, and the loss, validation and best-epoch watch is
+:mod:`labelgrad.app.train_watch`.
 """
 
 from __future__ import annotations
@@ -85,13 +86,12 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 import labelgrad as lg
 from labelgrad.app.datasets import Dataset, Task
@@ -112,8 +112,16 @@ from labelgrad.app.train_config import (
 )
 from labelgrad.app.train_data import Validation, load_data
 from labelgrad.app.train_report import BASELINE_LABELS, METRIC_LABELS, write_train_outputs
+from labelgrad.app.train_watch import (
+    Best,
+    check_finite,
+    loss_warnings,
+    resume_best,
+    save_best,
+    validation_warnings,
+)
 from labelgrad.app.training import MLP, epoch_batches, progress_bar
-from labelgrad.report import atomic_path, check_writable_dir
+from labelgrad.report import check_writable_dir
 
 __all__ = ["run_train"]
 
@@ -126,24 +134,6 @@ BASELINES = ("plain", "unknown-as-negative")
 loss (cross-entropy; multi-label: mean BCE over the known labels, unknown ones left out);
 ``unknown-as-negative`` (multi-label only), BCE with the unknown (-1) labels as negatives, the
 common practice that masking unknown labels is measured against."""
-
-HANDFUL = 5
-"""A class with fewer validation samples (multi-label: known positives) than this makes the
-validation metric, and early stopping on it, noise for that class: the run warns."""
-
-DIVERGENCE = 2.0
-"""A run whose last epoch loss is above DIVERGENCE x its lowest epoch loss (and above half its
-first) is diverging: the run warns."""
-
-
-@dataclass
-class _Best:
-    """The best validation epoch of a run with patience (1-based; 0: none) and its weights."""
-
-    epoch: int = 0
-    metric: float = -math.inf
-    state: dict[str, Tensor] | None = None
-    restored: bool = False
 
 
 def _validate(model: MLP, val: Validation, task: Task, dev: torch.device) -> tuple[float, float]:
@@ -171,7 +161,7 @@ def _train_epochs(
     history: History,
     ckpt_path: Path | None,
     bar: Any,
-) -> _Best:
+) -> Best:
     """Train to the configured epochs (or an early stop), checkpointing after each epoch.
 
     With patience, the weights of the best validation epoch are kept (and, beside a checkpoint,
@@ -185,7 +175,7 @@ def _train_epochs(
     x, y = data.x_train.to(dev), data.y_train.to(dev)
     step = make_step(parts, data.task == "multilabel")
     best_path = None if ckpt_path is None else ckpt_path.with_name("best_model.pt")
-    best = _resume_best(history, best_path) if t["patience"] > 0 else _Best()
+    best = resume_best(history, best_path) if t["patience"] > 0 else Best()
     for epoch in range(len(history.losses), t["epochs"]):
         if history.stalled(t["patience"]):
             history.stopped_early = True
@@ -199,7 +189,7 @@ def _train_epochs(
             losses_t.append(step(x[idx], y[idx]))
             bar.update()
         epoch_losses = torch.stack(losses_t).tolist()  # one host sync per epoch
-        _check_finite(name, epoch, epoch_losses, history)
+        check_finite(name, epoch, epoch_losses, history)
         history.losses.append(epoch_losses)
         val_loss, val_metric = _validate(parts.model, val, data.task, dev)
         history.val_loss.append(val_loss)
@@ -210,51 +200,13 @@ def _train_epochs(
                 k: v.detach().to("cpu", copy=True) for k, v in parts.model.state_dict().items()
             }
             if best_path is not None:
-                _save_best(best_path, best)
+                save_best(best_path, best)
         bar.set_postfix_str(f"epoch {epoch + 1} loss {history.epoch_loss()[-1]:.4f}")
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, run, parts, history)
     if best.epoch and best.epoch != len(history.losses) and best.state is not None:
         parts.model.load_state_dict(best.state)
         best.restored = True
-    return best
-
-
-def _check_finite(name: str, epoch: int, losses: list[float], history: History) -> None:
-    """Stop the run at a NaN or infinite training loss, saying where and how it got there."""
-    bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
-    if bad is None:
-        return
-    before = history.epoch_loss()
-    trend = f" after epoch losses {', '.join(f'{v:.3g}' for v in before[-4:])}" if before else ""
-    kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
-    raise FloatingPointError(
-        f"{name} run: the training loss became {losses[bad]} at step {bad + 1} of epoch "
-        f"{epoch + 1}{trend}; training stopped ({kept}). Lower [train] lr, or the policy or "
-        "[rows] settings that scale the gradient or the step"
-    )
-
-
-def _save_best(path: Path, best: _Best) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"epoch": best.epoch, "metric": best.metric, "model": best.state}, tmp)
-
-
-def _resume_best(history: History, path: Path | None) -> _Best:
-    """The best epoch of the epochs already trained, with its weights from ``best_model.pt``."""
-    v = history.val_metric
-    finite = [(m, -i) for i, m in enumerate(v) if not math.isnan(m)]
-    if not finite:
-        return _Best()
-    metric, neg = max(finite)  # the first epoch of the best metric, as the run would pick
-    best = _Best(epoch=1 - neg, metric=metric)
-    if path is not None and path.is_file():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # an unreadable file: the run says it cannot restore (summary)
-            return best
-        if isinstance(saved, dict) and saved.get("epoch") == best.epoch:
-            best.state = saved.get("model")
     return best
 
 
@@ -333,7 +285,7 @@ def run_train(
     total = sum(cfg.train["epochs"] - len(h.losses) for _, _, _, h, _ in runs) * steps_per_epoch
     bar = progress_bar(total, quiet=quiet, desc="labelgrad train", unit="step")
     t0 = time.perf_counter()
-    bests: dict[str, _Best] = {}
+    bests: dict[str, Best] = {}
     try:
         for name, r, p, h, ck in runs:
             bests[name] = _train_epochs(name, r, p, data, val, dev, h, ck, bar)
@@ -342,7 +294,7 @@ def run_train(
     summary = _summary(cfg, seed, start_epoch, data, dev, runs, bests, time.perf_counter() - t0)
     if kind is not None:
         summary["baseline"]["kind"] = kind
-    summary["warnings"] = _validation_warnings(cfg, data, val) + summary["warnings"]
+    summary["warnings"] = validation_warnings(cfg, data, val) + summary["warnings"]
     for msg in summary["warnings"]:
         warn(msg)
     if (folder / "best_model.pt").is_file():
@@ -360,7 +312,7 @@ def _summary(
     data: Dataset,
     dev: torch.device,
     runs: list[_Job],
-    bests: dict[str, _Best],
+    bests: dict[str, Best],
     seconds: float,
 ) -> dict[str, Any]:
     """metrics.json's content: the configured run at the top level, the baseline beside it."""
@@ -395,7 +347,7 @@ def _summary(
             out["confusion"] = _confusion(parts.model, data, dev)
         else:
             out["baseline"] = result
-        warnings += _loss_warnings(name, history.epoch_loss())
+        warnings += loss_warnings(name, history.epoch_loss())
         b = bests[name]
         if b.epoch and b.epoch != len(history.losses) and not b.restored:
             warnings.append(
@@ -414,45 +366,6 @@ def _summary(
 
 _Job = tuple[str, "RunId", "Parts", "History", "Path | None"]
 """One training job of run_train: (name, run identity, parts, history, checkpoint path)."""
-
-
-def _loss_warnings(name: str, epoch_loss: list[float]) -> list[str]:
-    """A diverging run: its last epoch loss far above its lowest (see :data:`DIVERGENCE`)."""
-    if len(epoch_loss) < 2:
-        return []
-    low = min(range(len(epoch_loss)), key=epoch_loss.__getitem__)
-    first, last = epoch_loss[0], epoch_loss[-1]
-    if not (last > DIVERGENCE * epoch_loss[low] and last > 0.5 * first):
-        return []
-    return [
-        f"{name} run: the training loss diverges: it fell to {epoch_loss[low]:.3g} (epoch "
-        f"{low + 1}) and rose to {last:.3g} (epoch {len(epoch_loss)}); the test metrics are "
-        "those of a diverging model. Lower [train] lr, or the [rows] lr_scale / policy weights "
-        "that enlarge some steps"
-    ]
-
-
-def _validation_warnings(cfg: TrainConfig, data: Dataset, val: Validation) -> list[str]:
-    """Classes with fewer than :data:`HANDFUL` validation samples (known positives)."""
-    if len(val.y) == 0:
-        return []
-    c = data.num_classes
-    if data.task == "multiclass":
-        counts = torch.bincount(val.y, minlength=c)
-    else:
-        counts = (val.y == 1).sum(dim=0)
-    few = [(k, n) for k, n in enumerate(counts.tolist()) if n < HANDFUL]
-    if not few:
-        return []
-    listed = ", ".join(f"{data.class_names[k]!r}: {n}" for k, n in few[:5])
-    more = f" and {len(few) - 5} more" if len(few) > 5 else ""
-    what = "samples" if data.task == "multiclass" else "positive samples"
-    reads = ", and early stopping on it ([train] patience)," if cfg.train["patience"] > 0 else ""
-    return [
-        f"the validation split holds fewer than {HANDFUL} {what} of {len(few)} of {c} classes "
-        f"({listed}{more}): the validation metric{reads} judges those classes on noise; raise "
-        "[data] validation_fraction"
-    ]
 
 
 def _notes(cfg: TrainConfig, data: Dataset) -> list[str]:
