@@ -67,6 +67,7 @@ PUBLIC_MODULES = {
     "labelgrad.app.datasets",
     "labelgrad.app.html",
     "labelgrad.app.plots",
+    "labelgrad.class_counts",
     "labelgrad.integrations",
     "labelgrad.integrations.distributed",
     "labelgrad.integrations.lightning",

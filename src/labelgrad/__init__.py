@@ -11,6 +11,7 @@ from labelgrad._version import __version__
 from labelgrad.accumulation import accumulation_window
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
 from labelgrad.aggregators.gradient_cosines import conflicts
+from labelgrad.class_counts import class_priors, effective_number_weights
 from labelgrad.policies import (
     EQL,
     LDAM,
@@ -90,10 +91,12 @@ __all__ = [
     "align_weights",
     "asymmetric_focus",
     "chain",
+    "class_priors",
     "class_weights",
     "clip_per_class",
     "clip_per_sample",
     "conflicts",
+    "effective_number_weights",
     "eql",
     "eqlv2",
     "explain_engine",

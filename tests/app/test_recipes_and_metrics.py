@@ -100,3 +100,33 @@ def test_recipes_reject_unknown_methods() -> None:
         recipes.long_tail_recipe("focal", head, opt, torch.ones(3), total_steps=1)
     with pytest.raises(ValueError, match="aggregator name"):
         recipes.multilabel_step("Tensor", head, opt, torch.ones(2, 3))
+
+
+def test_demo_takeaways_call_a_gain_only_beyond_the_seed_spread() -> None:
+    """Issue 23: the demo report called +0.2 points a gain with a standard deviation of 0.4."""
+    import math
+
+    from labelgrad.app.demo_tables import Row, difference, takeaways
+
+    def row(exp: str, method: str, values: list[float]) -> Row:
+        return Row(exp, method, {"balanced_acc": values}, [1.0])
+
+    exp = "digits-LT IF=100"
+    rows = [
+        row(exp, "plain_ce", [0.800, 0.796, 0.804]),  # mean 80.0, std 0.4 points
+        row(exp, "class_weights", [0.90, 0.91, 0.92]),
+        row(exp, "row_rules", [0.802, 0.798, 0.806]),  # +0.2, within the spread
+        row(exp, "plain_sigmoid", [0.70, 0.70, 0.70]),
+        row(exp, "eqlv2", [0.60, 0.60, 0.60]),
+    ]
+    line = next(t for t in takeaways(rows) if t.startswith(exp))
+    assert "row_rules +0.2 (within the seed spread of 0.6: no clear difference)" in line
+    assert "class_weights +11.0 (a gain: more than the seed spread of 1.1)" in line
+    assert "eqlv2 over a plain sigmoid classifier: -10.0 (a loss" in line
+    # The spread is the combined standard deviation, an independent computation here.
+    a, b = [0.5, 0.6, 0.7], [0.5, 0.5, 0.5]
+    spread = 100 * math.sqrt(float(np.std(a, ddof=1)) ** 2 + float(np.std(b, ddof=1)) ** 2)
+    assert (
+        difference(a, b) == f"+10.0 (within the seed spread of {spread:.1f}: no clear difference)"
+    )
+    assert difference([0.6], [0.5]) == "+10.0 (one seed: no spread measured)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -24,6 +25,13 @@ __all__ = ["BENCH_LEVELS", "INSTALL", "UsageError", "build_parser", "main", "mis
 
 BENCH_LEVELS = ("policies", "rows", "weightings", "aggregation")
 """The benchmark modules ``labelgrad bench`` runs, ``labelgrad.app.bench.<name>``, where present."""
+
+
+QUICK_NOTE = (
+    "bench --quick: a smoke run (tiny models, small batches, 3 timed steps), not a measurement: "
+    "its ratios change from run to run; run without --quick for figures"
+)
+"""What ``bench --quick`` prints above its table (and puts in its JSON)."""
 
 
 class UsageError(Exception):
@@ -128,7 +136,11 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "accuracy on real data (docs/results.md).",
     )
     _common(bench, None)
-    bench.add_argument("--quick", action="store_true", help="fewer steps and sizes")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: tiny models and few steps (checks that it runs; not a measurement)",
+    )
     bench.add_argument(
         "--only",
         action="append",
@@ -164,9 +176,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     train.add_argument(
         "--baseline",
-        action="store_true",
-        help="also train plain cross-entropy (BCE for multi-label data) with the same seed, "
-        "model and optimizer, reported side by side",
+        nargs="?",
+        const="plain",
+        default=None,
+        choices=("plain", "unknown-as-negative"),
+        help="also train a baseline with the same seed, model and optimizer, reported side by "
+        "side: plain (the default: cross-entropy; multi-label: BCE over the known labels) or "
+        "unknown-as-negative (multi-label: BCE with unknown labels as negatives)",
     )
 
 
@@ -254,23 +270,31 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not modules:
         raise UsageError(f"no benchmark modules found (looked for {', '.join(names)})")
     rows: list[Any] = []
+    from labelgrad.app.bench.timing import native_stderr_silenced
     from labelgrad.app.training import progress_bar
 
     bar = progress_bar(len(modules), quiet=args.quiet, desc="labelgrad bench", leave=False)
+    # --quiet: also the profiler's native "USDT ... profiler_start/stop" lines on fd 2.
+    silenced = native_stderr_silenced() if args.quiet else contextlib.nullcontext()
     try:
-        for name, mod in modules:
-            bar.set_postfix_str(name)
-            rows.extend(mod.run(quick=args.quick))
-            bar.update()
+        with silenced:
+            for name, mod in modules:
+                bar.set_postfix_str(name)
+                rows.extend(mod.run(quick=args.quick))
+                bar.update()
     finally:
         bar.close()
     payload = {"rows": [r.as_dict() for r in rows], "missing": missing, "quick": args.quick}
+    if args.quick:
+        payload["note"] = QUICK_NOTE
     if folder is not None:
         atomic_write_text(folder / "bench.json", json.dumps(payload, indent=1) + "\n")
         record_output(folder, ["bench.json"])
     if args.json:
         print(json.dumps(payload, indent=1))
     else:
+        if args.quick:
+            print(QUICK_NOTE)
         print(format_table(rows))
         for name in missing:
             print(f"(no benchmark module labelgrad.app.bench.{name} in this build)")

@@ -92,15 +92,41 @@ def experiment_tables(rows: list[Row]) -> list[tuple[str, list[str], list[list[s
     return [(e, *format_rows([r for r in rows if r.experiment == e])) for e in names]
 
 
+def difference(a: list[float], b: list[float], scale: float = 100.0) -> str:
+    """The mean difference a - b (in points) and whether it exceeds the spread over seeds.
+
+    The spread is the combined standard deviation sqrt(std_a^2 + std_b^2): a difference within
+    it is not called a gain (nor a loss).
+
+    Example:
+        >>> difference([0.802, 0.798, 0.806], [0.80, 0.796, 0.804])
+        '+0.2 (within the seed spread of 0.6: no clear difference)'
+        >>> difference([0.90, 0.91, 0.92], [0.80, 0.81, 0.82])
+        '+10.0 (a gain: more than the seed spread of 1.4)'
+    """
+    d = scale * (nan_mean(a) - nan_mean(b))
+    if math.isnan(d):
+        return "n/a"
+    if min(len(a), len(b)) < 2:
+        return f"{d:+.1f} (one seed: no spread measured)"
+    spread = scale * math.hypot(nan_std(a), nan_std(b))
+    if d > spread:
+        return f"{d:+.1f} (a gain: more than the seed spread of {spread:.1f})"
+    if d < -spread:
+        return f"{d:+.1f} (a loss: more than the seed spread of {spread:.1f})"
+    return f"{d:+.1f} (within the seed spread of {spread:.1f}: no clear difference)"
+
+
 def takeaways(rows: list[Row]) -> list[str]:
-    """What the results show, computed from the rows (mean differences in points)."""
+    """What the results show, computed from the rows: mean differences in points, called a gain
+    only where larger than the spread over seeds (:func:`difference`)."""
     find = {(r.experiment, r.method): r for r in rows}
 
-    def gain(exp: str, method: str, base: str, metric: str) -> float:
+    def gain(exp: str, method: str, base: str, metric: str) -> str:
         a, b = find.get((exp, method)), find.get((exp, base))
         if a is None or b is None:
-            return math.nan
-        return 100 * (nan_mean(a.metrics[metric]) - nan_mean(b.metrics[metric]))
+            return "n/a"
+        return difference(a.metrics[metric], b.metrics[metric])
 
     out = []
     for imb in IMBALANCES:
@@ -110,22 +136,20 @@ def takeaways(rows: list[Row]) -> list[str]:
         }
         eql = gain(exp, "eqlv2", "plain_sigmoid", "balanced_acc")
         out.append(
-            f"{exp}: class_weights {gains['class_weights']:+.1f} and row_rules "
-            f"{gains['row_rules']:+.1f} balanced-accuracy points over plain cross-entropy; "
-            f"eqlv2 {eql:+.1f} over a plain sigmoid classifier."
+            f"{exp}, balanced-accuracy points over plain cross-entropy: class_weights "
+            f"{gains['class_weights']}, row_rules {gains['row_rules']}; eqlv2 over a plain "
+            f"sigmoid classifier: {eql}."
         )
     exp = "Yeast, 50% labels hidden"
     out.append(
-        f"{exp}: mask_unknown {gain(exp, 'mask_unknown', 'unknown_as_negative', 'map'):+.1f} mAP "
-        f"and {gain(exp, 'mask_unknown', 'unknown_as_negative', 'macro_f1'):+.1f} macro-F1 points "
-        "over training on hidden labels as negatives."
+        f"{exp}, points over training on hidden labels as negatives: mask_unknown "
+        f"{gain(exp, 'mask_unknown', 'unknown_as_negative', 'map')} mAP, "
+        f"{gain(exp, 'mask_unknown', 'unknown_as_negative', 'macro_f1')} macro F1."
     )
     exp = "Yeast, label aggregation"
-    agg = [
-        f"{m} {gain(exp, m, 'sum', 'macro_f1'):+.1f}" for m in AGG_METHODS[1:] if (exp, m) in find
-    ]
+    agg = [f"{m} {gain(exp, m, 'sum', 'macro_f1')}" for m in AGG_METHODS[1:] if (exp, m) in find]
     out.append(
-        f"{exp}: macro-F1 points over the summed loss: {', '.join(agg)} (the conflicts are "
+        f"{exp}, macro-F1 points over the summed loss: {', '.join(agg)} (the conflicts are "
         "measured on the training set in the label-conflict heatmap)."
     )
     return out

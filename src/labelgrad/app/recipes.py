@@ -95,20 +95,13 @@ StepFn = Callable[[Tensor, Tensor], None]
 
 
 def effective_number_weights(counts: Tensor, beta: float = BETA) -> Tensor:
-    """Class-balanced weights (Cui et al., CVPR 2019): (1 - beta) / (1 - beta^n_c), mean 1.
-
-    Classes with no samples get weight 0.
+    """:func:`labelgrad.effective_number_weights` at the recipes' :data:`BETA`, float32.
 
     Example:
         >>> effective_number_weights(torch.tensor([100, 1]), 0.0).tolist()
         [1.0, 1.0]
     """
-    if not 0 <= beta < 1:
-        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
-    n = counts.double()
-    w = torch.where(n > 0, (1 - beta) / (1 - beta**n), 0.0)
-    present = (n > 0).sum().clamp(min=1)
-    return (w * present / w.sum()).float()
+    return lg.effective_number_weights(counts.double(), beta).float()
 
 
 def tail_lr_scale(counts: Tensor, power: float = TAIL_LR_POWER) -> Tensor:
@@ -210,7 +203,7 @@ def long_tail_recipe(
     elif method == "eqlv2":
         policy = lg.eqlv2(num_classes=c)
     elif method in ("logit_adjust", "logit_adjust+row_rules"):
-        policy = lg.logit_adjust(counts.float().clamp(min=1), tau=LA_TAU)
+        policy = lg.logit_adjust(lg.class_priors(counts.float(), min_count=1), tau=LA_TAU)
     elif method == "seesaw":
         policy = lg.seesaw(c)
     if method.endswith("row_rules"):
@@ -232,7 +225,7 @@ def _long_tail_loss(
     if method in SIGMOID_METHODS:
         return one_vs_all_bce
     if method == "logit_adjusted":
-        log_prior = torch.log(counts.double().clamp(min=1) / counts.sum()).float().to(dev)
+        log_prior = lg.class_priors(counts.double(), min_count=1).log().float().to(dev)
         return lambda logits, y: F.cross_entropy(logits + LA_TAU * log_prior, y)
     return F.cross_entropy
 

@@ -66,14 +66,37 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
 
 POLICY_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "mask_unknown": {},
+    "mask": {"keep": (list,)},
     "class_weights": {"weights": (list,), "beta": _NUM},
     "pos_neg_weights": {"pos": (*_NUM, list), "neg": (*_NUM, list)},
     "eqlv2": {"gamma": _NUM, "mu": _NUM, "alpha": _NUM},
+    "eql": {"freq_threshold": _NUM},
+    "logit_adjust": {"tau": _NUM},
+    "seesaw": {"p": _NUM, "q": _NUM, "eps": _NUM},
+    "ldam_drw": {"max_margin": _NUM, "s": _NUM, "drw_epoch": (int,), "beta": _NUM},
+    "asymmetric_focus": {"gamma_pos": _NUM, "gamma_neg": _NUM, "clip": _NUM},
     "clip_per_class": {"max_norm": _NUM},
     "clip_per_sample": {"max_norm": _NUM},
     "freeze_classes": {"classes": (list,)},
 }
-"""The policies a config may declare, with the keys each accepts besides ``name``."""
+"""The policies a config may declare, with the keys each accepts besides ``name`` and
+:data:`SCHEDULE_KEYS`. The class counts, priors and frequencies that ``logit_adjust``,
+``seesaw``, ``ldam_drw`` and ``eql`` need come from the training data."""
+
+SCHEDULE_KEYS: dict[str, tuple[type, ...]] = {"start_epoch": (int,), "end_epoch": (int,)}
+"""Keys every [[policies]] entry accepts: apply it from epoch ``start_epoch`` (counted from 0)
+until before ``end_epoch`` (``lg.schedule``, in steps of the run)."""
+
+REPLACING_POLICIES = ("logit_adjust", "seesaw", "ldam_drw", "asymmetric_focus")
+"""Policies that replace the loss's gradient by a published loss's (surrogate gradients)."""
+
+_REQUIRED_POLICY_KEYS = {
+    "mask": "keep",
+    "clip_per_class": "max_norm",
+    "clip_per_sample": "max_norm",
+    "freeze_classes": "classes",
+    "eql": "freq_threshold",
+}
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -318,7 +341,7 @@ def _infer_format(path: Path) -> str:
 def _policies(raw: Any, file: str) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
         raise ConfigError(f"{file}: policies must be an array of tables ([[policies]])")
-    out = []
+    out: list[dict[str, Any]] = []
     for i, spec in enumerate(raw):
         where = f"{file}: [[policies]] #{i + 1}"
         name = spec.get("name")
@@ -328,22 +351,38 @@ def _policies(raw: Any, file: str) -> list[dict[str, Any]]:
             raise ConfigError(
                 f"{where}: unknown policy {name!r} (expected one of: {', '.join(POLICY_KEYS)})"
             )
-        keys = POLICY_KEYS[name]
+        keys = {**POLICY_KEYS[name], **SCHEDULE_KEYS}
         for key, value in spec.items():
             if key == "name":
                 continue
             if key not in keys:
-                accepted = ", ".join(keys) or "no other keys"
+                accepted = ", ".join(keys)
                 raise ConfigError(f"{where} ({name}): unknown key {key!r} (accepts: {accepted})")
             _check_type(f"{where} ({name}) {key}", value, keys[key])
             if isinstance(value, list):
-                _check_list(f"{where} ({name}) {key}", value, (int,) if key == "classes" else _NUM)
+                entry = {"classes": (int,), "keep": (bool,)}.get(key, _NUM)
+                _check_list(f"{where} ({name}) {key}", value, entry)
+            if key in (*SCHEDULE_KEYS, "drw_epoch") and value < 0:
+                raise ConfigError(f"{where} ({name}) {key} must be >= 0, got {value}")
+        if spec.get("end_epoch", math.inf) <= spec.get("start_epoch", 0):
+            raise ConfigError(f"{where} ({name}): end_epoch must be > start_epoch")
         if name == "class_weights" and ("weights" in spec) == ("beta" in spec):
             raise ConfigError(f"{where} (class_weights): give exactly one of weights, beta")
-        if name in ("clip_per_class", "clip_per_sample") and "max_norm" not in spec:
-            raise ConfigError(f"{where} ({name}): max_norm is required")
-        if name == "freeze_classes" and "classes" not in spec:
-            raise ConfigError(f"{where} ({name}): classes is required")
+        required = _REQUIRED_POLICY_KEYS.get(name)
+        if required is not None and required not in spec:
+            raise ConfigError(f"{where} ({name}): {required} is required")
+        if name == "ldam_drw" and "beta" in spec and "drw_epoch" not in spec:
+            raise ConfigError(f"{where} (ldam_drw): beta weights the DRW phase: give drw_epoch")
+        if name in REPLACING_POLICIES:
+            # A replacing policy reads the loss's scale from the gradient it receives: only
+            # masks and per-sample (or per-entry) weights may come before it, and one only.
+            before = [p["name"] for p in out if p["name"] not in ("mask_unknown", "class_weights")]
+            if before:
+                raise ConfigError(
+                    f"{where} ({name}) replaces the loss's gradient: list it before {before[0]} "
+                    "(only mask_unknown and class_weights may come first), and give at most one "
+                    f"of {', '.join(REPLACING_POLICIES)}"
+                )
         out.append(dict(spec))
     return out
 
@@ -373,7 +412,7 @@ def check_against_classes(cfg: TrainConfig, num_classes: int) -> None:
         where = f"[[policies]] #{i + 1} ({spec['name']})"
         if spec["name"] == "freeze_classes":
             in_range(f"{where} classes", spec["classes"])
-        for key in ("weights", "pos", "neg"):
+        for key in ("weights", "pos", "neg", "keep"):
             length(f"{where} {key}", spec.get(key))
     if cfg.rows is not None:
         if cfg.rows["frozen"] is not None:

@@ -145,10 +145,7 @@ def load_data(cfg: TrainConfig, seed: int) -> tuple[Dataset, Validation]:
     x, raw, names = _read_arrays(d)
     y, task, c = _labels(raw, d)
     check_memory(cfg, x.shape[1], c)  # before anything is sized by C
-    perm = np.random.default_rng(seed).permutation(len(x))
-    n_test = min(len(x) - 1, max(1, round(d["test_fraction"] * len(x))))
-    n_val = min(len(x) - n_test - 1, round(d["validation_fraction"] * len(x)))
-    te, va, tr = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+    te, va, tr = split_indices(y, d["test_fraction"], d["validation_fraction"], seed)
     xtr, xva, xte = x[tr], x[va], x[te]
     if d["standardize"]:
         mean, std = xtr.mean(axis=0), xtr.std(axis=0)
@@ -222,6 +219,48 @@ def _class_names(names: tuple[str, ...] | None, c: int) -> tuple[str, ...]:
     class indices (a declared num_classes beyond the names adds indices)."""
     given = names or ()
     return given[:c] + tuple(str(k) for k in range(len(given), c))
+
+
+def split_indices(
+    y: np.ndarray, test_fraction: float, validation_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded (test, validation, train) indices; single-label data stratified by class.
+
+    Each class gives round(fraction x its count) samples to the test and the validation split
+    (a class with one sample stays in training), so that a long-tailed class is represented
+    in each split as in the data, not by the luck of one permutation. Multi-label data, or a
+    stratified split that would leave the test or training part empty, is split at random.
+
+    Example:
+        >>> y = np.array([0] * 8 + [1] * 2)
+        >>> te, va, tr = split_indices(y, 0.5, 0.0, seed=0)
+        >>> np.bincount(y[te]).tolist(), np.bincount(y[tr]).tolist()
+        ([4, 1], [4, 1])
+    """
+    n = len(y)
+    perm = np.random.default_rng(seed).permutation(n)
+    if y.ndim == 1:
+        # Classes in a row, in the permutation's order within each class.
+        order = perm[np.argsort(y[perm], kind="stable")]
+        ys = y[order]
+        rank = np.arange(n) - np.searchsorted(ys, ys, side="left")
+        count = np.bincount(ys)[ys]
+        n_te = np.rint(test_fraction * count)
+        n_te_va = np.rint((test_fraction + validation_fraction) * count)
+        is_te, is_va = rank < n_te, (rank >= n_te) & (rank < n_te_va)
+        if is_te.any() and not (is_te | is_va).all():
+            where = np.empty(n, dtype=np.int64)
+            where[perm] = np.arange(n)  # each split keeps the permutation's order
+
+            def part(mask: np.ndarray) -> np.ndarray:
+                idx: np.ndarray = order[mask]
+                out: np.ndarray = idx[np.argsort(where[idx])]
+                return out
+
+            return part(is_te), part(is_va), part(~(is_te | is_va))
+    n_test = min(n - 1, max(1, round(test_fraction * n)))
+    n_val = min(n - n_test - 1, round(validation_fraction * n))
+    return perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
 
 
 def check_memory(cfg: TrainConfig, num_features: int, num_classes: int) -> None:

@@ -21,10 +21,11 @@ from labelgrad.app.plots import (
 )
 from labelgrad.report import atomic_write_text, save_monitor
 
-__all__ = ["METRIC_LABELS", "TRAIN_FILES", "write_train_outputs"]
+__all__ = ["BASELINE_LABELS", "METRIC_LABELS", "TRAIN_FILES", "write_train_outputs"]
 
 TRAIN_FILES = (
     "checkpoint.pt",
+    "best_model.pt",
     "metrics.json",
     "monitor.csv",
     "monitor.history.csv",
@@ -46,6 +47,13 @@ METRIC_LABELS = {
     "micro_f1": "micro F1 %",
 }
 """Column names of the report's metric table (one metric per column, in %)."""
+
+BASELINE_LABELS = {"plain": "plain loss", "unknown-as-negative": "unknown labels as negatives"}
+"""How the report and the terminal name each ``--baseline`` kind."""
+
+
+def _baseline_name(summary: dict[str, Any]) -> str:
+    return f"baseline ({BASELINE_LABELS[summary['baseline'].get('kind', 'plain')]})"
 
 
 MAX_CLASS_TABLE = 100
@@ -89,7 +97,7 @@ def _figures(
     names = list(data.class_names)
     runs = {"configured": summary}
     if "baseline" in summary:
-        runs["baseline (plain loss)"] = summary["baseline"]
+        runs[_baseline_name(summary)] = summary["baseline"]
     metric = METRIC_LABELS[summary["val_metric_name"]].removesuffix(" %")
     plot_training_curves(
         {k: {"loss": r["epoch_loss"], "val_metric": r["val_metric"]} for k, r in runs.items()},
@@ -127,13 +135,24 @@ def _takeaways(summary: dict[str, Any]) -> list[str]:
     out = []
     base = summary.get("baseline")
     if base is not None:
+        what = BASELINE_LABELS[base.get("kind", "plain")]
         for k, v in summary["test"].items():
             d = 100 * (v - base["test"][k])
             label = METRIC_LABELS.get(k, k).replace(" %", "")
-            out.append(f"{label}: {d:+.1f} points over the plain-loss baseline (same seed).")
+            out.append(
+                f"{label}: {d:+.1f} points over the baseline ({what}, same seed; one seed "
+                "measures no spread: repeat with other --seed values before calling it a gain)."
+            )
     for r, name in ((summary, "configured run"), (base, "baseline")):
-        if r is not None and r["stopped_early"]:
+        if r is None:
+            continue
+        if r["stopped_early"]:
             out.append(f"The {name} stopped early at epoch {r['epochs_trained']} (patience).")
+        if r.get("restored_best_epoch"):
+            out.append(
+                f"The {name} is tested with the weights of epoch {r['best_epoch']}, its best "
+                f"validation epoch (of {r['epochs_trained']} trained)."
+            )
     out += [f"Warning: {w}." for w in summary["warnings"]]
     out += [f"Note: {n}." for n in summary["notes"]]
     return out
@@ -148,7 +167,7 @@ def _sections(
     ]
     if "baseline" in summary:
         b = summary["baseline"]["test"]
-        rows.append(["baseline (plain loss)", *(f"{100 * b[k]:.1f}" for k in metrics)])
+        rows.append([_baseline_name(summary), *(f"{100 * b[k]:.1f}" for k in metrics)])
     sections = [
         Section(
             "Test results",

@@ -85,17 +85,21 @@ def run(quick: bool = False) -> list[Result]:
     g = torch.Generator().manual_seed(0)
     y = torch.randint(-1, 2, (batch, c), generator=g)  # partial multi-hot labels
     rows: list[Result] = []
+    big, small, channels = (64, 32, 4) if quick else (1024, 512, 32)
+    # The labels name what runs: a quick run's tiny models too (and its batch, not the 256 of
+    # the documented figures).
+    tag = f", batch {batch}" if quick else ""
     configs = {
-        "policies/mlp 784-1024-1024": (
-            _mlp(784, 64 if quick else 1024, c),
+        f"policies/mlp 784-{big}-{big}{tag}": (
+            _mlp(784, big, c),
             torch.randn(batch, 784, generator=g),
         ),
-        "policies/mlp 256-512-512": (
-            _mlp(256, 32 if quick else 512, c),
+        f"policies/mlp 256-{small}-{small}{tag}": (
+            _mlp(256, small, c),
             torch.randn(batch, 256, generator=g),
         ),
-        "policies/cnn 28x28": (
-            _cnn(c, 4 if quick else 32),
+        "policies/cnn 28x28" + (f" {channels} ch{tag}" if quick else ""): (
+            _cnn(c, channels),
             torch.randn(batch, 1, 28, 28, generator=g),
         ),
     }

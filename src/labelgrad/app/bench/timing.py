@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["Result", "format_table", "interleaved", "ratios"]
+__all__ = ["Result", "format_table", "interleaved", "native_stderr_silenced", "ratios"]
 
 
 @dataclass
@@ -101,7 +104,31 @@ def format_table(rows: list[Result]) -> str:
         benchmark  case  median ms  ratio
         demo       plain     2.000  1.00x
     """
-    lines = [f"{'benchmark':<34} {'case':<28} {'median ms':>10} {'ratio':>7}"]
+    lines = [f"{'benchmark':<42} {'case':<28} {'median ms':>10} {'ratio':>7}"]
     for r in rows:
-        lines.append(f"{r.benchmark:<34} {r.case:<28} {r.median_ms:>10.3f} {r.ratio:>6.2f}x")
+        lines.append(f"{r.benchmark:<42} {r.case:<28} {r.median_ms:>10.3f} {r.ratio:>6.2f}x")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to the null device for the block (``bench --quiet``).
+
+    torch's profiler prints ``USDT ... profiler_start/stop`` lines from native code, straight to
+    file descriptor 2, where ``sys.stderr`` redirection does not reach; Python's own stderr is
+    flushed before and restored after.
+
+    Example:
+        >>> with native_stderr_silenced():
+        ...     _ = os.write(2, b"not shown")
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
