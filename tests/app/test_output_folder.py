@@ -196,6 +196,7 @@ def test_a_forced_run_removes_every_file_of_the_run_before(
     (out / "notes.txt").write_text("the user's own file")
     assert main(["train", str(single), "--out", str(out), "--quiet"]) == 0
     assert "confusion.png" in _files(out)
+    capsys.readouterr()  # the first run's warnings (a small validation split)
     # Another config into the same folder: refused, then replaced with --force.
     _refused(["train", str(multi), "--out", str(out)], capsys, "holds a finished", "--force")
     assert main(["train", str(multi), "--out", str(out), "--quiet", "--force"]) == 0

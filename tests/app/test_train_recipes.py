@@ -82,6 +82,7 @@ ENTRIES = {
     "logit_adjust": "tau = 1.0",
     "seesaw": "p = 0.8",
     "ldam_drw": "s = 5.0\ndrw_epoch = 1",
+    "labels_trick": "",
     "asymmetric_focus": "gamma_neg = 2.0",
     "clip_per_class": "max_norm = 1.0",
     "clip_per_sample": "max_norm = 1.0",
@@ -96,7 +97,11 @@ def _train(folder: Path, text: str, *flags: str) -> tuple[int, str, str, dict[st
 
     (folder / "c.toml").write_text(text)
     out, err = io.StringIO(), io.StringIO()
-    argv = ["train", str(folder / "c.toml"), "--out", str(folder / "o"), "--quiet", "--json"]
+    # --force: the tests train several configs into one folder on purpose.
+    argv = [
+        *("train", str(folder / "c.toml"), "--out", str(folder / "o")),
+        *("--quiet", "--json", "--force"),
+    ]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([*argv, "--threads", "1", *flags])
     summary = json.loads(out.getvalue()) if code == 0 else {}

@@ -37,7 +37,8 @@ files are one-line errors)::
     name = "logit_adjust"       # any lg policy, with its keys (others take their defaults):
     tau = 1.0                   #   logit_adjust (tau), seesaw (p, q, eps),
                                 #   ldam_drw (max_margin, s, beta, drw_epoch): multiclass only
-                                #   asymmetric_focus (gamma_pos, gamma_neg, clip): multilabel
+                                #   labels_trick (classes): multiclass only
+                            #   asymmetric_focus (gamma_pos, gamma_neg, clip): multilabel
                                 #   class_weights (weights = [...] or beta: effective number),
                                 #   eqlv2 (gamma, mu, alpha), eql (freq_threshold),
                                 #   pos_neg_weights (pos, neg), mask (keep = [true, ...]),

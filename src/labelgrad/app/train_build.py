@@ -21,7 +21,7 @@ from labelgrad.app.train_config import ConfigError, TrainConfig
 from labelgrad.app.train_data import MONITOR_HISTORY
 from labelgrad.app.training import MLP
 
-SOFTMAX_POLICIES = ("logit_adjust", "seesaw", "ldam_drw")
+SOFTMAX_POLICIES = ("logit_adjust", "seesaw", "ldam_drw", "labels_trick")
 """Policies that replace a softmax cross-entropy gradient: single-label (multiclass) data only."""
 BCE_POLICIES = ("asymmetric_focus",)
 """Policies that replace a binary cross-entropy gradient: multi-label data only (a multiclass
@@ -105,6 +105,9 @@ def _one_policy(spec: Mapping[str, Any], c: int, counts: Tensor, steps: int) -> 
             **_floats(spec, ("max_margin", "s", "beta")),
             drw_start=None if drw is None else drw * steps,
         )
+    if name == "labels_trick":
+        # Without `classes`: cross-entropy over the classes present in each batch.
+        return lg.labels_trick(spec.get("classes"))
     if name == "asymmetric_focus":
         return lg.asymmetric_focus(**_floats(spec, ("gamma_pos", "gamma_neg", "clip")))
     if name == "clip_per_class":

@@ -75,6 +75,7 @@ POLICY_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "seesaw": {"p": _NUM, "q": _NUM, "eps": _NUM},
     "ldam_drw": {"max_margin": _NUM, "s": _NUM, "drw_epoch": (int,), "beta": _NUM},
     "asymmetric_focus": {"gamma_pos": _NUM, "gamma_neg": _NUM, "clip": _NUM},
+    "labels_trick": {"classes": (list,)},
     "clip_per_class": {"max_norm": _NUM},
     "clip_per_sample": {"max_norm": _NUM},
     "freeze_classes": {"classes": (list,)},
@@ -87,7 +88,7 @@ SCHEDULE_KEYS: dict[str, tuple[type, ...]] = {"start_epoch": (int,), "end_epoch"
 """Keys every [[policies]] entry accepts: apply it from epoch ``start_epoch`` (counted from 0)
 until before ``end_epoch`` (``lg.schedule``, in steps of the run)."""
 
-REPLACING_POLICIES = ("logit_adjust", "seesaw", "ldam_drw", "asymmetric_focus")
+REPLACING_POLICIES = ("logit_adjust", "seesaw", "ldam_drw", "labels_trick", "asymmetric_focus")
 """Policies that replace the loss's gradient by a published loss's (surrogate gradients)."""
 
 _REQUIRED_POLICY_KEYS = {

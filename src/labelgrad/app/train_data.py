@@ -190,6 +190,7 @@ def _label_warnings(
                 f"({present[0]}); a classifier needs 2 or more (another column?)"
             )
         counts = np.bincount(y[train], minlength=c)
+        total = np.bincount(y, minlength=c)
         out = []
         for k in np.flatnonzero(counts == 0)[:5]:
             rows = np.flatnonzero(y == k)
@@ -198,6 +199,11 @@ def _label_warnings(
                     f"class {k} has no training sample (its {len(rows)} sample(s) from "
                     f"{_where(d, int(rows[0]))} went to the test or validation split): a typo?"
                 )
+        # The stratified split keeps a class of one sample in training, so a typo that is still
+        # a valid label shows as a class of one sample: name it and its line.
+        for k in np.flatnonzero((total == 1) & (counts == 1))[:5]:
+            row = int(np.flatnonzero(y == k)[0])
+            out.append(f"class {k} has a single sample ({_where(d, row)}): a typo?")
         unseen = np.flatnonzero(np.bincount(y, minlength=c) == 0)
         if len(unseen):
             shown = ", ".join(str(k) for k in unseen[:8]) + (", ..." if len(unseen) > 8 else "")
