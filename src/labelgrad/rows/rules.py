@@ -245,7 +245,9 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
         fast = [
             i
             for i in active
-            if kernel is not None and kernel.supports(groups[i], self._params[i].param)
+            if kernel is not None
+            and _full_precision(self._params[i].param)
+            and kernel.supports(groups[i], self._params[i].param)
         ]
         slow = [i for i in active if i not in fast]
         rules = self._step_rules()
@@ -297,3 +299,11 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
         has_state = bool(self.optimizer.state.get(self._params[i].param))
         tracks = has_state and self._family.tracks_fresh(group)
         return self._started.fresh(i, moving, has_state, tracks)
+
+
+def _full_precision(param: Tensor) -> bool:
+    """Whether a fast kernel may step ``param``: its per-row coefficients live in the
+    parameter's dtype, where float16 and bfloat16 round the momentum and lr (0.9 becomes
+    0.8984375 in bfloat16) and float16 flushes Adam's ``eps * sqrt(1 - beta2**t)`` to 0 (0/0
+    in resting rows); torch computes them in float32. The snapshot path is exact there."""
+    return param.element_size() >= 4
