@@ -740,3 +740,31 @@ def test_align_weights_refusals_name_the_argument():
         lg.rows.align_weights(w, new_classes=[0, 1, 2, 3])
     with pytest.raises(ValueError, match="new_classes"):
         lg.rows.align_weights(w, new_classes=[4])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_accumulation_window_with_row_rules(fast: bool):
+    """Micro-batches observed one by one inside ``lg.accumulation_window`` (with a stateful
+    policy): the present classes are their union, and the step equals one batch holding both.
+    ``accumulation_window`` itself takes modules: a RowRules passed to it is a clear error."""
+    torch.manual_seed(0)
+    x, y = torch.randn(4, D), torch.tensor([0, 0, 2, 2])
+    h1 = nn.Linear(D, C)
+    h2 = copy.deepcopy(h1)
+    w0 = h1.weight.detach().clone()
+    opt1 = lg.RowRules(optim.Adam(h1.parameters(), lr=0.1), rows=h1, skip_absent=True, fast=fast)
+    opt2 = lg.RowRules(optim.Adam(h2.parameters(), lr=0.1), rows=h2, skip_absent=True, fast=fast)
+    policy = lg.eqlv2(num_classes=C)
+    with lg.accumulation_window(policy):
+        for part in (slice(0, 2), slice(2, 4)):
+            nn.functional.cross_entropy(h1(x[part]), y[part], reduction="sum").backward()
+            opt1.observe(y[part])
+    opt1.step()
+    nn.functional.cross_entropy(h2(x), y, reduction="sum").backward()
+    opt2.step(targets=y)
+    torch.testing.assert_close(h1.weight, h2.weight, rtol=1e-6, atol=1e-7)
+    assert torch.equal(h1.weight[[1, 3]], w0[[1, 3]])  # absent from both micro-batches
+    assert not torch.equal(h1.weight[[0, 2]], w0[[0, 2]])
+    with pytest.raises(TypeError, match="nn.Module"):
+        with lg.accumulation_window(opt1):  # type: ignore[arg-type]
+            pass

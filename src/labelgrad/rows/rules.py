@@ -47,9 +47,10 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
     ``weight_decay`` or ``max_norm``, ``skip_absent=False``) a step is the wrapped optimizer's.
 
     Optimizers with a fast kernel in :mod:`labelgrad.rows.families` (Adam, AdamW, SGD) are stepped
-    by labelgrad itself on label-owned parameters when a rule applies (the same update with
-    per-row coefficients, about one pass per tensor); every other optimizer, foreach and fused
-    variants included, goes through the exact snapshot path (:mod:`labelgrad.rows.snapshot`): copy
+    by labelgrad itself on float32 and float64 label-owned parameters when a rule applies (the
+    same update with per-row coefficients, about one pass per tensor); every other optimizer,
+    float16 and bfloat16 parameters, foreach and fused variants included, go through the exact
+    snapshot path (:mod:`labelgrad.rows.snapshot`): copy
     the affected rows of the parameter and of every state tensor shaped like it, let the
     optimizer step, restore and rescale. ``lr_scale`` is exact for optimizers whose update is
     linear in ``lr`` (SGD, Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta,
