@@ -767,3 +767,18 @@ def test_accumulation_window_with_row_rules(fast: bool):
     assert not torch.equal(h1.weight[[0, 2]], w0[[0, 2]])
     with pytest.raises(TypeError, match=r"nn\.Module"), lg.accumulation_window(opt1):  # type: ignore[arg-type]
         pass
+
+
+def test_a_parameter_shared_between_optimizers_is_refused():
+    """A trunk parameter in a routed optimizer and in ``always=``: refused naming both, not
+    stepped twice."""
+    trunk, ha, hb = nn.Linear(D, D), nn.Linear(D, 2), nn.Linear(D, 2)
+    shared = [*ha.parameters(), trunk.weight]
+    with pytest.raises(ValueError, match=r"'a'.*always\[0\]"):
+        lg.route(
+            {
+                "a": (optim.SGD(shared, lr=0.1), [0, 1]),
+                "b": (optim.SGD(hb.parameters(), lr=0.1), [2, 3]),
+            },
+            always=[optim.SGD(trunk.parameters(), lr=0.1)],
+        )
