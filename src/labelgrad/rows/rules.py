@@ -47,10 +47,9 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
     ``weight_decay`` or ``max_norm``, ``skip_absent=False``) a step is the wrapped optimizer's.
 
     Optimizers with a fast kernel in :mod:`labelgrad.rows.families` (Adam, AdamW, SGD) are stepped
-    by labelgrad itself on float32 and float64 label-owned parameters when a rule applies (the
-    same update with per-row coefficients, about one pass per tensor); every other optimizer,
-    float16 and bfloat16 parameters, foreach and fused variants included, go through the exact
-    snapshot path (:mod:`labelgrad.rows.snapshot`): copy
+    by labelgrad itself on label-owned parameters when a rule applies (the same update with
+    per-row coefficients, about one pass per tensor); every other optimizer, foreach and fused
+    variants included, goes through the exact snapshot path (:mod:`labelgrad.rows.snapshot`): copy
     the affected rows of the parameter and of every state tensor shaped like it, let the
     optimizer step, restore and rescale. ``lr_scale`` is exact for optimizers whose update is
     linear in ``lr`` (SGD, Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta,
@@ -246,9 +245,7 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
         fast = [
             i
             for i in active
-            if kernel is not None
-            and _full_precision(self._params[i].param)
-            and kernel.supports(groups[i], self._params[i].param)
+            if kernel is not None and kernel.supports(groups[i], self._params[i].param)
         ]
         slow = [i for i in active if i not in fast]
         rules = self._step_rules()
@@ -300,11 +297,3 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
         has_state = bool(self.optimizer.state.get(self._params[i].param))
         tracks = has_state and self._family.tracks_fresh(group)
         return self._started.fresh(i, moving, has_state, tracks)
-
-
-def _full_precision(param: Tensor) -> bool:
-    """Whether a fast kernel may step ``param``: its per-row coefficients live in the
-    parameter's dtype, where float16 and bfloat16 round the momentum and lr (0.9 becomes
-    0.8984375 in bfloat16) and float16 flushes Adam's ``eps * sqrt(1 - beta2**t)`` to 0 (0/0
-    in resting rows); torch computes them in float32. The snapshot path is exact there."""
-    return param.element_size() >= 4
