@@ -57,11 +57,11 @@ class RowRulesCheckpoint:
         sd["row_rules"] = {
             "optimizer": type(self.optimizer).__name__,
             "num_classes": self.num_classes,
-            "frozen": self._frozen.cpu(),
-            "lr_scale": None if self._lr_scale is None else self._lr_scale.cpu(),
-            "weight_decay": None if self._weight_decay is None else self._weight_decay.cpu(),
+            "frozen": _copy(self._frozen),
+            "lr_scale": _copy(self._lr_scale),
+            "weight_decay": _copy(self._weight_decay),
             "skip_absent": self.skip_absent,
-            "max_norm": None if self._max_norm is None else self._max_norm.cpu(),
+            "max_norm": _copy(self._max_norm),
             "present": self._window.present().cpu(),
             "observed": self._window.observed,
             "started": torch.stack(self._started.masks).cpu(),
@@ -99,8 +99,8 @@ class RowRulesCheckpoint:
         )
         self._check_fixed_rules(r)
         self.optimizer.load_state_dict(sd)
-        self._set_frozen(r["frozen"])
-        self._lr_scale = on_device(r["lr_scale"], self._device)
+        self._set_frozen(r["frozen"].clone())
+        self._lr_scale = _own(on_device(r["lr_scale"], self._device))
         assert self._window.mask is not None
         self._window.mask.copy_(r["present"])
         self._window.observed = r["observed"]
@@ -127,6 +127,18 @@ class RowRulesCheckpoint:
                     f"{name}={_show(mine[name])}; {name} is fixed at construction: build the "
                     "RowRules with the saved value to resume"
                 )
+
+
+def _copy(value: Tensor | None) -> Tensor | None:
+    """A CPU copy of a rule for the state dict: ``.cpu()`` of a CPU tensor is the tensor itself,
+    and the caller may edit what ``state_dict`` returns."""
+    return None if value is None else value.detach().to("cpu", copy=True)
+
+
+def _own(value: Tensor | None) -> Tensor | None:
+    """A rule loaded from a state dict, not sharing memory with it (``.to`` of a tensor that
+    already has the device and dtype returns the tensor itself)."""
+    return None if value is None else value.clone()
 
 
 def _same(a: object, b: object) -> bool:

@@ -54,12 +54,7 @@ class ClassRules:
         self._lr_scale = on_device(class_values(lr_scale, "lr_scale", c), self._device)
         self._weight_decay = on_device(class_values(weight_decay, "weight_decay", c), self._device)
         self._set_max_norm(class_radii(max_norm, "max_norm", c))
-        if self._lr_scale is not None and not self._family.linear_in_lr:
-            warnings.warn(
-                f"lr_scale scales the update of {type(optimizer).__name__}; that equals a "
-                "smaller learning rate only for optimizers whose update is linear in lr",
-                stacklevel=3,
-            )
+        self._warn_nonlinear_lr_scale(stacklevel=4)
         if self._weight_decay is not None:
             for lp in self._params:
                 if decay_kind(optimizer, self.group_of(lp.param)) is None:
@@ -123,6 +118,16 @@ class ClassRules:
     @lr_scale.setter
     def lr_scale(self, value: object) -> None:
         self._lr_scale = on_device(class_values(value, "lr_scale", self.num_classes), self._device)
+        # Set during training: the same warning as at construction.
+        self._warn_nonlinear_lr_scale(stacklevel=3)
+
+    def _warn_nonlinear_lr_scale(self, stacklevel: int) -> None:
+        if self._lr_scale is not None and not self._family.linear_in_lr:
+            warnings.warn(
+                f"lr_scale scales the update of {type(self.optimizer).__name__}; that equals a "
+                "smaller learning rate only for optimizers whose update is linear in lr",
+                stacklevel=stacklevel,
+            )
 
     @property
     def weight_decay(self) -> Tensor | None:

@@ -120,10 +120,14 @@ class Family:
 
 def plain_dense(group: Group, param: Tensor) -> bool:
     """The conditions every fast kernel needs: a real dense gradient, no capturable or
-    differentiable group (their updates are written for CUDA graphs and autograd)."""
+    differentiable group (their updates are written for CUDA graphs and autograd), a float32 or
+    float64 parameter (the per-row coefficients live in its dtype: float16 and bfloat16 would
+    round momentum and lr, and float16 flushes Adam's ``eps * sqrt(1 - beta2**t)`` to 0, a 0/0
+    in resting rows; the snapshot path is exact there)."""
     grad = param.grad
     return not (
-        group.get("capturable", False)
+        param.element_size() < 4
+        or group.get("capturable", False)
         or group.get("differentiable", False)
         or param.is_complex()
         or grad is None
