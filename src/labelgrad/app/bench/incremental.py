@@ -221,7 +221,11 @@ def incremental_run(
     if method == "joint":
         _train_joint(model, ds.x_train.to(device), ds.y_train.to(device), epochs, seed)
         final = _task_accuracy(model, xt, yt, len(TASKS))
-        return {"average_acc": float(final.mean()), "forgetting": math.nan, "learning_acc": math.nan}
+        return {
+            "average_acc": float(final.mean()),
+            "forgetting": math.nan,
+            "learning_acc": math.nan,
+        }
     base, _, variant = method.partition("+")
     gate = LabelsTrick() if base == "er_ace" else None
     memory = Reservoir(memory_per_class * ds.num_classes, ds.num_features, seed=seed)
