@@ -270,7 +270,8 @@ def max_norm_rows(
     """
     decay = torch.full((head.out_features,), float(weight_decay), device=head.weight.device)
     if "max_norm" in inspect.signature(lg.RowRules).parameters:
-        return lg.RowRules(optimizer, rows=head, weight_decay=decay, max_norm=max_norm)
+        rules: Any = lg.RowRules  # typed without max_norm until it lands
+        return rules(optimizer, rows=head, weight_decay=decay, max_norm=max_norm)
     return _MaxNorm(lg.RowRules(optimizer, rows=head, weight_decay=decay), head, max_norm)
 
 

@@ -138,10 +138,14 @@ class Reservoir:
         ranks = torch.arange(self.seen, self.seen + n)  # 0-based position in the stream
         draws = (torch.rand(n, generator=self._gen) * (ranks + 1)).long()
         slot = torch.where(ranks < self.size, ranks, draws)
-        keep = slot < self.size
-        # Later images of the batch win a slot drawn twice, as the one-by-one algorithm does.
-        self.x[slot[keep]] = x[keep].detach().cpu()
-        self.y[slot[keep]] = y[keep].cpu()
+        # A slot drawn twice in one batch goes to the later image, as the one-by-one algorithm
+        # has it (an indexed write with repeated indices has no defined winner).
+        order = torch.arange(n)
+        last = torch.full((self.size + 1,), -1, dtype=torch.long)
+        last = last.scatter_reduce(0, slot.clamp(max=self.size), order, reduce="amax")[:-1]
+        won = last[last >= 0]
+        self.x[slot[won]] = x[won].detach().cpu().to(self.x.dtype)
+        self.y[slot[won]] = y[won].cpu()
         self.seen += n
 
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
