@@ -1,36 +1,34 @@
 """The outcomes benchmark: does label-aware gradient control make models better on real data?
 
-Three experiments, every method trained with one fixed recipe per experiment (same model, epochs,
-optimizer, learning rate, batch size, seeds; nothing tuned per method), mean ± std over seeds.
-The recipes and their constants are :mod:`labelgrad.app.recipes`, the metrics
-:mod:`labelgrad.app.metrics`: the same as ``labelgrad demo`` and ``labelgrad train`` use.
+Four experiments, mean ± std over seeds:
 
-(a) Long tail: Fashion-MNIST-LT (CIFAR-LT protocol, IF = 100 and 10, the official balanced test
-    set), or digits-LT where Fashion-MNIST is not installed, with a small CNN. Methods: plain
-    cross-entropy; ``class_weights`` with effective-number weights; deferred
-    re-weighting (``schedule(class_weights(...), start_step=...)``); plain sigmoid BCE and
-    ``eqlv2`` with sigmoid BCE; ``RowRules`` with a larger step for tail rows; the logit-adjusted
-    loss (Menon et al., ICLR 2021, tau = 1) as the literature's reference point. Metrics:
-    balanced accuracy; many/medium/few-shot accuracy (> 100, 20..100, < 20 training images).
-    The surrogate-gradient policies ``logit_adjust`` and ``seesaw`` (and ``logit_adjust`` with
-    the ``RowRules`` recipe) run under plain cross-entropy.
+(a) Long tail (:mod:`labelgrad.app.bench.outcomes_lt`): Fashion-MNIST-LT (CIFAR-LT protocol,
+    IF = 100 and 10, a balanced validation split carved from the official training images, the
+    official balanced test set), or digits-LT where Fashion-MNIST is not installed, with a small
+    CNN. Every run trains until its validation balanced accuracy has plateaued; every method's
+    hyperparameters are chosen on the validation split by the same coordinate search; 5 seeds.
+    Methods: plain cross-entropy, the logit-adjusted loss (the literature's reference),
+    tau-normalisation, weight balancing (stage 2 with ``lg.RowRules`` weight decay and MaxNorm)
+    and weight balancing with the ``logit_adjust`` gradient in stage 2. Metrics: balanced
+    accuracy; many/medium/few-shot accuracy (> 100, 20..100, < 20 training images).
 (b) Partial labels: Yeast with 30/50/70 % of the training labels hidden: unknown-as-negative vs
     ``mask_unknown`` vs ``mask_unknown`` + ``class_weights`` vs ``asymmetric_focus`` with and
-    without ``mask_unknown``. Metrics: mAP, macro-F1, micro-F1.
+    without ``mask_unknown``. Metrics: mAP, macro-F1, micro-F1. One fixed recipe.
 (c) Conflicting labels: Yeast, the plain summed loss vs PCGrad, UPGrad and MGDA on the shared
     trunk (``aggregate_backward`` with the representation and the exact engine). Metrics:
-    macro-F1, worst-label AP, median step time.
-(d) Class-incremental: digits in 5 tasks of 2 classes with a small replay memory: fine-tuning vs
-    ``RowRules`` (old rows frozen) vs A-GEM (``project_replay``) vs both, and the labels trick
-    (ER-ACE) alone and with A-GEM (:mod:`labelgrad.app.bench.incremental`). Metrics: average
-    accuracy, forgetting and learning accuracy.
+    macro-F1, worst-label AP, median step time. One fixed recipe.
+(d) Class-incremental on the standard protocol (:mod:`labelgrad.app.bench.incremental`): digits
+    in 5 tasks of 2 classes, a reservoir replay memory; fine-tuning, ER, ER-ACE and A-GEM, each
+    alone, with weight aligning and with frozen old rows, and joint training as the ceiling.
+    Metrics: average accuracy, forgetting and learning accuracy.
 
 Outputs (in ``out``): ``outcomes.csv``, ``outcomes.json``, PNG plots and ``results.md`` (the
-tables, the plots, the goals and whether they were met, the machine and the command).
+tables, the chosen configurations, the plots, the goals and whether they were met, the machine
+and the command).
 
 The methods, sizes and records are :mod:`labelgrad.app.bench.outcomes_setup`, the outputs
 :mod:`labelgrad.app.bench.outcomes_report` (figures: :mod:`labelgrad.app.bench.outcomes_plots`);
-this module trains.
+this module runs the experiments.
 """
 
 from __future__ import annotations
