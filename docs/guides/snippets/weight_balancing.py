@@ -1,7 +1,8 @@
-# Weight balancing (Alshammari et al., CVPR 2022) with labelgrad's public API, on digits cut to
-# a long tail (imbalance factor 50, CIFAR-LT protocol), tested on a balanced held-out set.
-# Stage 1: plain cross-entropy with weight decay. Stage 2: the trunk frozen, the head retrained
-# with a class-balanced loss (a policy), per-row weight decay (RowRules) and per-class MaxNorm.
+# Weight balancing (Alshammari et al., CVPR 2022) with labelgrad's public API, on
+# digits cut to a long tail (imbalance factor 50, CIFAR-LT protocol), tested on a
+# balanced held-out set. Stage 1: plain cross-entropy with weight decay. Stage 2:
+# the trunk frozen, the head retrained with a class-balanced loss (a policy),
+# per-row weight decay (RowRules) and per-class MaxNorm.
 import copy
 
 import numpy as np
@@ -31,7 +32,8 @@ freq = torch.tensor(counts, dtype=torch.float32)
 def balanced_accuracy(model):
     with torch.no_grad():
         pred = model(x_test).argmax(1)
-    return torch.stack([(pred[y_test == c] == c).float().mean() for c in range(C)]).mean()
+    recall = [(pred[y_test == c] == c).float().mean() for c in range(C)]
+    return torch.stack(recall).mean()
 
 
 def train(model, opt, steps, policy=None, loss=F.cross_entropy, radius=None):
@@ -61,8 +63,8 @@ def stage2(trained, policy, weight_decay=0.5, radius_factor=0.75):
     model = copy.deepcopy(trained)  # stage 2 starts from the stage-1 model
     head = model[-1]
     radius = radius_factor * float(head.weight.detach().norm(dim=1).mean())
-    # A separate optimizer for the head only: the trunk is frozen. RowRules gives every row
-    # its weight decay (here the same for all; a (C,) vector may differ per class).
+    # A separate optimizer for the head only: the trunk is frozen. RowRules gives
+    # every row its weight decay (the same here; a (C,) vector may differ per class).
     opt = lg.RowRules(
         torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=0.0),
         rows=head,
