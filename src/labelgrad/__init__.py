@@ -10,7 +10,7 @@ from labelgrad import aggregation, aggregators, report
 from labelgrad._version import __version__
 from labelgrad.accumulation import accumulation_window
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
-from labelgrad.aggregators.conflicts import conflicts
+from labelgrad.aggregators.gradient_cosines import conflicts
 from labelgrad.policies import (
     EQL,
     LDAM,
@@ -23,6 +23,7 @@ from labelgrad.policies import (
     FreezeClasses,
     GradContext,
     GradMonitor,
+    LabelsTrick,
     LogitAdjust,
     Mask,
     MaskUnknown,
@@ -39,6 +40,7 @@ from labelgrad.policies import (
     eql,
     eqlv2,
     freeze_classes,
+    labels_trick,
     ldam_drw,
     logit_adjust,
     mask,
@@ -50,7 +52,7 @@ from labelgrad.policies import (
     seesaw,
 )
 from labelgrad.replay import ReplayProjection, project_replay
-from labelgrad.rows import Router, RowRules, route
+from labelgrad.rows import Router, RowRules, align_weights, route, tau_normalize
 from labelgrad.targets import Encoding, Targets, TargetsLike
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "FreezeClasses",
     "GradContext",
     "GradMonitor",
+    "LabelsTrick",
     "LogitAdjust",
     "Mask",
     "MaskUnknown",
@@ -84,6 +87,7 @@ __all__ = [
     "aggregate_backward",
     "aggregation",
     "aggregators",
+    "align_weights",
     "asymmetric_focus",
     "chain",
     "class_weights",
@@ -94,6 +98,7 @@ __all__ = [
     "eqlv2",
     "explain_engine",
     "freeze_classes",
+    "labels_trick",
     "ldam_drw",
     "logit_adjust",
     "mask",
@@ -107,4 +112,5 @@ __all__ = [
     "route",
     "schedule",
     "seesaw",
+    "tau_normalize",
 ]

@@ -33,7 +33,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from labelgrad.accumulation import accumulation_window
-from labelgrad.policies.base import Policy
+from labelgrad.policies.policy import Policy
+from labelgrad.rows.observer import LabelObserver
 from labelgrad.targets import Encoding, TargetsLike
 
 __all__ = ["LabelGradCallback", "aggregate_backward", "apply_policy", "default_targets"]
@@ -135,7 +136,7 @@ class LabelGradCallback(pl.Callback):
         batch, self._batch = self._batch, None
         if not self.observe or batch is None:
             return
-        optimizers = [o for o in trainer.optimizers if hasattr(o, "observe")]
+        optimizers = [o for o in trainer.optimizers if isinstance(o, LabelObserver)]
         if optimizers:
             targets = self.targets(batch)
             for opt in optimizers:

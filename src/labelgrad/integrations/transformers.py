@@ -30,7 +30,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from labelgrad.accumulation import accumulation_window
-from labelgrad.policies.base import Policy
+from labelgrad.policies.policy import Policy
+from labelgrad.rows.observer import LabelObserver
 from labelgrad.targets import Encoding
 
 __all__ = ["LabelGradTrainer", "policy_loss"]
@@ -194,7 +195,7 @@ class LabelGradTrainer(transformers.Trainer):
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         optimizer: torch.optim.Optimizer = super().create_optimizer(model)
-        if self.row_rules is not None and not hasattr(optimizer, "observe"):
+        if self.row_rules is not None and not isinstance(optimizer, LabelObserver):
             optimizer = self.row_rules(optimizer)
             self.optimizer = optimizer
         return optimizer
@@ -206,7 +207,7 @@ class LabelGradTrainer(transformers.Trainer):
         if scaler is not None and self.policy._grad_scaler is not scaler:
             self.policy.attach_grad_scaler(scaler)
         optimizer: Any = getattr(self.optimizer, "optimizer", self.optimizer)  # under accelerate
-        labels = inputs.get("labels") if hasattr(optimizer, "observe") else None
+        labels = inputs.get("labels") if isinstance(optimizer, LabelObserver) else None
         loss: Tensor = super().training_step(model, inputs, *args, **kwargs)
         if labels is not None:
             # After backward, as in the Lightning callback: zero_grad forgets observed classes.

@@ -4,48 +4,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from labelgrad._validation import as_class_set, as_class_vector, as_count
+from labelgrad.rows.families import refusal
+from labelgrad.rows.label_param import LabelParam
+from labelgrad.rows.wrapped import WrappedOptimizer
 
 __all__ = [
-    "LabelParam",
     "RowsLike",
+    "check_optimizer",
     "checked_rules_state",
     "class_mask",
+    "class_radii",
     "class_values",
+    "owned_device",
     "parse_rows",
 ]
 
 RowsLike = nn.Module | Tensor | Sequence[object]
 """A Linear head, a parameter whose axis 0 is the class axis, or a list of such items and
 ``(param, class_dim)`` pairs."""
-
-
-@dataclass(frozen=True)
-class LabelParam:
-    """A label-owned parameter: its slices along ``class_dim`` belong to the classes in order."""
-
-    param: Tensor
-    class_dim: int
-
-    def per_class(self, values: Tensor) -> Tensor:
-        """Reshape a (C,) vector so that it broadcasts along this parameter's class axis."""
-        shape = [1] * self.param.dim()
-        shape[self.class_dim] = -1
-        out = values.reshape(shape)
-        mesh = getattr(self.param, "device_mesh", None)
-        if mesh is not None and not isinstance(out, type(self.param)):
-            # FSDP2 / DTensor parameter: a replicated DTensor broadcasts against any sharding
-            # of the parameter without communication (each rank uses its own rows).
-            from torch.distributed.tensor import DTensor, Replicate
-
-            out = DTensor.from_local(out, mesh, [Replicate()] * mesh.ndim, run_check=False)
-        return out
 
 
 def _from_item(item: object) -> list[LabelParam]:
@@ -123,6 +105,35 @@ def parse_rows(rows: RowsLike, num_classes: int | None) -> tuple[list[LabelParam
     return params, num_classes if num_classes is not None else sizes.pop()
 
 
+def check_optimizer(optimizer: object) -> None:
+    """Raise unless ``optimizer`` is a torch optimizer that :class:`labelgrad.RowRules` can
+    wrap."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if isinstance(optimizer, WrappedOptimizer):
+        raise TypeError("optimizer is already a RowRules; put all rows in one RowRules")
+    reason = refusal(optimizer)
+    if reason is not None:
+        raise TypeError(f"optimizer: RowRules cannot wrap {type(optimizer).__name__}: {reason}")
+
+
+def owned_device(optimizer: torch.optim.Optimizer, params: list[LabelParam]) -> torch.device:
+    """The one device of ``params``; raise if one is not in ``optimizer`` or devices differ."""
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for lp in params:
+        if id(lp.param) not in owned:
+            raise ValueError(
+                f"rows: a parameter of shape {tuple(lp.param.shape)} is not in the "
+                "optimizer's param_groups"
+            )
+    devices = {lp.param.device for lp in params}
+    if len(devices) != 1:
+        raise ValueError(f"rows: label-owned parameters must share one device, got {devices}")
+    return devices.pop()
+
+
 def class_mask(classes: object, name: str, num_classes: int) -> Tensor:
     """A (C,) bool CPU mask from a set of class indices (``None`` -> all False)."""
     mask = torch.zeros(num_classes, dtype=torch.bool)
@@ -151,6 +162,41 @@ def class_values(value: object, name: str, num_classes: int) -> Tensor | None:
     return exact.clone()
 
 
+def class_radii(value: object, name: str, num_classes: int) -> Tensor | None:
+    """A (C,) float64 CPU vector of per-class radii from a number or a (C,) tensor/sequence:
+    non-negative, ``inf`` allowed (that class is never projected), NaN refused. A scalar is
+    broadcast on purpose ("every class"); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or a (C,) tensor of radii, got bool")
+    if isinstance(value, (int, float)):
+        exact = torch.tensor(float(value), dtype=torch.float64)
+    elif isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+        exact = value.detach().to("cpu", torch.float64)
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        items = list(value)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
+            raise TypeError(f"{name} must be a number or a sequence of numbers")
+        exact = torch.tensor([float(v) for v in items], dtype=torch.float64)
+    else:
+        raise TypeError(
+            f"{name} must be a number or a (C,) tensor of radii, got {type(value).__name__}"
+        )
+    if exact.dim() == 0:
+        exact = exact.expand(num_classes)
+    elif exact.dim() != 1 or exact.numel() != num_classes:
+        raise ValueError(
+            f"{name} must be a number or have shape ({num_classes},) (one radius per class), "
+            f"got shape {tuple(exact.shape)}"
+        )
+    if bool(exact.isnan().any()) or bool((exact < 0).any()):
+        raise ValueError(f"{name} must be non-negative (inf: no limit), got {exact.tolist()}")
+    return exact.clone()
+
+
 def checked_rules_state(
     rules: object, *, optimizer: str, num_classes: int, num_params: int
 ) -> dict[str, Any]:
@@ -176,12 +222,19 @@ def checked_rules_state(
         "present": _saved_mask(rules.get("present"), "present", (num_classes,)),
         "lr_scale": _saved_values(rules.get("lr_scale"), "lr_scale", num_classes),
         "weight_decay": _saved_values(rules.get("weight_decay"), "weight_decay", num_classes),
+        # Saved before 0.3: no max_norm existed.
+        "max_norm": _saved_radii(rules.get("max_norm"), num_classes),
     }
     for key in ("skip_absent", "observed"):
         if not isinstance(rules.get(key), bool):
             raise ValueError(f"state_dict['row_rules'][{key!r}] must be a bool")
         out[key] = rules[key]
     started = rules.get("started")
+    if isinstance(started, Tensor) and started.dim() == 2 and started.shape[0] != num_params:
+        raise ValueError(
+            f"state_dict['row_rules']['started'] was saved for {started.shape[0]} label-owned "
+            f"parameters, this RowRules has {num_params}: build it with the same rows="
+        )
     out["started"] = (
         None if started is None else _saved_mask(started, "started", (num_params, num_classes))
     )
@@ -213,4 +266,23 @@ def _saved_values(value: object, name: str, num_classes: int) -> Tensor | None:
     v = value.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
         raise ValueError(f"state_dict['row_rules'][{name!r}] must be finite and non-negative")
+    return v
+
+
+def _saved_radii(value: object, num_classes: int) -> Tensor | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, Tensor)
+        or not value.is_floating_point()
+        or value.shape != (num_classes,)
+    ):
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            "state_dict['row_rules']['max_norm'] must be a float tensor of shape "
+            f"({num_classes},) or None, got {got}"
+        )
+    v = value.detach().to("cpu", torch.float64)
+    if bool(v.isnan().any()) or bool((v < 0).any()):
+        raise ValueError("state_dict['row_rules']['max_norm'] must be non-negative (inf allowed)")
     return v

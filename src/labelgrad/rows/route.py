@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labelgrad._distributed import CheckedReducer
 from labelgrad._validation import as_class_set
-from labelgrad.rows._families import step_needs_closure
-from labelgrad.rows.rules import present_classes
+from labelgrad.rows.families import step_needs_closure
+from labelgrad.rows.observer import ClassWindow, LabelObserver, ObservesLabels
 from labelgrad.targets import Encoding, TargetsLike
 
 __all__ = ["Router", "route"]
@@ -19,9 +18,12 @@ __all__ = ["Router", "route"]
 _META = "__labelgrad_route__"  # the state-dict key of the router's own entries
 
 
-class Router:
+class Router(ObservesLabels):
     """Optimizers keyed by name, each owning a group of classes; see :func:`route`.
 
+    It is a :class:`labelgrad.rows.observer.LabelObserver`: :meth:`observe` (and so
+    ``step(targets=...)``) passes the targets on to every optimizer it steps that observes labels
+    itself (a :class:`labelgrad.RowRules`, routed or in ``always``).
     It can be stepped through ``torch.amp.GradScaler``: ``scaler.step(router)`` unscales the
     gradients of every optimizer (routed and ``always``), skips the whole step on inf/NaN, and
     otherwise calls :meth:`step` with the targets observed since :meth:`zero_grad`.
@@ -71,8 +73,7 @@ class Router:
         self._membership = torch.zeros(len(names), self.num_classes, dtype=torch.bool)
         for k, name in enumerate(names):
             self._membership[k, self.classes[name]] = True
-        self._present: Tensor | None = None
-        self._present_reducer = CheckedReducer("the present classes of route")
+        self._window = ClassWindow(self.num_classes, what="route")
 
     def _check_disjoint(self) -> None:
         """Classes belong to one group; parameters to one optimizer; observers agree on C."""
@@ -86,11 +87,11 @@ class Router:
                         "each class belongs to one optimizer"
                     )
                 owner[c] = name
-        for name, opt in self.optimizers.items():
-            inner = getattr(opt, "num_classes", None)
-            if callable(getattr(opt, "observe", None)) and inner != self.num_classes:
+        for name, observer in self._observers():
+            inner = getattr(observer, "num_classes", None)
+            if inner != self.num_classes:
                 raise ValueError(
-                    f"groups[{name!r}]: its optimizer observes targets over {inner} classes but "
+                    f"{name}: its optimizer observes targets over {inner} classes but "
                     f"the router has num_classes={self.num_classes}; both must use the same "
                     "class ids"
                 )
@@ -131,36 +132,17 @@ class Router:
         opts = [*self.optimizers.values(), *self.always]
         return [group for opt in opts for group in opt.param_groups]
 
-    def observe(
-        self,
-        targets: TargetsLike,
-        *,
-        class_dim: int = 1,
-        encoding: Encoding | None = None,
-        like: Tensor | None = None,
-        ignore_index: int = -100,
-    ) -> None:
-        """Add the classes with a positive label in ``targets`` to this step's present classes.
+    def _observers(self) -> list[tuple[str, LabelObserver]]:
+        """(name, optimizer) of every routed and ``always`` optimizer that observes labels."""
+        named = [(f"groups[{name!r}]", opt) for name, opt in self.optimizers.items()]
+        named += [(f"always[{k}]", opt) for k, opt in enumerate(self.always)]
+        return [(name, opt) for name, opt in named if isinstance(opt, LabelObserver)]
 
-        Routed optimizers that observe targets themselves (a :class:`labelgrad.RowRules`) observe
-        them too. ``class_dim``, ``encoding``, ``like`` and ``ignore_index`` are passed on to
-        :meth:`labelgrad.Targets.coerce`; the encoding is never guessed from a shape (integer
-        labels with two or more dimensions need ``encoding=`` or ``like=``).
-        """
-        kwargs: dict[str, Any] = {
-            "class_dim": class_dim,
-            "encoding": encoding,
-            "like": like,
-            "ignore_index": ignore_index,
-        }
-        hit = present_classes(targets, self.num_classes, **kwargs)
-        self._present = (
-            hit if self._present is None else self._present | hit.to(self._present.device)
-        )
-        for opt in self.optimizers.values():
-            observe = getattr(opt, "observe", None)
-            if callable(observe):
-                observe(targets, **kwargs)
+    def _observe_more(self, targets: TargetsLike, kwargs: dict[str, Any]) -> None:
+        """Every optimizer this router steps that observes labels itself (a RowRules, routed or
+        ``always``) observes them too."""
+        for _, observer in self._observers():
+            observer.observe(targets, **kwargs)
 
     def step(
         self,
@@ -194,15 +176,14 @@ class Router:
                 like=like,
                 ignore_index=ignore_index,
             )
-        if self._present is None:
+        if not self._window.observed:
             raise RuntimeError(
                 "route needs the batch's targets: call router.observe(targets) or "
                 "router.step(targets=targets)"
             )
-        present = self._present
-        self._present = None
         # Under DDP every rank must step the same optimizers: the union over ranks.
-        present = self._present_reducer.any(present)
+        present = self._window.union_over_ranks()
+        self._window.clear()
         # The one host read per step.
         hits = (self._membership.to(present.device) & present).any(dim=1).tolist()
         loss = None
@@ -216,9 +197,8 @@ class Router:
                 opt.step()
             else:
                 # The window of an optimizer that observes closes here as well.
-                clear = getattr(opt, "clear_observed", None)
-                if callable(clear):
-                    clear()
+                if isinstance(opt, LabelObserver):
+                    opt.clear_observed()
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -226,7 +206,7 @@ class Router:
         that ``GradScaler`` skipped must not carry its batch's classes into the next one)."""
         for opt in [*self.optimizers.values(), *self.always]:
             opt.zero_grad(set_to_none=set_to_none)
-        self._present = None
+        self._window.clear()
 
     def state_dict(self) -> dict[str, Any]:
         """name -> that optimizer's state dict, and the ``always`` optimizers' state dicts and

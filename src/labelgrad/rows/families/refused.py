@@ -1,55 +1,14 @@
-"""What labelgrad knows about the torch optimizers it wraps: how they apply weight decay, and which
-ones it cannot wrap."""
+"""The optimizers :class:`labelgrad.RowRules` refuses to wrap, and why."""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
 
 import torch
 
-__all__ = ["LR_LINEAR", "decay_kind", "refusal", "step_needs_closure"]
+__all__ = ["refusal", "step_needs_closure"]
 
-# Optimizers whose update is lr times a quantity that does not depend on lr (state included), so
-# that scaling the update by s equals stepping with lr * s. ASGD, Rprop and LBFGS are not.
-LR_LINEAR: tuple[type[torch.optim.Optimizer], ...] = (
-    torch.optim.SGD,
-    torch.optim.Adam,
-    torch.optim.AdamW,
-    torch.optim.Adamax,
-    torch.optim.NAdam,
-    torch.optim.RAdam,
-    torch.optim.RMSprop,
-    torch.optim.Adagrad,
-    torch.optim.Adadelta,
-    torch.optim.SparseAdam,
-)
-
-# Optimizers that add weight_decay * param to the gradient (L2), unless the group says
-# decoupled_weight_decay=True (AdamW; Adam, NAdam, RAdam with that flag).
-_COUPLED: tuple[type[torch.optim.Optimizer], ...] = (
-    torch.optim.SGD,
-    torch.optim.Adam,
-    torch.optim.Adamax,
-    torch.optim.NAdam,
-    torch.optim.RAdam,
-    torch.optim.RMSprop,
-    torch.optim.Adagrad,
-    torch.optim.Adadelta,
-    torch.optim.ASGD,
-)
-
-
-def decay_kind(
-    optimizer: torch.optim.Optimizer, group: dict[str, Any]
-) -> Literal["coupled", "decoupled"] | None:
-    """``"coupled"`` (L2 added to the gradient), ``"decoupled"`` (param *= 1 - lr * wd), or None
-    where labelgrad does not know how ``optimizer`` applies weight decay."""
-    if isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay", False):
-        return "decoupled"
-    if isinstance(optimizer, _COUPLED):
-        return "coupled"
-    return None
+_ADAFACTOR = "its second moment of a matrix is factored into row and column statistics"
 
 
 def refusal(optimizer: torch.optim.Optimizer) -> str | None:
@@ -59,6 +18,11 @@ def refusal(optimizer: torch.optim.Optimizer) -> str | None:
     times per step), and optimizers that couple the rows of a parameter, so that no row can be
     treated as its own parameter: Muon orthogonalises the whole matrix update, Adafactor
     factors the second moment of a matrix into row and column statistics.
+
+    Example:
+        >>> import torch
+        >>> refusal(torch.optim.SGD([torch.zeros(1)], lr=0.1)) is None
+        True
     """
     if step_needs_closure(optimizer):
         return (
@@ -74,9 +38,6 @@ def refusal(optimizer: torch.optim.Optimizer) -> str | None:
                 "optimizer (e.g. AdamW) and wrap that one"
             )
     return None
-
-
-_ADAFACTOR = "its second moment of a matrix is factored into row and column statistics"
 
 
 def step_needs_closure(optimizer: torch.optim.Optimizer) -> bool:

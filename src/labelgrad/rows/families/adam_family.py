@@ -1,11 +1,12 @@
-"""Adam, AdamW and SGD on label-owned parameters, with per-row coefficients.
+"""Adam and AdamW: what labelgrad knows about them, and their fast kernel on label-owned rows.
 
 The snapshot path copies the parameter and its two moment tensors every step; for the most common
 optimizers that is most of the cost. Here the update is applied directly with a per-row learning
 rate, decay and moment coefficients that are exactly 0 (or 1) for rows that do not move, so that
 those rows and their moments keep their bits, at about the cost of the optimizer itself. The state
 layout is torch's (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``), so checkpoints move
-freely between this path, the snapshot path and a plain optimizer.
+freely between this path, the snapshot path and a plain optimizer. Adam's initial state is zeros,
+which resting rows keep: no fresh-row rule.
 """
 
 from __future__ import annotations
@@ -16,32 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labelgrad.rows._spec import LabelParam
+from labelgrad.rows.families.family import Family, plain_dense
+from labelgrad.rows.label_param import LabelParam
 
-__all__ = [
-    "RowCoefficients",
-    "SGDRows",
-    "adam_step",
-    "coefficients",
-    "sgd_rows",
-    "sgd_step",
-    "supports",
-]
-
-
-def supports(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor) -> bool:
-    """True where :func:`adam_step` (Adam, AdamW) or :func:`sgd_step` (SGD) reproduces
-    ``optimizer`` on ``param``."""
-    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
-        return False
-    grad = param.grad
-    return not (
-        group.get("capturable", False)
-        or group.get("differentiable", False)
-        or param.is_complex()
-        or grad is None
-        or grad.is_sparse
-    )
+__all__ = ["FAMILIES", "AdamKernel", "RowCoefficients", "adam_step", "coefficients"]
 
 
 def _init_state(group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> None:
@@ -80,9 +59,10 @@ def coefficients(
         return RowCoefficients(None, lr_scale, None, None)
     move_f = moving.to(dtype)
     row_lr = move_f if lr_scale is None else lr_scale * move_f
-    return RowCoefficients(
-        moving, row_lr, move_f * (1 - beta1), torch.where(moving, beta2, 1.0).to(dtype)
-    )
+    # beta2 as a 0-d tensor of ``dtype``: a Python float would make the result float32 and
+    # round beta2 there (a float64 second moment would then drift from torch's own).
+    beta2_rows = torch.where(moving, torch.tensor(beta2, dtype=dtype), 1.0)
+    return RowCoefficients(moving, row_lr, move_f * (1 - beta1), beta2_rows)
 
 
 def _adam_grad(
@@ -225,86 +205,39 @@ def adam_step(
     _apply_update(param, state["exp_avg"], second, group, lp, coef, corrections)
 
 
-@dataclass
-class SGDRows:
-    """The per-row factors of one SGD step for the tensors of one group and dtype."""
+class AdamKernel:
+    """The fast kernel of Adam and AdamW (see :class:`labelgrad.rows.families.FastKernel`)."""
 
-    moving: Tensor | None  # bool: rows that move
-    row_lr: Tensor | None  # lr_scale[c] for moving rows, 0 for resting ones
-    keep: Tensor | None  # buffer factor: momentum (moved before), 0 (first move), 1 (resting)
-    damp: Tensor | None  # gradient factor: 1 - dampening, 1 (first move), 0 (resting)
+    def supports(self, group: dict[str, Any], param: Tensor) -> bool:
+        """Any dense real parameter outside capturable/differentiable groups."""
+        return plain_dense(group, param)
 
+    def coefficients(
+        self,
+        group: dict[str, Any],
+        dtype: torch.dtype,
+        moving: Tensor | None,
+        lr_scale: Tensor | None,
+        fresh: Tensor | None,
+    ) -> RowCoefficients:
+        """See :func:`coefficients` (Adam has no fresh-row rule: ``fresh`` is unused)."""
+        return coefficients(group, dtype, moving, lr_scale)
 
-def sgd_rows(
-    group: dict[str, Any],
-    dtype: torch.dtype,
-    moving: Tensor | None,
-    lr_scale: Tensor | None,
-    fresh: Tensor | None = None,
-) -> SGDRows:
-    """The factors of :func:`sgd_step` (``lr_scale`` already in ``dtype``)."""
-    row_lr = lr_scale
-    if moving is not None:
-        move_f = moving.to(dtype)
-        row_lr = move_f if lr_scale is None else lr_scale * move_f
-    keep = damp = None
-    mask = moving if moving is not None else fresh
-    if group["momentum"] != 0 and mask is not None:
-        keep = torch.full(mask.shape, group["momentum"], dtype=dtype, device=mask.device)
-        damp = torch.full_like(keep, 1 - group["dampening"])
-        if fresh is not None:
-            keep = keep.masked_fill(fresh, 0.0)
-            damp = damp.masked_fill(fresh, 1.0)
-        if moving is not None:
-            resting = ~moving
-            keep = keep.masked_fill(resting, 1.0)
-            damp = damp.masked_fill(resting, 0.0)
-    return SGDRows(moving, row_lr, keep, damp)
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        group: dict[str, Any],
+        lp: LabelParam,
+        coef: RowCoefficients,
+        *,
+        weight_decay: Tensor | None,
+        lr_scale: Tensor | None,
+    ) -> None:
+        """See :func:`adam_step`."""
+        adam_step(optimizer, group, lp, coef, weight_decay=weight_decay)
 
 
-def sgd_step(
-    group: dict[str, Any],
-    state: dict[str, Any],
-    lp: LabelParam,
-    rows_: SGDRows,
-    *,
-    weight_decay: Tensor | None,
-    lr_scale: Tensor | None,
-) -> None:
-    """One SGD step (momentum, dampening, Nesterov, maximize) of ``lp.param`` with per-row
-    factors, in about one pass per state tensor.
-
-    ``row_lr`` is ``lr_scale[c]`` for moving rows and 0 for resting ones (None: 1 everywhere).
-    A resting row sees a zero gradient, keeps its buffer (factor 1) and moves by ``0 * update``;
-    a row moving for the first time (``fresh``, or every row when the buffer does not exist
-    yet) gets the buffer torch gives a new parameter: its gradient, without dampening.
-    """
-    param = lp.param.detach()
-    grad = lp.param.grad
-    assert grad is not None
-    rows = lp.per_class
-    lr, momentum = group["lr"], group["momentum"]
-    g = -grad if group["maximize"] else grad
-    if weight_decay is not None:
-        g = g.addcmul(param, rows(weight_decay.to(param.dtype)))
-    elif group["weight_decay"] != 0:
-        g = g.add(param, alpha=group["weight_decay"])
-    if rows_.moving is not None:
-        g = torch.where(rows(rows_.moving), g, 0.0)
-    update = g
-    if momentum != 0:
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            # A new buffer: every row's first move (zeros, then factor 0 on them).
-            buf = state["momentum_buffer"] = torch.zeros_like(param)
-            every = torch.ones(param.shape[lp.class_dim], dtype=torch.bool, device=param.device)
-            rows_ = sgd_rows(group, param.dtype, rows_.moving, lr_scale, fresh=every)
-        if rows_.keep is None or rows_.damp is None:
-            buf.mul_(momentum).add_(g, alpha=1 - group["dampening"])
-        else:
-            buf.mul_(rows(rows_.keep)).addcmul_(g, rows(rows_.damp))
-        update = g.add(buf, alpha=momentum) if group["nesterov"] else buf
-    if rows_.row_lr is None:
-        param.add_(update, alpha=-lr)
-    else:
-        param.addcmul_(update, rows(rows_.row_lr * -lr))
+FAMILIES: dict[type[torch.optim.Optimizer], Family] = {
+    torch.optim.Adam: Family(decay="coupled", linear_in_lr=True, fast=AdamKernel()),
+    torch.optim.AdamW: Family(decay="decoupled", linear_in_lr=True, fast=AdamKernel()),
+}

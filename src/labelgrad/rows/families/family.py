@@ -1,0 +1,131 @@
+"""The record of what :class:`labelgrad.RowRules` knows about one optimizer family.
+
+Everything about one family lives in one module of :mod:`labelgrad.rows.families` (as torch keeps
+everything about Adam in ``torch/optim/adam.py``) and is described by one :class:`Family`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from labelgrad.rows.label_param import LabelParam
+
+__all__ = ["DecayKind", "Family", "FastKernel", "FreshRule", "plain_dense", "zero_initial"]
+
+DecayKind = Literal["coupled", "decoupled"]
+Group = dict[str, Any]
+
+
+def zero_initial(group: Group, key: str) -> float | Tensor | None:
+    """The initial value of every state tensor of most torch optimizers (moments, averages)."""
+    return 0.0
+
+
+@dataclass(frozen=True)
+class FreshRule:
+    """What a row that starts moving late needs beyond the state it kept while resting.
+
+    Attributes:
+        applies: whether the rule is needed for a param group (SGD: only with momentum).
+        first_step: where the first update of a new parameter is not the optimizer's recurrence
+            applied to its initial state (SGD's momentum buffer starts as the gradient):
+            ``first_step(group, param, grad) -> (new_param, {state_key: new_state})``, a copy
+            computed with torch's own update. None where the initial state suffices (Rprop).
+    """
+
+    applies: Callable[[Group], bool]
+    first_step: Callable[[Group, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]] | None = None
+
+
+class FastKernel(Protocol):
+    """labelgrad's own step of a label-owned tensor with per-row coefficients: the update of the
+    optimizer, with resting rows (factor 0 or 1) that keep their bits, state included."""
+
+    def supports(self, group: Group, param: Tensor) -> bool:
+        """Whether the kernel reproduces the optimizer on ``param`` in ``group``."""
+        ...
+
+    def coefficients(
+        self,
+        group: Group,
+        dtype: torch.dtype,
+        moving: Tensor | None,
+        lr_scale: Tensor | None,
+        fresh: Tensor | None,
+    ) -> Any:
+        """The per-row factors of one step (shared by the tensors of one group and dtype)."""
+        ...
+
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        group: Group,
+        lp: LabelParam,
+        coef: Any,
+        *,
+        weight_decay: Tensor | None,
+        lr_scale: Tensor | None,
+    ) -> None:
+        """Step ``lp.param`` and its state in ``optimizer.state`` in place."""
+        ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """What :class:`labelgrad.RowRules` needs to know about one optimizer type.
+
+    Attributes:
+        decay: how the optimizer applies ``weight_decay`` (``"coupled"``: L2 added to the
+            gradient, ``"decoupled"``: ``param *= 1 - lr * wd``), None where unknown (per-class
+            weight decay is then refused). A group with ``decoupled_weight_decay=True`` is
+            decoupled whatever this says.
+        linear_in_lr: the update is lr times a quantity that does not depend on lr (state
+            included), so that scaling the update by s equals stepping with lr * s.
+        initial_state: the value torch gives state ``key`` of a new parameter, or None for
+            state created from the first gradient (see :class:`FreshRule`).
+        fresh: the rule for rows that start moving late, where the resting state is not enough.
+        fast: labelgrad's own kernel for the label-owned tensors, or None (snapshot path). It is
+            used for this exact type only, never for a subclass (which may change ``step``).
+
+    Example:
+        >>> import torch
+        >>> from labelgrad.rows.families import family_of
+        >>> family_of(torch.optim.AdamW([torch.zeros(1)])).decay
+        'decoupled'
+    """
+
+    decay: DecayKind | None = None
+    linear_in_lr: bool = False
+    initial_state: Callable[[Group, str], float | Tensor | None] = zero_initial
+    fresh: FreshRule | None = None
+    fast: FastKernel | None = None
+
+    def tracks_fresh(self, group: Group) -> bool:
+        """True where a row's first move needs more than the state it kept while resting."""
+        return self.fresh is not None and self.fresh.applies(group)
+
+    def needs_first_step(self, group: Group) -> bool:
+        """True where a row's first update is not the recurrence on its initial state."""
+        return (
+            self.tracks_fresh(group)
+            and self.fresh is not None
+            and self.fresh.first_step is not None
+        )
+
+
+def plain_dense(group: Group, param: Tensor) -> bool:
+    """The conditions every fast kernel needs: a real dense gradient, no capturable or
+    differentiable group (their updates are written for CUDA graphs and autograd)."""
+    grad = param.grad
+    return not (
+        group.get("capturable", False)
+        or group.get("differentiable", False)
+        or param.is_complex()
+        or grad is None
+        or grad.is_sparse
+    )
