@@ -9,8 +9,6 @@ them, so a result of one is a result of the others' recipe. The metrics are in
 
 from __future__ import annotations
 
-import copy
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +35,6 @@ __all__ = [
     "multilabel_step",
     "one_vs_all_bce",
     "tail_lr_scale",
-    "tau_normalized",
     "weight_balancing_stage2",
 ]
 
@@ -252,13 +249,10 @@ def max_norm_rows(
     *,
     weight_decay: float,
     max_norm: float,
-) -> Any:
+) -> lg.RowRules:
     """``optimizer`` wrapped so that every head row decays by ``weight_decay`` and its weight row
-    is projected onto the ball of radius ``max_norm`` after each step (per-class MaxNorm).
-
-    The public form is ``lg.RowRules(optimizer, rows=head, weight_decay=..., max_norm=...)``;
-    where the installed labelgrad's ``RowRules`` has no ``max_norm`` yet, the projection is
-    applied here after ``RowRules``' step (weight rows only, rows inside the ball untouched).
+    is projected onto the ball of radius ``max_norm`` after each step (per-class MaxNorm):
+    ``lg.RowRules(optimizer, rows=head, weight_decay=..., max_norm=...)``.
 
     Example:
         >>> head = nn.Linear(2, 2)
@@ -269,27 +263,7 @@ def max_norm_rows(
         True
     """
     decay = torch.full((head.out_features,), float(weight_decay), device=head.weight.device)
-    if "max_norm" in inspect.signature(lg.RowRules).parameters:
-        rules: Any = lg.RowRules  # typed without max_norm until it lands
-        return rules(optimizer, rows=head, weight_decay=decay, max_norm=max_norm)
-    return _MaxNorm(lg.RowRules(optimizer, rows=head, weight_decay=decay), head, max_norm)
-
-
-class _MaxNorm:
-    """A stand-in for ``RowRules(max_norm=...)``: step, then project the weight rows."""
-
-    def __init__(self, optimizer: Any, head: nn.Linear, radius: float) -> None:
-        self.optimizer, self.head, self.radius = optimizer, head, float(radius)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def step(self, **kwargs: Any) -> None:
-        self.optimizer.step(**kwargs)
-        with torch.no_grad():
-            w = self.head.weight
-            norms = w.norm(dim=1, keepdim=True)
-            w.mul_((self.radius / norms.clamp(min=self.radius)).clamp(max=1.0))
+    return lg.RowRules(optimizer, rows=head, weight_decay=decay, max_norm=max_norm)
 
 
 def weight_balancing_stage2(
@@ -337,24 +311,6 @@ def weight_balancing_stage2(
     base = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
     opt = max_norm_rows(base, head, weight_decay=weight_decay, max_norm=max_norm)
     return Recipe(f"weight_balancing/{loss}", policy.to(dev), opt, F.cross_entropy)
-
-
-def tau_normalized(head: nn.Linear, tau: float) -> nn.Linear:
-    """A copy of ``head`` with weight row c divided by its norm to the power ``tau`` (Kang et al.,
-    ICLR 2020, "Decoupling representation and classifier"); bias entries kept.
-
-    Example:
-        >>> head = nn.Linear(2, 2)
-        >>> with torch.no_grad():
-        ...     _ = head.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 2.0]]))
-        >>> tau_normalized(head, 1.0).weight.norm(dim=1).tolist()
-        [1.0, 1.0]
-    """
-    out = copy.deepcopy(head)
-    with torch.no_grad():
-        norms = out.weight.norm(dim=1, keepdim=True).clamp(min=torch.finfo(out.weight.dtype).tiny)
-        out.weight.div_(norms**tau)
-    return out
 
 
 def multilabel_step(

@@ -12,13 +12,14 @@ per task, batch size, memory) for every method:
   drawn from the memory;
 - ``er_ace``: ER with the labels trick on the current batch (ER-ACE, Caccia et al. 2022; the
   labels trick, Zeno et al. 2018): the incoming batch trains a softmax over the classes present
-  in it only (the :class:`LabelsTrick` policy at its logits), the replayed batch plain
+  in it only (the :func:`labelgrad.labels_trick` policy at its logits), the replayed batch plain
   cross-entropy over every class;
 - ``agem``: A-GEM: the current batch's gradient projected against the replayed batch's
   (``lg.project_replay``).
 
 Each with two labelgrad additions: ``+wa``, weight aligning (Zhao et al., CVPR 2020: after each
-task the new classes' head rows are rescaled to the old rows' mean norm), and ``+frozen``, the
+task the new classes' head rows are rescaled to the old rows' mean norm,
+:func:`labelgrad.rows.align_weights`), and ``+frozen``, the
 old classes' head rows frozen while a new task trains (``lg.RowRules(frozen=...)``). ``joint``
 trains on every task at once for as many epochs (so as many optimizer steps as the sequence):
 the ceiling.
@@ -48,15 +49,7 @@ import labelgrad as lg
 from labelgrad.app.datasets import digits_lt
 from labelgrad.app.training import MLP, epoch_batches
 
-__all__ = [
-    "INCREMENTAL_METHODS",
-    "TASKS",
-    "LabelsTrick",
-    "Reservoir",
-    "forgetting",
-    "incremental_run",
-    "weight_align",
-]
+__all__ = ["INCREMENTAL_METHODS", "TASKS", "Reservoir", "forgetting", "incremental_run"]
 
 _BASES = ("fine_tuning", "er", "er_ace", "agem")
 INCREMENTAL_METHODS = (
@@ -72,40 +65,6 @@ BATCH = 32
 
 def _task_mask(y: Tensor, classes: tuple[int, ...]) -> Tensor:
     return torch.isin(y, torch.tensor(classes, device=y.device))
-
-
-class LabelsTrick(lg.Policy):
-    """Softmax cross-entropy over the classes present in the batch only (the labels trick).
-
-    Replaces the gradient of ``F.cross_entropy`` (class-index targets) by that of cross-entropy
-    on the logits with every class absent from the batch's targets removed from the softmax
-    (ER-ACE's asymmetric loss on the incoming data, Caccia et al. 2022), at the same per-sample
-    scale (read from the incoming gradient, as :func:`labelgrad.logit_adjust` does): absent
-    classes get exactly zero gradient, and the present ones softmax(z | present) - y.
-
-    Example:
-        >>> import torch.nn.functional as F
-        >>> z = torch.zeros(2, 4, requires_grad=True)
-        >>> y = torch.tensor([0, 1])
-        >>> F.cross_entropy(LabelsTrick()(z, y), y).backward()
-        >>> z.grad.tolist()  # softmax over classes {0, 1} only, / N
-        [[-0.25, 0.25, 0.0, 0.0], [0.25, -0.25, 0.0, 0.0]]
-    """
-
-    reads_logits = True
-
-    def transform(self, grad: Tensor, ctx: lg.GradContext) -> Tensor:
-        t = ctx.require_targets(self)
-        z, q = ctx.require_logits(self).to(grad.dtype), t.values.to(grad.dtype)
-        # CE's gradient is s (softmax(z) - q) per row: read s where the target is 0.
-        free = q == 0
-        num = torch.where(free, grad, 0.0).sum(-1, keepdim=True)
-        den = torch.where(free, torch.softmax(z, -1), 0.0).sum(-1, keepdim=True)
-        scale = torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), 0.0)
-        present = t.positive.flatten(0, -2).any(0)  # (C,): no host sync
-        out = scale * (torch.softmax(z.masked_fill(~present, float("-inf")), -1) - q)
-        ok = torch.isfinite(grad).all(-1, keepdim=True)  # non-finite gradients pass through
-        return torch.where(ok, out, grad)
 
 
 class Reservoir:
@@ -152,23 +111,6 @@ class Reservoir:
         """``n`` stored images drawn without replacement (all of them when fewer are stored)."""
         idx = torch.randperm(len(self), generator=self._gen)[:n]
         return self.x[idx], self.y[idx]
-
-
-def weight_align(head: torch.nn.Linear, old: list[int], new: list[int]) -> None:
-    """Weight aligning (Zhao et al., CVPR 2020): scale the new classes' weight rows so that their
-    mean norm equals the old classes' (bias entries untouched).
-
-    Example:
-        >>> head = torch.nn.Linear(2, 2, bias=False)
-        >>> with torch.no_grad():
-        ...     _ = head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
-        >>> weight_align(head, [0], [1]); head.weight.tolist()
-        [[1.0, 0.0], [0.0, 1.0]]
-    """
-    with torch.no_grad():
-        norms = head.weight.norm(dim=1)
-        gamma = norms[old].mean() / norms[new].mean().clamp(min=torch.finfo(norms.dtype).tiny)
-        head.weight[new] *= gamma
 
 
 def forgetting(acc: Tensor) -> Tensor:
@@ -231,7 +173,7 @@ def incremental_run(
             "learning_acc": math.nan,
         }
     base, _, variant = method.partition("+")
-    gate = LabelsTrick() if base == "er_ace" else None
+    gate = lg.labels_trick() if base == "er_ace" else None
     memory = Reservoir(memory_per_class * ds.num_classes, ds.num_features, seed=seed)
     acc = torch.zeros(len(TASKS), len(TASKS), dtype=torch.float64)  # [after task, on task]
     for t, classes in enumerate(TASKS):
@@ -260,7 +202,7 @@ def incremental_run(
                 opt.step()
                 memory.add(x[idx], y[idx])
         if variant == "wa" and old:
-            weight_align(model.head, old, list(classes))
+            lg.rows.align_weights(model.head, list(classes), old, inplace=True)
         acc[t, : t + 1] = _task_accuracy(model, xt, yt, t + 1)
     return {
         "average_acc": float(acc[-1].mean()),

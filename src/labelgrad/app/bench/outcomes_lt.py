@@ -36,16 +36,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import labelgrad as lg
 from labelgrad.app import datasets
 from labelgrad.app.bench.outcomes_setup import Sizes, SmallCNN
 from labelgrad.app.datafiles import read_idx
 from labelgrad.app.datasets import MissingSourceError, digits_lt, long_tail_counts
 from labelgrad.app.metrics import per_class_recall, shot_group_accuracy
-from labelgrad.app.recipes import (
-    long_tail_recipe,
-    tau_normalized,
-    weight_balancing_stage2,
-)
+from labelgrad.app.recipes import long_tail_recipe, weight_balancing_stage2
 from labelgrad.app.training import epoch_batches
 
 __all__ = ["LT_PROTOCOL_METHODS", "LTData", "LongTailRun", "lt_data", "run_long_tail"]
@@ -351,7 +348,7 @@ class _Runner:
         net, fit = self.trained("plain_ce", wd, None, seed)
         assert knob is not None
         if method == "tau_norm":
-            head = tau_normalized(net.head, knob)
+            head = lg.rows.tau_normalize(net.head, knob)
             return (lambda x: head(net.trunk(x))), fit, None
         loss = "class_balanced" if method == "weight_balancing" else "logit_adjust"
         data = self.seed_data(seed)

@@ -223,10 +223,11 @@ def _md_goals(g: dict[str, Any]) -> list[str]:
         if key in g:
             b = g[key]
             miss = b["need_points"] - b["gain_points"]
-            by = f" (missed by {miss:.1f} points)" if not b["met"] else ""
+            digits = 2 if abs(b["gain_points"]) < 0.05 or 0 < miss < 0.05 else 1
+            by = f" (missed by {miss:.{digits}f} points)" if not b["met"] else ""
             lines.append(
-                f"- {b['goal']}: best is `{b['best_method']}` at {b['gain_points']:+.1f} points "
-                f"— {_met(b)}{by}."
+                f"- {b['goal']}: best is `{b['best_method']}` at {b['gain_points']:+.{digits}f} "
+                f"points — {_met(b)}{by}."
             )
     if "partial" in g:
         lines.append(_best_line(g["partial"]))
