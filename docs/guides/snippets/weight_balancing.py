@@ -36,7 +36,7 @@ def balanced_accuracy(model):
     return torch.stack(recall).mean()
 
 
-def train(model, opt, steps, policy=None, loss=F.cross_entropy, radius=None):
+def train(model, opt, steps, policy=None, loss=F.cross_entropy):
     for _ in range(steps):
         logits = model(x)
         if policy is not None:
@@ -44,10 +44,6 @@ def train(model, opt, steps, policy=None, loss=F.cross_entropy, radius=None):
         opt.zero_grad()
         loss(logits, y).backward()
         opt.step()
-        if radius is not None:  # per-class MaxNorm: each weight row onto the ball (0.3:
-            head = model[-1]  # lg.RowRules(..., max_norm=radius) does this projection)
-            with torch.no_grad():
-                head.weight.copy_(torch.renorm(head.weight, 2, 0, radius))
 
 
 def stage1(weight_decay, loss=F.cross_entropy):
@@ -64,13 +60,15 @@ def stage2(trained, policy, weight_decay=0.5, radius_factor=0.75):
     head = model[-1]
     radius = radius_factor * float(head.weight.detach().norm(dim=1).mean())
     # A separate optimizer for the head only: the trunk is frozen. RowRules gives
-    # every row its weight decay (the same here; a (C,) vector may differ per class).
+    # every row its weight decay (the same here; a (C,) vector may differ per class)
+    # and projects each weight row back onto the ball of radius max_norm (MaxNorm).
     opt = lg.RowRules(
         torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=0.0),
         rows=head,
         weight_decay=torch.full((C,), weight_decay),
+        max_norm=radius,
     )
-    train(model, opt, 100, policy=policy, radius=radius)
+    train(model, opt, 100, policy=policy)
     return model
 
 
