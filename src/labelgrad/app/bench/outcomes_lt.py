@@ -10,18 +10,20 @@ Protocol (the same for every method):
 - Plateau: after every epoch the validation balanced accuracy is measured; training stops when
   it has not improved for ``patience`` epochs (or at ``max_epochs``), and the weights of the
   best validation epoch are kept. The same rule ends stage 2 of weight balancing.
-- Tuning: each method's grid (at most 9 configurations: 3 weight decays x 3 values of the
-  method's own knob) is scored on seed 0's validation split; the best configuration is then
-  trained with every seed. The test set is never read for a choice.
+- Tuning: one coordinate search for every method, scored on seed 0's validation split: the 3
+  weight decays at the middle value of the method's own knob, then the knob's 2 other values at
+  the best weight decay (5 configurations; 3 for ``plain_ce``, which has no knob). The best
+  configuration is then trained with every seed. The test set is never read for a choice.
 
-Methods: ``plain_ce`` (grid: weight decay), ``logit_adjusted`` (the literature's reference, the
-logit-adjusted loss; weight decay x tau), ``logit_adjust+row_rules`` (the ``logit_adjust``
-gradient with tail rows stepping faster; weight decay x the power of the row step scale, tau
-the reference's choice), ``tau_norm`` (post-hoc weight-row normalisation of the plain run;
-weight decay x tau-norm), ``weight_balancing`` (stage 1 = the plain run, stage 2 = the head
-retrained with class-balanced cross-entropy, per-row weight decay and MaxNorm; weight decay x
-MaxNorm radius) and ``weight_balancing+logit_adjust`` (the same stage 2 with the logit-adjusted
-gradient instead of class weights, tau the reference's choice).
+Methods (knob): ``plain_ce`` (none), ``logit_adjusted`` (the literature's reference, the
+logit-adjusted loss; tau), ``tau_norm`` (post-hoc tau-normalisation of the plain run's head,
+:func:`labelgrad.rows.tau_normalize`; its power), ``weight_balancing`` (stage 1 = the plain run,
+stage 2 = the head retrained on the frozen trunk's features with class-balanced cross-entropy,
+per-row weight decay and MaxNorm through :class:`labelgrad.RowRules`; the MaxNorm radius) and
+``weight_balancing+logit_adjust`` (the same stage 2 with the ``lg.logit_adjust`` gradient
+instead of class weights, tau the reference's choice; the radius). ``logit_adjust+row_rules``
+(tail rows stepping faster; the power of the row step scale) can be tuned the same way but is
+not in :data:`LT_PROTOCOL_METHODS`.
 """
 
 from __future__ import annotations
@@ -316,7 +318,7 @@ class _Runner:
 
     def __init__(
         self, imbalance: float, sizes: Sizes, dev: torch.device, tick: Callable[[str], None]
-    ):
+    ) -> None:
         self.imbalance, self.sizes, self.dev, self.tick = imbalance, sizes, dev, tick
         self.data: dict[int, LTData] = {}
         self.full: dict[tuple[str, float, float | None, float, int], tuple[SmallCNN, Fit]] = {}
