@@ -32,8 +32,9 @@ __all__ = [
 ]
 
 LT_METHODS = LONG_TAIL_METHODS
-"""Long-tail methods. ``plain_ce`` and ``plain_sigmoid`` are the baselines of the softmax and the
-sigmoid methods; ``logit_adjusted`` is the literature's reference (not a labelgrad recipe)."""
+"""Every single-stage long-tail recipe (shared with the demo and ``train``). The long-tail
+experiment runs :data:`labelgrad.app.bench.outcomes_lt.LT_PROTOCOL_METHODS`, which adds the
+two-stage and post-hoc methods."""
 
 LABELGRAD_LT = (
     "class_weights",
