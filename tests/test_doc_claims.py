@@ -21,7 +21,6 @@ MARKER = re.compile(r"<!-- recommendation: (\w+) -->\n(.+?)(?:\n\n|\Z)", re.S)
 
 # The single-label recipes of the outcomes benchmark that are not labelgrad recipes.
 BASELINES = {"plain_ce", "plain_sigmoid"}
-REFERENCE = {"logit_adjusted"}  # the literature's loss, what logit_adjust reproduces
 
 
 def _recommendations() -> dict[str, tuple[str, str]]:
@@ -49,21 +48,29 @@ def test_every_page_recommends_the_same_recipe() -> None:
             assert not re.search(r"\d+\.\d+ ?%", text), f"{page}: no figures, link them"
 
 
-def test_the_recommendation_is_the_best_measured_recipe() -> None:
-    """The recommended recipe has the best mean balanced accuracy of the labelgrad recipes in
-    every long-tail experiment of the published run (docs/results/outcomes.json)."""
+def test_the_recommendation_is_within_the_spread_of_the_best_measured_recipe() -> None:
+    """In every long-tail experiment of the published run (docs/results/outcomes.json), no
+    measured method beats the recommended recipe by more than the seed spread: a lead smaller
+    than one standard deviation is not called a gain (issue 23). The recipe's row is its own, or
+    the reference loss it reproduces exactly (``logit_adjust`` returns the gradient of the
+    logit-adjusted loss)."""
     (name,) = {name for name, _ in _recommendations().values()}
     records = json.loads((ROOT / "docs/results/outcomes.json").read_text())["records"]
     experiments = {r["experiment"] for r in records if "balanced_acc" in r}
     assert experiments
+    same = {"logit_adjust": "logit_adjusted"}.get(name)
     for exp in experiments:
-        means = {
-            r["method"]: r["balanced_acc"]["mean"]
+        acc = {
+            r["method"]: r["balanced_acc"]
             for r in records
-            if r["experiment"] == exp and r["method"] not in BASELINES | REFERENCE
+            if r["experiment"] == exp and r["method"] not in BASELINES
         }
-        best = max(means, key=means.__getitem__)
-        assert best == name, f"{exp}: the best measured recipe is {best}, the pages say {name}"
+        rec = acc.get(name) or acc.get(same or name)
+        assert rec is not None, f"{exp}: no measurement of the recommended {name}"
+        best = max(acc, key=lambda m: acc[m]["mean"])
+        lead = acc[best]["mean"] - rec["mean"]
+        spread = max(acc[best]["std"], rec["std"])
+        assert lead <= spread, f"{exp}: {best} leads {name} by {lead:.2f} > spread {spread:.2f}"
 
 
 def _quiet_table() -> dict[str, list[str]]:

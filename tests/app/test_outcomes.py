@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,9 +16,9 @@ import torch
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 from labelgrad.app.bench.incremental import INCREMENTAL_METHODS  # noqa: E402
+from labelgrad.app.bench.outcomes_lt import LT_PROTOCOL_METHODS  # noqa: E402
 from labelgrad.app.bench.outcomes_setup import (  # noqa: E402
     CI_EXPERIMENT,
-    LT_METHODS,
     PARTIAL_METHODS,
     SIZES,
     OutcomesResult,
@@ -154,34 +155,59 @@ def test_goals_take_the_best_partial_recipe_and_the_least_forgetting() -> None:
     assert g["incremental"]["met"] is True
 
 
-def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
+def test_bench_outcomes_quick_writes_every_output(tmp_path: Path) -> None:
+    """``--quick`` runs the full pipeline (digits-LT, few epochs) and writes every output."""
     out = tmp_path / "outcomes"
-    argv = ["bench", "--outcomes", "--outcomes-size", "tiny", "--quiet", "--out", str(out)]
+    argv = ["bench", "--outcomes", "--quick", "--quiet", "--out", str(out)]
     assert main(argv) == 0
-    sizes = SIZES["tiny"]
+    sizes = SIZES["quick"]
     with open(out / "outcomes.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     methods = {(r["experiment"], r["method"]) for r in rows}
-    for m in LT_METHODS:
+    for m in LT_PROTOCOL_METHODS:
         assert ("digits-LT IF=100", m) in methods and ("digits-LT IF=10", m) in methods
     for m in PARTIAL_METHODS:
         assert ("Yeast, 50% hidden", m) in methods
     for m in sizes.agg_methods:
         assert ("Yeast, label aggregation", m) in methods
-    assert all(int(r["seeds"]) == sizes.seeds for r in rows)
+    for r in rows:
+        want = sizes.lt_seeds if r["experiment"].startswith("digits-LT") else sizes.seeds
+        if r["experiment"] == CI_EXPERIMENT:
+            want = sizes.ci_seeds
+        assert int(r["seeds"]) == want, r
     payload = json.loads((out / "outcomes.json").read_text())
-    assert payload["lt_source"] == "digits-LT" and payload["size"] == "tiny"
-    assert set(payload["goals"]) == {"long_tail", "long_tail_reference", "partial", "incremental"}
+    assert payload["lt_source"] == "digits-LT" and payload["size"] == "quick"
+    assert set(payload["goals"]) == {
+        "long_tail",
+        "long_tail_reference",
+        "long_tail_beyond_loss",
+        "long_tail_beyond_loss_if10",
+        "partial",
+        "incremental",
+        "incremental_standard",
+    }
     for m in INCREMENTAL_METHODS:
         assert (CI_EXPERIMENT, m) in methods
     ci = [r for r in payload["records"] if r["experiment"] == CI_EXPERIMENT]
     for rec in ci:
-        assert 0.0 <= rec["average_acc"]["mean"] <= 1.0 and -1.0 <= rec["forgetting"]["mean"] <= 1.0
+        assert 0.0 <= rec["average_acc"]["mean"] <= 1.0
+        if rec["method"] == "joint":  # the ceiling: no sequence, so no forgetting
+            assert rec["forgetting"]["mean"] is None and rec["learning_acc"]["mean"] is None
+            continue
+        assert -1.0 <= rec["forgetting"]["mean"] <= 1.0
         assert 0.0 <= rec["learning_acc"]["mean"] <= 1.0
     for rec in payload["records"]:
         if rec["experiment"].startswith("digits-LT"):
             acc = rec["balanced_acc"]
-            assert len(acc["values"]) == sizes.seeds and 0.0 <= acc["mean"] <= 1.0
+            assert len(acc["values"]) == sizes.lt_seeds and 0.0 <= acc["mean"] <= 1.0
+            assert all(1 <= e <= sizes.lt_max_epochs for e in rec["epochs"]["values"])
+    # The same tuning budget for every method: 3 weight decays, then 2 more knob values.
+    for name, grid in payload["lt_grids"].items():
+        method = name.split("/", 1)[1]
+        assert len(grid) == (3 if method == "plain_ce" else 5), name
+        chosen = payload["lt_configs"][name]
+        best = max(grid, key=lambda g: g["val_balanced_acc"])
+        assert {k: v for k, v in best.items() if k != "val_balanced_acc"} == chosen
     for name in payload["files"]:
         assert (out / name).stat().st_size > 0
     pngs = [n for n in payload["files"] if n.endswith(".png")]
@@ -191,20 +217,91 @@ def test_bench_outcomes_tiny_writes_every_output(tmp_path: Path) -> None:
         assert head[:8] == b"\x89PNG\r\n\x1a\n"
         assert int.from_bytes(head[16:20], "big") >= 1000  # IHDR width: readable figures
     md = (out / "results.md").read_text()
-    assert "labelgrad bench --outcomes --outcomes-size tiny" in md
+    assert "labelgrad bench --outcomes --quick" in md
     assert "## Goals" in md and "| plain_ce |" in md and "(lt_balanced_accuracy.png)" in md
+    assert "## Tuning" in md and "weight_balancing" in md
 
 
 def test_long_tail_falls_back_to_digits_without_fashion_mnist(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import labelgrad.app.datasets as datasets
-    from labelgrad.app.bench.outcomes import _load_lt
+    from labelgrad.app.bench.outcomes_lt import lt_data
 
     monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path)  # an empty folder
-    ds, side, source = _load_lt(100.0, 0, SIZES["full"])
-    assert (source, side) == ("digits-LT", 8) and ds.name == "digits-LT IF=100"
-    assert ds.x_train.shape[1] == side * side
+    data = lt_data(100.0, 0, SIZES["full"])
+    assert data.source == "digits-LT" and data.x_train.shape[1:] == (1, 8, 8)
+    full = datasets.digits_lt(100.0, seed=0)
+    # Validation is carved from the training cut: together they are the cut, per class.
+    together = torch.bincount(torch.cat([data.y_train, data.y_val]), minlength=10)
+    assert together.tolist() == full.train_counts().tolist()
+    assert torch.equal(data.y_test, full.y_test)
+
+
+def test_fashion_lt_keeps_the_training_cut_and_adds_a_balanced_validation_split() -> None:
+    from labelgrad.app.bench.outcomes_lt import lt_data
+    from labelgrad.app.datasets import MissingSourceError, fashion_mnist_lt
+
+    try:
+        ref = fashion_mnist_lt(100.0, seed=1, n_max=500, test_per_class=20)
+    except MissingSourceError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    sizes = dataclasses.replace(SIZES["full"], lt_test_per_class=20)
+    data = lt_data(100.0, 1, sizes)
+    assert data.source == "Fashion-MNIST-LT"
+    torch.testing.assert_close(data.x_train.flatten(1), ref.x_train)
+    assert torch.equal(data.y_train, ref.y_train) and torch.equal(data.y_test, ref.y_test)
+    assert torch.bincount(data.y_val).tolist() == [sizes.lt_val_per_class] * 10
+    # No validation image is a training image (rows compared exactly).
+    train_rows = {bytes(r.numpy().tobytes()) for r in data.x_train.flatten(1)}
+    shared = sum(bytes(r.numpy().tobytes()) in train_rows for r in data.x_val.flatten(1))
+    assert shared == 0
+
+
+def test_plateau_rule_stops_after_patience_and_keeps_the_best_epoch() -> None:
+    from torch import nn
+
+    from labelgrad.app.bench.outcomes_lt import _fit
+
+    module = nn.Linear(1, 1, bias=False)
+    scores = iter([0.1, 0.5, 0.4, 0.5, 0.3, 0.9])  # best at epoch 2; 3 epochs without better
+
+    def step(idx: torch.Tensor) -> None:
+        with torch.no_grad():
+            module.weight += 1.0 / 4  # 4 batches of 1: +1 per epoch
+
+    w0 = float(module.weight.detach())
+    fit = _fit(module, step, 4, 1, 0, lambda: next(scores), max_epochs=10, patience=3)
+    assert (fit.best_epoch, fit.epochs, fit.val) == (2, 5, 0.5)
+    assert float(module.weight.detach()) == pytest.approx(w0 + 2.0)  # the weights of epoch 2
+    capped = _fit(module, step, 4, 1, 0, iter([0.1, 0.2, 0.3]).__next__, 3, 2)
+    assert (capped.best_epoch, capped.epochs) == (3, 3)
+
+
+def test_coordinate_search_visits_the_same_budget_and_picks_the_best() -> None:
+    from labelgrad.app.bench.outcomes_lt import _tune
+
+    sizes = SIZES["full"]
+
+    class Fake:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, float, float | None]] = []
+
+        def val_score(self, method: str, wd: float, knob: float | None, seed: int) -> float:
+            assert seed == 0
+            self.calls.append((method, wd, knob))
+            return -abs(wd - 0.1) - abs((knob or 0) - 0.5)  # best: wd 0.1, knob 0.5
+
+    fake = Fake()
+    best, scored = _tune("weight_balancing", fake, sizes)  # type: ignore[arg-type]
+    mid = sizes.lt_radii[1]
+    want = [(wd, mid) for wd in sizes.lt_weight_decays]
+    want += [(0.1, k) for k in sizes.lt_radii if k != mid]
+    assert [(w, k) for _, w, k in fake.calls] == want
+    assert best == (0.1, 0.5) and len(scored) == 5
+    fake = Fake()
+    best, scored = _tune("plain_ce", fake, sizes)  # type: ignore[arg-type]
+    assert best == (0.1, None) and len(scored) == 3
 
 
 def test_forgetting_is_chaudhry_2018_against_a_direct_loop() -> None:
@@ -228,7 +325,7 @@ def test_labels_trick_is_cross_entropy_over_the_present_classes(dtype: torch.dty
     """Against autograd of the published loss: CE with the absent classes' logits at -inf."""
     import torch.nn.functional as F
 
-    from labelgrad.app.bench.incremental import LabelsTrick
+    import labelgrad as lg
 
     gen = torch.Generator().manual_seed(0)
     for n, c, classes in ((8, 10, (2, 3)), (5, 4, (0,)), (16, 12, (1, 5, 11)), (3, 2, (0, 1))):
@@ -237,7 +334,7 @@ def test_labels_trick_is_cross_entropy_over_the_present_classes(dtype: torch.dty
         y = torch.tensor(classes)[pick]
         y[0] = -100  # an ignored sample: zero gradient
         w = torch.rand(c, generator=gen).to(dtype) + 0.5  # class weights: a per-sample scale
-        (ours,) = torch.autograd.grad(F.cross_entropy(LabelsTrick()(z, y), y, weight=w), z)
+        (ours,) = torch.autograd.grad(F.cross_entropy(lg.labels_trick()(z, y), y, weight=w), z)
         absent = ~torch.isin(torch.arange(c), y[y >= 0])
         ref_loss = F.cross_entropy(z.masked_fill(absent, float("-inf")), y, weight=w)
         (ref,) = torch.autograd.grad(ref_loss, z)
@@ -246,10 +343,132 @@ def test_labels_trick_is_cross_entropy_over_the_present_classes(dtype: torch.dty
         assert torch.all(ours[:, absent] == 0) and torch.all(ours[0] == 0)
 
 
-def test_labels_trick_passes_non_finite_gradients_through() -> None:
-    from labelgrad.app.bench.incremental import LabelsTrick
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_reservoir_is_algorithm_r_one_image_at_a_time(batch: int) -> None:
+    """Against a direct loop of Vitter's algorithm R fed the same random draws."""
+    from labelgrad.app.bench.incremental import Reservoir
 
-    z = torch.zeros(2, 3, requires_grad=True)
-    out = LabelsTrick()(z, torch.tensor([0, 1]))
-    (g,) = torch.autograd.grad(out, z, torch.tensor([[float("nan"), 0.0, 0.0], [0.0, 1.0, 0.0]]))
-    assert g[0].isnan().any() and torch.isfinite(g[1]).all()
+    size, n = 10, 300
+    x = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    y = torch.arange(n)
+    mem = Reservoir(size, 1, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    ref: list[int] = []
+    for start in range(0, n, batch):
+        mem.add(x[start : start + batch], y[start : start + batch])
+        draws = torch.rand(len(y[start : start + batch]), generator=gen)
+        for i, u in zip(range(start, start + batch), draws.tolist()):
+            if i < size:
+                ref.append(i)
+            elif (j := int(u * (i + 1))) < size:
+                ref[j] = i
+    assert mem.y.tolist() == ref and mem.x.squeeze(1).long().tolist() == ref
+    assert len(mem) == size and mem.seen == n
+    sx, sy = mem.sample(4)
+    assert len(sy) == 4 and set(sy.tolist()) <= set(ref) and torch.equal(sx.squeeze(1).long(), sy)
+
+
+def test_reservoir_keeps_a_uniform_sample_of_the_stream() -> None:
+    from labelgrad.app.bench.incremental import Reservoir
+
+    hits = torch.zeros(100)
+    for seed in range(400):
+        mem = Reservoir(10, 1, seed=seed)
+        mem.add(torch.zeros(100, 1), torch.arange(100))
+        hits[mem.y] += 1
+    # Each image is kept with probability 10/100: 40 of 400 runs, binomial sd 6.
+    assert hits.sum() == 4000 and hits.min() >= 15 and hits.max() <= 65
+    assert abs(float(hits[:50].sum() - hits[50:].sum())) < 300  # early vs late halves
+
+
+def test_weight_align_scales_new_rows_to_the_old_mean_norm() -> None:
+    import labelgrad as lg
+
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(5, 6)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(6, 5, generator=gen))
+        head.weight[4:] *= 3
+    w, b = head.weight.detach().clone(), head.bias.detach().clone()
+    lg.rows.align_weights(head, [4, 5], [0, 1, 2, 3], inplace=True)  # what +wa runs
+    gamma = w[:4].norm(dim=1).mean() / w[4:].norm(dim=1).mean()
+    torch.testing.assert_close(head.weight[4:], w[4:] * gamma)
+    assert torch.equal(head.weight[:4], w[:4]) and torch.equal(head.bias, b)
+    torch.testing.assert_close(head.weight[4:].norm(dim=1).mean(), w[:4].norm(dim=1).mean())
+
+
+def test_max_norm_rows_is_adamw_then_a_projection_of_each_weight_row() -> None:
+    import copy
+
+    from labelgrad.app.recipes import max_norm_rows
+
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(4, 5)
+    with torch.no_grad():
+        head.weight.copy_(
+            torch.randn(5, 4, generator=gen) * torch.tensor([[0.1], [3], [0.2], [5], [1]])
+        )
+    ref = copy.deepcopy(head)
+    opt = max_norm_rows(
+        torch.optim.AdamW(head.parameters(), lr=0.01), head, weight_decay=0.3, max_norm=1.0
+    )
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=0.01, weight_decay=0.3)
+    x, y = torch.randn(8, 4, generator=gen), torch.randint(0, 5, (8,), generator=gen)
+    for _ in range(3):
+        for m, o in ((head, opt), (ref, ref_opt)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+        with torch.no_grad():  # the reference projection: rows outside the ball onto it
+            n = ref.weight.norm(dim=1, keepdim=True)
+            ref.weight.copy_(torch.where(n > 1.0, ref.weight / n, ref.weight))
+    torch.testing.assert_close(head.weight, ref.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(head.bias, ref.bias, rtol=1e-5, atol=1e-6)
+    assert float(head.weight.detach().norm(dim=1).max()) <= 1.0 + 1e-6
+
+
+def test_tau_normalized_divides_each_row_by_its_norm_to_the_power() -> None:
+    import labelgrad as lg
+    from labelgrad.app.recipes import weight_balancing_stage2
+
+    head = torch.nn.Linear(3, 4)
+    for tau in (0.0, 0.5, 1.0):  # what tau_norm runs
+        out = lg.rows.tau_normalize(head, tau)
+        want = head.weight / head.weight.norm(dim=1, keepdim=True) ** tau
+        torch.testing.assert_close(out.weight, want)
+        assert torch.equal(out.bias, head.bias) and out is not head
+    with pytest.raises(ValueError, match="loss must be"):
+        weight_balancing_stage2(
+            head, torch.ones(4), lr=0.1, weight_decay=0.0, max_norm=1.0, loss="focal"
+        )
+
+
+def test_goals_beyond_a_loss_and_the_standard_incremental_goal() -> None:
+    recs = [
+        _record("F IF=100", "logit_adjusted", "balanced_acc", [0.70, 0.72]),
+        _record("F IF=100", "weight_balancing", "balanced_acc", [0.72, 0.73]),  # +1.5
+        _record("F IF=100", "tau_norm", "balanced_acc", [0.60, 0.60]),
+        _record("F IF=10", "logit_adjusted", "balanced_acc", [0.80, 0.80]),
+        _record("F IF=10", "tau_norm", "balanced_acc", [0.81, 0.81]),  # +1.0
+    ]
+    for method, values in (
+        ("er_ace", {"average_acc": 0.92, "forgetting": 0.04, "learning_acc": 0.96}),
+        ("er", {"average_acc": 0.95, "forgetting": 0.06, "learning_acc": 0.99}),
+        ("joint", {"average_acc": 0.97, "forgetting": math.nan, "learning_acc": math.nan}),
+    ):
+        r = Record(CI_EXPERIMENT, method)
+        r.add(values)
+        recs.append(r)
+    g = goals(OutcomesResult(recs, Path("."), "F", "quick"))
+    b = g["long_tail_beyond_loss"]
+    assert b["best_method"] == "weight_balancing" and b["gain_points"] == pytest.approx(1.5)
+    assert b["met"] is False and b["need_points"] == 2.0
+    b10 = g["long_tail_beyond_loss_if10"]
+    assert b10["best_method"] == "tau_norm" and b10["gain_points"] == pytest.approx(1.0)
+    assert b10["met"] is True
+    ci = g["incremental_standard"]
+    assert ci["best_method"] == "er_ace" and ci["met"] is True  # er misses forgetting
+    assert ci["joint_average_acc"] == pytest.approx(0.97)
+    only_forgetting = [_record(CI_EXPERIMENT, "agem", "forgetting", [0.0])]
+    g = goals(OutcomesResult(only_forgetting, Path("."), "F", "quick"))
+    assert g["incremental_standard"]["met"] is False  # unmeasured metrics never meet a goal

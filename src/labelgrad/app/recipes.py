@@ -31,9 +31,11 @@ __all__ = [
     "StepFn",
     "effective_number_weights",
     "long_tail_recipe",
+    "max_norm_rows",
     "multilabel_step",
     "one_vs_all_bce",
     "tail_lr_scale",
+    "weight_balancing_stage2",
 ]
 
 BETA = 0.999
@@ -172,6 +174,8 @@ def long_tail_recipe(
     *,
     total_steps: int,
     monitor: lg.GradMonitor | None = None,
+    tau: float = LA_TAU,
+    power: float = TAIL_LR_POWER,
 ) -> Recipe:
     """Build ``method`` (one of :data:`LONG_TAIL_METHODS`) for a model with the Linear ``head``.
 
@@ -183,6 +187,8 @@ def long_tail_recipe(
         total_steps: the run's optimizer steps (deferred re-weighting starts at
             :data:`DRW_FRACTION` of them).
         monitor: a :func:`labelgrad.monitor` to chain after the method's policy.
+        tau: the logit-adjustment tau of ``logit_adjust*`` and ``logit_adjusted``.
+        power: the tail-row learning-rate power of ``*row_rules`` (:func:`tail_lr_scale`).
 
     Example:
         >>> m = nn.Linear(3, 2)
@@ -203,31 +209,101 @@ def long_tail_recipe(
     elif method == "eqlv2":
         policy = lg.eqlv2(num_classes=c)
     elif method in ("logit_adjust", "logit_adjust+row_rules"):
-        policy = lg.logit_adjust(lg.class_priors(counts.float(), min_count=1), tau=LA_TAU)
+        policy = lg.logit_adjust(lg.class_priors(counts.float(), min_count=1), tau=tau)
     elif method == "seesaw":
         policy = lg.seesaw(c)
     if method.endswith("row_rules"):
         # skip_absent: a batch without class c leaves row c (and its Adam moments) untouched,
         # so rare classes are not pushed down by every batch they are missing from.
-        scale = tail_lr_scale(counts).to(dev)
+        scale = tail_lr_scale(counts, power).to(dev)
         optimizer = lg.RowRules(optimizer, rows=head, lr_scale=scale, skip_absent=True)
     if monitor is not None:
         policy = monitor if policy is None else lg.chain(policy, monitor)
     if policy is not None:
         policy.to(dev)
-    loss = _long_tail_loss(method, counts, dev)
+    loss = _long_tail_loss(method, counts, dev, tau)
     return Recipe(method, policy, optimizer, loss, rows=method.endswith("row_rules"))
 
 
 def _long_tail_loss(
-    method: str, counts: Tensor, dev: torch.device
+    method: str, counts: Tensor, dev: torch.device, tau: float
 ) -> Callable[[Tensor, Tensor], Tensor]:
     if method in SIGMOID_METHODS:
         return one_vs_all_bce
     if method == "logit_adjusted":
         log_prior = lg.class_priors(counts.double(), min_count=1).log().float().to(dev)
-        return lambda logits, y: F.cross_entropy(logits + LA_TAU * log_prior, y)
+        return lambda logits, y: F.cross_entropy(logits + tau * log_prior, y)
     return F.cross_entropy
+
+
+def max_norm_rows(
+    optimizer: torch.optim.Optimizer,
+    head: nn.Linear,
+    *,
+    weight_decay: float,
+    max_norm: float,
+) -> lg.RowRules:
+    """``optimizer`` wrapped so that every head row decays by ``weight_decay`` and its weight row
+    is projected onto the ball of radius ``max_norm`` after each step (per-class MaxNorm):
+    ``lg.RowRules(optimizer, rows=head, weight_decay=..., max_norm=...)``.
+
+    Example:
+        >>> head = nn.Linear(2, 2)
+        >>> opt = max_norm_rows(torch.optim.AdamW(head.parameters(), lr=1.0), head,
+        ...                     weight_decay=0.0, max_norm=0.5)
+        >>> head(torch.ones(1, 2)).sum().backward(); opt.step()
+        >>> bool((head.weight.norm(dim=1) <= 0.5 + 1e-6).all())
+        True
+    """
+    decay = torch.full((head.out_features,), float(weight_decay), device=head.weight.device)
+    return lg.RowRules(optimizer, rows=head, weight_decay=decay, max_norm=max_norm)
+
+
+def weight_balancing_stage2(
+    head: nn.Linear,
+    counts: Tensor,
+    *,
+    lr: float,
+    weight_decay: float,
+    max_norm: float,
+    loss: str = "class_balanced",
+    tau: float = LA_TAU,
+) -> Recipe:
+    """Stage 2 of weight balancing (Alshammari et al., CVPR 2022): retrain the classifier only.
+
+    Stage 1 is plain cross-entropy with a tuned weight decay (any :func:`long_tail_recipe`
+    with ``torch.optim.AdamW(weight_decay=...)``). Stage 2 freezes the trunk (train ``head`` on
+    its features, or give the optimizer the head's parameters only) and trains ``head`` with a
+    class-balanced loss, per-row weight decay and per-class MaxNorm (:func:`max_norm_rows`).
+
+    Args:
+        head: the classifier (row c = class c), trained in stage 1.
+        counts: (C,) training images per class.
+        lr: AdamW's learning rate.
+        weight_decay: every row's weight decay.
+        max_norm: the radius of each weight row's ball.
+        loss: ``"class_balanced"`` (cross-entropy with :func:`labelgrad.class_weights` of
+            effective-number weights, the paper's choice) or ``"logit_adjust"`` (the gradient of
+            the logit-adjusted loss, :func:`labelgrad.logit_adjust`).
+        tau: the logit-adjustment tau of ``loss="logit_adjust"``.
+
+    Example:
+        >>> head = nn.Linear(4, 2)
+        >>> r = weight_balancing_stage2(head, torch.tensor([10, 1]), lr=0.01,
+        ...                             weight_decay=0.1, max_norm=1.0)
+        >>> r.step(head)(torch.randn(3, 4), torch.tensor([0, 1, 1]))
+    """
+    dev = head.weight.device
+    policy: lg.Policy
+    if loss == "class_balanced":
+        policy = lg.class_weights(effective_number_weights(counts))
+    elif loss == "logit_adjust":
+        policy = lg.logit_adjust(counts.float().clamp(min=1), tau=tau)
+    else:
+        raise ValueError(f"loss must be 'class_balanced' or 'logit_adjust', got {loss!r}")
+    base = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    opt = max_norm_rows(base, head, weight_decay=weight_decay, max_norm=max_norm)
+    return Recipe(f"weight_balancing/{loss}", policy.to(dev), opt, F.cross_entropy)
 
 
 def multilabel_step(

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from labelgrad.app.bench.incremental import INCREMENTAL_METHODS
+from labelgrad.app.bench.outcomes_lt import LT_PROTOCOL_METHODS
 from labelgrad.app.bench.outcomes_setup import (
     CI_EXPERIMENT,
-    LT_METHODS,
     PARTIAL_METHODS,
     OutcomesResult,
     experiments,
@@ -34,9 +34,9 @@ def plot_lt_bars(result: OutcomesResult, path: Path) -> Path:
     plt = pyplot()
     exps = experiments(result, result.lt_source)
     fig, axes = plt.subplots(1, len(exps), figsize=(_WIDE, 5.0), squeeze=False, sharey=True)
-    colors = _method_colors(LT_METHODS)
+    colors = _method_colors(LT_PROTOCOL_METHODS)
     for ax, exp in zip(axes[0], exps):
-        for i, m in enumerate(LT_METHODS):
+        for i, m in enumerate(LT_PROTOCOL_METHODS):
             r = result.find(exp, m)
             if r is None:
                 continue
@@ -56,7 +56,7 @@ def plot_lt_bars(result: OutcomesResult, path: Path) -> Path:
     means = [
         100 * r.mean("balanced_acc")
         for e in exps
-        for m in LT_METHODS
+        for m in LT_PROTOCOL_METHODS
         if (r := result.find(e, m)) is not None
     ]
     if means:
@@ -135,7 +135,7 @@ def plot_incremental(result: OutcomesResult, path: Path) -> Path:
     ):
         for i, m in enumerate(INCREMENTAL_METHODS):
             r = result.find(CI_EXPERIMENT, m)
-            if r is None:
+            if r is None or math.isnan(r.mean(metric)):
                 continue
             ax.bar(
                 i,
@@ -158,13 +158,5 @@ def plot_incremental(result: OutcomesResult, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-PER_CLASS_METHODS = (
-    "plain_ce",
-    "deferred_reweighting",
-    "row_rules",
-    "logit_adjust",
-    "seesaw",
-    "logit_adjust+row_rules",
-    "logit_adjusted",
-)
-"""The long-tail methods of the per-class figure (all ten would make unreadably thin bars)."""
+PER_CLASS_METHODS = LT_PROTOCOL_METHODS
+"""The long-tail methods of the per-class figure."""

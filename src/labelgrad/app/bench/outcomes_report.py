@@ -12,6 +12,7 @@ import statistics
 from typing import Any
 
 from labelgrad.app.bench.incremental import INCREMENTAL_METHODS
+from labelgrad.app.bench.outcomes_lt import LT_PROTOCOL_METHODS
 from labelgrad.app.bench.outcomes_plots import (
     PER_CLASS_METHODS,
     plot_aggregation,
@@ -22,7 +23,6 @@ from labelgrad.app.bench.outcomes_plots import (
 from labelgrad.app.bench.outcomes_setup import (
     CI_EXPERIMENT,
     CI_METRICS,
-    LT_METHODS,
     PARTIAL_METHODS,
     SIZES,
     OutcomesResult,
@@ -34,7 +34,7 @@ from labelgrad.app.bench.outcomes_setup import (
 )
 from labelgrad.app.metrics import FEW_SHOT, MANY_SHOT
 from labelgrad.app.plots import plot_per_class_accuracy
-from labelgrad.app.recipes import BETA, DRW_FRACTION, LA_TAU, TAIL_LR_POWER
+from labelgrad.app.recipes import BETA
 from labelgrad.report import atomic_write_text
 
 # --- reporting --------------------------------------------------------------------------------
@@ -58,15 +58,33 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def markdown_tables(result: OutcomesResult) -> str:
     """The three result tables as Markdown (mean ± std over seeds, in %; step time in ms)."""
     parts = []
-    lt_header = ["method", "balanced acc", "many-shot", "medium-shot", "few-shot"]
+    lt_header = [
+        "method",
+        "chosen on validation",
+        "balanced acc",
+        "many-shot",
+        "medium-shot",
+        "few-shot",
+        "val balanced acc",
+        "epochs: best / stopped",
+    ]
     for exp in experiments(result, result.lt_source):
         rows = []
-        for m in LT_METHODS:
+        key = exp.rsplit(" ", 1)[-1]
+        for m in LT_PROTOCOL_METHODS:
             r = result.find(exp, m)
+            if r is None:
+                continue
+            cfg = result.lt_configs.get(f"{key}/{m}", {})
             rows.append(
-                [m] + [_cell(r, k) for k in ("balanced_acc", "many_acc", "medium_acc", "few_acc")]
+                [m, _config_text(cfg)]
+                + [_cell(r, k) for k in ("balanced_acc", "many_acc", "medium_acc", "few_acc")]
+                + [_cell(r, "val_balanced_acc"), _epochs(r)]
             )
-        parts.append(f"**{exp}** (accuracy %, balanced test set)\n\n" + _md_table(lt_header, rows))
+        parts.append(
+            f"**{exp}** (accuracy %, official balanced test set; mean ± std over "
+            f"{_seeds(result, exp)} seeds)\n\n" + _md_table(lt_header, rows)
+        )
     partial_header = ["hidden", "method", "mAP", "macro-F1", "micro-F1"]
     rows = []
     for exp in experiments(result, "Yeast, "):
@@ -103,6 +121,37 @@ def markdown_tables(result: OutcomesResult) -> str:
     return "\n\n".join(parts)
 
 
+def _config_text(cfg: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in cfg.items()) or "—"
+
+
+def _epochs(r: Record) -> str:
+    best, stop = r.metrics.get("best_epoch", []), r.metrics.get("epochs", [])
+    if not best:
+        return "—"
+    return f"{statistics.fmean(best):.1f} / {statistics.fmean(stop):.1f}"
+
+
+def _seeds(result: OutcomesResult, exp: str) -> int:
+    return max(
+        (len(v) for r in result.records if r.experiment == exp for v in r.metrics.values()),
+        default=0,
+    )
+
+
+def _grid_lines(result: OutcomesResult) -> list[str]:
+    """Every configuration tried on seed 0's validation split, per imbalance factor and method."""
+    lines = []
+    for name, grid in result.lt_grids.items():
+        tried = "; ".join(
+            _config_text({k: v for k, v in g.items() if k != "val_balanced_acc"})
+            + f" → {100 * g['val_balanced_acc']:.1f}"
+            for g in grid
+        )
+        lines.append(f"- {name}: {tried}")
+    return lines
+
+
 def _csv(result: OutcomesResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -131,9 +180,8 @@ def _results_md(result: OutcomesResult, command: str, images: list[str]) -> str:
         "",
         f"Produced by `{command}` (size `{result.size}`) in {result.seconds / 60:.1f} min on "
         f"{mach['platform']}, {mach['cpu_count']} CPU cores, torch {mach['torch']}, "
-        f"1 torch thread. Mean ± std over {sizes.seeds} seeds (0..{sizes.seeds - 1}); each seed "
-        "draws its own data cut (long-tail subset, Yeast split, hidden labels) and model "
-        "initialisation, the same for every method.",
+        "1 torch thread. Each seed draws its own data cut (long-tail subset, Yeast split, "
+        "hidden labels) and model initialisation, the same for every method.",
         "",
         "## Goals",
         "",
@@ -171,8 +219,26 @@ def _md_goals(g: dict[str, Any]) -> list[str]:
             f"- {ref['goal']}: `{ref['best_method']}` at {ref['gain_points']:+.1f} points "
             f"— {_met(ref)}{same}."
         )
+    for key in ("long_tail_beyond_loss", "long_tail_beyond_loss_if10"):
+        if key in g:
+            b = g[key]
+            miss = b["need_points"] - b["gain_points"]
+            digits = 2 if abs(b["gain_points"]) < 0.05 or 0 < miss < 0.05 else 1
+            by = f" (missed by {miss:.{digits}f} points)" if not b["met"] else ""
+            lines.append(
+                f"- {b['goal']}: best is `{b['best_method']}` at {b['gain_points']:+.{digits}f} "
+                f"points — {_met(b)}{by}."
+            )
     if "partial" in g:
         lines.append(_best_line(g["partial"]))
+    if "incremental_standard" in g:
+        ci = g["incremental_standard"]
+        lines.append(
+            f"- {ci['goal']}: closest is `{ci['best_method']}` at "
+            f"{100 * ci['average_acc']:.1f} % / {100 * ci['forgetting']:.1f} % / "
+            f"{100 * ci['learning_acc']:.1f} % — {_met(ci)} (joint training, the ceiling: "
+            f"{100 * ci['joint_average_acc']:.1f} %)."
+        )
     if "incremental" in g:
         ci = g["incremental"]
         lines.append(
@@ -190,60 +256,85 @@ def _best_line(goal: dict[str, Any]) -> str:
 
 
 def _md_recipe(result: OutcomesResult, sizes: Sizes) -> list[str]:
-    """The recipe section: data, models and the settings of every method."""
+    """The recipe section: data, protocol, models and the settings of every method."""
     counts = ", ".join(f"{k}: {v}" for k, v in result.lt_counts.items())
+    test = (
+        "the official balanced test set (1,000 per class)"
+        if sizes.lt_test_per_class is None
+        else f"{sizes.lt_test_per_class} per class of the official test set"
+    )
+    val = (
+        f"{sizes.lt_val_per_class} images per class drawn from the official training images "
+        "the long-tailed cut left out (balanced, as ImageNet-LT's validation set)"
+        if result.lt_source == "Fashion-MNIST-LT"
+        else "a fifth of each training class (none for classes under 5 images)"
+    )
+    knobs = (
+        f"tau of the logit-adjusted loss {list(sizes.lt_taus)}; MaxNorm radius "
+        f"{list(sizes.lt_radii)} × the stage-1 head's mean weight-row norm; tau-normalisation "
+        f"power {list(sizes.lt_tau_norms)}"
+    )
     return [
         "",
-        "## Recipe (identical for every method of an experiment; nothing tuned per method)",
+        "## Protocol (identical for every method of an experiment)",
         "",
         f"- Long tail: **{result.lt_source}** (CIFAR-LT protocol, n_max = {sizes.lt_n_max}; "
-        f"training images per class {counts}); test set: "
-        + (
-            "the official balanced test set (1,000 per class)"
-            if sizes.lt_test_per_class is None
-            else f"{sizes.lt_test_per_class} per class of the official test set"
-        )
-        + f". SmallCNN (2 conv blocks, 64-unit layer, Linear head), Adam lr {sizes.lt_lr}, "
-        f"batch {sizes.lt_batch}, {sizes.lt_epochs} epochs. Many-shot > {MANY_SHOT} training "
-        f"images, few-shot < {FEW_SHOT}, medium in between (— where a group is empty).",
-        f"- class_weights: effective-number weights, beta = {BETA}; deferred_reweighting: the "
-        f"same weights from step {DRW_FRACTION:.2f} × total (`lg.schedule`); eqlv2: "
-        "`lg.eqlv2` defaults with sigmoid BCE (compare with plain_sigmoid); row_rules: "
-        f"`lg.RowRules`, head row c steps with lr × (n_max/n_c)^{TAIL_LR_POWER}, skip_absent; "
-        f"logit_adjusted: cross-entropy of logits + {LA_TAU} × log prior (Menon et al. 2021), "
-        "the literature's reference, not a labelgrad recipe.",
+        f"training images per class {counts}); validation: {val}; test: {test}, read once per "
+        f"reported run, never for a choice. SmallCNN (2 conv blocks, 64-unit layer, Linear "
+        f"head), AdamW lr {sizes.lt_lr}, batch {sizes.lt_batch}. Many-shot > {MANY_SHOT} "
+        f"training images, few-shot < {FEW_SHOT}, medium in between (— where a group is empty).",
+        f"- Trained to a plateau: after every epoch the validation balanced accuracy is "
+        f"measured; a run stops when it has not improved for {sizes.lt_patience} epochs (at "
+        f"most {sizes.lt_max_epochs} epochs) and keeps the weights of its best validation epoch. "
+        "The table gives the mean best and stopping epochs; a run that reached the cap while "
+        "still improving is counted in `at_cap` (outcomes.csv).",
+        f"- Tuning without peeking: each method's hyperparameters are chosen on seed 0's "
+        f"validation split by the same coordinate search: the AdamW weight decays "
+        f"{list(sizes.lt_weight_decays)} at the middle value of the method's own knob, then the "
+        "knob's other values at the best weight decay (5 configurations; 3 for plain CE, which "
+        f"has no knob). Knobs: {knobs}. The chosen configuration is then trained with seeds "
+        f"0..{sizes.lt_seeds - 1}. The logit-adjusted reference is tuned the same way.",
+        "- Methods: plain_ce; logit_adjusted: cross-entropy of logits + tau × log prior (Menon "
+        "et al. 2021), the literature's reference, not a labelgrad recipe (`lg.logit_adjust` "
+        "gives the same gradient as a policy); tau_norm: plain_ce's head with each weight row "
+        "divided by its norm^power (Kang et al. 2020); weight_balancing (Alshammari et al. "
+        "2022): stage 1 = plain_ce with the tuned weight decay, stage 2 = the head retrained on "
+        "the frozen trunk's features with class-balanced cross-entropy (`lg.class_weights`, "
+        f"effective-number weights, beta {BETA}), per-row weight decay and per-class MaxNorm "
+        "(`lg.RowRules(weight_decay=..., max_norm=...)`), to its own validation plateau; "
+        "weight_balancing+logit_adjust: the same stage 2 with the `lg.logit_adjust` gradient "
+        "(tau = the reference's choice) instead of class weights. Stage 2 uses stage 1's "
+        "weight decay.",
         f"- Yeast: MLP 103-128-14, Adam lr {sizes.yeast_lr}, batch {sizes.yeast_batch}, "
-        f"{sizes.yeast_epochs} epochs, 70/30 train/test split; F1 at threshold 0.5; mAP over "
+        f"{sizes.yeast_epochs} epochs, 70/30 train/test split, mean ± std over {sizes.seeds} "
+        "seeds; F1 at threshold 0.5; mAP over "
         "labels with a positive test sample. Hidden labels: `hide_labels` marks entries unknown; "
         "unknown_as_negative trains on them as 0, mask_unknown zeroes their gradient, "
-        f"+class_weights adds effective-number weights (beta {BETA}) of the known positives.",
+        f"+class_weights adds effective-number weights (beta {BETA}) of the known positives; "
+        "`lg.asymmetric_focus()` (gamma_pos 0, gamma_neg 4, clip 0.05) under the Yeast BCE, "
+        "unknowns as negatives unless chained after `mask_unknown`. Not tuned (fixed recipe).",
         "- Aggregation: the per-label BCE losses (`lg.per_label_losses`) aggregated on the MLP "
         "trunk by `lg.aggregate_backward` (engine representation: closed-form Gramian at the "
         "features; exact: per-label gradients of the trunk); sum = the plain mean BCE.",
-        "- Surrogate policies: `lg.logit_adjust(train counts, tau = "
-        f"{LA_TAU})`, `lg.seesaw(C)` under plain cross-entropy; `lg.asymmetric_focus()` "
-        "(gamma_pos 0, gamma_neg 4, clip 0.05) under the Yeast BCE, unknowns as negatives "
-        "unless chained after `mask_unknown`. The one combination, chosen before any run from "
-        "the literature and not swept: `logit_adjust+row_rules` = the `logit_adjust` gradient "
-        "with the `row_rules` optimizer. Logit adjustment fixes the *target* (its minimiser is "
-        "the balanced-error optimum, Menon et al. 2021), so adding re-weighting such as "
-        "deferred re-weighting would count the prior twice; the tail-row step scale acts on "
-        "the *optimisation* instead (rare rows get few, small updates), which the loss leaves "
-        "as it is.",
-        f"- Class-incremental: digits (balanced cut), 5 tasks of 2 classes, MLP 64-64-10, SGD "
-        f"lr 0.1, batch 32, {sizes.ci_epochs} epochs per task, replay memory of "
-        f"{sizes.ci_memory} training images per learnt class; A-GEM projects each batch "
-        "gradient against the loss on the whole memory (`lg.project_replay`); frozen rows: "
-        "`lg.RowRules(frozen=old classes)`; labels_trick, chosen from the literature before the "
-        "run: the labels trick (Zeno et al. 2018) as ER-ACE's asymmetric cross-entropy (Caccia et "
-        "al. 2022; SS-IL, Ahn et al. 2021): the task's batch trains a softmax over the classes "
-        "present in it (a surrogate-gradient `lg.Policy`), the memory plain cross-entropy over "
-        "all classes, summed; agem+labels_trick: A-GEM with that batch loss. The memory takes a "
-        "task's images only after the task. Forgetting as in Chaudhry et al. 2018: the mean "
-        "over tasks 1-4 of (the best accuracy on the task after any earlier task - the accuracy "
-        "after the last task); average accuracy: the mean over the 5 tasks' test sets after "
-        "the last task (no task identity at test time); learning accuracy (Riemer et al. 2019): "
-        "the mean over the tasks of the accuracy on a task right after training it.",
+        f"- Class-incremental, standard protocol: digits (balanced cut), 5 tasks of 2 classes, "
+        f"MLP 64-64-10, SGD lr 0.1, batch 32, {sizes.ci_epochs} epochs per task, mean ± std "
+        f"over {sizes.ci_seeds} seeds. Replay memory of {sizes.ci_memory} images per class "
+        f"({10 * sizes.ci_memory} slots) filled by reservoir sampling over the stream, the "
+        "current task's images included while it trains (experience replay's buffer); each "
+        "step replays a batch of 32 from it. er: cross-entropy on the batch + on the replayed "
+        "batch; er_ace: the labels trick (a softmax over the classes present in the incoming "
+        "batch, Zeno et al. 2018; Caccia et al. 2022) on the batch, plain cross-entropy on the "
+        "replay; agem: the batch gradient projected against the replayed batch's "
+        "(`lg.project_replay`); +wa: weight aligning after each task (the new classes' weight "
+        "rows scaled to the old rows' mean norm, Zhao et al. 2020); +frozen: the old classes' "
+        "rows frozen (`lg.RowRules(frozen=...)`); joint: every task at once for as many "
+        "epochs, the ceiling. Not tuned (one fixed recipe). Forgetting as in Chaudhry et al. "
+        "2018; average accuracy after the last task (no task identity at test time); learning "
+        "accuracy (Riemer et al. 2019): accuracy on a task right after training it.",
+        "",
+        "## Tuning (seed 0, validation balanced accuracy % of every configuration tried)",
+        "",
+        *_grid_lines(result),
     ]
 
 
