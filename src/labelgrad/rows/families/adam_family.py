@@ -11,13 +11,14 @@ which resting rows keep: no fresh-row rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from labelgrad.rows.families.family import Family, plain_dense
+from labelgrad.rows.families.family import Family, gather_rows, moving_rows, plain_dense
 from labelgrad.rows.label_param import LabelParam
 
 __all__ = ["FAMILIES", "AdamKernel", "RowCoefficients", "adam_step", "coefficients"]
@@ -44,6 +45,11 @@ class RowCoefficients:
     row_lr: Tensor | None  # lr_scale[c] for moving rows, 0 for resting ones
     keep1: Tensor | None  # 1 - beta1 for moving rows, 0 for resting ones (lerp weight)
     beta2: Tensor | None  # beta2 for moving rows, 1 for resting ones
+    # The gathered path (see moving_rows): the indices of the moving rows and lr_scale there.
+    index: Tensor | None = None
+    index_lr: Tensor | None = None
+    # The masked factors above, built on demand where the gathered path cannot serve a tensor.
+    masked: Callable[[], RowCoefficients] | None = field(default=None, repr=False)
 
 
 def coefficients(
@@ -51,12 +57,27 @@ def coefficients(
     dtype: torch.dtype,
     moving: Tensor | None,
     lr_scale: Tensor | None,
+    *,
+    gather: bool = True,
 ) -> RowCoefficients:
     """The per-row factors of Adam/AdamW for ``group`` in ``dtype`` (``lr_scale`` already in
-    that dtype)."""
+    that dtype); with ``gather``, the indices of the moving rows where :func:`moving_rows`
+    finds gathering them cheaper than masking the whole tensor."""
     beta1, beta2 = group["betas"]
     if moving is None:
         return RowCoefficients(None, lr_scale, None, None)
+    index = moving_rows(moving) if gather else None
+    if index is not None:
+        index_lr = None if lr_scale is None else lr_scale.index_select(0, index)
+        return RowCoefficients(
+            moving,
+            None,
+            None,
+            None,
+            index,
+            index_lr,
+            masked=lambda: coefficients(group, dtype, moving, lr_scale, gather=False),
+        )
     move_f = moving.to(dtype)
     row_lr = move_f if lr_scale is None else lr_scale * move_f
     # beta2 as a 0-d tensor of ``dtype``: a Python float would make the result float32 and
@@ -197,12 +218,56 @@ def adam_step(
     wd: Tensor | float = (
         weight_decay.to(param.dtype) if weight_decay is not None else float(group["weight_decay"])
     )
+    if coef.index is not None:
+        if getattr(param, "device_mesh", None) is None:
+            _gathered_step(param, grad, state, group, lp, coef, wd, decoupled, step_t)
+            return
+        assert coef.masked is not None  # a sharded (DTensor) parameter: masked on every row
+        coef = coef.masked()
     g = _adam_grad(grad, param, group, lp, coef, wd, decoupled)
     second = _update_moments(state, g, group, lp, coef)
     corrections = _bias_corrections(group, step_t)
     if decoupled:
         _decoupled_decay(param, lp, coef.row_lr, wd, group["lr"])
     _apply_update(param, state["exp_avg"], second, group, lp, coef, corrections)
+
+
+def _gathered_step(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    group: dict[str, Any],
+    lp: LabelParam,
+    coef: RowCoefficients,
+    wd: Tensor | float,
+    decoupled: bool,
+    step_t: Tensor,
+) -> None:
+    """The step on the moving rows alone: gather them, apply Adam's update (every gathered row
+    moves), scatter them back. Resting rows are never read or written, so they and their state
+    keep their bits, and their never-touched zero moments cost nothing (``sqrt(0)`` is several
+    times slower than ``sqrt`` of positive numbers on some CPUs)."""
+    index = coef.index
+    assert index is not None
+    if index.numel() == 0:
+        return
+    dim = lp.class_dim
+    keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+    sub = {key: gather_rows(state[key], dim, index) for key in keys}
+    sub_lp = LabelParam(gather_rows(param, dim, index), dim)
+    sub_coef = RowCoefficients(None, coef.index_lr, None, None)
+    sub_wd = wd.index_select(0, index) if isinstance(wd, Tensor) else wd
+    g = _adam_grad(
+        gather_rows(grad, dim, index), sub_lp.param, group, sub_lp, sub_coef, sub_wd, decoupled
+    )
+    second = _update_moments(sub, g, group, sub_lp, sub_coef)
+    corrections = _bias_corrections(group, step_t)
+    if decoupled:
+        _decoupled_decay(sub_lp.param, sub_lp, sub_coef.row_lr, sub_wd, group["lr"])
+    _apply_update(sub_lp.param, sub["exp_avg"], second, group, sub_lp, sub_coef, corrections)
+    param.index_copy_(dim, index, sub_lp.param)
+    for key in keys:
+        state[key].index_copy_(dim, index, sub[key])
 
 
 class AdamKernel:

@@ -15,7 +15,16 @@ from torch import Tensor
 
 from labelgrad.rows.label_param import LabelParam
 
-__all__ = ["DecayKind", "Family", "FastKernel", "FreshRule", "plain_dense", "zero_initial"]
+__all__ = [
+    "DecayKind",
+    "Family",
+    "FastKernel",
+    "FreshRule",
+    "gather_rows",
+    "moving_rows",
+    "plain_dense",
+    "zero_initial",
+]
 
 DecayKind = Literal["coupled", "decoupled"]
 Group = dict[str, Any]
@@ -129,3 +138,34 @@ def plain_dense(group: Group, param: Tensor) -> bool:
         or grad is None
         or grad.is_sparse
     )
+
+
+# Gather when at most this share of the rows moves: a gather and a scatter cost about as much as
+# the masked passes they replace when half the rows move. 0 turns gathering off (every device
+# then steps as an accelerator does).
+GATHER_SHARE = 0.5
+
+
+def moving_rows(moving: Tensor) -> Tensor | None:
+    """The indices of the rows that move, where a kernel should step those rows alone, or None
+    (step every row, with factors that keep resting rows still).
+
+    Gathering needs the number of moving rows, which on an accelerator is a host read: only CPU
+    masks are gathered. A kernel that gathers never reads or writes a resting row.
+
+    Example:
+        >>> moving_rows(torch.tensor([True, False, False, False, True]))
+        tensor([0, 4])
+        >>> moving_rows(torch.tensor([True, True, False])) is None
+        True
+    """
+    if moving.device.type != "cpu" or GATHER_SHARE <= 0:
+        return None
+    index = moving.nonzero().squeeze(1)
+    return index if index.numel() <= GATHER_SHARE * moving.numel() else None
+
+
+def gather_rows(tensor: Tensor, dim: int, index: Tensor) -> Tensor:
+    """A copy of the slices ``index`` of ``tensor`` along ``dim`` (advanced indexing along the
+    first axis: fewer operators than ``index_select`` on a matrix)."""
+    return tensor[index] if dim == 0 and tensor.dim() > 1 else tensor.index_select(dim, index)
