@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labelgrad.rows.families.family import Family, gather_rows, moving_rows, plain_dense
+from labelgrad.rows.families.family import Family, gather_rows, moving_rows, plain_dense, scalar
 from labelgrad.rows.label_param import LabelParam
 
 __all__ = ["FAMILIES", "AdamKernel", "RowCoefficients", "adam_step", "coefficients"]
@@ -50,6 +50,17 @@ class RowCoefficients:
     index_lr: Tensor | None = None
     # The masked factors above, built on demand where the gathered path cannot serve a tensor.
     masked: Callable[[], RowCoefficients] | None = field(default=None, repr=False)
+    # Per-row factors of this step that the tensors sharing these coefficients (a head's weight
+    # and bias) would otherwise each compute: keyed by the Python floats they depend on.
+    shared: dict[tuple[object, ...], Tensor] = field(default_factory=dict, repr=False)
+
+
+def _once(
+    shared: dict[tuple[object, ...], Tensor], key: tuple[object, ...], make: Callable[[], Tensor]
+) -> Tensor:
+    if key not in shared:
+        shared[key] = make()
+    return shared[key]
 
 
 def coefficients(
@@ -121,7 +132,9 @@ def _update_moments(
     exp_avg_sq: Tensor = state["exp_avg_sq"]
     if coef.keep1 is None or coef.beta2 is None:
         exp_avg.lerp_(g, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        # beta2 as a 0-d tensor of the moments' dtype: the same value a Python float becomes,
+        # without the scalar's conversion operators.
+        exp_avg_sq.mul_(scalar(beta2, exp_avg_sq)).addcmul_(g, g, value=1 - beta2)
     else:
         exp_avg.lerp_(g, rows(coef.keep1))
         exp_avg_sq.mul_(rows(coef.beta2)).addcmul_(g, g, value=1 - beta2)
@@ -147,7 +160,12 @@ def _bias_corrections(
 
 
 def _decoupled_decay(
-    param: Tensor, lp: LabelParam, row_lr: Tensor | None, wd: Tensor | float, lr: float
+    param: Tensor,
+    lp: LabelParam,
+    row_lr: Tensor | None,
+    wd: Tensor | float,
+    lr: float,
+    shared: dict[tuple[object, ...], Tensor],
 ) -> None:
     """AdamW's decay ``param *= 1 - lr * row_lr * wd``, per row where either is per row."""
     rows = lp.per_class
@@ -155,11 +173,12 @@ def _decoupled_decay(
         if isinstance(wd, Tensor):
             param.mul_(rows(1 - lr * wd))
         elif wd != 0:
-            param.mul_(1 - lr * wd)
+            param.mul_(scalar(1 - lr * wd, param))
     elif isinstance(wd, Tensor):
         param.mul_(rows(1 - lr * row_lr * wd))
     elif wd != 0:
-        param.mul_(rows(row_lr * (-lr * wd) + 1))
+        r = row_lr
+        param.mul_(rows(_once(shared, ("decay", lr, wd), lambda: r * (-lr * wd) + 1)))
 
 
 def _apply_update(
@@ -170,6 +189,7 @@ def _apply_update(
     lp: LabelParam,
     coef: RowCoefficients,
     corrections: tuple[Tensor | float, Tensor | float],
+    shared: dict[tuple[object, ...], Tensor],
 ) -> None:
     """``param -= lr * row_lr * m_hat / (sqrt(v_hat) + eps)``, exactly 0 in resting rows."""
     rows = lp.per_class
@@ -184,7 +204,11 @@ def _apply_update(
         # addcdiv as in torch. A resting row has k = 0, so its denominator is inf and its update
         # exactly 0 (the moments of a resting row are finite: it saw a zero gradient).
         # (C,) times a 0-d float64: computed in row_lr's dtype, no separate conversion.
-        k = rows(row_lr * ((-lr / bias_correction1) * bias_correction2_sqrt))
+        factor = (-lr / bias_correction1) * bias_correction2_sqrt
+        if isinstance(factor, float):
+            k = rows(_once(shared, ("k", factor), lambda: row_lr * factor))
+        else:  # a tensor: the step counter lives on the device (nothing to share by value)
+            k = rows(row_lr * factor)
         denom = second.sqrt().add_(eps * bias_correction2_sqrt).div_(k)
         param.addcdiv_(exp_avg, denom)
     else:
@@ -211,7 +235,7 @@ def adam_step(
     if "step" not in state:
         _init_state(group, param, state)
     step_t: Tensor = state["step"]
-    step_t += 1
+    step_t.add_(scalar(1.0, step_t))
     decoupled = isinstance(optimizer, torch.optim.AdamW) or group.get(
         "decoupled_weight_decay", False
     )
@@ -228,8 +252,8 @@ def adam_step(
     second = _update_moments(state, g, group, lp, coef)
     corrections = _bias_corrections(group, step_t)
     if decoupled:
-        _decoupled_decay(param, lp, coef.row_lr, wd, group["lr"])
-    _apply_update(param, state["exp_avg"], second, group, lp, coef, corrections)
+        _decoupled_decay(param, lp, coef.row_lr, wd, group["lr"], coef.shared)
+    _apply_update(param, state["exp_avg"], second, group, lp, coef, corrections, coef.shared)
 
 
 def _gathered_step(
@@ -263,8 +287,10 @@ def _gathered_step(
     second = _update_moments(sub, g, group, sub_lp, sub_coef)
     corrections = _bias_corrections(group, step_t)
     if decoupled:
-        _decoupled_decay(sub_lp.param, sub_lp, sub_coef.row_lr, sub_wd, group["lr"])
-    _apply_update(sub_lp.param, sub["exp_avg"], second, group, sub_lp, sub_coef, corrections)
+        _decoupled_decay(sub_lp.param, sub_lp, sub_coef.row_lr, sub_wd, group["lr"], coef.shared)
+    _apply_update(
+        sub_lp.param, sub["exp_avg"], second, group, sub_lp, sub_coef, corrections, coef.shared
+    )
     param.index_copy_(dim, index, sub_lp.param)
     for key in keys:
         state[key].index_copy_(dim, index, sub[key])
