@@ -1,4 +1,5 @@
-"""Shared set-up of the aggregation tests: reference weightings, a small trunk and head, a batch.
+"""Shared set-up of the aggregation tests: reference weightings, a small trunk and head, a batch,
+and the guards of the tests that compare with TorchJD 0.18 (an optional dependency).
 
 The weightings are written here independently of labelgrad's aggregators, so that the engine
 tests compare against plain formulas.
@@ -6,10 +7,59 @@ tests compare against plain formulas.
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
 import torch
 from torch import Tensor, nn
 
-__all__ = ["InvNorm", "Mean", "Sum", "batch", "model"]
+__all__ = [
+    "HAS_CVXPY",
+    "HAS_QUADPROG",
+    "HAS_SCIPY",
+    "HAS_TORCHJD",
+    "InvNorm",
+    "Mean",
+    "Sum",
+    "batch",
+    "model",
+    "needs_cvxpy",
+    "needs_quadprog",
+    "needs_scipy",
+    "needs_torchjd",
+    "one_thread",
+]
+
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+HAS_TORCHJD = _installed("torchjd")
+HAS_QUADPROG = HAS_TORCHJD and _installed("quadprog", "qpsolvers")
+HAS_CVXPY = HAS_TORCHJD and _installed("cvxpy", "clarabel", "ecos")
+HAS_SCIPY = HAS_TORCHJD and _installed("scipy")
+needs_torchjd = pytest.mark.skipif(not HAS_TORCHJD, reason="torchjd 0.18 is not installed")
+needs_quadprog = pytest.mark.skipif(
+    not HAS_QUADPROG, reason="torchjd[quadprog_projector] (quadprog, qpsolvers) not installed"
+)
+needs_cvxpy = pytest.mark.skipif(
+    not HAS_CVXPY, reason="torchjd[cagrad,nash_mtl] (cvxpy, clarabel, ecos) not installed"
+)
+needs_scipy = pytest.mark.skipif(not HAS_SCIPY, reason="torchjd[fairgrad] (scipy) not installed")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread: on a shared 2-core machine its pool thrashes (small solves 100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Mean:

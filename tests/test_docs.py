@@ -44,6 +44,8 @@ ALLOWED: dict[str, str] = {
     "labelgrad.__version__": "a version string",
     "labelgrad.Encoding": "a Literal type alias; its values are documented in its docstring",
     "labelgrad.TargetsLike": "a type alias (Tensor | Targets)",
+    "labelgrad.aggregators.Aggregator": "a type alias (GramianWeighting | JacobianAggregator)",
+    "labelgrad.aggregation.Aggregator": "the same type alias as lg.aggregators.Aggregator",
     "labelgrad.GradContext": "snippet:custom_policy.py",
     "labelgrad.policies.state_updates_enabled": "snippet:custom_policy.py",
     "labelgrad.app.bench.Result": "a plain dataclass row of the benchmark harness",

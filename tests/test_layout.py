@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -119,3 +120,67 @@ def test_row_rules_is_a_coordinator() -> None:
     # their own modules of labelgrad.rows; RowRules only coordinates them.
     lines = (SRC / "labelgrad" / "rows" / "rules.py").read_text().count("\n")
     assert lines < 300, f"rows/rules.py has {lines} lines"
+
+
+# labelgrad's own capability flags and protocol members: the library tells its types apart with
+# isinstance (GramianWeighting / JacobianAggregator, LabelObserver, ...), never by probing for
+# one of these names with getattr/hasattr.
+CAPABILITY_NAMES = {
+    "requires_jacobian",
+    "reuses_weights",
+    "reads_logits",
+    "supports_double_backward",
+    "observe",
+    "clear_observed",
+    "present",
+    "weights",
+    "aggregate",
+    "aggregator",
+}
+# Where a duck-typed user object is accepted on purpose, and the probe only shapes an error.
+PROBES_ALLOWED = {
+    # A weighting need not subclass GramianWeighting (a user's callable object works): the
+    # wrapper and the argument check verify it has weights() before use.
+    ("labelgrad.aggregators.aggregator_types", "weights"),
+    ("labelgrad.aggregation.weighing", "aggregate"),
+}
+
+
+def _probes(name: str, tree: ast.Module) -> list[str]:
+    return [
+        f"{name}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in {"getattr", "hasattr"}
+        and len(node.args) >= 2
+        and isinstance(node.args[1], ast.Constant)
+        and node.args[1].value in CAPABILITY_NAMES
+        and (name, node.args[1].value) not in PROBES_ALLOWED
+    ]
+
+
+def test_no_capability_probing_in_the_library() -> None:
+    bad = [
+        p
+        for name, tree in _modules()
+        if not name.startswith("labelgrad.app")
+        for p in _probes(name, tree)
+    ]
+    assert not bad, bad
+
+
+def test_probe_scan_catches_a_planted_probe() -> None:
+    planted = ast.parse('x = getattr(agg, "requires_jacobian", False)\ny = hasattr(o, "observe")')
+    assert len(_probes("labelgrad.planted", planted)) == 2
+    allowed = ast.parse('w = getattr(agg, "weights", None)')
+    assert _probes("labelgrad.aggregators.aggregator_types", allowed) == []
+
+
+def test_no_module_name_is_used_twice() -> None:
+    # One name, one module: `aggregation/jacobian.py` next to `aggregators/jacobian.py` made
+    # readers (and tracebacks) guess which one is meant.
+    names = Counter(
+        p.name for p in (SRC / "labelgrad").rglob("*.py") if p.name not in {"__init__.py"}
+    )
+    assert not [n for n, count in names.items() if count > 1]

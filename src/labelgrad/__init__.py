@@ -10,7 +10,7 @@ from labelgrad import aggregation, aggregators, report
 from labelgrad._version import __version__
 from labelgrad.accumulation import accumulation_window
 from labelgrad.aggregation import aggregate_backward, explain_engine, per_label_losses
-from labelgrad.aggregators.conflicts import conflicts
+from labelgrad.aggregators.gradient_cosines import conflicts
 from labelgrad.policies import (
     EQL,
     LDAM,
@@ -23,6 +23,7 @@ from labelgrad.policies import (
     FreezeClasses,
     GradContext,
     GradMonitor,
+    LabelsTrick,
     LogitAdjust,
     Mask,
     MaskUnknown,
@@ -39,6 +40,7 @@ from labelgrad.policies import (
     eql,
     eqlv2,
     freeze_classes,
+    labels_trick,
     ldam_drw,
     logit_adjust,
     mask,
@@ -66,6 +68,7 @@ __all__ = [
     "FreezeClasses",
     "GradContext",
     "GradMonitor",
+    "LabelsTrick",
     "LogitAdjust",
     "Mask",
     "MaskUnknown",
@@ -94,6 +97,7 @@ __all__ = [
     "eqlv2",
     "explain_engine",
     "freeze_classes",
+    "labels_trick",
     "ldam_drw",
     "logit_adjust",
     "mask",

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from labelgrad.aggregation import AggregationResult, aggregate_backward
-from labelgrad.aggregators import Aggregator
+from labelgrad.aggregators import GramianWeighting
 
 __all__ = ["ReplayProjection", "project_replay"]
 
@@ -71,7 +71,7 @@ def _gem(gramian: Tensor) -> Tensor:
     return chosen * norms[0] * inv[1:]
 
 
-class ReplayProjection(Aggregator):
+class ReplayProjection(GramianWeighting):
     """A-GEM (one replay loss) or GEM-style per-group projection, as a Gramian weighting.
 
     Row 0 of the Gramian is the batch's gradient g, rows 1..M the replay gradients g_m. The

@@ -45,7 +45,8 @@ class Targets:
         indices: for ``encoding="index"``, the (N, *) int64 class indices (``ignore_index`` where
             ignored); None otherwise.
         values: float tensor shaped like ``positive``: the target value of each entry (1/0 for
-            hard labels, the probability for soft labels, 0 where unknown).
+            hard labels, float32; the probability for soft labels, in their floating dtype, so
+            float64 stays float64; 0 where unknown).
 
     Example:
         >>> import torch, labelgrad as lg
@@ -400,7 +401,9 @@ def _from_dense(
         known = targets >= 0
         # -1 (unknown) -> 0; validated values have no other negatives. clamp, not where: one
         # cheap pass on the hot path.
-        values = targets.clamp(min=0).float()
+        # In the caller's floating dtype: a float64 soft target of 0.1 rounded to float32 can
+        # change the sign of sigmoid(z) - y where the prediction is close to it.
+        values = targets.clamp(min=0)
         positive = values >= 0.5
     else:
         # Hard multi-hot labels: values (0/1) follow from positive when first read. Integer

@@ -13,12 +13,10 @@ import labelgrad as lg
 from _aggregation_helpers import InvNorm, Mean, Sum, batch, model
 
 
-class SumJacobian:
+class SumJacobian(lg.aggregators.JacobianAggregator):
     """A Jacobian aggregator: the column sum of J (equals Sum)."""
 
-    requires_jacobian = True
-
-    def aggregate(self, jacobian: Tensor, /) -> Tensor:
+    def _aggregate(self, jacobian: Tensor, /) -> Tensor:
         return jacobian.sum(0)
 
 

@@ -48,7 +48,7 @@ def test_amortized_upgrad_state_dict() -> None:
     clone.load_state_dict(agg.state_dict())
     assert torch.equal(clone.cached_weights, agg.cached_weights)
     assert not clone.due(5)
-    with pytest.raises(ValueError, match="cannot be amortized"):
+    with pytest.raises(TypeError, match="cannot be amortized"):
         lg.aggregation.Amortized(lg.aggregators.ConFIG())
 
 

@@ -12,12 +12,12 @@ from torch import Tensor, nn
 import labelgrad as lg
 from labelgrad.aggregation import engines
 from labelgrad.aggregation.engines import Call, Options, Prepared, Verdict, choose
-from labelgrad.aggregation.engines.base import (
+from labelgrad.aggregation.engines.exact import Exact, ExactPrepared
+from labelgrad.aggregation.engines.protocol import (
     EngineName,
     GramianEngineName,
     RegisteredEngineName,
 )
-from labelgrad.aggregation.engines.exact import Exact, ExactPrepared
 
 
 class Mean:

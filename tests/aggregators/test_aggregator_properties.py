@@ -16,7 +16,6 @@ non-conflict for them allows the regularization term; MGDA stops at Frank-Wolfe 
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from collections.abc import Iterator
 
 import pytest
@@ -24,17 +23,12 @@ import torch
 from torch import Tensor
 
 import labelgrad as lg
+from _aggregation_helpers import one_thread
 from aggregators.gramian_generators import CASES, NON_STRONG, STATIONARY, case_ids, jacobian
 
 A = lg.aggregators
 
-NAMES = sorted(
-    name
-    for name in A.__all__
-    if inspect.isclass(getattr(A, name))
-    and issubclass(getattr(A, name), A.Aggregator)
-    and getattr(A, name) not in (A.Aggregator, A.JacobianAggregator)
-)
+NAMES = sorted(A.available())
 
 NC, PERM, LUS, STRONG = "non_conflicting", "permutation", "linear_scaling", "strong_stationarity"
 #: Which property each aggregator has (its paper / TorchJD 0.18's tests). Random ones
@@ -68,11 +62,8 @@ LUS_CASES = [c for c in CASES if c[0] in {"k1", "typical", "duplicated", "zero_r
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    # On a shared 2-core machine torch's thread pool thrashes (100x slower small solves).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def make(name: str) -> A.Aggregator:
@@ -88,8 +79,8 @@ def make(name: str) -> A.Aggregator:
 def update(name: str, j: Tensor, agg: A.Aggregator | None = None) -> tuple[Tensor, Tensor | None]:
     """(update J^T w, weights or None) from a fresh instance (no history)."""
     agg = make(name) if agg is None else agg
-    if agg.requires_jacobian:
-        assert isinstance(agg, A.JacobianAggregator)
+    if isinstance(agg, A.JacobianAggregator):
+        assert not isinstance(agg, A.GramianWeighting)
         return agg.aggregate(j), None
     w = agg.weights(j @ j.T)
     return j.T @ w, w

@@ -118,10 +118,10 @@ print("chained gradient, row 0:", [round(v, 3) for v in z.grad[0].tolist()])
 
 
 # Your own weighting for gradient aggregation (level 3): subclass
-# lg.aggregators.Aggregator and map the K x K Gramian G = J J^T of the label-group
+# lg.aggregators.GramianWeighting and map the K x K Gramian G = J J^T of the label-group
 # gradients to K weights. The update is J^T w, the gradient of sum_k w_k L_k. Here:
 # every label contributes a step of equal length.
-class EqualNorm(lg.aggregators.Aggregator):
+class EqualNorm(lg.aggregators.GramianWeighting):
     def _weights(self, gramian: torch.Tensor) -> torch.Tensor:
         norms = gramian.diagonal().clamp(min=0).sqrt()
         k = gramian.shape[0]

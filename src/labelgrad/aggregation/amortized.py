@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from labelgrad.aggregation.weighing import check_aggregator
+from labelgrad.aggregators.aggregator_types import WeightingWrapper
 
 __all__ = ["Amortized"]
 
 
-class Amortized(nn.Module):
+class Amortized(WeightingWrapper):
     """Wrap an aggregator so that its weights are recomputed only every ``every`` steps.
 
     On a step where the weights are due, :func:`labelgrad.aggregate_backward` computes the
@@ -23,8 +24,8 @@ class Amortized(nn.Module):
     number of losses K forces a recomputation.
 
     Args:
-        aggregator: the wrapped weighting (``weights(G) -> (K,)``); Jacobian aggregators
-            (``requires_jacobian``) cannot be amortized.
+        aggregator: the wrapped weighting (``weights(G) -> (K,)``); a
+            :class:`~labelgrad.aggregators.JacobianAggregator` cannot be amortized (TypeError).
         every: recompute the weights on steps 0, every, 2 * every, ...
 
     Example:
@@ -47,27 +48,17 @@ class Amortized(nn.Module):
 
     step: Tensor
     cached_weights: Tensor
+    wraps_as = "amortized"
 
     def __init__(self, aggregator: Any, every: int = 8) -> None:
-        super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         check_aggregator(aggregator)
-        if getattr(aggregator, "requires_jacobian", False):
-            raise ValueError(
-                f"{type(aggregator).__name__} needs the Jacobian (not a weighting of the Gramian): "
-                "it cannot be amortized"
-            )
-        self.aggregator = aggregator
+        super().__init__(aggregator)
         self.every = every
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("cached_weights", torch.zeros(0))
         self._host_step = 0  # mirrors ``step`` on the host: deciding needs no device sync
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        """The wrapped aggregator's weights (computed now, not cached)."""
-        w: Tensor = self.aggregator.weights(gramian)
-        return w
 
     def due(self, k: int) -> bool:
         """True when this step must recompute the weights (schedule, or K changed)."""
@@ -82,6 +73,13 @@ class Amortized(nn.Module):
         """The cached weights (count the step)."""
         self._advance()
         return self.cached_weights.to(device=like.device)
+
+    def reset(self) -> None:
+        """Forget the cached weights and the step count, and reset the wrapped weighting."""
+        super().reset()
+        self.cached_weights = torch.zeros(0, device=self.step.device)
+        self.step.zero_()
+        self._host_step = 0
 
     def _advance(self) -> None:
         self._host_step += 1

@@ -10,36 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from labelgrad.aggregation.amortized import Amortized
 from labelgrad.aggregation.engines import ENGINE_NAMES, Call, Choice, Options, choose
-from labelgrad.aggregation.engines.base import EngineName
+from labelgrad.aggregation.engines.protocol import EngineName
 from labelgrad.aggregation.losses import LossStructure, find_structure
 from labelgrad.aggregation.tracker import Tracker
 from labelgrad.aggregation.weighing import check_aggregator, weigh
+from labelgrad.aggregators.aggregator_types import (
+    Aggregator,  # re-exported: one public aggregator type
+)
 
 __all__ = ["AggregationResult", "Aggregator", "aggregate_backward", "explain_engine"]
-
-
-class Aggregator(Protocol):
-    """What ``aggregate_backward`` needs from an aggregator (``lg.aggregators.*``).
-
-    Weightings implement ``weights(G) -> (K,)``; aggregators that need more than the Gramian
-    (ConFIG, GradDrop) set ``requires_jacobian = True`` and implement ``aggregate(J) -> (P,)``.
-
-    Example:
-        >>> import torch, labelgrad as lg
-        >>> agg: lg.aggregation.Aggregator = lg.aggregators.UPGrad()
-        >>> agg.weights(torch.eye(3)).shape
-        torch.Size([3])
-    """
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        """The (K,) weights of the K losses, from the K x K Gramian."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -15,28 +15,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from labelgrad.aggregators.aggregator_types import JacobianAggregator, WeightingWrapper
+from labelgrad.aggregators.registry import available
+
 __all__ = ["aggregator_name", "check_aggregator", "check_weights", "weigh"]
 
 
 def aggregator_name(aggregator: object) -> str:
     """``UPGrad``, or ``Amortized(UPGrad)`` for a wrapped one (for error messages)."""
-    inner = getattr(aggregator, "aggregator", None)
     name = type(aggregator).__name__
-    return f"{name}({type(inner).__name__})" if inner is not None else name
-
-
-def _valid_names() -> list[str]:
-    import labelgrad.aggregators as aggregators
-
-    names = []
-    for name in getattr(aggregators, "__all__", []):
-        obj = getattr(aggregators, name, None)
-        usable = callable(getattr(obj, "weights", None)) or callable(
-            getattr(obj, "aggregate", None)
-        )
-        if inspect.isclass(obj) and not inspect.isabstract(obj) and usable:
-            names.append(name)
-    return sorted(n for n in names if n not in {"Aggregator", "JacobianAggregator"})
+    if isinstance(aggregator, WeightingWrapper):
+        return f"{name}({type(aggregator.aggregator).__name__})"
+    return name
 
 
 def check_aggregator(aggregator: object) -> None:
@@ -52,13 +42,16 @@ def check_aggregator(aggregator: object) -> None:
     if isinstance(aggregator, str):
         raise TypeError(
             f"aggregator must be an instance ({example}), not the name {aggregator!r}; "
-            f"lg.aggregators has: {', '.join(_valid_names())}"
+            f"lg.aggregators has: {', '.join(available())}"
         )
-    jacobian = bool(getattr(aggregator, "requires_jacobian", False))
-    method = "aggregate" if jacobian else "weights"
+    method = "aggregate" if isinstance(aggregator, JacobianAggregator) else "weights"
     if not callable(getattr(aggregator, method, None)):
+        hint = ""
+        if callable(getattr(aggregator, "aggregate", None)):
+            hint = "; a Jacobian aggregator must subclass lg.aggregators.JacobianAggregator"
         raise TypeError(
-            f"aggregator must have a {method}() method ({example}), got {type(aggregator).__name__}"
+            f"aggregator must have a {method}() method ({example}), got "
+            f"{type(aggregator).__name__}{hint}"
         )
 
 

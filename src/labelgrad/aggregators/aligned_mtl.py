@@ -7,14 +7,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import Aggregator, optional_vector, per_row_vector
+from labelgrad.aggregators.aggregator_types import GramianWeighting, optional_vector, per_row_vector
 
 __all__ = ["AlignedMTL"]
 
 ScaleMode = Literal["min", "median", "rmse"]
 
 
-class AlignedMTL(Aggregator):
+class AlignedMTL(GramianWeighting):
     r"""Aligned-MTL (Senushkin et al., `Independent Component Alignment for Multi-Task Learning
     <https://arxiv.org/abs/2305.19000>`_, Algorithm 1), as TorchJD 0.18.
 

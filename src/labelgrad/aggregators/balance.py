@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._qp import min_norm_point, should_check
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 from labelgrad.aggregators.diagnostics import SolverDiagnostics
 
 __all__ = ["FairGrad", "NashMTL", "balance_residual", "solve_balance"]
@@ -169,7 +169,7 @@ def solve_balance(
     return w.to(dtype)
 
 
-class NashMTL(Aggregator):
+class NashMTL(GramianWeighting):
     r"""Nash-MTL (Navon et al., `Multi-Task Learning as a Bargaining Game
     <https://arxiv.org/abs/2202.01017>`_, Algorithm 1), solved exactly on the Gramian.
 
@@ -254,7 +254,7 @@ class NashMTL(Aggregator):
         return f"max_norm={self.max_norm}, update_weights_every={self.update_weights_every}"
 
 
-class FairGrad(Aggregator):
+class FairGrad(GramianWeighting):
     r"""FairGrad (Ban & Ji, `Fair Resource Allocation in Multi-Task Learning
     <https://arxiv.org/abs/2402.15638>`_, Equation 4): α-fair weights solving
     ``G w = w^{-1/α}``, ``w > 0``.

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 
 __all__ = ["Mean", "Random", "Sum"]
 
 
-class Mean(Aggregator):
+class Mean(GramianWeighting):
     """Average of the label-group gradients: ``w = (1/K, ..., 1/K)``.
 
     The baseline every method is compared with; with it ``aggregate_backward`` equals a plain
@@ -27,7 +27,7 @@ class Mean(Aggregator):
         return torch.full((k,), 1.0 / k, dtype=gramian.dtype, device=gramian.device)
 
 
-class Sum(Aggregator):
+class Sum(GramianWeighting):
     """Sum of the label-group gradients: ``w = (1, ..., 1)``.
 
     Example:
@@ -40,7 +40,7 @@ class Sum(Aggregator):
         return torch.ones(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
 
 
-class Random(Aggregator):
+class Random(GramianWeighting):
     """Random loss weighting: ``w = softmax(z)``, ``z ~ N(0, I)`` drawn at every call.
 
     Algorithm 2 of Lin et al., `Reasonable Effectiveness of Random Weighting: A Litmus Test for

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._qp import min_norm_point, normalize_gramian, should_check
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 from labelgrad.aggregators.diagnostics import SolverDiagnostics
 
 __all__ = ["CAGrad", "project_to_simplex"]
@@ -30,7 +30,7 @@ def project_to_simplex(y: Tensor) -> Tensor:
     return (y - theta).clamp(min=0)
 
 
-class CAGrad(Aggregator):
+class CAGrad(GramianWeighting):
     r"""CAGrad (Liu et al., `Conflict-Averse Gradient Descent for Multi-task Learning
     <https://arxiv.org/abs/2110.14048>`_, Algorithm 1), with TorchJD 0.18's conventions.
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 
 __all__ = ["Constant"]
 
 
-class Constant(Aggregator):
+class Constant(GramianWeighting):
     r"""Constant weights, whatever the Gramian: TorchJD 0.18's ``Constant`` / ``ConstantWeighting``.
 
     TorchJD requires the weights; here ``weights=None`` (the default, so that every aggregator

@@ -8,13 +8,17 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._state import resize_buffers_for_load
-from labelgrad.aggregators.base import Aggregator, optional_vector
+from labelgrad.aggregators.aggregator_types import (
+    GramianWeighting,
+    WeightingWrapper,
+    optional_vector,
+)
 from labelgrad.aggregators.mgda import MGDA
 
 __all__ = ["CRMOGM"]
 
 
-class CRMOGM(Aggregator):
+class CRMOGM(WeightingWrapper):
     r"""CR-MOGM (Zhou et al., `On the Convergence of Stochastic Multi-Objective Gradient
     Manipulation and Beyond <https://proceedings.neurips.cc/paper_files/paper/2022/hash/f91bd64a3620aad8e70a27ad9cb3ca57-Abstract-Conference.html>`_,
     NeurIPS 2022), as TorchJD 0.18's ``CRMOGMWeighting``: the weights ``λ̂_k`` of a wrapped
@@ -31,8 +35,10 @@ class CRMOGM(Aggregator):
     TorchJD, which raises, a change of K restarts the average (as :class:`GradVac` does);
     :meth:`reset` restarts it and resets the wrapped aggregator where it has ``reset``.
 
+    A :class:`WeightingWrapper`: ``diagnostics`` are the wrapped aggregator's.
+
     Args:
-        aggregator: the Gramian aggregator whose weights are smoothed; :class:`MGDA` if None.
+        aggregator: the Gramian weighting whose weights are smoothed; :class:`MGDA` if None.
         alpha: the weight of the previous average, in [0, 1].
         initial_weights: (K,) weights ``λ_0``, or None.
 
@@ -47,19 +53,16 @@ class CRMOGM(Aggregator):
     """
 
     smoothed: Tensor
+    wraps_as = "smoothed"
 
     def __init__(
         self,
-        aggregator: Aggregator | None = None,
+        aggregator: GramianWeighting | None = None,
         *,
         alpha: float = 0.9,
         initial_weights: Tensor | None = None,
     ) -> None:
-        super().__init__()
-        inner = MGDA() if aggregator is None else aggregator
-        if not isinstance(inner, Aggregator) or inner.requires_jacobian:
-            raise TypeError("aggregator must be a Gramian Aggregator (requires_jacobian False)")
-        self.aggregator = inner
+        super().__init__(MGDA() if aggregator is None else aggregator)
         self.alpha = alpha
         self.initial_weights = optional_vector(initial_weights, "initial_weights")
         self.register_buffer("smoothed", torch.zeros(0))
@@ -77,13 +80,11 @@ class CRMOGM(Aggregator):
 
     def reset(self) -> None:
         """Restart the average (and reset the wrapped aggregator if it is stateful)."""
-        reset = getattr(self.aggregator, "reset", None)
-        if callable(reset):
-            reset()
+        super().reset()
         self.smoothed = torch.zeros(0, device=self.smoothed.device)
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
-        current = self.aggregator._weights(gramian)
+        current = super()._weights(gramian)  # the wrapped weighting's public weights()
         k = current.shape[0]
         if self.smoothed.shape == (k,):
             previous = self.smoothed.to(current)

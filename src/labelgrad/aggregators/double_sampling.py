@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._state import resize_buffers_for_load
-from labelgrad.aggregators.base import Aggregator, optional_vector, per_row_vector
+from labelgrad.aggregators.aggregator_types import GramianWeighting, optional_vector, per_row_vector
 
 __all__ = ["MoDo", "SDMGrad", "project_to_simplex"]
 
@@ -33,7 +33,7 @@ def project_to_simplex(y: Tensor) -> Tensor:
     return (y - thresholds.gather(0, rho.view(1))).clamp(min=0)
 
 
-class _SimplexState(Aggregator):
+class _SimplexState(GramianWeighting):
     """Keeps the (K,) simplex iterate ``task_weights`` (uniform at first and after K changes)."""
 
     task_weights: Tensor

@@ -6,13 +6,13 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._qp import normalize_gramian, project_to_dual_cone, regularize_gramian
-from labelgrad.aggregators.base import Aggregator, optional_vector, per_row_vector
+from labelgrad.aggregators.aggregator_types import GramianWeighting, optional_vector, per_row_vector
 from labelgrad.aggregators.diagnostics import SolverDiagnostics
 
 __all__ = ["DualProj", "UPGrad"]
 
 
-class _DualConeWeighting(Aggregator):
+class _DualConeWeighting(GramianWeighting):
     """Shared set-up: TorchJD's normalization and regularization of G, in float64."""
 
     _default_presolve = 0

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._state import resize_buffers_for_load
-from labelgrad.aggregators.base import JacobianAggregator
+from labelgrad.aggregators.aggregator_types import JacobianAggregator
 
 __all__ = ["ExcessMTL"]
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 from labelgrad.aggregators.pcgrad import random_orders
 
 __all__ = ["GradVac", "gradvac_weights"]
@@ -48,7 +48,7 @@ def gradvac_weights(
     return coefs.sum(dim=0)
 
 
-class GradVac(Aggregator):
+class GradVac(GramianWeighting):
     r"""Gradient Vaccine (Wang et al., `Gradient Vaccine: Investigating and Improving Multi-task
     Optimization in Massively Multilingual Models <https://arxiv.org/abs/2010.05874>`_), as a
     weighting of the Gramian with TorchJD 0.18's conventions and defaults (``beta=0.5``,

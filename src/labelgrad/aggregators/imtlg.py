@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 
 __all__ = ["IMTLG"]
 
 
-class IMTLG(Aggregator):
+class IMTLG(GramianWeighting):
     r"""IMTL-G (Liu et al., `Towards Impartial Multi-task Learning
     <https://openreview.net/forum?id=IMPnRXEWpvr>`_), in the generalization of Quinton & Rey
     (`Jacobian Descent <https://arxiv.org/abs/2406.16232>`_) that allows dependent rows.

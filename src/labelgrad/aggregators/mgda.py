@@ -6,13 +6,13 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._qp import min_norm_point, should_check
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 from labelgrad.aggregators.diagnostics import SolverDiagnostics
 
 __all__ = ["MGDA"]
 
 
-class MGDA(Aggregator):
+class MGDA(GramianWeighting):
     r"""MGDA (Désidéri 2012), solved as in Sener & Koltun, `Multi-Task Learning as
     Multi-Objective Optimization <https://arxiv.org/abs/1810.04650>`_, Algorithm 2.
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.aggregators._state import resize_buffers_for_load
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 
 __all__ = ["PCD", "pcd_certificate", "solve_pcd_dual"]
 
@@ -153,7 +153,7 @@ def _fallback(gramian: Tensor, taus: Tensor, iters: int = 2000) -> tuple[Tensor,
     return best, True
 
 
-class PCD(Aggregator):
+class PCD(GramianWeighting):
     r"""Priority-Constrained Descent (Varam et al., `Not All Objectives Are Born Equal:
     Priority-Constrained Descent for Hierarchical Multi-Objective Optimization
     <https://openreview.net/forum?id=HT01yGHLEt>`_, TMLR 2026), as TorchJD 0.18's ``PCD``

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import Aggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting
 
 __all__ = ["PCGrad", "pcgrad_weights", "random_orders"]
 
@@ -57,7 +57,7 @@ def pcgrad_weights(gramian: Tensor, orders: Tensor) -> Tensor:
     return coefs.sum(dim=0)
 
 
-class PCGrad(Aggregator):
+class PCGrad(GramianWeighting):
     r"""PCGrad (Yu et al., `Gradient Surgery for Multi-Task Learning
     <https://arxiv.org/abs/2001.06782>`_, Algorithm 1), as a weighting of the Gramian.
 

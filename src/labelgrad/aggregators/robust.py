@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import Aggregator, JacobianAggregator
+from labelgrad.aggregators.aggregator_types import GramianWeighting, JacobianAggregator
 
 __all__ = ["Krum", "TrimmedMean"]
 
@@ -18,7 +18,7 @@ def _check_count(value: object, name: str, minimum: int) -> int | None:
     return value
 
 
-class Krum(Aggregator):
+class Krum(GramianWeighting):
     r"""(Multi-)Krum (Blanchard et al., `Machine Learning with Adversaries: Byzantine Tolerant
     Gradient Descent <https://proceedings.neurips.cc/paper/2017/hash/f4b9ec30ad9f68f89b29639786cb62ef-Abstract.html>`_),
     as TorchJD 0.18's ``KrumWeighting``.

@@ -270,11 +270,11 @@ def multilabel_step(
     name, _, engine = method.partition("/")
     if name in MULTILABEL_METHODS and not engine:
         return _masked_bce_step(name, model, optimizer, y_train, monitor)
-    aggregator = getattr(lg.aggregators, name, None)
-    if not isinstance(aggregator, type):
+    aggregator = lg.aggregators.available().get(name)
+    if aggregator is None:
         raise ValueError(
-            f"method must be one of {', '.join(MULTILABEL_METHODS)} or an aggregator name "
-            f"(e.g. 'UPGrad' or 'UPGrad/exact'), got {method!r}"
+            f"method must be one of {', '.join(MULTILABEL_METHODS)} or an aggregator name of "
+            f"lg.aggregators.available() (e.g. 'UPGrad' or 'UPGrad/exact'), got {method!r}"
         )
     return _aggregated_step(aggregator(), engine or "auto", model, optimizer)
 

@@ -97,7 +97,7 @@ def _build_aggregator(cfg: TrainConfig, data: Dataset) -> Any:
     if data.task != "multilabel":
         raise ConfigError(f"{name}: [aggregation] needs multilabel data (one loss per label)")
     try:
-        return getattr(lg.aggregators, cfg.aggregation["aggregator"])()
+        return lg.aggregators.available()[cfg.aggregation["aggregator"]]()
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name}: [aggregation] {cfg.aggregation['aggregator']}: {err}") from None
 

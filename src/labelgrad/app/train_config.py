@@ -271,14 +271,8 @@ arguments, or single-label data, that a config does not give)."""
 
 
 def aggregator_names() -> list[str]:
-    """The ``lg.aggregators`` classes a config may name (concrete aggregators)."""
-    bases = (lg.aggregators.Aggregator, lg.aggregators.JacobianAggregator)
-    out = []
-    for n in lg.aggregators.__all__:
-        obj = getattr(lg.aggregators, n)
-        if isinstance(obj, type) and issubclass(obj, bases) and obj not in bases:
-            out.append(n)
-    return out
+    """The aggregator names a config may use: the registry ``lg.aggregators.available()``."""
+    return list(lg.aggregators.available())
 
 
 def _check_aggregation(aggregation: dict[str, Any], file: str) -> None:

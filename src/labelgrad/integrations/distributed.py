@@ -24,38 +24,31 @@ Where each nonlinear rule runs relative to DDP's gradient all-reduce:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from labelgrad._distributed import CheckedReducer, gradient_world_size, is_distributed
+from labelgrad.aggregators.aggregator_types import GramianWeighting, WeightingWrapper
 
 __all__ = ["SynchronizedGramian", "all_reduce_gradients", "synchronized"]
 
 
-class SynchronizedGramian(nn.Module):
-    """An aggregator whose Gramian is summed over ranks first. Built by :func:`synchronized`."""
+class SynchronizedGramian(WeightingWrapper):
+    """A weighting whose Gramian is summed over ranks first. Built by :func:`synchronized`.
 
-    requires_jacobian = False
+    A :class:`~labelgrad.aggregators.WeightingWrapper`: ``state_dict``, ``reset`` and
+    ``diagnostics`` are the wrapped weighting's.
+    """
 
-    def __init__(self, aggregator: Any) -> None:
-        super().__init__()
-        if not callable(getattr(aggregator, "weights", None)):
-            raise TypeError(
-                "aggregator must have weights(G) (an lg.aggregators weighting), got "
-                f"{type(aggregator).__name__}"
-            )
-        if getattr(aggregator, "requires_jacobian", False):
-            raise TypeError(
-                f"{type(aggregator).__name__} needs the Jacobian, not a Gramian: it cannot be "
-                "synchronised by a Gramian all-reduce"
-            )
-        self.aggregator = aggregator
+    wraps_as = "synchronised by a Gramian all-reduce"
+
+    def __init__(self, aggregator: GramianWeighting) -> None:
+        super().__init__(aggregator)
         self._reducer = CheckedReducer(f"the Gramian of {type(aggregator).__name__}")
 
-    def weights(self, gramian: Tensor, /) -> Tensor:
+    def _weights(self, gramian: Tensor, /) -> Tensor:
         """The inner aggregator's weights of the global Gramian sum_r G_r / W^2."""
         world = gradient_world_size()
         if world > 1:
@@ -66,7 +59,7 @@ class SynchronizedGramian(nn.Module):
         return w
 
 
-def synchronized(aggregator: Any) -> SynchronizedGramian:
+def synchronized(aggregator: GramianWeighting) -> SynchronizedGramian:
     """Wrap a Gramian weighting so that every rank computes its weights from the global Gramian.
 
     One all-reduce of K x K floats per aggregation (checked once for matching shapes). A no-op

@@ -30,7 +30,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from labelgrad.accumulation import accumulation_window
-from labelgrad.policies.base import Policy
+from labelgrad.policies.policy import Policy
 from labelgrad.rows.observer import LabelObserver
 from labelgrad.targets import Encoding
 

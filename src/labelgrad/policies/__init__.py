@@ -1,11 +1,11 @@
 """Level 1: policies that transform dL/dlogits per sample and per class during backward."""
 
 from labelgrad.policies.asymmetric_focus import AsymmetricFocus, asymmetric_focus
-from labelgrad.policies.base import GradContext, Policy, no_state_update, state_updates_enabled
 from labelgrad.policies.chain import Chain, chain
 from labelgrad.policies.clipping import ClipPerClass, ClipPerSample, clip_per_class, clip_per_sample
 from labelgrad.policies.eql import EQL, eql
 from labelgrad.policies.eqlv2 import EQLv2, eqlv2
+from labelgrad.policies.labels_trick import LabelsTrick, labels_trick
 from labelgrad.policies.ldam import LDAM, ldam_drw
 from labelgrad.policies.linear import LinearPolicy, Multiplier
 from labelgrad.policies.logit_adjust import LogitAdjust, logit_adjust
@@ -18,6 +18,7 @@ from labelgrad.policies.masking import (
     mask_unknown,
 )
 from labelgrad.policies.monitor import GradMonitor, monitor
+from labelgrad.policies.policy import GradContext, Policy, no_state_update, state_updates_enabled
 from labelgrad.policies.schedule import Schedule, schedule
 from labelgrad.policies.seesaw import Seesaw, seesaw
 from labelgrad.policies.stateful import StatefulPolicy
@@ -35,6 +36,7 @@ __all__ = [
     "FreezeClasses",
     "GradContext",
     "GradMonitor",
+    "LabelsTrick",
     "LinearPolicy",
     "LogitAdjust",
     "Mask",
@@ -53,6 +55,7 @@ __all__ = [
     "eql",
     "eqlv2",
     "freeze_classes",
+    "labels_trick",
     "ldam_drw",
     "logit_adjust",
     "mask",

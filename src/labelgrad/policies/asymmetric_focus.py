@@ -7,8 +7,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labelgrad._validation import as_nonnegative_scalar
-from labelgrad.policies._surrogate import compute_dtype, passthrough_non_finite, sigmoid_scale
-from labelgrad.policies.base import GradContext, Policy
+from labelgrad.policies._surrogate import (
+    SurrogatePolicy,
+    compute_dtype,
+    passthrough_non_finite,
+    sigmoid_scale,
+)
+from labelgrad.policies.policy import GradContext
 
 __all__ = ["AsymmetricFocus", "asymmetric_focus"]
 
@@ -36,13 +41,21 @@ def asymmetric_grad(
     return y * pos + (1 - y) * neg
 
 
-class AsymmetricFocus(Policy):
+class AsymmetricFocus(SurrogatePolicy):
     """The gradient of the asymmetric loss. Built by :func:`asymmetric_focus`."""
 
-    reads_logits = True
+    per_entry_scale = True
+    plain_loss = "F.binary_cross_entropy_with_logits"
 
-    def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        gamma_pos: float = 0.0,
+        gamma_neg: float = 4.0,
+        clip: float = 0.05,
+        *,
+        check: bool | None = None,
+    ) -> None:
+        super().__init__(check)
         self.gamma_pos = as_nonnegative_scalar(gamma_pos, "gamma_pos")
         self.gamma_neg = as_nonnegative_scalar(gamma_neg, "gamma_neg")
         self.clip = as_nonnegative_scalar(clip, "clip")
@@ -56,12 +69,18 @@ class AsymmetricFocus(Policy):
         t = ctx.require_targets(self)
         dt = compute_dtype(grad)
         g, z, y = grad.to(dt), ctx.require_logits(self).to(dt), t.values.to(dt)
+        scale, code = sigmoid_scale(g, z, y)
+        self.report(code)
         surrogate = asymmetric_grad(z, y, self.gamma_pos, self.gamma_neg, self.clip)
-        return passthrough_non_finite(grad, sigmoid_scale(g, z, y) * surrogate, per_row=False)
+        return passthrough_non_finite(grad, scale * surrogate, per_row=False)
 
 
 def asymmetric_focus(
-    gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 4.0,
+    clip: float = 0.05,
+    *,
+    check: bool | None = None,
 ) -> AsymmetricFocus:
     """Asymmetric loss, ASL (Ridnik et al., "Asymmetric Loss For Multi-Label Classification", 2021).
 
@@ -77,12 +96,21 @@ def asymmetric_focus(
     This policy *replaces* the gradient: put it first in a chain (after ``mask_unknown`` at
     most), under ``F.binary_cross_entropy_with_logits``. Unknown labels count as negatives, as in
     a loss on ``y.clamp(min=0)``; chain after ``mask_unknown()`` to ignore them instead. Soft
-    labels are used as y in the formula above.
+    labels are used as y in the formula above, in their own precision (float64 stays float64);
+    for soft labels and nonzero gammas this is the paper's equation, not the authors' code, which
+    focuses a soft entry with the mixed weight (1 - p_t)^(gamma_pos y + gamma_neg (1 - y)).
+
+    The loss scale is read entry by entry, so the check can refuse only an incoming gradient
+    whose sign differs from sigmoid(z) - y, or that is nonzero where sigmoid(z) = y (targets
+    smoothed in the loss but not given to the policy, a temperature, a second loss term).
 
     Args:
         gamma_pos: focusing exponent of positive entries. Default 0.
         gamma_neg: focusing exponent of negative entries. Default 4.
         clip: probability margin m in [0, 1) of negative entries (0 turns it off). Default 0.05.
+        check: verify the incoming gradient against binary cross-entropy's (see above): None
+            (default) at once on the CPU and at the next call on an accelerator, True at once
+            everywhere, False never.
 
     Example:
         >>> import torch, torch.nn.functional as F, labelgrad as lg
@@ -93,4 +121,4 @@ def asymmetric_focus(
         >>> [round(v, 4) for v in z.grad[0].tolist()]  # the easy negative gets nothing
         [-0.1192, 0.0, 0.4165]
     """
-    return AsymmetricFocus(gamma_pos, gamma_neg, clip)
+    return AsymmetricFocus(gamma_pos, gamma_neg, clip, check=check)

@@ -8,7 +8,7 @@ from torch import Tensor
 from labelgrad._distributed import CheckedReducer, is_distributed
 from labelgrad._validation import as_nonnegative_scalar
 from labelgrad.policies._scalars import scalar
-from labelgrad.policies.base import GradContext, Policy
+from labelgrad.policies.policy import GradContext, Policy
 
 __all__ = ["ClipPerClass", "ClipPerSample", "clip_per_class", "clip_per_sample"]
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from labelgrad._validation import as_class_vector, as_nonnegative_scalar
-from labelgrad.policies.base import GradContext, Policy
+from labelgrad.policies.policy import GradContext, Policy
 
 __all__ = ["EQL", "eql"]
 
@@ -24,7 +24,8 @@ class EQL(Policy):
     def __init__(self, freq_threshold: float, frequencies: Tensor | Sequence[float]) -> None:
         super().__init__()
         self.freq_threshold = as_nonnegative_scalar(freq_threshold, "freq_threshold")
-        freq = as_class_vector(frequencies, "frequencies")
+        # In the dtype given: 1e39 (float64) is inf in float32, 1e-50 is 0.
+        freq = as_class_vector(frequencies, "frequencies", keep_dtype=True)
         self.register_buffer("rare", freq < self.freq_threshold)
 
     def extra_repr(self) -> str:
@@ -37,9 +38,16 @@ class EQL(Policy):
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
         t = ctx.require_targets(self)
         foreground = t.positive.any(dim=-1, keepdim=True)
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        if t.encoding == "soft":
+            # The paper's weight 1 - E T (1 - y) with the soft value y (float multi-hot labels
+            # give the same 0/1 weights as hard ones).
+            rare = foreground & self.rare.to(grad.device)
+            w = 1 - rare.to(grad.dtype) * (1 - t.values.to(grad.dtype))
+            return torch.where(w == 0, zero, grad * w)
         drop = foreground & self.rare.to(grad.device) & ~t.positive
         # where(), not a product: an exact zero, even for an infinite entry (EQL ignores it).
-        return torch.where(drop, torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
+        return torch.where(drop, zero, grad)
 
 
 def eql(freq_threshold: float, frequencies: Tensor | Sequence[float]) -> EQL:
@@ -53,7 +61,9 @@ def eql(freq_threshold: float, frequencies: Tensor | Sequence[float]) -> EQL:
     (as in a loss on ``y.clamp(min=0)``); chain after ``mask_unknown()`` to drop them instead.
 
     This policy *reweights* the gradient (weights 0 and 1): it is exactly the gradient of the
-    reweighted loss, for any reduction. The softmax variant of the paper (a random
+    reweighted loss, for any reduction. With soft (float) targets the weight is the same formula
+    with the soft value y (a sample is foreground if some y >= 0.5): float multi-hot labels give
+    the 0/1 weights of hard ones. The softmax variant of the paper (a random
     denominator mask) is not provided.
 
     Args:

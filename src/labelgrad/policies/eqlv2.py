@@ -7,8 +7,8 @@ from torch import Tensor
 
 from labelgrad._validation import as_count, as_nonnegative_scalar
 from labelgrad.policies._scalars import scalar
-from labelgrad.policies.base import GradContext
 from labelgrad.policies.linear import LinearPolicy, Multiplier, like
+from labelgrad.policies.policy import GradContext
 from labelgrad.policies.stateful import StatefulPolicy
 
 __all__ = ["EQLv2", "eqlv2"]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from labelgrad.policies._scalars import scalar
-from labelgrad.policies.base import GradContext, Policy
+from labelgrad.policies.policy import GradContext, Policy
 from labelgrad.targets import Targets
 
 __all__ = ["LinearPolicy", "Multiplier"]

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from labelgrad._validation import as_class_set, as_count
-from labelgrad.policies.base import GradContext
 from labelgrad.policies.linear import LinearPolicy, Multiplier
+from labelgrad.policies.policy import GradContext
 from labelgrad.targets import Targets
 
 __all__ = ["FreezeClasses", "Mask", "MaskUnknown", "freeze_classes", "mask", "mask_unknown"]

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from labelgrad._validation import as_count
-from labelgrad.policies.base import GradContext
 from labelgrad.policies.linear import LinearPolicy, Multiplier
+from labelgrad.policies.policy import GradContext
 from labelgrad.policies.stateful import StatefulPolicy
 
 __all__ = ["GradMonitor", "monitor"]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from labelgrad._validation import as_count
-from labelgrad.policies.base import GradContext, Policy
+from labelgrad.policies.policy import GradContext, Policy
 
 __all__ = ["Schedule", "schedule"]
 

@@ -6,35 +6,52 @@ import torch
 from torch import Tensor
 
 from labelgrad._validation import as_count, as_nonnegative_scalar
-from labelgrad.policies._surrogate import compute_dtype, passthrough_non_finite, softmax_scale
-from labelgrad.policies.base import GradContext
+from labelgrad.policies._surrogate import (
+    NOT_HARD,
+    SurrogatePolicy,
+    as_smoothing,
+    compute_dtype,
+    passthrough_non_finite,
+    smoothed,
+    softmax_scale,
+)
+from labelgrad.policies.policy import GradContext
 from labelgrad.policies.stateful import StatefulPolicy
 
 __all__ = ["Seesaw", "seesaw"]
 
 
-class Seesaw(StatefulPolicy):
+class Seesaw(StatefulPolicy, SurrogatePolicy):
     """The gradient of Seesaw cross-entropy. Built by :func:`seesaw`.
 
     Buffer (float32, saved in ``state_dict``, summed over ranks): ``cum_samples`` (C,), the number
     of labelled samples of each class seen so far, the current batch included.
     """
 
-    reads_logits = True
     cum_samples: Tensor
 
     def __init__(
-        self, num_classes: int, p: float = 0.8, q: float = 2.0, *, eps: float = 1e-2
+        self,
+        num_classes: int,
+        p: float = 0.8,
+        q: float = 2.0,
+        *,
+        eps: float = 1e-2,
+        label_smoothing: float = 0.0,
+        check: bool | None = None,
     ) -> None:
         super().__init__()
+        self.set_check(check)
         self.num_classes = as_count(num_classes, "num_classes")
         self.p = as_nonnegative_scalar(p, "p")
         self.q = as_nonnegative_scalar(q, "q")
         self.eps = as_nonnegative_scalar(eps, "eps", positive=True)
+        self.label_smoothing = as_smoothing(label_smoothing)
         self.add_state("cum_samples", torch.zeros(num_classes, dtype=torch.float32))
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, p={self.p}, q={self.q}, eps={self.eps}"
+        extra = f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+        return f"num_classes={self.num_classes}, p={self.p}, q={self.q}, eps={self.eps}{extra}"
 
     def expected_num_classes(self) -> int | None:
         return self.num_classes
@@ -53,6 +70,13 @@ class Seesaw(StatefulPolicy):
         t = ctx.require_targets(self)
         dt = compute_dtype(grad)
         g, z, y = grad.to(dt), ctx.require_logits(self).to(dt), t.values.to(dt)
+        target = smoothed(y, self.label_smoothing)
+        scale, code = softmax_scale(g, z, target, grad.dtype)
+        if t.encoding == "soft":
+            # The factors compare the label's class with the others: one-hot float labels only.
+            hard = ((y == 0) | (y == 1)).all()
+            code = torch.where(hard, code, torch.maximum(code, torch.full_like(code, NOT_HARD)))
+        self.report(code)
         counts = self._counts(grad, t.values, ctx.update_state).to(device=z.device, dtype=dt)
         negative = y == 0
         log_w = torch.zeros_like(z)
@@ -67,11 +91,19 @@ class Seesaw(StatefulPolicy):
             own_s = (y * log_s.exp()).sum(-1, keepdim=True).clamp(min=self.eps)
             log_w = log_w + self.q * (log_s - torch.log(own_s)).clamp(min=0)
         adjusted = z + torch.where(negative, log_w, torch.zeros_like(log_w))
-        surrogate = torch.softmax(adjusted, dim=-1) * y.sum(-1, keepdim=True) - y
-        return passthrough_non_finite(grad, softmax_scale(g, z, y) * surrogate, per_row=True)
+        surrogate = torch.softmax(adjusted, dim=-1) * target.sum(-1, keepdim=True) - target
+        return passthrough_non_finite(grad, scale * surrogate, per_row=True)
 
 
-def seesaw(num_classes: int, p: float = 0.8, q: float = 2.0, *, eps: float = 1e-2) -> Seesaw:
+def seesaw(
+    num_classes: int,
+    p: float = 0.8,
+    q: float = 2.0,
+    *,
+    eps: float = 1e-2,
+    label_smoothing: float = 0.0,
+    check: bool | None = None,
+) -> Seesaw:
     """Seesaw loss (Wang et al., "Seesaw Loss for Long-Tailed Instance Segmentation", CVPR 2021).
 
     Replaces the gradient of the user's softmax cross-entropy by the gradient of Seesaw
@@ -90,13 +122,22 @@ def seesaw(num_classes: int, p: float = 0.8, q: float = 2.0, *, eps: float = 1e-
     passes under :func:`labelgrad.no_state_update` use the counts as they are. Inside
     :func:`labelgrad.accumulation_window` each micro-batch sees the window's starting counts plus
     its own labels (the later micro-batches are not known yet); the window's total is committed
-    at its end.
+    at its end. With ``p=0, q=0`` this is plain cross-entropy: the incoming gradient, exactly.
+    Soft targets other than one-hot float labels are refused (the factors are defined for class
+    labels). Under
+    ``F.cross_entropy(..., label_smoothing=eps)`` pass ``label_smoothing=eps`` too: the result is
+    the gradient of Seesaw cross-entropy with the smoothed target (the factors still follow the
+    label). Any other loss is refused with a ValueError (see ``check``).
 
     Args:
         num_classes: C.
         p: exponent of the mitigation factor (0 turns it off). Default 0.8.
         q: exponent of the compensation factor (0 turns it off). Default 2.
         eps: lower bound of the own-class score in the compensation factor. Default 0.01.
+        label_smoothing: the ``label_smoothing`` of the user's ``F.cross_entropy``. Default 0.
+        check: verify that the incoming gradient is that of the plain (or label-smoothed)
+            cross-entropy: None (default) at once on the CPU and at the next call on an
+            accelerator, True at once everywhere, False never.
 
     Example:
         >>> import torch, torch.nn.functional as F, labelgrad as lg
@@ -109,4 +150,4 @@ def seesaw(num_classes: int, p: float = 0.8, q: float = 2.0, *, eps: float = 1e-
         >>> [round(v, 3) for v in z.grad[0].tolist()]  # rarer negatives are pushed down less
         [-0.532, 0.338, 0.194]
     """
-    return Seesaw(num_classes, p, q, eps=eps)
+    return Seesaw(num_classes, p, q, eps=eps, label_smoothing=label_smoothing, check=check)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from labelgrad._distributed import CheckedReducer
-from labelgrad.policies.base import Policy
+from labelgrad.policies.policy import Policy
 
 __all__ = ["StatefulPolicy", "WindowMerge"]
 

@@ -9,8 +9,8 @@ from torch import Tensor
 
 from labelgrad._validation import as_class_vector
 from labelgrad.policies._scalars import scalar
-from labelgrad.policies.base import GradContext
 from labelgrad.policies.linear import LinearPolicy, Multiplier, like
+from labelgrad.policies.policy import GradContext
 
 __all__ = ["ClassWeights", "PosNegWeights", "class_weights", "pos_neg_weights"]
 

@@ -1,14 +1,14 @@
 """The engines of :func:`labelgrad.aggregate_backward`, one per module, behind one protocol.
 
 :data:`ENGINES` lists them in ``engine="auto"``'s order of preference; :func:`choose` asks each
-whether it applies (a :class:`~labelgrad.aggregation.engines.base.Verdict`) and takes the first
+whether it applies (a :class:`~labelgrad.aggregation.engines.protocol.Verdict`) and takes the first
 that does, among those of the asked name; then an engine that reuses earlier weights (the cached
 engine, for :class:`labelgrad.aggregation.Amortized`) takes the step where it applies.
 
 Adding an engine: one module with a class implementing
-:class:`~labelgrad.aggregation.engines.base.Engine` (its backward state a typed subclass of
-:class:`~labelgrad.aggregation.engines.base.Prepared`), its place in :data:`ENGINES`, and its
-name in :data:`~labelgrad.aggregation.engines.base.GramianEngineName` so that ``engine=`` can
+:class:`~labelgrad.aggregation.engines.protocol.Engine` (its backward state a typed subclass of
+:class:`~labelgrad.aggregation.engines.protocol.Prepared`), its place in :data:`ENGINES`, and its
+name in :data:`~labelgrad.aggregation.engines.protocol.GramianEngineName` so that ``engine=`` can
 ask for it (a test checks that the names and the registry agree).
 
 Modules: :mod:`.base` (the protocol, :class:`Options`, :class:`Call`, :class:`Verdict`,
@@ -20,7 +20,10 @@ of ``Amortized`` between recomputations).
 
 from __future__ import annotations
 
-from labelgrad.aggregation.engines.base import (
+from labelgrad.aggregation.engines.cached import CachedWeights
+from labelgrad.aggregation.engines.closed_form import ClosedFormRepresentation
+from labelgrad.aggregation.engines.exact import Exact
+from labelgrad.aggregation.engines.protocol import (
     ENGINE_NAMES,
     NEEDS_ARGUMENT,
     REGISTERED_NAMES,
@@ -34,9 +37,6 @@ from labelgrad.aggregation.engines.base import (
     Verdict,
     own,
 )
-from labelgrad.aggregation.engines.cached import CachedWeights
-from labelgrad.aggregation.engines.closed_form import ClosedFormRepresentation
-from labelgrad.aggregation.engines.exact import Exact
 from labelgrad.aggregation.engines.representation import BatchedRepresentation
 from labelgrad.aggregation.engines.sample_gramian import SampleGramian
 from labelgrad.aggregation.engines.subset import Subset

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from labelgrad.aggregation.engines.base import Call, Verdict
+from labelgrad.aggregation.engines.protocol import Call, Verdict
 from labelgrad.aggregation.per_label_jacobian import exact_jacobian
 from labelgrad.aggregation.weighing import aggregator_name
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from labelgrad.aggregation import _write
 from labelgrad.aggregation.amortized import Amortized
-from labelgrad.aggregation.engines.base import Call, Prepared, Verdict
+from labelgrad.aggregation.engines.protocol import Call, Prepared, Verdict
 from labelgrad.aggregation.weighing import check_weights
 
 __all__ = ["CachedWeights"]

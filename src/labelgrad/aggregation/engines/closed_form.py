@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from labelgrad.aggregation import _graph
-from labelgrad.aggregation.engines.base import Call, Prepared, Verdict, own
+from labelgrad.aggregation.engines.protocol import Call, Prepared, Verdict, own
 from labelgrad.aggregation.engines.representation import (
     RepresentationPrepared,
     check_features,

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from labelgrad.aggregation import _write
 from labelgrad.aggregation.engines._shared import check_reached, checked_jacobian, rows_per_chunk
-from labelgrad.aggregation.engines.base import Call, Prepared, Verdict, own
+from labelgrad.aggregation.engines.protocol import Call, Prepared, Verdict, own
 from labelgrad.aggregation.per_label_jacobian import blocked_gramian, gramian_of, row_bytes
 from labelgrad.aggregation.weighing import aggregator_name
 

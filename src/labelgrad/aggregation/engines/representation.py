@@ -17,7 +17,7 @@ from torch import Tensor
 from labelgrad.aggregation import _graph
 from labelgrad.aggregation._warn import warn_once
 from labelgrad.aggregation.engines._shared import jacobian_refusal, rows_per_chunk
-from labelgrad.aggregation.engines.base import Call, Prepared, Verdict, own
+from labelgrad.aggregation.engines.protocol import Call, Prepared, Verdict, own
 from labelgrad.aggregation.per_label_jacobian import (
     FeatureJacobian,
     representation_jacobian,

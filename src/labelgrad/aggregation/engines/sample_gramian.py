@@ -40,7 +40,7 @@ from labelgrad.aggregation.engines._shared import (
     jacobian_refusal,
     rows_per_chunk,
 )
-from labelgrad.aggregation.engines.base import Call, Prepared, Verdict, own
+from labelgrad.aggregation.engines.protocol import Call, Prepared, Verdict, own
 from labelgrad.aggregation.per_label_jacobian import gramian_of, row_bytes
 from labelgrad.aggregation.tracker import Tracker
 

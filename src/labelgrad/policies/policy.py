@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from labelgrad._distributed import gradient_world_size
 from labelgrad._layout import class_back as _class_back
 from labelgrad._layout import class_last as _class_last
+from labelgrad.policies._scalars import scalar
 from labelgrad.targets import Targets, TargetsLike, normalize_class_dim
 
 __all__ = ["GradContext", "Policy", "no_state_update", "state_updates_enabled"]
@@ -301,8 +302,11 @@ class _Gate(torch.autograd.Function):
         indices: Tensor | None,
         meta: tuple[Policy, Targets | None, int, bool],
     ) -> Tensor:
-        # A view: an identity that still gives autograd a distinct output to attach to.
-        return logits.view(logits.shape)
+        # A copy, not a view: autograd forbids in-place changes of a view made inside a custom
+        # Function (``policy(z, y).div_(T)`` would fail), and an alias would let the caller's
+        # in-place change reach the logits a surrogate policy reads in backward. x * 1 is exact
+        # (NaN, inf and -0 included) and one operator, where clone() dispatches three.
+        return logits * scalar(1.0, logits)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:

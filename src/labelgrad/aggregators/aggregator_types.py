@@ -1,13 +1,20 @@
-"""The aggregator interface: a weighting of the K x K Gramian, or a map of the Jacobian."""
+"""The two aggregator types (a weighting of the K x K Gramian, a map of the Jacobian) and the
+wrapper base of weightings that wrap another one."""
 
 from __future__ import annotations
+
+from typing import TypeAlias
 
 import torch
 from torch import Tensor, nn
 
+from labelgrad.aggregators.diagnostics import SolverDiagnostics
+
 __all__ = [
     "Aggregator",
+    "GramianWeighting",
     "JacobianAggregator",
+    "WeightingWrapper",
     "check_gramian",
     "check_jacobian",
     "optional_vector",
@@ -119,24 +126,23 @@ def per_row_vector(
     return vector.to(device=like.device, dtype=dtype)
 
 
-class Aggregator(nn.Module):
+class GramianWeighting(nn.Module):
     """A weighting of K label-group gradients, computed from their Gramian ``G = J J^T``.
 
     The aggregated update is ``J^T w`` with ``w = weights(G)``, i.e. the gradient of
     ``sum_k w_k L_k``: one weighted backward. Subclasses implement :meth:`_weights` on a validated
     Gramian; stateful ones keep their state in registered buffers (``state_dict``, ``.to()``),
     random ones take a ``torch.Generator``. Aggregators that need more than the Gramian subclass
-    :class:`JacobianAggregator` instead.
+    :class:`JacobianAggregator` instead; ``isinstance`` tells the two apart.
 
     Example:
         >>> import torch
         >>> import labelgrad as lg
         >>> lg.aggregators.Mean().weights(torch.eye(4))
         tensor([0.2500, 0.2500, 0.2500, 0.2500])
+        >>> isinstance(lg.aggregators.Mean(), lg.aggregators.GramianWeighting)
+        True
     """
-
-    #: Whether :meth:`JacobianAggregator.aggregate` must be used (the Gramian is not enough).
-    requires_jacobian: bool = False
 
     def weights(self, gramian: Tensor, /) -> Tensor:
         """The (K,) weights for the Gramian ``gramian`` (K, K), on its device and dtype.
@@ -162,27 +168,22 @@ class Aggregator(nn.Module):
         return ""
 
 
-class JacobianAggregator(Aggregator):
+class JacobianAggregator(nn.Module):
     """An aggregator that needs the (K, P) Jacobian itself, not only its Gramian.
 
     The engines call :meth:`aggregate` on the stacked per-label gradients and write the result as
-    the shared parameters' gradient.
+    the shared parameters' gradient. It has no ``weights``: its update is not a weighting of the
+    Gramian (so it cannot be amortized, synchronised by a Gramian all-reduce, or smoothed).
 
     Example:
         >>> import torch
         >>> import labelgrad as lg
-        >>> lg.aggregators.ConFIG().requires_jacobian
+        >>> agg = lg.aggregators.ConFIG()
+        >>> isinstance(agg, lg.aggregators.JacobianAggregator)
         True
+        >>> agg.aggregate(torch.eye(2))
+        tensor([1.0000, 1.0000])
     """
-
-    requires_jacobian = True
-
-    def weights(self, gramian: Tensor, /) -> Tensor:
-        """Not available: this aggregator's update is not a function of the Gramian."""
-        raise TypeError(
-            f"{type(self).__name__} needs the (K, P) Jacobian, not its Gramian: "
-            f"call .aggregate(jacobian) (check .requires_jacobian)"
-        )
 
     def aggregate(self, jacobian: Tensor, /) -> Tensor:
         """Map the Jacobian (K, P) of the K label-group losses to the update (P,).
@@ -203,3 +204,73 @@ class JacobianAggregator(Aggregator):
     def forward(self, jacobian: Tensor, /) -> Tensor:
         """Same as :meth:`aggregate`."""
         return self.aggregate(jacobian)
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+Aggregator: TypeAlias = GramianWeighting | JacobianAggregator
+"""Any aggregator: a :class:`GramianWeighting` or a :class:`JacobianAggregator`.
+
+A type alias (the union), for annotations and ``isinstance(agg, Aggregator)``; it cannot be
+subclassed: a new aggregator subclasses one of the two.
+"""
+
+
+class WeightingWrapper(GramianWeighting):
+    """A Gramian weighting that wraps another one (``Amortized``, ``CRMOGM``, ``synchronized``).
+
+    Holds the wrapped weighting as :attr:`aggregator` (a submodule when it is an ``nn.Module``,
+    so ``state_dict`` and ``.to()`` include its state), refuses a :class:`JacobianAggregator`,
+    and delegates :meth:`reset` and :attr:`diagnostics` to it. By default its weights are the
+    wrapped ones; subclasses override :meth:`_weights` and call the wrapped weighting through its
+    public :meth:`~GramianWeighting.weights`.
+
+    Args:
+        aggregator: the wrapped weighting (``weights(G) -> (K,)``).
+
+    Example:
+        >>> import torch
+        >>> import labelgrad as lg
+        >>> wrapped = WeightingWrapper(lg.aggregators.UPGrad())
+        >>> wrapped.weights(torch.eye(2))
+        tensor([0.5000, 0.5000])
+        >>> int(wrapped.diagnostics.calls)
+        1
+    """
+
+    #: What the wrapper does to the weights, for the error on a Jacobian aggregator.
+    wraps_as: str = "wrapped"
+
+    def __init__(self, aggregator: GramianWeighting) -> None:
+        super().__init__()
+        name = type(aggregator).__name__
+        if isinstance(aggregator, JacobianAggregator):
+            raise TypeError(
+                f"{type(self).__name__} wraps a Gramian weighting: {name} needs the Jacobian "
+                f"(not a weighting of the Gramian): it cannot be {self.wraps_as}"
+            )
+        if isinstance(aggregator, type) or not callable(getattr(aggregator, "weights", None)):
+            raise TypeError(
+                f"{type(self).__name__} wraps a Gramian weighting instance (weights(G) -> (K,), "
+                f"e.g. lg.aggregators.UPGrad()), got {name}"
+            )
+        self.aggregator = aggregator
+
+    def _weights(self, gramian: Tensor, /) -> Tensor:
+        w: Tensor = self.aggregator.weights(gramian)
+        return w
+
+    def reset(self) -> None:
+        """Reset the wrapped weighting where it is stateful (it has ``reset``)."""
+        reset = getattr(self.aggregator, "reset", None)
+        if callable(reset):
+            reset()
+
+    @property
+    def diagnostics(self) -> SolverDiagnostics:
+        """The wrapped weighting's ``diagnostics`` (AttributeError where it solves nothing)."""
+        found = getattr(self.aggregator, "diagnostics", None)
+        if not isinstance(found, SolverDiagnostics):
+            raise AttributeError(f"{type(self.aggregator).__name__} has no diagnostics")
+        return found

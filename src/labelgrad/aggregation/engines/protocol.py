@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
 from torch import Tensor, nn
 
 from labelgrad.aggregation.losses import LossStructure
+from labelgrad.aggregators.aggregator_types import JacobianAggregator
 
 __all__ = [
     "ENGINE_NAMES",
@@ -108,7 +109,7 @@ class Call:
     @property
     def needs_jacobian(self) -> bool:
         """Whether the aggregator aggregates the Jacobian itself (ConFIG, GradDrop)."""
-        return bool(getattr(self.aggregator, "requires_jacobian", False))
+        return isinstance(self.aggregator, JacobianAggregator)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Regression tests for the solver defects of issue 12 (each failed before the certified solvers).
+"""UPGrad and DualProj (aggregators/dual_cone.py): regression tests for the solver defects of
+issue 12 (each failed before the certified solvers).
 
 Tolerances: the dual-cone weightings solve on ``Ĝ = G / trace(G) + reg_eps I`` (TorchJD's
 problem), so non-conflict is checked on that regularized Gramian, to 1e-9 of its scale; agreement
@@ -7,7 +8,6 @@ with TorchJD's quadprog to 1e-6 relative.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -18,21 +18,15 @@ import torch
 from torch import Tensor
 
 import labelgrad as lg
+from _aggregation_helpers import needs_quadprog, one_thread
 
 A = lg.aggregators
-HAS_QUADPROG = all(
-    importlib.util.find_spec(m) is not None for m in ("torchjd", "quadprog", "qpsolvers")
-)
-needs_quadprog = pytest.mark.skipif(not HAS_QUADPROG, reason="torchjd 0.18 + quadprog needed")
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    # On a shared 2-core machine torch's thread pool thrashes (100x slower small solves).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 #: The 4 x 5 Jacobian of issue 12 on which the uncertified active-set solver cycled.
@@ -126,53 +120,6 @@ def test_answer_does_not_depend_on_the_iteration_limit() -> None:
     answers = [project_to_dual_cone(lower, g, max_iters=n)[0] for n in (1, 2, 3, 5, 50)]
     for answer in answers[:-1]:
         torch.testing.assert_close(answer, answers[-1], rtol=1e-9, atol=1e-12)
-
-
-def test_cagrad_large_c_with_zero_in_the_hull_gives_zero() -> None:
-    j = torch.tensor([[-3.0], [-3.0], [1.0]], dtype=torch.float64)
-    w = A.CAGrad(c=2.0).weights(j @ j.T)
-    torch.testing.assert_close(j.T @ w, torch.zeros(1, dtype=torch.float64), atol=1e-6, rtol=0)
-
-
-def stationary_jacobian(k: int = 20, p: int = 100, seed: int = 0) -> Tensor:
-    """K rows whose convex hull contains 0 (the last row is minus a positive mix of the others)."""
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(k - 1, p, generator=g, dtype=torch.float64)
-    return torch.cat([a, -a.sum(0, keepdim=True) / 3])
-
-
-def test_fairgrad_small_alpha_float32_stationary_is_certified_and_non_conflicting() -> None:
-    # 0 is in the hull of J's rows, but not of the float32-rounded Gramian's: a (huge-weight)
-    # solution exists for what the aggregator sees. The old Newton stopped unconverged with
-    # G w in [-8e-5, 9e-5]. Non-conflict is checked on the Gramian the aggregator receives,
-    # in float64 arithmetic: a Gramian weighting cannot know J beyond it.
-    j = stationary_jacobian().float()
-    g = j @ j.T
-    agg = A.FairGrad(alpha=0.1)
-    w = agg.weights(g)
-    assert w.dtype == torch.float32
-    assert bool(w.isfinite().all())
-    assert bool(((g.double() @ w.double()) >= 0).all())
-    assert int(agg.diagnostics.uncertified) == 0
-    assert int(agg.diagnostics.problems) == 1
-
-
-def test_fairgrad_float64_exactly_stationary_gives_zero() -> None:
-    j = stationary_jacobian()
-    agg = A.FairGrad(alpha=0.1)
-    w = agg.weights(j @ j.T)
-    update = j.T @ w
-    assert bool(((j @ update) >= -1e-9 * float(j.norm()) ** 2).all())
-    assert float(update.norm()) <= 1e-6 * float(j.norm())
-    assert int(agg.diagnostics.uncertified) == 0
-
-
-@pytest.mark.parametrize("make", [A.NashMTL, A.FairGrad], ids=["NashMTL", "FairGrad"])
-def test_opposite_gradients_give_finite_documented_weights(make: type[A.Aggregator]) -> None:
-    j = torch.tensor([[1.0, 2.0], [-1.0, -2.0]], dtype=torch.float64)
-    w = make().weights(j @ j.T)
-    assert bool(w.isfinite().all())
-    torch.testing.assert_close(w, torch.zeros(2, dtype=torch.float64))  # Pareto-stationary: 0
 
 
 _MEMORY_SCRIPT = textwrap.dedent(

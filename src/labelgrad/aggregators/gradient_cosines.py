@@ -1,11 +1,11 @@
-"""The cosine matrix of the label-group gradients, for diagnostics."""
+"""The cosine matrix of the label-group gradients (``lg.conflicts``), for diagnostics."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from labelgrad.aggregators.base import check_gramian
+from labelgrad.aggregators.aggregator_types import check_gramian
 
 __all__ = ["conflicts"]
 
