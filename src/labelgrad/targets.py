@@ -26,6 +26,20 @@ with -1 marking an unknown label; ``"soft"``: (N, C, *) probabilities in [0, 1],
 
 _ENCODINGS = ("index", "multi_hot", "soft")
 _MINUS_ONE, _ONE = torch.tensor(-1), torch.tensor(1)  # never written to
+_FLOAT_CONSTANTS: dict[torch.dtype, tuple[Tensor, ...]] = {}
+
+
+def _float_constants(targets: Tensor) -> tuple[Tensor | float, ...]:
+    """0, 0.5, 1 and -1 to compare and clamp float labels with: 0-d tensors of their dtype on
+    the CPU (a Python float costs up to four conversion operators per call there; the four are
+    exact in every floating dtype), Python floats elsewhere. Never written to."""
+    if targets.device.type != "cpu":
+        return 0.0, 0.5, 1.0, -1.0
+    found = _FLOAT_CONSTANTS.get(targets.dtype)
+    if found is None:
+        found = tuple(torch.tensor(v, dtype=targets.dtype) for v in (0.0, 0.5, 1.0, -1.0))
+        _FLOAT_CONSTANTS[targets.dtype] = found
+    return found
 
 
 @dataclass(frozen=True, eq=False, init=False)
@@ -391,29 +405,59 @@ def _from_dense(
         )
     if encoding == "soft" and not targets.is_floating_point():
         targets = targets.float()
+    if targets.is_floating_point():
+        return _from_float(targets, encoding, c, class_dim, validate)
     if validate and targets.numel() > 0:
         _validate_dense(targets, encoding)
     values: Tensor | None = None
     if targets.dtype == torch.bool:
         positive = targets
         known = torch.ones_like(targets)
-    elif encoding == "soft":
-        known = targets >= 0
-        # -1 (unknown) -> 0; validated values have no other negatives. clamp, not where: one
-        # cheap pass on the hot path.
-        # In the caller's floating dtype: a float64 soft target of 0.1 rounded to float32 can
-        # change the sign of sigmoid(z) - y where the prediction is close to it.
-        values = targets.clamp(min=0)
-        positive = values >= 0.5
     else:
-        # Hard multi-hot labels: values (0/1) follow from positive when first read. Integer
-        # labels compare with integers (a float constant would cost a conversion per call).
+        # Integer labels compare with integers (a float constant would cost a conversion).
         known = targets >= 0
-        positive = targets >= 0.5 if targets.is_floating_point() else targets > 0
+        positive = targets > 0
     return Targets(
         positive=positive,
         known=known,
         num_classes=c,
+        class_dim=class_dim,
+        encoding=encoding,
+        indices=None,
+        values=values,
+    )
+
+
+def _from_float(
+    targets: Tensor, encoding: Encoding, num_classes: int, class_dim: int, validate: bool
+) -> Targets:
+    """Float labels (soft, or multi-hot as BCE takes them): as cheap as integer ones."""
+    zero, half, one, minus_one = _float_constants(targets)
+    known = targets >= zero
+    if validate and targets.numel() > 0:
+        # Each entry is rebuilt from what a valid label would be, and the labels must equal it:
+        # entries >= 0 kept at most 1 (multi-hot: whole), the others -1; NaN never equals
+        # itself. Four operators and one boolean read back, every batch.
+        kept = targets.clamp(max=one)
+        if encoding == "multi_hot":
+            kept = kept.trunc()
+        if not torch.equal(torch.where(known, kept, minus_one), targets):
+            _validate_dense(targets, encoding)  # raises, with the message of the encoding
+    values: Tensor | None = None
+    if encoding == "soft":
+        # -1 (unknown) -> 0; validated values have no other negatives. clamp, not where: one
+        # cheap pass on the hot path.
+        # In the caller's floating dtype: a float64 soft target of 0.1 rounded to float32 can
+        # change the sign of sigmoid(z) - y where the prediction is close to it.
+        values = targets.clamp(min=zero)
+        positive = values >= half
+    else:
+        # Hard multi-hot labels: values (0/1) follow from positive when first read.
+        positive = targets >= half
+    return Targets(
+        positive=positive,
+        known=known,
+        num_classes=num_classes,
         class_dim=class_dim,
         encoding=encoding,
         indices=None,
@@ -426,7 +470,6 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
     if not targets.is_floating_point() and not targets.is_signed():
         # -1 does not exist in an unsigned dtype: uint8 255 == -1 would compare True.
         targets = targets.to(torch.int16)
-    # One min/max pass decides the common case; the full check runs only when it cannot.
     if encoding == "multi_hot" and not targets.is_floating_point():
         # Integer labels: in {-1, 0, 1} iff clamping to [-1, 1] changes nothing (two operators;
         # 0-d CPU bounds: Python ints would add a conversion per call).
@@ -438,7 +481,7 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
             "multi_hot targets must contain only 0, 1 and -1 (unknown); for "
             "probabilities use a float tensor (soft labels)"
         )
-    low, high = (float(v) for v in torch.aminmax(targets))
+    # Float labels (reached from _from_float when its fast check failed): the full check.
     if encoding == "multi_hot":
         ok = (targets == 0) | (targets == 1) | (targets == -1)
         if not bool(ok.all()):
@@ -446,8 +489,6 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
                 "multi_hot targets must contain only 0, 1 and -1 (unknown); for "
                 "probabilities use a float tensor (soft labels)"
             )
-        return
-    if low >= 0 and high <= 1:  # False for NaN
         return
     ok = ((targets >= 0) & (targets <= 1)) | (targets == -1)
     if not bool(ok.all()):

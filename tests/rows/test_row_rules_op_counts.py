@@ -78,20 +78,26 @@ def p5_step(
     return (lambda: plain.step()), head, opt
 
 
-@pytest.mark.parametrize("warm", [False, True], ids=["zero_state", "warm_state"])
-def test_adamw_row_rules_step_within_one_and_a_half_bare_steps(warm: bool):
+LABELS = pytest.mark.parametrize("labels", ["index", "float"])
+STATES = pytest.mark.parametrize("warm", [False, True], ids=["zero_state", "warm_state"])
+
+
+@LABELS
+@STATES
+def test_adamw_row_rules_step_within_one_and_a_half_bare_steps(warm: bool, labels: str):
     # Each aten operator pays dispatch on the CPU and a kernel launch on a GPU (issue 24: <=1.5x).
     bare = aten_ops(p5_step(rules=False, warm=warm)[0])
-    ruled = aten_ops(p5_step(rules=True, warm=warm)[0])
+    ruled = aten_ops(p5_step(rules=True, warm=warm, labels=labels)[0])
     assert ruled <= 1.5 * bare, (ruled, bare)
 
 
-@pytest.mark.parametrize("warm", [False, True], ids=["zero_state", "warm_state"])
-def test_sgd_row_rules_step_operators(warm: bool):
-    # SGD's bare step is short (45 operators here): the budget is on the operators added.
+@LABELS
+@STATES
+def test_sgd_row_rules_step_operators(warm: bool, labels: str):
+    # SGD's bare step is short (36 operators here): the budget is on the operators added.
     bare = aten_ops(p5_step(rules=False, warm=warm, optimizer="sgd")[0])
-    ruled = aten_ops(p5_step(rules=True, warm=warm, optimizer="sgd")[0])
-    assert ruled - bare <= 120, (ruled, bare)
+    ruled = aten_ops(p5_step(rules=True, warm=warm, labels=labels, optimizer="sgd")[0])
+    assert ruled - bare <= 125, (ruled, bare)
 
 
 class _SqrtElements(TorchDispatchMode):
