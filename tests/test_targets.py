@@ -155,3 +155,25 @@ def test_ambiguity_is_resolved_by_explicit_arguments():
     assert as_multi_hot.positive.shape == (1, 3)
     assert as_indices.positive.shape == (1, 3, 3)
     assert torch.equal(lg.Targets.coerce(y, like=torch.zeros(1, 3)).positive, as_multi_hot.positive)
+
+
+EDGE_VALUES = [-1.0, 0.0, -0.0, 1.0, 0.5, 0.25, 1e-30, 1 - 2**-24, -0.5, -1e-30, -1.0 - 2**-20]
+EDGE_VALUES += [1 + 2**-20, 2.0, -2.0, float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("encoding", ["soft", "multi_hot"])
+def test_float_label_checks_accept_exactly_the_valid_values(dtype, encoding):
+    # The float check is a few whole-tensor operators (issue 24): compare it, value by value and
+    # in every floating dtype, with the definition (soft: [0, 1] or -1; multi-hot: -1, 0, 1).
+    for value in EDGE_VALUES:
+        y = torch.tensor([[0.0, value, 1.0]], dtype=dtype)
+        v = y[0, 1].item()  # the value as the dtype holds it
+        ok = v in (-1.0, 0.0, 1.0) if encoding == "multi_hot" else (0 <= v <= 1 or v == -1)
+        if ok:
+            t = lg.Targets.coerce(y, num_classes=3, encoding=encoding)
+            assert t.known.tolist() == [[True, v != -1, True]]
+            assert t.positive.tolist() == [[False, v >= 0.5, True]]
+        else:
+            with pytest.raises(ValueError, match=f"{encoding} targets must"):
+                lg.Targets.coerce(y, num_classes=3, encoding=encoding)
