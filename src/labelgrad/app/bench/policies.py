@@ -50,7 +50,7 @@ def _step(model: nn.Module, policy: lg.Policy | None, x: Tensor, y: Tensor) -> C
     return step
 
 
-def aten_ops(step: Callable[[], None]) -> int:
+def aten_ops(step: Callable[[], object]) -> int:
     """The number of aten operators one call of ``step`` runs (nested ones included)."""
     from torch.profiler import ProfilerActivity, profile
 
