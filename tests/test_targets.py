@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import labelgrad as lg
 
@@ -177,3 +178,42 @@ def test_float_label_checks_accept_exactly_the_valid_values(dtype, encoding):
         else:
             with pytest.raises(ValueError, match=f"{encoding} targets must"):
                 lg.Targets.coerce(y, num_classes=3, encoding=encoding)
+
+
+class _CountEqual(TorchDispatchMode):
+    """Counts torch.equal calls: every value check of Targets.coerce ends in one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.calls += func.overloadpacket is torch.ops.aten.equal
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("labels", ["int", "float"])
+def test_one_targets_is_validated_once_for_a_chain_row_rules_and_losses(labels):
+    # Issue 24 "labels once": a chain, RowRules.step and per_label_losses share one Targets;
+    # the raw tensor would be checked by each of them.
+    c = 5
+    y = torch.tensor([[1, -1, 0, 0, 1], [0, 1, -1, 1, 0]])
+    y = y.float() if labels == "float" else y
+    head = torch.nn.Linear(3, c)
+    opt = lg.RowRules(torch.optim.SGD(head.parameters(), lr=0.1), rows=head, skip_absent=True)
+    policy = lg.chain(lg.mask_unknown(), lg.clip_per_class(1.0))
+
+    def consumers(t):
+        z = policy(head(torch.randn(2, 3)), t)
+        lg.per_label_losses(z, t).sum().backward()
+        opt.step(targets=t)
+        opt.zero_grad()
+
+    with _CountEqual() as shared:
+        t = lg.Targets.coerce(y, num_classes=c, encoding="multi_hot")
+        consumers(t)
+    assert shared.calls == 1
+    if labels == "float":  # a raw float tensor is coerced (and checked) by each consumer
+        with _CountEqual() as raw:
+            consumers(y)
+        assert raw.calls >= 3
