@@ -52,7 +52,7 @@ from labelgrad.policies import (
     seesaw,
 )
 from labelgrad.replay import ReplayProjection, project_replay
-from labelgrad.rows import Router, RowRules, route
+from labelgrad.rows import Router, RowRules, align_weights, route, tau_normalize
 from labelgrad.targets import Encoding, Targets, TargetsLike
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "aggregate_backward",
     "aggregation",
     "aggregators",
+    "align_weights",
     "asymmetric_focus",
     "chain",
     "class_weights",
@@ -111,4 +112,5 @@ __all__ = [
     "route",
     "schedule",
     "seesaw",
+    "tau_normalize",
 ]

@@ -74,7 +74,13 @@ def train(model: nn.Module, policy: lg.Chain, part: slice) -> list[torch.Tensor]
 ROW_LABELS = torch.tensor([1, 2, 2, 1, 3, 3, 1, 1])
 
 
-def train_rows(model: nn.Module, part: slice, steps: int = 3) -> lg.RowRules:
+# Per-class MaxNorm: the frozen class 0 and the absent class 4 sit outside their balls.
+MAX_NORM = torch.tensor([0.05, 0.3, 0.2, 0.3, 0.05], dtype=torch.float64)
+
+
+def train_rows(
+    model: nn.Module, part: slice, steps: int = 3, max_norm: torch.Tensor | None = None
+) -> lg.RowRules:
     head = model.module[2] if hasattr(model, "module") else model[2]
     opt = lg.RowRules(
         torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1),
@@ -82,6 +88,7 @@ def train_rows(model: nn.Module, part: slice, steps: int = 3) -> lg.RowRules:
         frozen=[0],
         lr_scale=torch.tensor([1.0, 1.0, 0.5, 2.0, 1.0]),
         skip_absent=True,
+        max_norm=max_norm,
     )
     g = torch.Generator().manual_seed(5)
     for _ in range(steps):
@@ -139,6 +146,8 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
 
     row_model = make_model()
     row_opt = train_rows(DDP(row_model), part)
+    norm_model = make_model()
+    train_rows(DDP(norm_model), part, max_norm=MAX_NORM)
 
     agg_model = TrunkHead()
     agg_weights = train_aggregation(DDP(agg_model), agg_model.trunk, part)
@@ -166,6 +175,7 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
             "errors": errors,
             "row_params": [p.detach() for p in row_model.parameters()],
             "row_state": row_opt.state_dict()["state"],
+            "norm_params": [p.detach() for p in norm_model.parameters()],
             "agg_params": [p.detach() for p in agg_model.parameters()],
             "agg_weights": agg_weights,
         },
@@ -190,6 +200,8 @@ def reference() -> dict[str, Any]:
     seen = train(model, policy, slice(None))
     row_model = make_model()
     row_opt = train_rows(row_model, slice(None))
+    norm_model = make_model()
+    train_rows(norm_model, slice(None), max_norm=MAX_NORM)
     agg_model = TrunkHead()
     agg_weights = train_aggregation(agg_model, agg_model.trunk, slice(None))
     return {
@@ -200,6 +212,7 @@ def reference() -> dict[str, Any]:
         "seen": seen,
         "row_params": [p.detach() for p in row_model.parameters()],
         "row_state": row_opt.state_dict()["state"],
+        "norm_params": [p.detach() for p in norm_model.parameters()],
     }
 
 
@@ -239,6 +252,24 @@ def test_ddp_row_rules_equal_one_process_on_concatenated_batch(
         # Class 3 is present on rank 1 only, yet moved on both ranks (union of present classes).
         assert not torch.equal(head_w[3], init[2].weight[3].detach())
     for p, q in zip(ddp_results[0]["row_params"], ddp_results[1]["row_params"]):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.timeout(200)
+def test_ddp_row_rules_max_norm_equal_one_process_on_concatenated_batch(
+    ddp_results: list[dict[str, Any]], reference: dict[str, Any]
+) -> None:
+    init = make_model()[2].weight.detach()
+    ref_w = reference["norm_params"][2]
+    # Rows 1-3 moved and were projected; frozen row 0 and absent row 4 kept their bits although
+    # they lie outside their balls.
+    assert torch.allclose(ref_w[1:4].double().norm(dim=1), MAX_NORM[1:4], rtol=1e-6)
+    assert (init[[0, 4]].double().norm(dim=1) > MAX_NORM[[0, 4]]).all()
+    for res in ddp_results:
+        for p, q in zip(res["norm_params"], reference["norm_params"]):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert torch.equal(res["norm_params"][2][[0, 4]], init[[0, 4]])
+    for p, q in zip(ddp_results[0]["norm_params"], ddp_results[1]["norm_params"]):
         assert torch.equal(p, q)
 
 

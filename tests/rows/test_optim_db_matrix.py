@@ -11,7 +11,9 @@ needs parameters that require grad inside the step, which a wrapped optimizer ne
     a warning at construction otherwise;
 (d) a state_dict round trip mid-training continues bitwise;
 (e) a row that starts moving later equals a fresh parameter (torch's initial state for the row;
-    the tensor's scalar state, e.g. the step counter, is shared as documented).
+    the tensor's scalar state, e.g. the step counter, is shared as documented);
+(f) max_norm equals the bare optimizer's step followed by a float64 projection of the weight
+    rows; the bias, the trunk and a row inside its ball keep the bare optimizer's bits.
 
 Refused cases are tested as refusals, not skipped: LBFGS (needs a closure), Muon and Adafactor
 (couple the rows of a parameter). SparseAdam runs with sparse gradients.
@@ -384,3 +386,48 @@ def test_refused_optimizers_raise_a_clear_error(cls: Any, kwargs: dict[str, Any]
     rows: Any = head.w if cls is torch.optim.Muon else head.rows()
     with pytest.raises(TypeError, match=REFUSED[cls]):
         lg.RowRules(build(cls, kwargs, params), rows=rows, frozen=[0])
+
+
+# Rows 0-2 (norms about 1.7 at the start) are projected; row 3's ball is never reached.
+RADII = [0.5, 1.0, 1.5, 1e3]
+
+
+def project_rows(w: Tensor, radii: list[float]) -> int:
+    """``w_c * min(1, r_c / ||w_c||)`` in float64, written out; the number of rows rescaled."""
+    with torch.no_grad():
+        w64 = w.detach().double()
+        factor = torch.ones(C, dtype=torch.float64)
+        for c in range(C):
+            norm = float(w64[c].norm())
+            if norm > radii[c]:
+                factor[c] = radii[c] / norm
+        w.copy_((w64 * factor[:, None]).to(w.dtype))
+    return int((factor < 1).sum())
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "dtype"), CASES)
+def test_f_max_norm_is_the_bare_step_then_a_projection(
+    cls: Any, kwargs: dict[str, Any], dtype: Any
+):
+    sparse = is_sparse(cls)
+    ours, bare = Head(dtype, seed=6), Head(dtype, seed=6)
+    radii = torch.tensor(RADII, dtype=torch.float64)
+    opt = lg.RowRules(build(cls, kwargs, ours.params()), rows=ours.rows(), max_norm=radii)
+    ref = build(cls, kwargs, bare.params())
+    projected = 0
+    for t in range(3):
+        ours.set_grads(t, sparse)
+        bare.set_grads(t, sparse)
+        opt.step()
+        ref.step()
+        projected += project_rows(bare.w, RADII)
+        torch.testing.assert_close(ours.w.detach(), bare.w.detach(), msg=f"weight at step {t}")
+        assert torch.equal(ours.w[3], bare.w[3]), "a row inside its ball changed"
+        assert torch.equal(ours.b, bare.b) and torch.equal(ours.trunk, bare.trunk)
+        for k, v in ref.state[bare.w].items():
+            mine = opt.state[ours.w][k]
+            if isinstance(v, Tensor):
+                torch.testing.assert_close(mine, v, msg=f"state {k!r} at step {t}")
+            else:
+                assert mine == v, k
+    assert projected > 0

@@ -137,3 +137,46 @@ def test_a_tensor_without_gradient_keeps_its_own_first_moves(fast: bool):
     gw1, gw2, gb2 = grads(1)[0][1], grads(2)[0][1], grads(2)[1][1]
     torch.testing.assert_close(opt.state[h.bias]["momentum_buffer"][1], gb2)  # first move
     torch.testing.assert_close(opt.state[h.weight]["momentum_buffer"][1], 0.9 * gw1 + 0.5 * gw2)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "snapshot"])
+@pytest.mark.parametrize("how", ["frozen", "absent"])
+@pytest.mark.parametrize("foreach", [False, True], ids=["for_loop", "foreach"])
+def test_rprop_row_starting_after_an_lr_change_starts_at_the_new_lr(
+    how: str, foreach: bool, fast: bool
+):
+    """Issue 20: a row that rests while a scheduler changes the lr, then starts, must equal a
+    fresh parameter created now (Rprop's step sizes start at the current lr), not keep the step
+    size the tensor's state was created with while the row rested. With an unchanged lr both
+    are equal, which is how the defect passed every other test."""
+    h = head(seed=2)
+    base = torch.optim.Rprop(h.parameters(), lr=0.01, foreach=foreach)
+    if how == "frozen":
+        opt = lg.RowRules(base, rows=h, frozen=[1], fast=fast)
+    else:
+        opt = lg.RowRules(base, rows=h, skip_absent=True, fast=fast)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=5.0)
+    w1, b1 = h.weight.detach()[1].clone(), h.bias.detach()[1:2].clone()
+    for t in range(2):  # row 1 rests; the state is created at lr 0.01, then lr -> 0.25
+        set_grads(h, t)
+        opt.step(targets=torch.tensor([0, 2, 3]))
+        sched.step()
+    assert torch.equal(h.weight[1], w1)
+    lr = opt.param_groups[0]["lr"]
+    assert lr == pytest.approx(0.25)
+    if how == "frozen":
+        opt.unfreeze([1])
+    fresh_w, fresh_b = nn.Parameter(w1.clone()), nn.Parameter(b1.clone())
+    ref = torch.optim.Rprop([fresh_w, fresh_b], lr=lr, foreach=foreach)
+    for t in range(2, 5):
+        set_grads(h, t)
+        opt.step(targets=torch.arange(C))
+        sched.step()
+        gw, gb = grads(t)
+        fresh_w.grad, fresh_b.grad = gw[1].clone(), gb[1:2].clone()
+        ref.step()
+        torch.testing.assert_close(h.weight[1], fresh_w.detach(), msg=f"row at step {t}")
+        torch.testing.assert_close(h.bias[1:2], fresh_b.detach(), msg=f"bias at step {t}")
+        for ours, mine in ((h.weight, fresh_w), (h.bias, fresh_b)):
+            got = opt.state[ours]["step_size"][1].reshape(mine.shape)
+            torch.testing.assert_close(got, ref.state[mine]["step_size"], msg=f"step {t}")

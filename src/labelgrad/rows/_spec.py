@@ -19,6 +19,7 @@ __all__ = [
     "check_optimizer",
     "checked_rules_state",
     "class_mask",
+    "class_radii",
     "class_values",
     "owned_device",
     "parse_rows",
@@ -161,6 +162,41 @@ def class_values(value: object, name: str, num_classes: int) -> Tensor | None:
     return exact.clone()
 
 
+def class_radii(value: object, name: str, num_classes: int) -> Tensor | None:
+    """A (C,) float64 CPU vector of per-class radii from a number or a (C,) tensor/sequence:
+    non-negative, ``inf`` allowed (that class is never projected), NaN refused. A scalar is
+    broadcast on purpose ("every class"); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or a (C,) tensor of radii, got bool")
+    if isinstance(value, (int, float)):
+        exact = torch.tensor(float(value), dtype=torch.float64)
+    elif isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+        exact = value.detach().to("cpu", torch.float64)
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        items = list(value)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
+            raise TypeError(f"{name} must be a number or a sequence of numbers")
+        exact = torch.tensor([float(v) for v in items], dtype=torch.float64)
+    else:
+        raise TypeError(
+            f"{name} must be a number or a (C,) tensor of radii, got {type(value).__name__}"
+        )
+    if exact.dim() == 0:
+        exact = exact.expand(num_classes)
+    elif exact.dim() != 1 or exact.numel() != num_classes:
+        raise ValueError(
+            f"{name} must be a number or have shape ({num_classes},) (one radius per class), "
+            f"got shape {tuple(exact.shape)}"
+        )
+    if bool(exact.isnan().any()) or bool((exact < 0).any()):
+        raise ValueError(f"{name} must be non-negative (inf: no limit), got {exact.tolist()}")
+    return exact.clone()
+
+
 def checked_rules_state(
     rules: object, *, optimizer: str, num_classes: int, num_params: int
 ) -> dict[str, Any]:
@@ -186,12 +222,19 @@ def checked_rules_state(
         "present": _saved_mask(rules.get("present"), "present", (num_classes,)),
         "lr_scale": _saved_values(rules.get("lr_scale"), "lr_scale", num_classes),
         "weight_decay": _saved_values(rules.get("weight_decay"), "weight_decay", num_classes),
+        # Saved before 0.3: no max_norm existed.
+        "max_norm": _saved_radii(rules.get("max_norm"), num_classes),
     }
     for key in ("skip_absent", "observed"):
         if not isinstance(rules.get(key), bool):
             raise ValueError(f"state_dict['row_rules'][{key!r}] must be a bool")
         out[key] = rules[key]
     started = rules.get("started")
+    if isinstance(started, Tensor) and started.dim() == 2 and started.shape[0] != num_params:
+        raise ValueError(
+            f"state_dict['row_rules']['started'] was saved for {started.shape[0]} label-owned "
+            f"parameters, this RowRules has {num_params}: build it with the same rows="
+        )
     out["started"] = (
         None if started is None else _saved_mask(started, "started", (num_params, num_classes))
     )
@@ -223,4 +266,23 @@ def _saved_values(value: object, name: str, num_classes: int) -> Tensor | None:
     v = value.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
         raise ValueError(f"state_dict['row_rules'][{name!r}] must be finite and non-negative")
+    return v
+
+
+def _saved_radii(value: object, num_classes: int) -> Tensor | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, Tensor)
+        or not value.is_floating_point()
+        or value.shape != (num_classes,)
+    ):
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            "state_dict['row_rules']['max_norm'] must be a float tensor of shape "
+            f"({num_classes},) or None, got {got}"
+        )
+    v = value.detach().to("cpu", torch.float64)
+    if bool(v.isnan().any()) or bool((v < 0).any()):
+        raise ValueError("state_dict['row_rules']['max_norm'] must be non-negative (inf allowed)")
     return v

@@ -1,5 +1,11 @@
 """Checkpoints of :class:`labelgrad.RowRules`: the wrapped optimizer's state dict plus the rules,
-the present-class window and which rows have started, every field checked on load."""
+the present-class window and which rows have started, every field checked on load.
+
+Two kinds of rules: those a training run changes through the API (``frozen`` by ``freeze`` and
+``unfreeze``, ``lr_scale`` by its setter) are state and are restored from the checkpoint; those
+fixed at construction (:data:`FIXED_RULES`) must match, or loading is refused, so that a
+checkpoint never silently replaces what the constructor was given.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,13 @@ from labelgrad.rows.label_param import LabelParam
 from labelgrad.rows.observer import ClassWindow
 from labelgrad.rows.started import StartedRows
 
-__all__ = ["RowRulesCheckpoint"]
+__all__ = ["FIXED_RULES", "RESTORED_RULES", "RowRulesCheckpoint"]
+
+RESTORED_RULES = ("frozen", "lr_scale")
+"""Rules that change during training: ``load_state_dict`` restores them from the checkpoint."""
+
+FIXED_RULES = ("skip_absent", "weight_decay", "max_norm")
+"""Rules fixed at construction: ``load_state_dict`` refuses a checkpoint saved with others."""
 
 
 class RowRulesCheckpoint:
@@ -29,6 +41,7 @@ class RowRulesCheckpoint:
     _frozen: Tensor
     _lr_scale: Tensor | None
     _weight_decay: Tensor | None
+    _max_norm: Tensor | None
     _window: ClassWindow
     _started: StartedRows
 
@@ -48,6 +61,7 @@ class RowRulesCheckpoint:
             "lr_scale": None if self._lr_scale is None else self._lr_scale.cpu(),
             "weight_decay": None if self._weight_decay is None else self._weight_decay.cpu(),
             "skip_absent": self.skip_absent,
+            "max_norm": None if self._max_norm is None else self._max_norm.cpu(),
             "present": self._window.present().cpu(),
             "observed": self._window.observed,
             "started": torch.stack(self._started.masks).cpu(),
@@ -58,10 +72,15 @@ class RowRulesCheckpoint:
         """Load a state dict from :meth:`state_dict` (or a plain optimizer state dict).
 
         Every field of the rules is checked (type, shape, range) before anything is loaded.
+        ``frozen`` and ``lr_scale``, which change during training (``freeze``, ``unfreeze``, the
+        ``lr_scale`` setter), are restored from the checkpoint and replace this RowRules' own;
+        ``skip_absent``, ``weight_decay`` and ``max_norm`` are fixed at construction and must
+        equal the saved ones. A plain optimizer state dict leaves every rule as it is.
 
         Raises:
             ValueError: the state dict was saved from a RowRules around another optimizer type,
-                for another number of classes or label-owned parameters, or a field is malformed.
+                for another number of classes or label-owned parameters, with another
+                ``skip_absent``, ``weight_decay`` or ``max_norm``, or a field is malformed.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
@@ -78,11 +97,10 @@ class RowRulesCheckpoint:
             num_classes=self.num_classes,
             num_params=len(self._params),
         )
+        self._check_fixed_rules(r)
         self.optimizer.load_state_dict(sd)
         self._set_frozen(r["frozen"])
         self._lr_scale = on_device(r["lr_scale"], self._device)
-        self._weight_decay = on_device(r["weight_decay"], self._device)
-        self.skip_absent = r["skip_absent"]
         assert self._window.mask is not None
         self._window.mask.copy_(r["present"])
         self._window.observed = r["observed"]
@@ -94,3 +112,33 @@ class RowRulesCheckpoint:
             else:
                 rows.append(started[i])
         self._started.set(rows)
+
+    def _check_fixed_rules(self, saved: dict[str, Any]) -> None:
+        """Raise naming the first rule of :data:`FIXED_RULES` whose saved value differs."""
+        mine = {
+            "skip_absent": self.skip_absent,
+            "weight_decay": self._weight_decay,
+            "max_norm": self._max_norm,
+        }
+        for name in FIXED_RULES:
+            if not _same(saved[name], mine[name]):
+                raise ValueError(
+                    f"state_dict: saved with {name}={_show(saved[name])}, this RowRules has "
+                    f"{name}={_show(mine[name])}; {name} is fixed at construction: build the "
+                    "RowRules with the saved value to resume"
+                )
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return torch.equal(a.cpu().double(), b.cpu().double())
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return False  # one is None
+    return a == b
+
+
+def _show(value: object) -> str:
+    if not isinstance(value, Tensor):
+        return repr(value)
+    values = value.tolist()
+    return str(values) if len(values) <= 6 else f"[{', '.join(map(str, values[:6]))}, ...]"

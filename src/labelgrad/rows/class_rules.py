@@ -1,4 +1,5 @@
-"""The per-class rules of :class:`labelgrad.RowRules`: frozen classes, lr scales, weight decay."""
+"""The per-class rules of :class:`labelgrad.RowRules`: frozen classes, lr scales, weight decay,
+max-norm radii."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from labelgrad.rows._spec import class_mask, class_values
+from labelgrad.rows._spec import class_mask, class_radii, class_values
 from labelgrad.rows.families import Family, decay_kind
 from labelgrad.rows.label_param import LabelParam
+from labelgrad.rows.max_norm import is_projected, project, wide_dtype
 from labelgrad.rows.snapshot import StepRules
 
 __all__ = ["ClassRules", "on_device"]
@@ -31,6 +33,8 @@ class ClassRules:
     _frozen_index: Tensor
     _lr_scale: Tensor | None
     _weight_decay: Tensor | None
+    _max_norm: Tensor | None
+    _projects: bool
     _lr_scale_cache: dict[torch.dtype, tuple[Tensor, Tensor]]
     _warned_state: set[str]
     skip_absent: bool
@@ -41,12 +45,15 @@ class ClassRules:
             """The param group of the wrapped optimizer that holds ``param``."""
             raise NotImplementedError
 
-    def _set_rules(self, frozen: object, lr_scale: object, weight_decay: object) -> None:
+    def _set_rules(
+        self, frozen: object, lr_scale: object, weight_decay: object, max_norm: object
+    ) -> None:
         """Parse and check the per-class rules onto the parameters' device."""
         c, optimizer = self.num_classes, self.optimizer
         self._set_frozen(class_mask(frozen, "frozen", c))
         self._lr_scale = on_device(class_values(lr_scale, "lr_scale", c), self._device)
         self._weight_decay = on_device(class_values(weight_decay, "weight_decay", c), self._device)
+        self._set_max_norm(class_radii(max_norm, "max_norm", c))
         if self._lr_scale is not None and not self._family.linear_in_lr:
             warnings.warn(
                 f"lr_scale scales the update of {type(optimizer).__name__}; that equals a "
@@ -61,6 +68,35 @@ class ClassRules:
                         f"{type(optimizer).__name__} (known: optimizers with L2 or decoupled "
                         "weight decay such as SGD, Adam, AdamW, RMSprop, Adagrad)"
                     )
+
+    def _set_max_norm(self, radii: Tensor | None) -> None:
+        if radii is not None:
+            projected = [lp for lp in self._params if is_projected(lp)]
+            if not projected:
+                raise ValueError(
+                    "max_norm: rows has no weight rows to project (MaxNorm acts on label-owned "
+                    "tensors with more than one dimension; a bias is never projected)"
+                )
+            if any(hasattr(lp.param, "device_mesh") for lp in projected):
+                raise TypeError("max_norm: DTensor (FSDP2) parameters are not supported")
+        self._max_norm = None if radii is None else radii.to(self._device, wide_dtype(self._device))
+        # Decided once, on the host: all radii infinite projects nothing and costs nothing.
+        self._projects = radii is not None and bool(torch.isfinite(radii).any())
+
+    def _project_moved(self, moving: Tensor | None, active: list[int]) -> None:
+        """After the update: project the rows that moved (None: every row) of the stepped
+        tensors (``active``) onto their max-norm balls."""
+        if not self._projects:
+            return
+        assert self._max_norm is not None
+        for i in active:
+            if is_projected(self._params[i]):
+                project(self._params[i], self._max_norm, moving)
+
+    @property
+    def max_norm(self) -> Tensor | None:
+        """The (C,) float64 per-class max-norm radii of the weight rows, or None (a copy)."""
+        return None if self._max_norm is None else self._max_norm.clone()
 
     @property
     def frozen(self) -> Tensor:

@@ -21,8 +21,9 @@ _META = "__labelgrad_route__"  # the state-dict key of the router's own entries
 class Router(ObservesLabels):
     """Optimizers keyed by name, each owning a group of classes; see :func:`route`.
 
-    It is a :class:`labelgrad.rows.observer.LabelObserver`: :meth:`observe` passes the targets on
-    to the routed optimizers that observe labels themselves (a :class:`labelgrad.RowRules`).
+    It is a :class:`labelgrad.rows.observer.LabelObserver`: :meth:`observe` (and so
+    ``step(targets=...)``) passes the targets on to every optimizer it steps that observes labels
+    itself (a :class:`labelgrad.RowRules`, routed or in ``always``).
     It can be stepped through ``torch.amp.GradScaler``: ``scaler.step(router)`` unscales the
     gradients of every optimizer (routed and ``always``), skips the whole step on inf/NaN, and
     otherwise calls :meth:`step` with the targets observed since :meth:`zero_grad`.
@@ -86,11 +87,11 @@ class Router(ObservesLabels):
                         "each class belongs to one optimizer"
                     )
                 owner[c] = name
-        for name, opt in self.optimizers.items():
-            inner = getattr(opt, "num_classes", None)
-            if isinstance(opt, LabelObserver) and inner != self.num_classes:
+        for name, observer in self._observers():
+            inner = getattr(observer, "num_classes", None)
+            if inner != self.num_classes:
                 raise ValueError(
-                    f"groups[{name!r}]: its optimizer observes targets over {inner} classes but "
+                    f"{name}: its optimizer observes targets over {inner} classes but "
                     f"the router has num_classes={self.num_classes}; both must use the same "
                     "class ids"
                 )
@@ -131,11 +132,17 @@ class Router(ObservesLabels):
         opts = [*self.optimizers.values(), *self.always]
         return [group for opt in opts for group in opt.param_groups]
 
+    def _observers(self) -> list[tuple[str, LabelObserver]]:
+        """(name, optimizer) of every routed and ``always`` optimizer that observes labels."""
+        named = [(f"groups[{name!r}]", opt) for name, opt in self.optimizers.items()]
+        named += [(f"always[{k}]", opt) for k, opt in enumerate(self.always)]
+        return [(name, opt) for name, opt in named if isinstance(opt, LabelObserver)]
+
     def _observe_more(self, targets: TargetsLike, kwargs: dict[str, Any]) -> None:
-        """Routed optimizers that observe labels themselves (a RowRules) observe them too."""
-        for opt in self.optimizers.values():
-            if isinstance(opt, LabelObserver):
-                opt.observe(targets, **kwargs)
+        """Every optimizer this router steps that observes labels itself (a RowRules, routed or
+        ``always``) observes them too."""
+        for _, observer in self._observers():
+            observer.observe(targets, **kwargs)
 
     def step(
         self,

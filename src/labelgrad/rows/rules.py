@@ -3,7 +3,8 @@
 :class:`RowRules` coordinates: it observes labels (:mod:`labelgrad.rows.observer`), decides which
 rows move, and steps each label-owned tensor through its family's fast kernel
 (:mod:`labelgrad.rows.families`) or the exact snapshot path (:mod:`labelgrad.rows.snapshot`),
-keeping track of rows that start late (:mod:`labelgrad.rows.started`).
+keeping track of rows that start late (:mod:`labelgrad.rows.started`), and projects the rows that
+moved onto their max-norm balls (:mod:`labelgrad.rows.max_norm`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
     A row that starts moving later (frozen at first, or absent from the first batches with
     ``skip_absent``) starts as a new parameter would: from the optimizer's initial state
     (Rprop's step sizes at ``lr``, SGD's momentum buffer from its first gradient), sharing only
-    the tensor's step counter. With no rules set (nothing frozen, no ``lr_scale`` or
-    ``weight_decay``, ``skip_absent=False``) a step is exactly the wrapped optimizer's step.
+    the tensor's step counter. With no rules set (nothing frozen, no ``lr_scale``,
+    ``weight_decay`` or ``max_norm``, ``skip_absent=False``) a step is the wrapped optimizer's.
 
     Optimizers with a fast kernel in :mod:`labelgrad.rows.families` (Adam, AdamW, SGD) are stepped
     by labelgrad itself on label-owned parameters when a rule applies (the same update with
@@ -63,6 +64,11 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
     ``add_param_group`` are the wrapped optimizer's, LR schedulers and
     ``torch.amp.GradScaler.step`` work on it. The step path makes no host synchronisation.
 
+    ``max_norm`` (MaxNorm, Alshammari et al. 2022, "Long-tailed recognition via weight
+    balancing"): after each step the weight row of each class that moved becomes
+    ``w_c * min(1, r_c / ||w_c||)``; rows inside their ball keep their bits, frozen and absent
+    rows are never projected, and neither is the bias (:mod:`labelgrad.rows.max_norm`).
+
     Args:
         optimizer: the optimizer that owns the label-owned parameters (and usually the rest of
             the model).
@@ -76,6 +82,8 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
         skip_absent: rows of classes absent from every target observed since the last step stay
             bitwise unchanged, their state too. Needs :meth:`observe` or ``step(targets=...)``.
         num_classes: the number of classes; read from the class axis of ``rows`` when omitted.
+        max_norm: the largest L2 norm of each class's weight row after a step: a number (every
+            class) or a (C,) tensor; ``inf`` leaves a class unconstrained, 0 zeroes its row.
         fast: step label-owned rows with the family's own kernel where it has one (False
             forces the generic snapshot path).
 
@@ -92,6 +100,10 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
         >>> moved = (head.weight != before).any(dim=1)
         >>> moved.tolist()
         [False, True, False]
+        >>> opt = lg.RowRules(torch.optim.SGD(head.parameters(), lr=1.0), rows=head, max_norm=0.5)
+        >>> head(torch.randn(8, 4)).square().sum().backward(); opt.step()
+        >>> bool((head.weight.norm(dim=1) <= 0.5 + 1e-6).all())
+        True
     """
 
     _step_supports_amp_scaling = False
@@ -106,6 +118,7 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
         skip_absent: bool = False,
         num_classes: int | None = None,
         *,
+        max_norm: object = None,
         fast: bool = True,
     ) -> None:
         check_optimizer(optimizer)
@@ -117,7 +130,7 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
         self._device = owned_device(optimizer, self._params)
         self.skip_absent = skip_absent
         self.fast = bool(fast)
-        self._set_rules(frozen, lr_scale, weight_decay)
+        self._set_rules(frozen, lr_scale, weight_decay, max_norm)
         self._window = ClassWindow(self.num_classes, self._device, what="RowRules")
         self._in_closure = False
         has_state = [bool(optimizer.state.get(lp.param)) for lp in self._params]
@@ -224,7 +237,7 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
         else:
             self._ruled_step(moving, active)
         self._started.mark(moving, active, self._tracks_fresh)
-        self._after_step(moving)
+        self._project_moved(moving, active)
 
     def _ruled_step(self, moving: Tensor | None, active: list[int]) -> None:
         groups = {i: self.group_of(self._params[i].param) for i in active}
@@ -266,10 +279,6 @@ class RowRules(ClassRules, RowRulesCheckpoint, ObservesLabels, WrappedOptimizer)
                 coefs[key] = kernel.coefficients(group, lp.param.dtype, moving, scale, fresh)
             wd = self._weight_decay
             kernel.step(self.optimizer, group, lp, coefs[key], weight_decay=wd, lr_scale=scale)
-
-    def _after_step(self, moving: Tensor | None) -> None:
-        """Hook for row operations after the update (e.g. a per-class max-norm projection), with
-        the rows that moved (None: every row); nothing by default."""
 
     def _bare(self, moving: Tensor | None, active: list[int]) -> bool:
         """True when this step has no rule to apply and no row starting late."""
