@@ -217,3 +217,31 @@ def test_one_targets_is_validated_once_for_a_chain_row_rules_and_losses(labels):
         with _CountEqual() as raw:
             consumers(y)
         assert raw.calls >= 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_float_labels_give_positive_and_values_when_read(dtype):
+    # positive and values of float labels are computed on first read (issue 24): through
+    # class_last() and to() they must still equal the definitions.
+    y = torch.tensor([[0.2, -1.0, 1.0, 0.5], [0.0, 0.7, -1.0, 0.49]], dtype=dtype)
+    t = lg.Targets.coerce(y, num_classes=4)
+    assert t.float_labels is y and t.shape == y.shape
+    for view in (t, t.class_last(), t.to("cpu")):
+        flat = view.positive.reshape(2, 4)
+        assert flat.tolist() == (y >= 0.5).tolist()
+        values = view.values.reshape(2, 4)
+        assert values.dtype == dtype
+        assert values.tolist() == [[max(v, 0.0) for v in row] for row in y.tolist()]
+    assert lg.Targets.coerce(torch.tensor([1, 0]), num_classes=2).float_labels is None
+    with pytest.raises(ValueError, match="float_labels"):
+        lg.Targets(None, torch.ones(1, 2, dtype=torch.bool), 2, 1, "soft")
+    # The labels are read when positive/values are first read: a change in place in between
+    # would silently change them; it is refused instead.
+    y2 = y.clone()
+    t2 = lg.Targets.coerce(y2, num_classes=4)
+    y2[0, 0] = 1.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        _ = t2.positive
+    with torch.inference_mode():
+        y3 = y.clone()
+    assert lg.Targets.coerce(y3, num_classes=4).positive.tolist() == (y >= 0.5).tolist()
