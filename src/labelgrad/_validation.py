@@ -67,6 +67,8 @@ def as_class_vector(
         pass
     elif t.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor of shape (C,), got shape {tuple(t.shape)}")
+    elif t.numel() == 0:
+        raise ValueError(f"{name} must have one entry per class (C >= 1), got an empty vector")
     elif num_classes is not None and t.numel() != num_classes:
         raise ValueError(
             f"{name} has {t.numel()} entries but there are num_classes={num_classes} classes"

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from labelgrad.aggregation import AggregationResult, aggregate_backward
+from labelgrad.aggregation.graph_checks import check_reaches
 from labelgrad.aggregators import GramianWeighting
 
 __all__ = ["ReplayProjection", "project_replay"]
@@ -133,6 +134,15 @@ def project_replay(
         The :class:`labelgrad.aggregation.AggregationResult`; ``weights[1:]`` are the v_m
         (0 when the batch does not conflict with the memory).
 
+    Raises:
+        ValueError: ``loss`` or ``replay_losses`` has no autograd graph (computed under
+            ``torch.no_grad()``, ``inference_mode`` or detached) or reaches none of ``shared``
+            (e.g. computed from detached features): its projection would silently do nothing.
+            Where the losses reach only some of ``shared``, the engine decides as in
+            :func:`labelgrad.aggregate_backward` (the exact engine refuses unreached shared
+            parameters). A replay loss of several (M,) that reaches ``shared`` only through
+            some of its entries is not detected: an entry without a path has weight 0.
+
     Example:
         >>> import torch, labelgrad as lg
         >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
@@ -146,6 +156,20 @@ def project_replay(
         raise ValueError("loss must be a scalar tensor (the current batch's loss)")
     if not isinstance(replay_losses, Tensor) or replay_losses.dim() > 1:
         raise ValueError("replay_losses must be a scalar or a (M,) tensor of replay losses")
+    if replay_losses.numel() == 0:
+        raise ValueError("replay_losses is empty: pass a scalar or (M,) losses, 1 <= M <= 12")
+    # Each part must reach the shared parameters: a replay loss computed under no_grad or from
+    # detached features has a zero gradient there, and the projection would do nothing.
+    params: list[Tensor]
+    if isinstance(shared, nn.Module):
+        params = [p for p in shared.parameters() if p.requires_grad]
+    elif isinstance(shared, Tensor):
+        params = [shared]
+    else:
+        shared = list(shared)
+        params = [p for p in shared if isinstance(p, Tensor)]
+    check_reaches(loss, params, "loss")
+    check_reaches(replay_losses, params, "replay_losses")
     losses = torch.cat([loss.reshape(1), replay_losses.reshape(-1).to(loss.dtype)])
     kwargs.setdefault("engine", "exact")
     return aggregate_backward(losses, shared, ReplayProjection(), **kwargs)

@@ -80,3 +80,38 @@ def test_a_change_of_k_recomputes_and_the_cached_engine_says_so() -> None:
 def test_amortized_refuses_what_is_not_an_aggregator(aggregator: object) -> None:
     with pytest.raises(TypeError, match=r"^aggregator must be"):
         lg.aggregation.Amortized(aggregator)
+
+
+def _amortized_step(agg: object, x: torch.Tensor, nonfinite: str, nan_grad: bool = False) -> str:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    losses = lg.per_label_losses(net(x), torch.randint(0, 2, (x.shape[0], 2)))
+    if nan_grad:  # a finite loss whose gradient is NaN: sqrt at 0 (0 * inf)
+        losses = losses + (net[0].weight * 0).sum().clamp(min=0).sqrt()
+    r = lg.aggregate_backward(losses, shared=net[0], aggregator=agg, nonfinite=nonfinite)  # type: ignore[arg-type]
+    grad = net[0].weight.grad
+    assert grad is not None
+    return f"{r.engine}:{bool(grad.isfinite().all())}"
+
+
+@pytest.mark.parametrize("nan_grad", [False, True], ids=["nan_input", "nan_gradient"])
+@pytest.mark.parametrize("step", [0, 1], ids=["recomputed", "cached"])
+def test_amortized_nonfinite_raise_on_every_step(step: int, nan_grad: bool) -> None:
+    # Regression: a NaN input on a cached step wrote the NaN gradient without an error (only the
+    # recomputed step, which checks its Gramian, raised).
+    agg = lg.aggregation.Amortized(lg.aggregators.UPGrad(), every=2)
+    finite = torch.randn(5, 3)
+    hostile = finite.clone()
+    if not nan_grad:
+        hostile[2, 1] = float("nan")
+    for _ in range(step):
+        assert _amortized_step(agg, finite, "raise").endswith(":True")
+    with pytest.raises(ValueError, match="not finite") as info:
+        _amortized_step(agg, hostile, "raise", nan_grad=nan_grad)
+    assert "\n" not in str(info.value)
+    # "propagate" writes the non-finite gradient on both kinds of step.
+    agg = lg.aggregation.Amortized(lg.aggregators.UPGrad(), every=2)
+    for _ in range(step):
+        _amortized_step(agg, finite, "propagate")
+    engine = "cached" if step == 1 else "exact"
+    assert _amortized_step(agg, hostile, "propagate", nan_grad=nan_grad) == f"{engine}:False"

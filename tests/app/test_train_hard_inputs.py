@@ -137,7 +137,7 @@ batch_size = 16
 def test_bad_config_values_are_refused(tmp_path: Path, body: str, needles: list[str]) -> None:
     _csv(tmp_path)
     _assert_refused(_run(["train", str(_toml(tmp_path, body))], tmp_path), *needles)
-    assert not (tmp_path / "labelgrad-out" / "checkpoint.pt").exists()
+    assert not (tmp_path / "labelgrad-out" / "train" / "checkpoint.pt").exists()
 
 
 def _multilabel_npz(tmp_path: Path, k: int = 4) -> None:
@@ -267,7 +267,7 @@ def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     body = BASE + "[rows]\nfrozen = [1]\nlr_scale = [1.0, 2.0]\n"
     one = _toml(folder, body.replace("epochs = 2", "epochs = 1"), name="one.toml")
     _toml(folder, body)
-    out = folder / "labelgrad-out"
+    out = folder / "labelgrad-out" / "train"
     assert main(["train", str(one), "--out", str(out), "--quiet", "--threads", "1"]) == 0
     return folder
 
@@ -276,7 +276,7 @@ def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(trained_once: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the 1-epoch run, and the config that asks for 2 epochs on resume."""
     shutil.copytree(trained_once, tmp_path, dirs_exist_ok=True)
-    ckpt = tmp_path / "labelgrad-out" / "checkpoint.pt"
+    ckpt = tmp_path / "labelgrad-out" / "train" / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=True)
     state["data"][0]["path"] = str((tmp_path / "d.csv").resolve())  # the copy's data file
     torch.save(state, ckpt)
@@ -285,15 +285,15 @@ def trained(trained_once: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 def test_resume_with_another_seed_is_refused(trained: tuple[Path, Path]) -> None:
     cfg, ckpt = trained
-    proc = _run(["train", str(cfg), "--resume", "--seed", "1"], ckpt.parents[1])
+    proc = _run(["train", str(cfg), "--resume", "--seed", "1"], ckpt.parents[2])
     _assert_refused(proc, "was written with --seed 0, this run has --seed 1")
 
 
 def test_resume_on_other_data_is_refused(trained: tuple[Path, Path]) -> None:
     cfg, ckpt = trained
-    data = ckpt.parents[1] / "d.csv"
+    data = ckpt.parents[2] / "d.csv"
     data.write_text(data.read_text().replace("\n", "\n", 1) + "0.1,0.2,0.3,1\n")
-    proc = _run(["train", str(cfg), "--resume"], ckpt.parents[1])
+    proc = _run(["train", str(cfg), "--resume"], ckpt.parents[2])
     _assert_refused(proc, "was written for other data", "sha256")
 
 
@@ -337,14 +337,14 @@ def test_every_checkpoint_field_is_validated(
 ) -> None:
     cfg, ckpt = trained
     _edit(ckpt, change)
-    _assert_refused(_run(["train", str(cfg), "--resume"], ckpt.parents[1]), *needles)
+    _assert_refused(_run(["train", str(cfg), "--resume"], ckpt.parents[2]), *needles)
 
 
 def test_a_foreign_checkpoint_is_not_a_labelgrad_checkpoint(trained: tuple[Path, Path]) -> None:
     cfg, ckpt = trained
     torch.save({"state_dict": {"w": torch.zeros(2)}}, ckpt)
     _assert_refused(
-        _run(["train", str(cfg), "--resume"], ckpt.parents[1]), "not a labelgrad checkpoint"
+        _run(["train", str(cfg), "--resume"], ckpt.parents[2]), "not a labelgrad checkpoint"
     )
 
 
@@ -361,7 +361,7 @@ def test_a_full_disk_keeps_the_old_checkpoint(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(train_checkpoint.os, "fsync", full)
-    monkeypatch.chdir(ckpt.parents[1])
+    monkeypatch.chdir(ckpt.parents[2])
     code = main(["train", str(cfg), "--resume", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2, err
@@ -382,7 +382,7 @@ def test_rows_on_multilabel_data_with_as_many_columns_as_classes(tmp_path: Path)
     cfg = _toml(tmp_path, BASE + "[rows]\nfrozen = [2]\n", data="m.npz")
     proc = _run(["train", str(cfg)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    state = torch.load(tmp_path / "labelgrad-out" / "checkpoint.pt", weights_only=True)
+    state = torch.load(tmp_path / "labelgrad-out" / "train" / "checkpoint.pt", weights_only=True)
     from labelgrad.app.training import MLP
 
     torch.manual_seed(0)

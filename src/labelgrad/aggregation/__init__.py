@@ -7,7 +7,8 @@ Modules: ``losses`` (per_label_losses, LossStructure), ``backward`` (aggregate_b
 explain_engine), ``engines/`` (one module per engine behind one protocol),
 ``per_label_jacobian`` (per-label Jacobians and Gramians), ``weighing`` (weights under the
 nonfinite policy), ``tracker`` (layer records for the sample-Gramian engine), ``amortized``
-(Amortized), ``_warn`` (warnings given once; :func:`reset_warnings`).
+(Amortized), ``graph_checks`` (``check_reaches``: a loss must reach the shared parameters),
+``_warn`` (warnings given once; :func:`reset_warnings`).
 """
 
 from labelgrad.aggregation._warn import reset_warnings

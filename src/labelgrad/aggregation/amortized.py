@@ -70,9 +70,9 @@ class Amortized(WeightingWrapper):
         self._advance()
 
     def cached(self, k: int, like: Tensor) -> Tensor:
-        """The cached weights (count the step)."""
+        """A copy of the cached weights (count the step)."""
         self._advance()
-        return self.cached_weights.to(device=like.device)
+        return self.cached_weights.to(device=like.device, copy=True)
 
     def reset(self) -> None:
         """Forget the cached weights and the step count, and reset the wrapped weighting."""

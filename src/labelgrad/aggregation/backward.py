@@ -276,8 +276,11 @@ def aggregate_backward(
         nonfinite: ``"raise"``: a non-finite Gramian, non-finite weights (e.g. a solver's NaN)
             or non-finite cached weights raise ValueError naming the aggregator;
             ``"propagate"``: the non-finite gradient is written so that ``GradScaler`` skips the
-            step. The check reads a flag back to the host, so it runs on CPU tensors only; on
-            accelerators both modes propagate (no host sync per step).
+            step. On steps where :class:`labelgrad.aggregation.Amortized` reuses its weights
+            (no Gramian), ``"raise"`` checks the losses before the backward and the shared
+            parameters' gradients after it. The check reads a flag back to the host, so it
+            runs on CPU tensors only; on accelerators both modes propagate (no host sync per
+            step).
         tracker: the :class:`labelgrad.aggregation.Tracker` for ``"sample_gramian"`` (default:
             the one :func:`labelgrad.aggregation.track` attached to ``shared``).
         structure: the :class:`labelgrad.aggregation.LossStructure` of the losses (default: the
@@ -334,4 +337,8 @@ def _run(call: Call, choice: Choice) -> AggregationResult:
         if isinstance(call.aggregator, Amortized):
             call.aggregator.store(w)
     engine.backward(call, prepared, w)
-    return AggregationResult(w, prepared.gramian, engine.name, choice.reason)
+    # A copy (K values): the caller may edit the result in place without reaching the
+    # aggregator's state (Amortized's cache, a user-defined weighting's buffer). The Gramian is
+    # the engine's fresh tensor, held by nobody else.
+    weights = None if w is None else w.detach().clone()
+    return AggregationResult(weights, prepared.gramian, engine.name, choice.reason)

@@ -323,8 +323,8 @@ def per_label_losses(
         per_entry = loss(z, values)
         if not isinstance(per_entry, Tensor) or per_entry.shape != z.shape:
             raise ValueError(
-                "a callable loss must return elementwise losses of the logits' shape "
-                f"{tuple(z.shape)} (use reduction='none'), got "
+                "a callable loss must return elementwise losses of the shape of the logits it "
+                f"is given, {tuple(z.shape)} (class axis last; use reduction='none'), got "
                 f"{getattr(per_entry, 'shape', type(per_entry).__name__)}"
             )
     elif loss == "bce":

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from labelgrad.aggregation import _graph
 from labelgrad.aggregation._warn import warn_once
 from labelgrad.aggregation.losses import LossStructure
 from labelgrad.policies import no_state_update
 
 __all__ = [
     "FeatureJacobian",
+    "backward_row_bytes",
     "blocked_gramian",
     "closed_form",
     "exact_jacobian",
@@ -145,6 +147,39 @@ def _rows_of(
 def row_bytes(inputs: Sequence[Tensor]) -> int:
     """Bytes of one row of the Jacobian with respect to ``inputs`` (one gradient of each)."""
     return sum(p.numel() * p.element_size() for p in inputs)
+
+
+def backward_row_bytes(losses: Tensor, inputs: Sequence[Tensor]) -> int:
+    """Bytes one row of a batched backward from ``losses`` holds besides its gradients of
+    ``inputs``: about one gradient of every intermediate tensor of the graph.
+
+    Estimated from the tensors the graph saved for backward (activations, logits: each has a
+    gradient of its size in flight in every row), counted once per storage, the ``inputs``'
+    own storages excluded (their gradients are :func:`row_bytes`). A tiny trunk under a large
+    head at large K is dominated by this (N x C logit gradients per row), not by its parameters.
+    """
+    if losses.grad_fn is None:
+        return 0
+    skip = {p.untyped_storage().data_ptr() for p in inputs}
+    seen: set[int] = set()
+    total = 0
+    for node in _graph.nodes_reached(losses.grad_fn):
+        for name in dir(node):
+            if not name.startswith("_saved_"):
+                continue
+            try:
+                value = getattr(node, name)
+            except RuntimeError:  # freed, or not a tensor that can be unpacked
+                continue
+            for t in value if isinstance(value, (tuple, list)) else (value,):
+                if not isinstance(t, Tensor) or t.layout != torch.strided:
+                    continue
+                ptr = t.untyped_storage().data_ptr()
+                if ptr in skip or ptr in seen:
+                    continue
+                seen.add(ptr)
+                total += t.numel() * t.element_size()
+    return total
 
 
 def blocked_gramian(

@@ -22,9 +22,21 @@ __all__ = [
 ]
 
 
+#: Dtypes in which a solver's constants (``1e-8`` is 0 in float16) do not survive: upcast.
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _host_checkable(t: Tensor) -> bool:
     # Value checks read the data on the host: free on CPU, a device sync elsewhere (skipped there).
     return t.device.type == "cpu"
+
+
+def _reset_counters(module: nn.Module) -> None:
+    # Every SolverDiagnostics among the module's own submodules (a wrapped weighting's are reset
+    # by that weighting's reset()).
+    for sub in module.children():
+        if isinstance(sub, SolverDiagnostics):
+            sub.reset()
 
 
 def check_gramian(gramian: object, /) -> Tensor:
@@ -147,18 +159,35 @@ class GramianWeighting(nn.Module):
     def weights(self, gramian: Tensor, /) -> Tensor:
         """The (K,) weights for the Gramian ``gramian`` (K, K), on its device and dtype.
 
+        A float16 or bfloat16 Gramian is solved in float32 (where every tolerance and
+        constant of the solvers exists) and the weights returned in its dtype.
+
         Args:
             gramian: symmetric positive semi-definite (K, K) matrix ``J J^T``.
 
         Returns:
             The weights ``w``; the update is ``J^T w``. Constants: computed under
-            ``torch.no_grad()`` (the weightings are not differentiable, as in TorchJD).
+            ``torch.no_grad()`` (the weightings are not differentiable, as in TorchJD). A new
+            tensor on every call: editing it in place changes no state of the weighting.
         """
         with torch.no_grad():
-            return self._weights(check_gramian(gramian))
+            checked = check_gramian(gramian)
+            work = checked.float() if checked.dtype in _HALF else checked
+            # The one copy of every weighting's answer: stateful ones (MoDo, CRMOGM, ...) keep
+            # their iterate in a buffer, which the caller must not be able to edit. (From a
+            # half-precision G the cast back to its dtype is that copy.)
+            w = self._weights(work)
+            return w.to(checked.dtype) if work is not checked else w.clone()
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget the state of past calls: zero the ``diagnostics`` counters (where it has any).
+
+        Stateful weightings extend it (and call it) to restart their statistics as well.
+        """
+        _reset_counters(self)
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         """Same as :meth:`weights` (so that module hooks apply)."""
@@ -196,10 +225,20 @@ class JacobianAggregator(nn.Module):
             ``torch.no_grad()``).
         """
         with torch.no_grad():
-            return self._aggregate(check_jacobian(jacobian))
+            checked = check_jacobian(jacobian)
+            if checked.dtype in _HALF:  # as for weightings: solved in float32
+                return self._aggregate(checked.float()).to(checked.dtype)
+            return self._aggregate(checked)
 
     def _aggregate(self, jacobian: Tensor, /) -> Tensor:
         raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget the state of past calls: zero the ``diagnostics`` counters (where it has any).
+
+        Stateful aggregators extend it (and call it) to restart their statistics as well.
+        """
+        _reset_counters(self)
 
     def forward(self, jacobian: Tensor, /) -> Tensor:
         """Same as :meth:`aggregate`."""
@@ -262,7 +301,8 @@ class WeightingWrapper(GramianWeighting):
         return w
 
     def reset(self) -> None:
-        """Reset the wrapped weighting where it is stateful (it has ``reset``)."""
+        """Reset the wrapped weighting (where it has ``reset``: its state and counters)."""
+        super().reset()
         reset = getattr(self.aggregator, "reset", None)
         if callable(reset):
             reset()

@@ -218,7 +218,8 @@ class NashMTL(GramianWeighting):
         self._count = 0
 
     def reset(self) -> None:
-        """Forget the last weights and the call counter."""
+        """Forget the last weights and the call counter (and zero ``diagnostics``)."""
+        super().reset()
         self.last_weights = torch.zeros(0, device=self.last_weights.device)
         self.calls.zero_()
         self._count = 0
@@ -228,7 +229,9 @@ class NashMTL(GramianWeighting):
         fresh = self.last_weights.shape != (k,)
         count = self._count
         if fresh or count % self.update_weights_every == 0:
-            norm = torch.linalg.matrix_norm(gramian).clamp(min=torch.finfo(gramian.dtype).tiny)
+            # |G|_F, computed on G / max|G_ij| so that the squares neither under- nor overflow.
+            top = gramian.abs().amax().clamp(min=torch.finfo(gramian.dtype).tiny)
+            norm = (top * torch.linalg.matrix_norm(gramian / top)).clamp(min=top)
             start = None if fresh else self.last_weights
             alpha = solve_balance(gramian / norm, 1.0, start=start, diagnostics=self.diagnostics)
             self.last_weights = alpha.detach()

@@ -8,6 +8,7 @@ from torch import Tensor
 from labelgrad.aggregators._qp import min_norm_point, normalize_gramian, should_check
 from labelgrad.aggregators.aggregator_types import GramianWeighting
 from labelgrad.aggregators.diagnostics import SolverDiagnostics
+from labelgrad.aggregators.double_sampling import shift_for_simplex
 
 __all__ = ["CAGrad", "project_to_simplex"]
 
@@ -21,6 +22,7 @@ def project_to_simplex(y: Tensor) -> Tensor:
         tensor([1., 0.])
     """
     k = y.shape[-1]
+    y = shift_for_simplex(y)  # keeps the ``- 1`` below at any magnitude
     sorted_y = torch.sort(y, dim=-1, descending=True).values
     cumsum = sorted_y.cumsum(dim=-1) - 1
     index = torch.arange(1, k + 1, dtype=y.dtype, device=y.device)
@@ -36,7 +38,10 @@ class CAGrad(GramianWeighting):
 
     On ``Ĝ = G / trace(G)``: ``g_0`` is the mean gradient, ``√φ = c |g_0|``, and
     ``w* = argmin_{w in simplex} w^T Ĝ 1/K + √φ sqrt(w^T Ĝ w)``; the weights are
-    ``1/K + (√φ / |g_w*|) w*`` (zeros when ``|g_w*| < norm_eps``: already Pareto-stationary).
+    ``1/K + (√φ / |g_w*|) w*`` (zeros when ``|g_w*| < norm_eps``: already Pareto-stationary; also
+    when ``|g_w*| < 8 sqrt(eps) sum_i w*_i |g_i|`` with ``eps`` of G's dtype, below which the
+    rounding of G's entries decides ``|g_w*|``: a float32 G of a strongly stationary J is
+    indefinite at that level).
     TorchJD solves the simplex problem with cvxpy/Clarabel; here accelerated projected gradient
     (FISTA with adaptive restart, step ``|g_w| / (√φ λ_max)``, exact sort-based simplex
     projection) in float64, up to ``max_iters`` steps, stopping when a step moves ``w`` by less
@@ -129,14 +134,26 @@ class CAGrad(GramianWeighting):
             # Give the entering coordinates a small share and polish again on the larger face.
             w = torch.where(entering, torch.full_like(w, 1e-6), w)
             w = w / w.sum()
-        w = self._certify(w, g, b, sqrt_phi, lam_max)
+        ridge = 10 * k * torch.finfo(gramian.dtype).eps  # G's own rounding, in its dtype
+        w = self._certify(w, g, b, sqrt_phi, lam_max, ridge)
         norm_w = (w @ g @ w).clamp(min=0).sqrt()
+        # |g_w|^2 = w^T G w is known to the rounding of G's entries, ~eps |g_i| |g_j| each: below
+        # 8 sqrt(eps) sum_i w_i |g_i| (in G's dtype) |g_w| cannot be told from 0 (a float32 G of
+        # a stationary J is indefinite at that level), and 0 is the answer there.
+        spread = w @ g.diagonal().clamp(min=0).sqrt()
+        floor = torch.clamp(8 * torch.finfo(gramian.dtype).eps ** 0.5 * spread, min=self.norm_eps)
         weights = mean + sqrt_phi / norm_w.clamp(min=tiny) * w
-        weights = torch.where(norm_w >= self.norm_eps, weights, torch.zeros_like(weights))
+        weights = torch.where(norm_w >= floor, weights, torch.zeros_like(weights))
         return weights.to(gramian.dtype)
 
     def _certify(
-        self, w: Tensor, g: Tensor, b: Tensor, sqrt_phi: Tensor, lam_max: Tensor
+        self,
+        w: Tensor,
+        g: Tensor,
+        b: Tensor,
+        sqrt_phi: Tensor,
+        lam_max: Tensor,
+        ridge: float = 1e-10,
     ) -> Tensor:
         """Check the Frank-Wolfe gap of ``w``; where it fails, solve exactly (:meth:`_exact`).
 
@@ -151,7 +168,7 @@ class CAGrad(GramianWeighting):
         failed = not bool((sqrt_phi == 0) | (gap <= self.CERT_TOL * scale))
         uncertified: Tensor | int = 0
         if failed:
-            w, residual = self._exact(g, b, sqrt_phi)
+            w, residual = self._exact(g, b, sqrt_phi, ridge=ridge)
             uncertified = (~(residual <= self.CERT_TOL)).to(torch.int64)
         self.diagnostics.record(1, int(failed), uncertified)
         return w
@@ -164,7 +181,9 @@ class CAGrad(GramianWeighting):
         return torch.nan_to_num(grad @ w - grad.min(), nan=torch.inf)
 
     @staticmethod
-    def _exact(g: Tensor, b: Tensor, sqrt_phi: Tensor, iters: int = 60) -> tuple[Tensor, Tensor]:
+    def _exact(
+        g: Tensor, b: Tensor, sqrt_phi: Tensor, iters: int = 60, ridge: float = 1e-10
+    ) -> tuple[Tensor, Tensor]:
         """The robust fallback: the minimizer as a fixed point of exact min-norm problems.
 
         At the minimizer, with ``ρ = |g_w|`` and ``t = ρ / √φ``, ``w`` also minimizes
@@ -184,10 +203,10 @@ class CAGrad(GramianWeighting):
             t = rho / float(sqrt_phi)
             shifted = g + t * (torch.outer(b, ones) + torch.outer(ones, b))
             shifted = shifted + t * t * mean_sq * torch.outer(ones, ones)
-            w = min_norm_point(shifted)
+            w = min_norm_point(shifted, ridge=ridge)
             return w, float((w @ g @ w).clamp(min=0).sqrt()) - rho
 
-        hi = float(g.diagonal().clamp(min=0).sqrt().max())
+        hi = scale = float(g.diagonal().clamp(min=0).sqrt().max())  # hi shrinks; scale stays
         w, h_lo = solve(0.0)
         lo, side = 0.0, 0
         if h_lo > 1e-12 * hi:
@@ -207,7 +226,7 @@ class CAGrad(GramianWeighting):
                     h_lo = h_lo / 2 if side == -1 else h_lo
                     side = -1
             h_lo = h
-        residual = torch.tensor(abs(h_lo) / max(hi, 1e-300), dtype=g.dtype, device=g.device)
+        residual = torch.tensor(abs(h_lo) / max(scale, 1e-300), dtype=g.dtype, device=g.device)
         return w, residual
 
     @staticmethod

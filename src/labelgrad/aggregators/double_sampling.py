@@ -10,7 +10,25 @@ from torch import Tensor
 from labelgrad.aggregators._state import resize_buffers_for_load
 from labelgrad.aggregators.aggregator_types import GramianWeighting, optional_vector, per_row_vector
 
-__all__ = ["MoDo", "SDMGrad", "project_to_simplex"]
+__all__ = ["MoDo", "SDMGrad", "project_to_simplex", "shift_for_simplex"]
+
+
+def shift_for_simplex(y: Tensor) -> Tensor:
+    """``y`` (..., K) shifted so that its largest entry is 0 where its magnitude is large.
+
+    The simplex projection commutes with a shift of all entries, and its thresholds subtract 1
+    from sums of entries: beyond ``|y| ~ 1 / sqrt(eps)`` of the dtype (2896 in float32) the
+    ``- 1`` loses half its digits, beyond ``1 / eps`` all of them (all-zero weights). Below that
+    ``y`` is returned as it is (bitwise TorchJD's rounding). No host read.
+
+    Example:
+        >>> import torch
+        >>> shift_for_simplex(torch.tensor([5e9, 4e9]))
+        tensor([ 0.0000e+00, -1.0000e+09])
+    """
+    top = y.amax(dim=-1, keepdim=True)
+    large = top.abs() > torch.finfo(y.dtype).eps ** -0.5
+    return y - torch.where(large, top, torch.zeros_like(top))
 
 
 def project_to_simplex(y: Tensor) -> Tensor:
@@ -26,6 +44,7 @@ def project_to_simplex(y: Tensor) -> Tensor:
         tensor([0., 1., 0.])
     """
     k = y.shape[0]
+    y = shift_for_simplex(y)
     u = torch.sort(y, descending=True).values
     thresholds = (u.cumsum(0) - 1) / torch.arange(1, k + 1, dtype=y.dtype, device=y.device)
     rho = (u > thresholds).sum().clamp(min=1) - 1
@@ -44,6 +63,7 @@ class _SimplexState(GramianWeighting):
 
     def reset(self) -> None:
         """Forget the iterate: the next call starts from uniform weights."""
+        super().reset()
         self.task_weights = torch.zeros(0, device=self.task_weights.device)
 
     def _iterate(self, matrix: Tensor) -> Tensor:
@@ -108,8 +128,11 @@ class SDMGrad(_SimplexState):
     ``SDMGradWeighting`` (defaults ``lr=10``, ``momentum=0.5``, ``n_iter=20``, ``lambda_=0.3``).
 
     ``A`` (``J_1 J_2^T`` from two independent batches, or the Gramian) is divided by
-    ``mean_i sqrt(max(A_ii, 0))^2 + 1e-8``; then ``n_iter`` steps of heavy-ball SGD on the simplex
-    from the stored iterate ``w``: ``v <- μ v + A (w + λ w̃)``, ``w <- Π_simplex(w - lr v)``; the
+    ``s^2 + 1e-8 min(s^2 / 1e-4, 1)`` with ``s^2 = mean_i sqrt(max(A_ii, 0))^2`` (TorchJD's
+    ``s^2 + 1e-8`` from ``s^2 = 1e-4`` up; below, ``1e-4 s^2``, relative, so that tiny ``A``
+    are not flattened: TorchJD's absolute ``1e-8`` is 0 in float16 and dominates at small
+    scales); then ``n_iter`` steps of heavy-ball SGD on the simplex from the stored iterate
+    ``w``: ``v <- μ v + A (w + λ w̃)``, ``w <- Π_simplex(w - lr v)``; the
     weights are ``(w + λ w̃) / (1 + λ)`` (mean scale), ``w̃`` the preference vector (uniform by
     default). The iterate ``w`` lives in the ``task_weights`` buffer (``state_dict`` round-trips;
     restarted by :meth:`reset` or when K changes).
@@ -155,7 +178,11 @@ class SDMGrad(_SimplexState):
         k = gramian.shape[0]
         target = per_row_vector(self.pref_vector, k, 1.0 / k, "pref_vector", like=gramian)
         scale = gramian.diagonal().clamp(min=0).sqrt().mean()
-        a = gramian / (scale * scale + 1e-8)
+        # TorchJD's ``+ 1e-8``, made relative below s^2 = 1e-4 (where an absolute constant
+        # would change the step size with the scale of A; it is 0 in float16); zero A stays 0.
+        sq = scale * scale
+        denominator = sq + 1e-8 * (sq / 1e-4).clamp(max=1)
+        a = gramian / denominator.clamp(min=torch.finfo(gramian.dtype).tiny)
         w = self._iterate(gramian)
         velocity = torch.zeros_like(w)
         for _ in range(self.n_iter):  # iterations of the inner solver, not rows

@@ -72,6 +72,7 @@ class ExcessMTL(JacobianAggregator):
 
     def reset(self) -> None:
         """Forget every statistic: the next call starts from uniform weights (and warms up)."""
+        super().reset()
         for name in _STATE:
             setattr(self, name, torch.zeros(0, device=getattr(self, name).device))
 

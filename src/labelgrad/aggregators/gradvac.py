@@ -60,7 +60,8 @@ class GradVac(GramianWeighting):
 
     Args:
         beta: EMA rate of the targets, in [0, 1].
-        eps: added to denominators.
+        eps: added to denominators, relative to the gradients' scale (the cosines are computed
+            on G divided by its largest diagonal entry; TorchJD adds it to the raw norms).
         generator: the source of the random visiting orders; the global one if None.
 
     Example:
@@ -90,6 +91,7 @@ class GradVac(GramianWeighting):
 
     def reset(self) -> None:
         """Forget the EMA targets (the next call starts from zeros)."""
+        super().reset()
         self.target_cosines = torch.zeros(0, 0, device=self.target_cosines.device)
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
@@ -98,7 +100,10 @@ class GradVac(GramianWeighting):
             self.target_cosines = torch.zeros(k, k, dtype=gramian.dtype, device=gramian.device)
         targets = self.target_cosines.to(device=gramian.device, dtype=gramian.dtype)
         orders = random_orders(k, generator=self.generator, device=gramian.device)
-        weights = gradvac_weights(gramian, orders, targets, beta=self.beta, eps=self.eps)
+        # The weights depend on G only through cosines and ratios of norms: solve on G divided
+        # by its largest diagonal entry, so that ``eps`` is relative to the gradients' scale.
+        scale = gramian.diagonal().amax().clamp(min=torch.finfo(gramian.dtype).tiny)
+        weights = gradvac_weights(gramian / scale, orders, targets, beta=self.beta, eps=self.eps)
         self.target_cosines = targets
         return weights
 

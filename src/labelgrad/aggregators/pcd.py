@@ -9,6 +9,7 @@ from torch import Tensor
 
 from labelgrad.aggregators._state import resize_buffers_for_load
 from labelgrad.aggregators.aggregator_types import GramianWeighting
+from labelgrad.aggregators.diagnostics import SolverDiagnostics
 
 __all__ = ["PCD", "pcd_certificate", "solve_pcd_dual"]
 
@@ -172,17 +173,23 @@ class PCD(GramianWeighting):
     relative to ``max G̃_ii (1 + |μ|_1)``) and, where the check fails, re-solved by accelerated
     projected gradient polished by primal-dual active-set steps, keeping the better certified
     of the two (or declaring the constraints infeasible when the gradient iterate is a Farkas ray:
-    ``v >= 0`` with ``|sum_j v_j g̃_j| <= 1e-4 sum_j v_j b_j``); ``fallbacks`` counts those calls.
+    ``v >= 0`` with ``|sum_j v_j g̃_j| <= 1e-4 sum_j v_j b_j``). ``diagnostics``
+    (:class:`~labelgrad.aggregators.SolverDiagnostics`, one problem per call with K >= 2 and a
+    non-zero primary gradient) counts those fallbacks (also readable as ``fallbacks``) and the
+    answers still uncertified after them.
 
     State, in buffers (``state_dict`` round-trips; restarted by :meth:`reset` or when K changes):
-    ``sq_norm_ema`` (K,) float64 and the call count ``steps``. A non-finite Gramian (possible off
+    ``sq_norm_ema`` (K,) float64 and the call count ``steps``; :meth:`reset` also zeroes
+    ``diagnostics``. A non-finite Gramian (possible off
     the CPU, where it is not validated) gives NaN weights and leaves the state unchanged.
 
     Args:
         tau: fraction in [0, 1] of normalized progress guaranteed to each secondary objective; a
             float or a (K - 1,) tensor.
         beta: EMA decay in [0, 1).
-        eps: added to the EMA before its inverse square root (>= 0).
+        eps: added to the EMA before its inverse square root (>= 0), in the units of
+            ``|g_i|^2`` as TorchJD: the weights for ``c G`` are those for ``G`` with
+            ``eps / c`` (for gradients far below ``sqrt(eps)`` every ``s_i`` is the same).
 
     Example:
         >>> import torch
@@ -195,7 +202,6 @@ class PCD(GramianWeighting):
 
     sq_norm_ema: Tensor
     steps: Tensor
-    fallbacks: Tensor
 
     def __init__(
         self, *, tau: float | Tensor = 0.02, beta: float = 0.999, eps: float = 1e-8
@@ -216,10 +222,16 @@ class PCD(GramianWeighting):
         self.eps = float(eps)
         self.register_buffer("sq_norm_ema", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("fallbacks", torch.zeros((), dtype=torch.int64))
+        self.diagnostics = SolverDiagnostics()
+
+    @property
+    def fallbacks(self) -> Tensor:
+        """Calls whose fast solve failed the certificate: ``diagnostics.fallbacks``."""
+        return self.diagnostics.fallbacks
 
     def reset(self) -> None:
-        """Forget the moving average of the squared gradient norms."""
+        """Forget the moving average of the squared gradient norms; zero ``diagnostics``."""
+        super().reset()
         self.sq_norm_ema = torch.zeros(0, dtype=torch.float64, device=self.steps.device)
         self.steps = torch.zeros((), dtype=torch.int64, device=self.steps.device)
 
@@ -243,13 +255,18 @@ class PCD(GramianWeighting):
 
     def _solve(self, normalized: Tensor, taus: Tensor, dependence_tol: float) -> Tensor:
         mu, feasible = solve_pcd_dual(normalized, taus, dependence_tol=dependence_tol)
-        if feasible and float(pcd_certificate(normalized, taus, mu)) > CERTIFICATE_TOL:
-            self.fallbacks += 1
+        failed = feasible and float(pcd_certificate(normalized, taus, mu)) > CERTIFICATE_TOL
+        uncertified = 0
+        if failed:
             other, feasible = _fallback(normalized, taus)
             if not feasible or pcd_certificate(normalized, taus, other) < pcd_certificate(
                 normalized, taus, mu
             ):
                 mu = other
+            uncertified = int(
+                feasible and float(pcd_certificate(normalized, taus, mu)) > CERTIFICATE_TOL
+            )
+        self.diagnostics.record(1, int(failed), uncertified)
         return torch.cat([mu.new_ones(1), mu.clamp(min=0)])
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
@@ -257,6 +274,7 @@ class PCD(GramianWeighting):
         taus = self._taus(k)
         g = gramian.detach().to(device="cpu", dtype=torch.float64)  # the one transfer
         if not bool(g.isfinite().all()):
+            self.diagnostics.record(0, 0)
             return torch.full((k,), torch.nan, dtype=gramian.dtype, device=gramian.device)
         sq_norms = g.diagonal()
         scales = self._scales(sq_norms)
@@ -269,9 +287,13 @@ class PCD(GramianWeighting):
             rounding = (w.abs() @ normalized.diagonal().clamp(min=0).sqrt()) ** 2
             if float(norm_sq) > precision * float(rounding):
                 weights = w * scales * (sq_norms[0] / norm_sq).sqrt()
+        else:
+            self.diagnostics.record(0, 0)  # g_1 = 0: zero weights, nothing to solve
         return weights.to(device=gramian.device, dtype=gramian.dtype)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints before 0.3 saved the fallback counter (now a run's diagnostic, not state).
+        state_dict.pop(prefix + "fallbacks", None)
         resize_buffers_for_load(self, state_dict, prefix, ["sq_norm_ema"])
         super()._load_from_state_dict(state_dict, prefix, *args)
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from labelgrad.app.outputs import DEFAULT_OUT
+
 __all__ = ["BENCH_LEVELS", "INSTALL", "UsageError", "build_parser", "main", "missing_requirements"]
 
 BENCH_LEVELS = ("policies", "rows", "weightings", "aggregation")
@@ -68,6 +70,11 @@ def _common(p: argparse.ArgumentParser, out_default: str | None) -> None:
         help=f"output folder (default: {out_default})" if out_default else "output folder",
     )
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the files of another run in --out (without it, such a folder is refused)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -105,7 +112,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="digits-LT (IF 10, 100), Yeast with hidden labels, Yeast label aggregation; "
         "mean ± std over 3 seeds; writes report.html and PNG plots to --out.",
     )
-    _common(demo, "labelgrad-out")
+    _common(demo, DEFAULT_OUT["demo"])
     # Hidden: a seconds-long run for tests.
     demo.add_argument("--size", choices=("full", "tiny"), default="full", help=argparse.SUPPRESS)
 
@@ -149,7 +156,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("config", help="the TOML config file")
-    _common(train, "labelgrad-out")
+    _common(train, DEFAULT_OUT["train"])
     train.add_argument(
         "--resume",
         action="store_true",
@@ -215,20 +222,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         size=args.size,
         echo=_echo(args),
+        force=args.force,
     )
     return _finish(args, result.as_dict())
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from labelgrad.app.bench import format_table
-    from labelgrad.report import atomic_write_text, check_writable_dir
+    from labelgrad.app.outputs import claim_output, record_output
+    from labelgrad.report import atomic_write_text
 
     if args.device != "cpu":
         _device(args.device)
     if args.outcomes:
         return _cmd_outcomes(args)
-    folder = check_writable_dir(args.out) if args.out else None
     names = args.only or list(BENCH_LEVELS)
+    folder = None
+    if args.out is not None:
+        identity = f"quick={args.quick} only={','.join(names)}"
+        folder = claim_output(args.out, "bench", identity, ["bench.json"], force=args.force)
     modules: list[tuple[str, Any]] = []
     missing: list[str] = []
     for name in names:
@@ -255,6 +267,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     payload = {"rows": [r.as_dict() for r in rows], "missing": missing, "quick": args.quick}
     if folder is not None:
         atomic_write_text(folder / "bench.json", json.dumps(payload, indent=1) + "\n")
+        record_output(folder, ["bench.json"])
     if args.json:
         print(json.dumps(payload, indent=1))
     else:
@@ -269,11 +282,12 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
 
     result = run_outcomes(
         size=args.outcomes_size or ("quick" if args.quick else "full"),
-        out=args.out or "labelgrad-outcomes",
+        out="labelgrad-outcomes" if args.out is None else args.out,
         device=_device(args.device),
         quiet=args.quiet,
         echo=_echo(args),
         command=" ".join(["labelgrad", *args.argv]),
+        force=args.force,
     )
     return _finish(args, result.as_dict())
 
@@ -290,6 +304,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         baseline=args.baseline,
         echo=_echo(args),
+        force=args.force,
     )
     return _finish(args, summary)
 
@@ -313,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     from labelgrad.app.datasets import DataError, MissingSourceError
-    from labelgrad.app.train_checkpoint import OutputError
+    from labelgrad.app.outputs import OutputError
     from labelgrad.app.train_config import ConfigError
 
     commands = {"demo": _cmd_demo, "bench": _cmd_bench, "train": _cmd_train}

@@ -55,6 +55,7 @@ from labelgrad.app.demo_tables import (
 )
 from labelgrad.app.html import Section, write_report
 from labelgrad.app.metrics import FEW_SHOT
+from labelgrad.app.outputs import DEFAULT_OUT, record_output
 from labelgrad.app.plots import plot_conflicts, plot_grad_norm_history, plot_per_class_accuracy
 from labelgrad.app.recipes import BETA, TAIL_LR_POWER
 from labelgrad.app.training import MLP, prepare_run, progress_bar, small_model_threads
@@ -82,6 +83,17 @@ class DemoResult:
         }
 
 
+DEMO_FILES = (
+    "results.json",
+    "report.html",
+    "per_class_accuracy.png",
+    "grad_norm_*.png",
+    "label_conflicts.png",
+    "monitor_digits_if100_*",
+)
+"""The files (``fnmatch`` patterns) the demo may write into its output folder."""
+
+
 # --- the demo ---------------------------------------------------------------------------------
 
 
@@ -89,10 +101,11 @@ def run_demo(
     *,
     seed: int = 0,
     device: str = "cpu",
-    out: str | Path = "labelgrad-out",
+    out: str | Path = DEFAULT_OUT["demo"],
     quiet: bool = False,
     size: str = "full",
     echo: Callable[[str], None] | None = print,
+    force: bool = False,
 ) -> DemoResult:
     """Run the demo experiments, print the table, write the report; return the results.
 
@@ -103,14 +116,27 @@ def run_demo(
         quiet: no progress bar.
         size: ``"full"`` (``make demo``) or ``"tiny"`` (a seconds-long smoke run for tests).
         echo: where the table goes (None: nowhere).
+        force: replace the files of another run in ``out``.
 
     Raises:
+        OutputError: ``out`` is empty, a file, or holds another run (without ``force``).
         PermissionError: ``out`` cannot be written (checked before any training).
     """
     t_start = time.perf_counter()
-    sizes, dev, folder = prepare_run(SIZES, size, device, out)
+    sizes, dev, folder = prepare_run(
+        SIZES,
+        size,
+        device,
+        out,
+        command="demo",
+        identity=f"seed={seed}",
+        files=DEMO_FILES,
+        force=force,
+    )
     with small_model_threads(dev):
-        return _run(seed, dev, folder, quiet, sizes, echo, t_start)
+        result = _run(seed, dev, folder, quiet, sizes, echo, t_start)
+    record_output(folder, result.files)
+    return result
 
 
 @dataclass

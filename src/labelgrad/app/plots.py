@@ -39,6 +39,8 @@ _STYLE: dict[str, Any] = {
     "grid.alpha": 0.3,
     "axes.spines.top": False,
     "axes.spines.right": False,
+    # Class names are shown as written: "$5" or "a_b" never turn into mathtext.
+    "text.parse_math": False,
 }
 
 

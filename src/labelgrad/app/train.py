@@ -7,7 +7,10 @@ files are one-line errors)::
     path = "train.csv"          # .csv / .csv.gz, .npz, or an idx images file (.gz or raw)
     format = "csv"              # csv | npz | idx; default: from the suffix
     labels = "labels.idx.gz"    # idx only: the labels file
-    label_columns = [-1]        # csv only: the label column(s); several = multi-hot labels
+    label_columns = [-1]        # csv only: the label column(s), indices or header names
+                                #   (["species"]); several = multi-hot labels; one column of
+                                #   names (cat, dog) = classes numbered in sorted name order
+    delimiter = ";"             # csv only; default: sniffed (comma, semicolon, tab or |)
     x_key = "x"                 # npz only (with y_key = "y")
     task = "multiclass"         # or "multilabel" (multi-hot labels in {0, 1}, -1 = unknown)
     num_classes = 10            # default: max label + 1 (multiclass; refused when most class
@@ -44,22 +47,27 @@ files are one-line errors)::
     aggregator = "UPGrad"       # an lg.aggregators class (the error lists the valid names)
     engine = "auto"             # auto | exact | representation
 
-Outputs in ``--out`` (each written atomically: a temporary file renamed into place):
+Outputs in ``--out`` (default ``labelgrad-out/train``; checked before anything is read by
+:func:`labelgrad.app.outputs.claim_output`: a folder holding another run needs ``--force`` or
+``--resume``), each written atomically (a temporary file renamed into place):
 ``checkpoint.pt`` after every epoch (``torch.save``; loaded with ``weights_only=True``),
 ``metrics.json`` (written before any figure), ``monitor.csv`` / ``monitor.json`` (per-class
 gradient statistics), ``training_curves.png``, ``per_class.png``, ``confusion.png``
-(single-label), ``grad_norm.png`` and ``report.html``. ``--baseline`` also trains plain
+(single-label), ``grad_norm.png``, ``report.html`` (which lists them) and
+``labelgrad-run.json`` (the manifest of the run's files). ``--baseline`` also trains plain
 cross-entropy (BCE for multi-label data) from the same seed and reports it beside the run.
 
 ``--resume`` continues from the checkpoint exactly as an uninterrupted run would (the batches of
-each epoch are a function of the seed and the epoch; model, optimizer and policy state are
-restored). The checkpoint records the config, the seed and the data (path, size, SHA-256); a
-resume with another seed or other data is refused, and every loaded field (epoch, losses, tensor
-shapes and dtypes of the model, optimizer and policy states) is checked first.
+each epoch are a function of the seed and the epoch; model, optimizer (with its row rules),
+policy, aggregator state and the aggregator's random generator are restored). The checkpoint
+records the config, the seed and the data (path, size, SHA-256); a resume with another seed or
+other data is refused, and every loaded field (epoch, losses, tensor shapes and dtypes of the
+model, optimizer and policy states) is checked first.
 
 Every bad input (config, data, flag, checkpoint, a full disk) is one line on stderr and exit 2;
 values that would size an allocation (num_classes, hidden widths, labels) are checked against
-the memory they would need before anything is allocated.
+the memory they would need before anything is allocated. The config is then checked against
+the data before the first step (:func:`labelgrad.app.train_checks.validate_run`).
 
 This module runs the epochs and writes the summary; the config is read and checked in
 :mod:`labelgrad.app.train_config`, the data in :mod:`labelgrad.app.train_data`, the model,
@@ -83,19 +91,21 @@ import torch.nn.functional as F
 import labelgrad as lg
 from labelgrad.app.datasets import Dataset, Task
 from labelgrad.app.metrics import multiclass_metrics, multilabel_metrics
+from labelgrad.app.outputs import DEFAULT_OUT, claim_output, record_output
 from labelgrad.app.train_build import Parts, build_parts, make_step
 from labelgrad.app.train_checkpoint import (
     History,
     RunId,
     data_identity,
     resume_run,
+    run_identity,
     save_checkpoint,
 )
-from labelgrad.app.train_config import TrainConfig, check_against_classes, load_config
+from labelgrad.app.train_checks import validate_run
+from labelgrad.app.train_config import TrainConfig, load_config
 from labelgrad.app.train_data import Validation, load_data
-from labelgrad.app.train_report import write_train_outputs
+from labelgrad.app.train_report import TRAIN_FILES, write_train_outputs
 from labelgrad.app.training import MLP, epoch_batches, progress_bar
-from labelgrad.report import check_writable_dir
 
 __all__ = ["run_train"]
 
@@ -156,10 +166,11 @@ def _train_epochs(
 def run_train(
     config: str | Path,
     *,
-    out: str | Path = "labelgrad-out",
+    out: str | Path = DEFAULT_OUT["train"],
     seed: int = 0,
     device: str = "cpu",
     resume: bool = False,
+    force: bool = False,
     quiet: bool = False,
     baseline: bool = False,
     echo: Callable[[str], None] | None = print,
@@ -173,6 +184,8 @@ def run_train(
         seed: the seed of the data split, the initialisation and the batches.
         device: where to train.
         resume: continue from ``out/checkpoint.pt`` (same config, seed and data only).
+        force: replace the run ``out`` holds although its config, seed or data differ (its
+            files are removed first).
         quiet: no progress bar.
         baseline: also train plain cross-entropy (BCE for multi-label data) with the same seed,
             model and optimizer, and report it beside the configured run.
@@ -187,17 +200,23 @@ def run_train(
         ConfigError: the config is invalid, or the checkpoint belongs to another config, seed
             or data.
         DataError: the data files or the checkpoint are corrupt, or labels out of range.
-        OutputError: the disk is full (the previous checkpoint is kept).
+        OutputError: ``out`` is empty, a file, or holds another run (without ``force`` or
+            ``resume``), or the disk is full (the previous checkpoint is kept).
         PermissionError: ``out`` cannot be written.
     """
     warn = warn or (lambda msg: print(f"labelgrad train: warning: {msg}", file=sys.stderr))
     cfg = load_config(config)
-    folder = check_writable_dir(out)
+    identity = data_identity(cfg)
+    folder = claim_output(
+        out, "train", run_identity(cfg, seed, identity), TRAIN_FILES, force=force, resume=resume
+    )
     data, val = load_data(cfg, seed)
-    check_against_classes(cfg, data.num_classes)
+    early_warnings = validate_run(cfg, data, val)  # every check that needs the data
+    for msg in early_warnings:
+        warn(msg)
     dev = torch.device(device)
     steps_per_epoch = math.ceil(len(data.x_train) / cfg.train["batch_size"])
-    run = RunId(cfg, seed, data_identity(cfg), steps_per_epoch)
+    run = RunId(cfg, seed, identity, steps_per_epoch)
     parts = build_parts(cfg, data, seed, dev)
     ckpt_path = folder / "checkpoint.pt"
     history = resume_run(ckpt_path, run, parts, dev, echo) if resume else History()
@@ -225,7 +244,9 @@ def run_train(
     summary = _summary(cfg, seed, start_epoch, data, dev, runs, time.perf_counter() - t0)
     for msg in summary["warnings"]:
         warn(msg)
+    summary["warnings"][:0] = early_warnings  # shown before training; recorded with the rest
     write_train_outputs(folder, cfg.file, data, parts.monitor, summary)
+    record_output(folder, summary["files"])
     if echo is not None:
         _echo_summary(echo, summary, folder)
     return summary

@@ -4,6 +4,7 @@ optimizer with its row rules, aggregator) and the training step that uses them.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,14 +91,22 @@ def _build_optimizer(cfg: TrainConfig, model: MLP, data: Dataset) -> Any:
         raise ConfigError(f"{cfg.file.name}: [rows]: {err}") from None
 
 
-def _build_aggregator(cfg: TrainConfig, data: Dataset) -> Any:
+def _build_aggregator(
+    cfg: TrainConfig, data: Dataset, seed: int, dev: torch.device
+) -> tuple[Any, torch.Generator | None]:
+    """The aggregator, and its own seeded generator where it draws random numbers (its state
+    goes into the checkpoint: a resumed run draws what the uninterrupted run would)."""
     if cfg.aggregation is None:
-        return None
+        return None, None
     name = cfg.file.name
     if data.task != "multilabel":
         raise ConfigError(f"{name}: [aggregation] needs multilabel data (one loss per label)")
+    cls = lg.aggregators.available()[cfg.aggregation["aggregator"]]
+    gen = None
+    if "generator" in inspect.signature(cls).parameters:
+        gen = torch.Generator(device=dev).manual_seed(seed)
     try:
-        return lg.aggregators.available()[cfg.aggregation["aggregator"]]()
+        return (cls(generator=gen) if gen is not None else cls()).to(dev), gen
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name}: [aggregation] {cfg.aggregation['aggregator']}: {err}") from None
 
@@ -113,6 +122,7 @@ class Parts:
     aggregator: Any
     rows: bool
     engine: str = "auto"
+    generator: torch.Generator | None = None
 
 
 def build_parts(cfg: TrainConfig, data: Dataset, seed: int, dev: torch.device) -> Parts:
@@ -122,8 +132,8 @@ def build_parts(cfg: TrainConfig, data: Dataset, seed: int, dev: torch.device) -
     policy.to(dev)
     opt = _build_optimizer(cfg, model, data)
     engine = cfg.aggregation["engine"] if cfg.aggregation is not None else "auto"
-    aggregator = _build_aggregator(cfg, data)
-    return Parts(model, policy, mon, opt, aggregator, cfg.rows is not None, engine)
+    aggregator, gen = _build_aggregator(cfg, data, seed, dev)
+    return Parts(model, policy, mon, opt, aggregator, cfg.rows is not None, engine, gen)
 
 
 def make_step(parts: Parts, multilabel: bool) -> Callable[[Tensor, Tensor], Tensor]:

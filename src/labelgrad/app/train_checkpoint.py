@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,14 +18,16 @@ import torch
 from torch import Tensor
 
 from labelgrad.app.datasets import DataError
+from labelgrad.app.outputs import OutputError
 from labelgrad.app.train_build import Parts
 from labelgrad.app.train_config import ConfigError, TrainConfig
 from labelgrad.report import atomic_path
 
-CHECKPOINT_VERSION = 2
-"""Version 2 adds the seed and the data's identity (path, size, SHA-256) to the checkpoint."""
+CHECKPOINT_VERSION = 3
+"""Version 2 adds the seed and the data's identity (path, size, SHA-256) to the checkpoint;
+version 3 the aggregator's state and its random generator's state."""
 CHECKPOINT_KEYS = ("version", "fingerprint", "seed", "data", "epoch", "model", "optimizer")
-_CHECKPOINT_REST = ("policy", "losses", "validation")
+_CHECKPOINT_REST = ("policy", "aggregator", "rng", "losses", "validation")
 
 
 def data_identity(cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -40,6 +43,17 @@ def data_identity(cfg: TrainConfig) -> list[dict[str, Any]]:
                 digest.update(block)
         out.append({"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest()})
     return out
+
+
+def run_identity(cfg: TrainConfig, seed: int, data: list[dict[str, Any]]) -> str:
+    """Every setting of a run (all keys, epochs included), its seed and its data, hashed: the
+    output folder's manifest records it, and only the same run may replace a run's files."""
+    payload = {
+        "config": [cfg.data, cfg.model, cfg.train, cfg.policies, cfg.rows, cfg.aggregation],
+        "seed": seed,
+        "data": data,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resume_run(ckpt_path: Path, run: RunId, parts: Parts, dev: torch.device, echo: Any) -> History:
@@ -152,6 +166,26 @@ def _load_states(state: dict[str, Any], path: Path, parts: Parts) -> None:
         if problem is not None:
             raise DataError(f"{path}: {key} state does not fit this run: {problem}")
     _check_optimizer_state(parts, path)
+    _load_aggregator(state, path, parts)
+
+
+def _load_aggregator(state: dict[str, Any], path: Path, parts: Parts) -> None:
+    """The aggregator's state (shaped by K, so loaded strictly rather than compared with a fresh
+    one) and its generator's state."""
+    saved, rng = state["aggregator"], state["rng"]
+    agg, gen = parts.aggregator, parts.generator
+    if not isinstance(saved, dict) or (agg is None and saved):
+        raise DataError(f"{path}: aggregator must be a state dict of this run's aggregator")
+    if (gen is None) != (rng is None) or (rng is not None and not isinstance(rng, Tensor)):
+        raise DataError(f"{path}: rng must be {'a tensor' if gen is not None else 'None'}")
+    try:
+        if agg is not None:
+            agg.load_state_dict(saved)
+        if gen is not None and isinstance(rng, Tensor):
+            gen.set_state(rng.cpu())
+    except Exception as err:
+        problem = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        raise DataError(f"{path}: aggregator state does not fit this run: {problem}") from None
 
 
 def _mismatch(fresh: Any, saved: Any, where: str) -> str | None:
@@ -237,10 +271,6 @@ class History:
         return {"val_loss": self.val_loss, "val_metric": self.val_metric}
 
 
-class OutputError(RuntimeError):
-    """An output file could not be written (a full disk); the command exits 2."""
-
-
 def save_checkpoint(path: Path, run: RunId, parts: Parts, history: History) -> None:
     epoch = len(history.losses)
     state = {
@@ -252,6 +282,8 @@ def save_checkpoint(path: Path, run: RunId, parts: Parts, history: History) -> N
         "model": parts.model.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
         "policy": parts.policy.state_dict(),
+        "aggregator": parts.aggregator.state_dict() if parts.aggregator is not None else {},
+        "rng": parts.generator.get_state() if parts.generator is not None else None,
         "losses": history.losses,
         "validation": history.as_dict(),
     }

@@ -36,6 +36,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "format": ((str,), None),
         "labels": ((str,), None),
         "label_columns": ((list,), None),
+        "delimiter": ((str,), None),
         "x_key": ((str,), "x"),
         "y_key": ((str,), "y"),
         "task": ((str,), None),
@@ -188,6 +189,10 @@ def load_config(path: str | Path) -> TrainConfig:
     aggregation = _table(raw, "aggregation", name) if "aggregation" in raw else None
 
     _check_data(data, file.parent, name)
+    for key, fmt in (("x_key", "npz"), ("y_key", "npz"), ("labels", "idx")):
+        # A key of another format would be ignored: say so rather than train on other arrays.
+        if key in raw["data"] and data["format"] != fmt:
+            raise ConfigError(f"{name}: [data] {key} applies to {fmt} data only")
     _check_model_and_train(model, train, name)
     policies = _policies(raw.get("policies", []), name)
     if rows is not None:
@@ -214,9 +219,18 @@ def _check_data(data: dict[str, Any], base: Path, name: str) -> None:
     if data["label_columns"] is not None:
         if fmt != "csv":
             raise ConfigError(f"{name}: [data] label_columns applies to csv data only")
-        _check_list(f"{name}: [data] label_columns", data["label_columns"], (int,))
+        _check_list(f"{name}: [data] label_columns", data["label_columns"], (int, str))
         if not data["label_columns"]:
             raise ConfigError(f"{name}: [data] label_columns must not be empty")
+    delimiter = data["delimiter"]
+    if delimiter is not None:
+        if fmt != "csv":
+            raise ConfigError(f"{name}: [data] delimiter applies to csv data only")
+        if len(delimiter) != 1 or delimiter in '"\r\n':
+            raise ConfigError(
+                f"{name}: [data] delimiter must be one character (not a quote or line break), "
+                f'e.g. ";" or "\\t", got {delimiter!r}'
+            )
     if data["task"] not in (None, "multiclass", "multilabel"):
         raise ConfigError(f"{name}: [data] task must be multiclass or multilabel")
     if data["num_classes"] is not None and data["num_classes"] < 1:

@@ -15,13 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from labelgrad.app.datafiles import csv_data_lines, label_problem
+from labelgrad.app.datafiles import csv_data_lines, label_problem, read_table
 from labelgrad.app.datasets import (
     DataError,
     Dataset,
     Task,
-    csv_header,
-    read_csv,
     read_idx,
     read_npz,
 )
@@ -38,11 +36,18 @@ MAX_UNUSED_CLASSES = 16
 far more likely a typo (1000000 in a 2-class file) than a class, and C would size the model."""
 
 
-def _read_arrays(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The features (N, D) float64 and the raw labels of the configured data file(s)."""
+def _read_arrays(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """The features (N, D) float64, the raw labels of the configured data file(s), and the
+    class names a CSV gives (string labels, or the header names of multi-hot label columns)."""
     fmt = d["format"]
+    names: tuple[str, ...] | None = None
     if fmt == "csv":
-        x, y = read_csv(d["path"], label_columns=d["label_columns"] or [-1])
+        table = read_table(
+            d["path"], label_columns=d["label_columns"] or [-1], delimiter=d["delimiter"]
+        )
+        x, y, names = table.features, table.labels, table.label_names
+        if len(table.label_columns) > 1 and table.header is not None:
+            names = tuple(table.header[j] for j in table.label_columns)
     elif fmt == "npz":
         x, y = read_npz(d["path"], x_key=d["x_key"], y_key=d["y_key"])
     else:
@@ -64,13 +69,13 @@ def _read_arrays(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{d['path']}: {_where(d, index[0])} {why}")
     if len(x) < 2:
         raise DataError(f"{d['path']}: needs at least 2 samples, has {len(x)}")
-    return x, y
+    return x, y, names
 
 
 def _where(d: Mapping[str, Any], index: int) -> str:
     """Where sample ``index`` is in the data file: a CSV's line number, else the sample number."""
     if d["format"] == "csv":
-        return f"line {csv_data_lines(d['path'])[index]}"
+        return f"line {csv_data_lines(d['path'], delimiter=d['delimiter'])[index]}"
     return f"sample {index + 1}"
 
 
@@ -137,7 +142,7 @@ class Validation:
 def load_data(cfg: TrainConfig, seed: int) -> tuple[Dataset, Validation]:
     """Read, check and split the data: a seeded test split, then validation from the rest."""
     d = cfg.data
-    x, raw = _read_arrays(d)
+    x, raw, names = _read_arrays(d)
     y, task, c = _labels(raw, d)
     check_memory(cfg, x.shape[1], c)  # before anything is sized by C
     perm = np.random.default_rng(seed).permutation(len(x))
@@ -153,27 +158,70 @@ def load_data(cfg: TrainConfig, seed: int) -> tuple[Dataset, Validation]:
     def t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
+    warnings = _label_warnings(y, tr, task, c, d, names)
     data = Dataset(
         name=Path(d["path"]).name,
         x_train=t(xtr, torch.float32),
         y_train=t(y[tr], torch.long),
         x_test=t(xte, torch.float32),
         y_test=t(y[te], torch.long),
-        class_names=_class_names(d, task, c),
+        class_names=_class_names(names, c),
         task=task,
-        meta={"source": d["path"], "seed": seed},
+        meta={"source": d["path"], "seed": seed, "warnings": warnings},
     )
     return data, Validation(t(xva, torch.float32), t(y[va], torch.long))
 
 
-def _class_names(d: Mapping[str, Any], task: Task, c: int) -> tuple[str, ...]:
-    """Multi-label CSV: the label columns' header names; otherwise the class indices."""
-    if d["format"] == "csv" and task == "multilabel":
-        names = csv_header(d["path"])
-        cols = d["label_columns"] or [-1]
-        if names is not None and len(cols) == c:
-            return tuple(names[k] for k in cols)
-    return tuple(str(k) for k in range(c))
+def _label_warnings(
+    y: np.ndarray,
+    train: np.ndarray,
+    task: Task,
+    c: int,
+    d: Mapping[str, Any],
+    label_names: tuple[str, ...] | None,
+) -> list[str]:
+    """Classes the training split never shows (a typo that is still a valid label, or a class
+    whose only samples went to the test split), naming each class and where its samples are.
+    A multi-class label column of one class is refused: a model of one class learns nothing."""
+    path = d["path"]
+    if task == "multiclass":
+        present = np.unique(y)
+        if len(present) < 2:
+            cols = d["label_columns"] or [-1]
+            raise DataError(
+                f"{path}: the label column ([data] label_columns = {cols}) holds one class only "
+                f"({present[0]}); a classifier needs 2 or more (another column?)"
+            )
+        counts = np.bincount(y[train], minlength=c)
+        out = []
+        for k in np.flatnonzero(counts == 0)[:5]:
+            rows = np.flatnonzero(y == k)
+            if len(rows):
+                out.append(
+                    f"class {k} has no training sample (its {len(rows)} sample(s) from "
+                    f"{_where(d, int(rows[0]))} went to the test or validation split): a typo?"
+                )
+        unseen = np.flatnonzero(np.bincount(y, minlength=c) == 0)
+        if len(unseen):
+            shown = ", ".join(str(k) for k in unseen[:8]) + (", ..." if len(unseen) > 8 else "")
+            out.append(
+                f"{len(unseen)} of {c} classes have no sample at all ({shown}); their accuracy "
+                "is not measured"
+            )
+        return out
+    yt = y[train]
+    names = _class_names(label_names, c)
+    return [
+        f"label {names[k]!r} (column {k + 1} of the labels) has no positive training sample"
+        for k in np.flatnonzero(~(yt == 1).any(axis=0))[:8]
+    ]
+
+
+def _class_names(names: tuple[str, ...] | None, c: int) -> tuple[str, ...]:
+    """The CSV's names (string labels, multi-hot header names) where it gives them, else the
+    class indices (a declared num_classes beyond the names adds indices)."""
+    given = names or ()
+    return given[:c] + tuple(str(k) for k in range(len(given), c))
 
 
 def check_memory(cfg: TrainConfig, num_features: int, num_classes: int) -> None:

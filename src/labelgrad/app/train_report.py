@@ -21,7 +21,21 @@ from labelgrad.app.plots import (
 )
 from labelgrad.report import atomic_write_text, save_monitor
 
-__all__ = ["METRIC_LABELS", "write_train_outputs"]
+__all__ = ["METRIC_LABELS", "TRAIN_FILES", "write_train_outputs"]
+
+TRAIN_FILES = (
+    "checkpoint.pt",
+    "metrics.json",
+    "monitor.csv",
+    "monitor.history.csv",
+    "monitor.json",
+    "training_curves.png",
+    "per_class.png",
+    "confusion.png",
+    "grad_norm.png",
+    "report.html",
+)
+"""Every file ``labelgrad train`` may write into its output folder."""
 
 METRIC_LABELS = {
     "accuracy": "accuracy %",
@@ -32,6 +46,10 @@ METRIC_LABELS = {
     "micro_f1": "micro F1 %",
 }
 """Column names of the report's metric table (one metric per column, in %)."""
+
+
+MAX_CLASS_TABLE = 100
+"""Up to this many classes, the report lists each class by name with its test count and score."""
 
 
 def write_train_outputs(
@@ -160,13 +178,20 @@ def _sections(
             )
         )
     score = "accuracy" if data.task == "multiclass" else "F1"
-    sections.append(
-        _figure(
-            f"Per-class test {score}",
-            "per_class.png",
-            f"Under each class: its test count. Classes from the data: {data.name}.",
-        )
+    per_class = _figure(
+        f"Per-class test {score}",
+        "per_class.png",
+        f"Under each class: its test count. Classes from the data: {data.name}.",
     )
+    if data.num_classes <= MAX_CLASS_TABLE:
+        # The names as the data spells them (the figure's tick labels may be cut short).
+        counts = _test_counts(data)
+        per_class.header = ["class", "test samples", f"test {score} %"]
+        per_class.rows = [
+            [name, counts[k], "-" if math.isnan(v) else f"{100 * v:.1f}"]
+            for k, (name, v) in enumerate(zip(data.class_names, summary["per_class"]))
+        ]
+    sections.append(per_class)
     if "grad_norm.png" in files:
         sections.append(
             _figure(
@@ -176,6 +201,8 @@ def _sections(
             )
         )
     sections.append(Section("Config", code=config_file.read_text(encoding="utf-8")))
+    # Exactly this run's files: a new run removes the previous run's (labelgrad.app.outputs).
+    sections.append(Section("Files", bullets=[*files, "report.html"]))
     return sections
 
 

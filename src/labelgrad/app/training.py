@@ -11,8 +11,6 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from labelgrad.report import check_writable_dir
-
 __all__ = [
     "MLP",
     "epoch_batches",
@@ -102,23 +100,39 @@ def progress_bar(total: int, *, quiet: bool, desc: str, **options: Any) -> Any:
 
 
 def prepare_run(
-    sizes: Mapping[str, _Size], size: str, device: str | torch.device, out: str | os.PathLike[str]
+    sizes: Mapping[str, _Size],
+    size: str,
+    device: str | torch.device,
+    out: str | os.PathLike[str],
+    *,
+    command: str,
+    identity: str,
+    files: Sequence[str],
+    force: bool = False,
 ) -> tuple[_Size, torch.device, Path]:
     """The settings of ``size``, the device and the output folder of a run, checked before any
-    training: ``size`` is a key of ``sizes`` and ``out`` is a writable folder (created).
+    training: ``size`` is a key of ``sizes`` and ``out`` passes
+    :func:`labelgrad.app.outputs.claim_output` (``command``, ``identity``, ``files``, ``force``).
 
     Raises:
         ValueError: an unknown size.
+        OutputError: ``out`` is empty, a file, or holds another run (without ``force``).
         PermissionError: ``out`` cannot be written.
 
     Example:
         >>> import tempfile
-        >>> prepare_run({"tiny": 1}, "tiny", "cpu", tempfile.mkdtemp())[:2]
+        >>> prepare_run({"tiny": 1}, "tiny", "cpu", tempfile.mkdtemp(), command="demo",
+        ...             identity="seed 0", files=["report.html"])[:2]
         (1, device(type='cpu'))
     """
+    from labelgrad.app.outputs import claim_output
+
     if size not in sizes:
         raise ValueError(f"size must be one of {sorted(sizes)}, got {size!r}")
-    return sizes[size], torch.device(device), check_writable_dir(out)
+    folder = claim_output(
+        out, command, f"{identity} size={size} device={device}", files, force=force
+    )
+    return sizes[size], torch.device(device), folder
 
 
 @contextlib.contextmanager

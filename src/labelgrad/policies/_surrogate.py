@@ -109,7 +109,9 @@ def softmax_scale(
     finite = torch.isfinite(grad).all(-1)
     # How well r fixes s: 1 where the row has free entries, |r|_1 / size otherwise.
     cond = torch.where(has_free, torch.ones_like(size), _ratio(r.abs().sum(-1), size))
-    unsure = labelled & (cond < eps**0.5) & finite
+    # One class: softmax is 1 whatever the logits, so the plain gradient and every surrogate's
+    # vanish; s = 0 (from the fit) is then exact, and the residual still checks the gradient.
+    unsure = labelled & (cond < eps**0.5) & finite & (q.shape[-1] > 1)
     sure = labelled & ~unsure & finite
     # The scale the sure rows share, read from the best-conditioned one, for the unsure rows.
     if s.numel():  # gather, not indexing: a 0-d tensor index would read it on the host
@@ -141,8 +143,27 @@ def sigmoid_scale(grad: Tensor, logits: Tensor, y: Tensor) -> tuple[Tensor, Tens
     r = torch.sigmoid(logits) - y
     finite = torch.isfinite(grad)
     wrong = finite & (((grad != 0) & (r == 0)) | (grad * r < 0))
-    code = torch.where(wrong.any(), NOT_PLAIN, 0)
-    return _ratio(grad, r), code
+    s = _ratio(grad, r)
+    # A soft label exactly at its prediction: the incoming gradient vanishes there, while the
+    # published loss's gradient need not. Such an entry takes the scale that every other entry
+    # with a gradient shares (a "mean"/"sum" reduction); without one (per-entry weights) the
+    # scale is unknown: NO_SCALE. A hard label (0/1) there is a saturated prediction, whose
+    # gradient is rounding in both losses: it keeps s = 0. (Elsewhere r is PyTorch's own
+    # expression, so s is exact however small r is.)
+    soft = (y > 0) & (y < 1)
+    unsure = soft & finite & (r == 0)
+    sure = finite & ~unsure & (grad != 0)
+    if s.numel():  # gather, not indexing: a 0-d tensor index would read it on the host
+        best = torch.where(sure, r.abs(), -1).reshape(-1).argmax().reshape(1)
+        s0 = s.reshape(-1).gather(0, best).reshape(())
+    else:
+        s0 = torch.zeros((), dtype=s.dtype, device=s.device)
+    close = (s - s0).abs() <= _RTOL.get(grad.dtype, 1e-4) * s0.abs()
+    agree = sure.any() & (close | ~sure).all()
+    no_scale = (unsure & ~agree).any()
+    s = torch.where(unsure, torch.where(agree, s0, 0), s)
+    code = torch.where(wrong.any(), NOT_PLAIN, torch.where(no_scale, NO_SCALE, 0))
+    return s, code
 
 
 def passthrough_non_finite(grad: Tensor, out: Tensor, per_row: bool) -> Tensor:
@@ -189,10 +210,14 @@ class SurrogatePolicy(Policy):
         """The one-line error for a failed check (``code`` from the scale functions)."""
         name = type(self).__name__
         if code == NO_SCALE:
+            unit, units, to = ("row", "rows", "sqrt(eps)")
+            if self.per_entry_scale:
+                unit, units, to = ("entry", "entries", "the last bit")
             return (
                 f"{name} cannot read the loss scale: the prediction equals a soft target (to "
-                "sqrt(eps)), where the incoming gradient vanishes, and no other row of the batch "
-                "gives one shared scale (a 'mean'/'sum' reduction over rows not at their target)"
+                f"{to}), where the incoming gradient vanishes, and no other {unit} of the batch "
+                f"gives one shared scale (a 'mean'/'sum' reduction over {units} not at their "
+                "target)"
             )
         if code == OUTSIDE:
             return f"{name}: a label lies outside the classes the policy keeps (classes=)"

@@ -102,7 +102,9 @@ def asymmetric_focus(
 
     The loss scale is read entry by entry, so the check can refuse only an incoming gradient
     whose sign differs from sigmoid(z) - y, or that is nonzero where sigmoid(z) = y (targets
-    smoothed in the loss but not given to the policy, a temperature, a second loss term).
+    smoothed in the loss but not given to the policy, a temperature, a second loss term). A soft
+    label exactly at sigmoid(z), where the incoming gradient vanishes, takes the scale that the
+    other entries share (a "mean" or "sum" reduction); with per-entry weights it is refused.
 
     Args:
         gamma_pos: focusing exponent of positive entries. Default 0.

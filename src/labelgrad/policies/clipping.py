@@ -20,8 +20,11 @@ def _clip(
     dims: tuple[int, ...],
     reducer: CheckedReducer | None = None,
 ) -> Tensor:
-    # Accumulate in at least float32 (fp16/bf16 gradients overflow or lose the norm).
-    acc = torch.promote_types(grad.dtype, torch.float32)
+    # Accumulate in float64: the squares of float32 entries overflow from |g| ~ 1e19 and vanish
+    # below ~1e-19 (fp16/bf16 sooner), an inf or 0 norm that would leave the group unclipped.
+    # float64 holds the square of every float32. MPS has no float64: float32 there.
+    acc = torch.float64 if grad.device.type != "mps" else torch.float32
+    acc = torch.promote_types(grad.dtype, acc)
     if reducer is not None and is_distributed():
         # The group spans the ranks (a class over the global batch): sum its squared norm.
         sq = grad.to(acc).square().sum(dim=dims, keepdim=True)

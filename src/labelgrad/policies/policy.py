@@ -190,6 +190,25 @@ class Policy(nn.Module):
         for child in _child_policies(self):
             child.end_backward()
 
+    def reset(self) -> None:
+        """Restore the statistics of this policy and of those it contains to their initial values.
+
+        A stateless policy has none; :class:`~labelgrad.StatefulPolicy` restores its buffers and
+        :class:`~labelgrad.Schedule` its step counter, so that ``chain(...).reset()`` and
+        ``ldam_drw(...).reset()`` start over like freshly built policies.
+
+        Example:
+            >>> import torch, labelgrad as lg
+            >>> policy = lg.chain(lg.mask_unknown(), lg.eqlv2(num_classes=2))
+            >>> z = torch.zeros(2, 2, requires_grad=True)
+            >>> policy(z, torch.tensor([[1, 0], [0, 1]])).sum().backward()
+            >>> policy.reset()
+            >>> policy.policies[1].pos_grad.tolist()
+            [0.0, 0.0]
+        """
+        for child in _child_policies(self):
+            child.reset()
+
     def attach_grad_scaler(self, scaler: Any) -> Policy:
         """Make norm thresholds and statistics independent of a GradScaler's loss scale.
 
@@ -322,6 +341,7 @@ class _Gate(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         policy, proto, class_dim, keep_logits = ctx.meta
+        _refuse_state_update_in_func_transform(policy)
         shape = grad.shape
         n, c = shape[0], shape[class_dim]
         s = math.prod(shape) // max(n * c, 1)  # -1 is ambiguous at n=0
@@ -408,6 +428,22 @@ class _RefuseDoubleBackward(torch.autograd.Function):
             "policy's transform again (and count a stateful policy's batch twice); differentiate "
             "the reweighted loss instead, or see Policy.supports_double_backward"
         )
+
+
+def _refuse_state_update_in_func_transform(policy: Policy) -> None:
+    """A clear error instead of torch.func's refusal of the in-place statistics update."""
+    if not state_updates_enabled() or torch.compiler.is_compiling():
+        return
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    if level is None or level() is None:
+        return
+    for m in policy.modules():
+        if getattr(m, "_updates_state", False):
+            raise RuntimeError(
+                f"{type(m).__name__} updates its statistics in the backward pass, which a "
+                "torch.func transform (grad, vjp, vmap) cannot do: run the transform inside "
+                "lg.no_state_update() (statistics unchanged), or call the policy outside it"
+            )
 
 
 def _child_policies(module: nn.Module) -> Iterator[Policy]:

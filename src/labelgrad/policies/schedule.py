@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -19,6 +21,7 @@ class Schedule(Policy):
     """
 
     num_steps: Tensor
+    _updates_state: ClassVar[bool] = True  # the step counter changes in backward
 
     def __init__(self, policy: Policy, start_step: int = 0, end_step: int | None = None) -> None:
         super().__init__()
@@ -54,6 +57,11 @@ class Schedule(Policy):
     def set_step(self, step: int) -> None:
         """Set the step counter, e.g. to count optimizer steps under gradient accumulation."""
         self.num_steps.fill_(as_count(step, "step", minimum=0))
+
+    def reset(self) -> None:
+        """Set the step counter back to 0 and reset the scheduled policy."""
+        self.num_steps.zero_()
+        super().reset()
 
     def transform(self, grad: Tensor, ctx: GradContext) -> Tensor:
         step = self.num_steps.clone()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -51,6 +51,8 @@ class StatefulPolicy(Policy):
         >>> policy.seen.tolist(), list(policy.state_dict())
         ([1.0, 0.0, 3.0], ['seen'])
     """
+
+    _updates_state: ClassVar[bool] = True  # buffers change in backward (see policy.py)
 
     def __init__(self) -> None:
         super().__init__()

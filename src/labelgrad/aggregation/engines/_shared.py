@@ -12,21 +12,28 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from labelgrad.aggregation.engines.protocol import Call, Verdict
-from labelgrad.aggregation.per_label_jacobian import exact_jacobian
+from labelgrad.aggregation.per_label_jacobian import backward_row_bytes, exact_jacobian
 from labelgrad.aggregation.weighing import aggregator_name
 
 __all__ = ["check_reached", "checked_jacobian", "jacobian_refusal", "rows_per_chunk"]
 
 
-def rows_per_chunk(k: int, per_row: int, call: Call, held: int = 0) -> int:
+def rows_per_chunk(
+    k: int, per_row: int, call: Call, held: int = 0, inputs: Sequence[Tensor] = ()
+) -> int:
     """Rows per batched backward: ``chunk_size``, or what the budget leaves after ``held`` bytes.
 
-    A batched backward holds its per-row gradients plus about as much again in flight.
+    A batched backward holds its per-row gradients plus about as much again in flight, and in
+    every row a gradient of each intermediate tensor between the losses and ``inputs``
+    (:func:`~labelgrad.aggregation.per_label_jacobian.backward_row_bytes`: the N x C logit
+    gradients of a large head, which a tiny trunk's parameters do not reveal).
     """
     if call.options.chunk_size is not None:
         return call.options.chunk_size
     free = max(0, call.options.memory_budget - held)
-    return max(1, min(k, free // max(1, 2 * per_row)))
+    # Twice the intermediates: each one's gradient plus the backward's temporaries of its size.
+    in_flight = 2 * backward_row_bytes(call.losses, inputs) if inputs else 0
+    return max(1, min(k, free // max(1, 2 * per_row + in_flight)))
 
 
 def checked_jacobian(

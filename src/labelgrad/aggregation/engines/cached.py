@@ -20,6 +20,12 @@ from labelgrad.aggregation.weighing import check_weights
 
 __all__ = ["CachedWeights"]
 
+_NONFINITE = "inf/NaN in some label's loss or gradient, e.g. a NaN input or a diverged model"
+_HINT = (
+    "pass nonfinite='propagate' to write the non-finite gradient instead (GradScaler then "
+    "skips the step)"
+)
+
 
 class CachedWeights:
     """Applies when the aggregator is ``Amortized`` and its weights are not due this step."""
@@ -44,4 +50,18 @@ class CachedWeights:
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:
         assert weights is not None
+        # No Gramian on this step, so nothing else sees a non-finite label gradient: with
+        # nonfinite="raise" (on CPU, where reading a flag is free) the losses are checked before
+        # the backward and the shared parameters' gradients after it (the same backward as on
+        # other steps, so parameter hooks such as DDP's fire as usual).
+        check = call.options.nonfinite == "raise" and call.losses.device.type == "cpu"
+        if check and not bool(call.losses.detach().isfinite().all()):
+            raise ValueError(
+                f"the label losses are not finite ({_NONFINITE}); nothing was written; {_HINT}"
+            )
         _write.weighted_backward(call.losses, call.params, weights)
+        if check and not all(p.grad is None or bool(p.grad.isfinite().all()) for p in call.params):
+            raise ValueError(
+                "the gradient of the shared parameters is not finite after a step that reused "
+                f"Amortized's cached weights ({_NONFINITE}); {_HINT}"
+            )

@@ -19,7 +19,12 @@ from torch import Tensor
 from labelgrad.aggregation import _write
 from labelgrad.aggregation.engines._shared import check_reached, checked_jacobian, rows_per_chunk
 from labelgrad.aggregation.engines.protocol import Call, Prepared, Verdict, own
-from labelgrad.aggregation.per_label_jacobian import blocked_gramian, gramian_of, row_bytes
+from labelgrad.aggregation.per_label_jacobian import (
+    backward_row_bytes,
+    blocked_gramian,
+    gramian_of,
+    row_bytes,
+)
 from labelgrad.aggregation.weighing import aggregator_name
 
 __all__ = ["Exact", "ExactPrepared"]
@@ -57,7 +62,7 @@ class Exact:
         k, params = call.losses.numel(), call.params
         per_row = row_bytes(params)
         if call.needs_jacobian or 2 * k * per_row <= call.options.memory_budget:
-            rows = rows_per_chunk(k, per_row, call, held=k * per_row)
+            rows = rows_per_chunk(k, per_row, call, held=k * per_row, inputs=params)
             jac = checked_jacobian(call, params, "shared", rows)
             return ExactPrepared(None if call.needs_jacobian else gramian_of(jac), jacobian=jac)
         anchor, rows = _blocked_plan(call, per_row)
@@ -93,7 +98,9 @@ def _blocked_plan(call: Call, per_row: int) -> tuple[int, int]:
     left = max(call.options.memory_budget - g_bytes, call.options.memory_budget // 4)
     structure = call.options.structure
     logit_row = 0 if structure is None else structure.logits.numel() * 4
-    in_flight = 2 * per_row + 4 * logit_row
+    # The graph's intermediates (one gradient of each per row) where they outweigh the logits'.
+    intermediates = backward_row_bytes(call.losses, call.params)
+    in_flight = 2 * per_row + max(4 * logit_row, intermediates)
     anchor = max(1, left // (2 * per_row))
     rows = call.options.chunk_size or max(1, left // (4 * in_flight))
     return anchor, rows

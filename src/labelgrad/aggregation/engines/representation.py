@@ -131,7 +131,7 @@ class BatchedRepresentation:
     def gramian(self, call: Call) -> Prepared:
         features = check_features(call)
         per_row = row_bytes([features])
-        rows = rows_per_chunk(call.losses.numel(), per_row, call)
+        rows = rows_per_chunk(call.losses.numel(), per_row, call, inputs=[features])
         fj = representation_jacobian(
             call.losses, features, chunk_size=rows, batched=call.options.batched
         )

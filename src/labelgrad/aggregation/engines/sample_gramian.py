@@ -163,7 +163,7 @@ def _fallback_jacobian(call: Call, fallback: list[Tensor]) -> list[Tensor]:
     if not fallback:
         return []
     k, per_row = call.losses.numel(), row_bytes(fallback)
-    rows = rows_per_chunk(k, per_row, call, held=k * per_row)
+    rows = rows_per_chunk(k, per_row, call, held=k * per_row, inputs=fallback)
     return checked_jacobian(call, fallback, "shared", rows, among=call.params)
 
 

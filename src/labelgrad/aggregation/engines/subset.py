@@ -1,7 +1,8 @@
 """The subset engine: the exact Gramian over a subset of the shared parameters.
 
 G is computed over ``subset=`` (e.g. the last block of the trunk); the weights then apply to all
-shared parameters with one weighted backward.
+shared parameters with one weighted backward. Shared parameters the losses do not reach are an
+error, as in the exact engine.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from labelgrad.aggregation import _write
+from labelgrad.aggregation import _graph, _write
 from labelgrad.aggregation.engines._shared import (
+    check_reached,
     checked_jacobian,
     jacobian_refusal,
     rows_per_chunk,
@@ -45,9 +47,12 @@ class Subset:
         ids = {id(p) for p in call.params}
         if any(id(p) not in ids for p in sub):
             raise ValueError("subset must contain only parameters that are also in shared")
+        # As the exact engine: a shared parameter the losses miss is an error, not a silent 0.
+        reached = {id(leaf) for leaf in _graph.leaves_reached(call.losses)}
+        check_reached([p for p in call.params if id(p) not in reached], call.params, "shared")
         k = call.losses.numel()
         per_row = row_bytes(sub)
-        jac = checked_jacobian(call, sub, "subset", rows_per_chunk(k, per_row, call))
+        jac = checked_jacobian(call, sub, "subset", rows_per_chunk(k, per_row, call, inputs=sub))
         return Prepared(gramian_of(jac), None)
 
     def backward(self, call: Call, prepared: Prepared, weights: Tensor | None) -> None:

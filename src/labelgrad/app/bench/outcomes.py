@@ -66,6 +66,7 @@ from labelgrad.app.datasets import (
     yeast,
 )
 from labelgrad.app.metrics import multilabel_metrics, per_class_recall, shot_group_accuracy
+from labelgrad.app.outputs import record_output
 from labelgrad.app.recipes import long_tail_recipe, multilabel_step
 from labelgrad.app.training import (
     MLP,
@@ -148,6 +149,19 @@ def _yeast_run(
     return out
 
 
+OUTCOMES_FILES = (
+    "lt_balanced_accuracy.png",
+    "lt_per_class_if100.png",
+    "yeast_partial_map.png",
+    "yeast_aggregation.png",
+    "incremental.png",
+    "outcomes.csv",
+    "outcomes.json",
+    "results.md",
+)
+"""Every file the outcomes benchmark may write into its output folder."""
+
+
 # --- the benchmark ----------------------------------------------------------------------------
 
 
@@ -159,6 +173,7 @@ def run_outcomes(
     quiet: bool = False,
     echo: Callable[[str], None] | None = print,
     command: str = "labelgrad bench --outcomes",
+    force: bool = False,
 ) -> OutcomesResult:
     """Run the three experiments, write the CSV, JSON, plots and results.md; return the results.
 
@@ -169,15 +184,19 @@ def run_outcomes(
         quiet: no progress bar.
         echo: where the tables go (None: nowhere).
         command: the command line recorded in results.md.
+        force: replace the files of another run in ``out``.
 
     Raises:
         ValueError: an unknown size.
+        OutputError: ``out`` is empty, a file, or holds another run (without ``force``).
         PermissionError: ``out`` cannot be written.
     """
-    sizes, dev, folder = prepare_run(SIZES, size, device, out)
+    sizes, dev, folder = prepare_run(
+        SIZES, size, device, out, command="outcomes", identity="", files=OUTCOMES_FILES, force=force
+    )
     with small_model_threads(dev):
         result = _run(sizes, size, dev, folder, quiet, echo)
-        write_outputs(result, command)
+        record_output(folder, write_outputs(result, command))
     if echo is not None:
         echo(markdown_tables(result))
         echo(f"files in {folder}: {', '.join(result.files)} ({result.seconds:.0f} s)")
