@@ -1,8 +1,11 @@
 """RowRules (half the classes frozen, lr_scale, skip_absent) vs the bare optimizer.
 
-Reports every figure at torch's default thread count and at 1 thread, the machine's load
-(``os.getloadavg``), and the aten operator count of one optimizer step (torch.profiler, nested
-operators included) for AdamW (foreach) and SGD (momentum, Nesterov, foreach).
+Reports every figure at torch's default thread count and at 1 thread, with warm optimizer state
+(every row trained before) and zero state (rows frozen from the start, classes never seen: their
+Adam moments are exactly 0), the machine's load (``os.getloadavg``), and the aten operator count
+of one optimizer step (torch.profiler, nested operators included) for AdamW (foreach) and SGD
+(momentum, Nesterov, foreach), with class-index labels and with float multi-hot labels holding
+-1 for unknown (what BCE takes).
 
 Run: PYTHONPATH=src python benchmarks/bench_rows.py [--quick]
 """
@@ -32,7 +35,7 @@ OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
 
 
 def _step_case(
-    name: str, rules: bool, quick: bool
+    name: str, rules: bool, quick: bool, warm: bool = True, labels: str = "index"
 ) -> tuple[Callable[[], None], torch.optim.Optimizer]:
     width, c, inp, batch = (64, 100, 32, 32) if quick else (2048, 1000, 512, 128)
     torch.manual_seed(1)
@@ -41,8 +44,13 @@ def _step_case(
         nn.Linear(inp, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), head
     )
     opt = OPTIMIZERS[name](list(model.parameters()))
-    x, y = torch.randn(batch, inp), torch.randint(0, c, (batch,))
-    for _ in range(2):  # every row has state, as after earlier training
+    x, y = torch.randn(batch, inp), torch.randint(0, c if warm else c // 8, (batch,))
+    target = y
+    if labels == "float":
+        target = torch.zeros(batch, c)
+        target[torch.arange(batch), y] = 1.0
+        target[:, c // 8 : c // 4] = -1.0  # unknown
+    for _ in range(2 if warm else 0):  # every row has state, as after earlier training
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), torch.arange(batch) % c).backward()
         opt.step()
@@ -58,7 +66,7 @@ def _step_case(
     nn.functional.cross_entropy(model(x), y).backward()
     if isinstance(opt, lg.RowRules):
         rr = opt
-        return lambda: rr.step(targets=y), opt
+        return lambda: rr.step(targets=target), opt
     return lambda: opt.step(), opt
 
 
@@ -69,13 +77,13 @@ def aten_ops(fn: Callable[[], None]) -> int:
     return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
-def sgd_and_ops(quick: bool) -> list[str]:
+def sgd_and_ops(quick: bool, warm: bool = True, labels: str = "index") -> list[str]:
     """Optimizer step alone, interleaved medians, and aten operator counts."""
     lines = []
     steps = 3 if quick else 25
     for name in OPTIMIZERS:
-        bare, _ = _step_case(name, False, quick)
-        rows, _ = _step_case(name, True, quick)
+        bare, _ = _step_case(name, False, quick, warm)
+        rows, _ = _step_case(name, True, quick, warm, labels)
         times: dict[str, list[float]] = {"bare": [], "rows": []}
         for _ in range(3):
             bare()
@@ -87,8 +95,10 @@ def sgd_and_ops(quick: bool) -> list[str]:
                 times[case].append(time.perf_counter() - t0)
         b, r = statistics.median(times["bare"]), statistics.median(times["rows"])
         ob, orow = aten_ops(bare), aten_ops(rows)
+        state = "warm" if warm else "zero"
         lines.append(
-            f"{name:>6} optimizer step: bare {b * 1e3:8.2f} ms, RowRules {r * 1e3:8.2f} ms "
+            f"{name:>6} ({state} state, {labels} labels) optimizer step: bare {b * 1e3:8.2f} ms, "
+            f"RowRules {r * 1e3:8.2f} ms "
             f"({r / b:.3f}x); aten ops {orow} vs {ob} ({orow / ob:.2f}x)"
         )
     return lines
@@ -102,8 +112,10 @@ def main(quick: bool) -> None:
             torch.set_num_threads(threads)
             load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
             print(f"## threads = {threads} (torch default: {default}); load average {load}")
-            print(format_table(run(quick=quick)))
-            print("\n".join(sgd_and_ops(quick)))
+            for state in ("warm", "zero"):
+                print(format_table(run(quick=quick, state=state)))
+                for labels in ("index", "float"):
+                    print("\n".join(sgd_and_ops(quick, state == "warm", labels)))
             print()
     finally:
         torch.set_num_threads(default)

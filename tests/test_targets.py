@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import labelgrad as lg
 
@@ -155,3 +156,92 @@ def test_ambiguity_is_resolved_by_explicit_arguments():
     assert as_multi_hot.positive.shape == (1, 3)
     assert as_indices.positive.shape == (1, 3, 3)
     assert torch.equal(lg.Targets.coerce(y, like=torch.zeros(1, 3)).positive, as_multi_hot.positive)
+
+
+EDGE_VALUES = [-1.0, 0.0, -0.0, 1.0, 0.5, 0.25, 1e-30, 1 - 2**-24, -0.5, -1e-30, -1.0 - 2**-20]
+EDGE_VALUES += [1 + 2**-20, 2.0, -2.0, float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("encoding", ["soft", "multi_hot"])
+def test_float_label_checks_accept_exactly_the_valid_values(dtype, encoding):
+    # The float check is a few whole-tensor operators (issue 24): compare it, value by value and
+    # in every floating dtype, with the definition (soft: [0, 1] or -1; multi-hot: -1, 0, 1).
+    for value in EDGE_VALUES:
+        y = torch.tensor([[0.0, value, 1.0]], dtype=dtype)
+        v = y[0, 1].item()  # the value as the dtype holds it
+        ok = v in (-1.0, 0.0, 1.0) if encoding == "multi_hot" else (0 <= v <= 1 or v == -1)
+        if ok:
+            t = lg.Targets.coerce(y, num_classes=3, encoding=encoding)
+            assert t.known.tolist() == [[True, v != -1, True]]
+            assert t.positive.tolist() == [[False, v >= 0.5, True]]
+        else:
+            with pytest.raises(ValueError, match=f"{encoding} targets must"):
+                lg.Targets.coerce(y, num_classes=3, encoding=encoding)
+
+
+class _CountEqual(TorchDispatchMode):
+    """Counts torch.equal calls: every value check of Targets.coerce ends in one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.calls += func.overloadpacket is torch.ops.aten.equal
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("labels", ["int", "float"])
+def test_one_targets_is_validated_once_for_a_chain_row_rules_and_losses(labels):
+    # Issue 24 "labels once": a chain, RowRules.step and per_label_losses share one Targets;
+    # the raw tensor would be checked by each of them.
+    c = 5
+    y = torch.tensor([[1, -1, 0, 0, 1], [0, 1, -1, 1, 0]])
+    y = y.float() if labels == "float" else y
+    head = torch.nn.Linear(3, c)
+    opt = lg.RowRules(torch.optim.SGD(head.parameters(), lr=0.1), rows=head, skip_absent=True)
+    policy = lg.chain(lg.mask_unknown(), lg.clip_per_class(1.0))
+
+    def consumers(t):
+        z = policy(head(torch.randn(2, 3)), t)
+        lg.per_label_losses(z, t).sum().backward()
+        opt.step(targets=t)
+        opt.zero_grad()
+
+    with _CountEqual() as shared:
+        t = lg.Targets.coerce(y, num_classes=c, encoding="multi_hot")
+        consumers(t)
+    assert shared.calls == 1
+    if labels == "float":  # a raw float tensor is coerced (and checked) by each consumer
+        with _CountEqual() as raw:
+            consumers(y)
+        assert raw.calls >= 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_float_labels_give_positive_and_values_when_read(dtype):
+    # positive and values of float labels are computed on first read (issue 24): through
+    # class_last() and to() they must still equal the definitions.
+    y = torch.tensor([[0.2, -1.0, 1.0, 0.5], [0.0, 0.7, -1.0, 0.49]], dtype=dtype)
+    t = lg.Targets.coerce(y, num_classes=4)
+    assert t.float_labels is y and t.shape == y.shape
+    for view in (t, t.class_last(), t.to("cpu")):
+        flat = view.positive.reshape(2, 4)
+        assert flat.tolist() == (y >= 0.5).tolist()
+        values = view.values.reshape(2, 4)
+        assert values.dtype == dtype
+        assert values.tolist() == [[max(v, 0.0) for v in row] for row in y.tolist()]
+    assert lg.Targets.coerce(torch.tensor([1, 0]), num_classes=2).float_labels is None
+    with pytest.raises(ValueError, match="float_labels"):
+        lg.Targets(None, torch.ones(1, 2, dtype=torch.bool), 2, 1, "soft")
+    # The labels are read when positive/values are first read: a change in place in between
+    # would silently change them; it is refused instead.
+    y2 = y.clone()
+    t2 = lg.Targets.coerce(y2, num_classes=4)
+    y2[0, 0] = 1.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        _ = t2.positive
+    with torch.inference_mode():
+        y3 = y.clone()
+    assert lg.Targets.coerce(y3, num_classes=4).positive.tolist() == (y >= 0.5).tolist()

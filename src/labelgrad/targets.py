@@ -26,6 +26,31 @@ with -1 marking an unknown label; ``"soft"``: (N, C, *) probabilities in [0, 1],
 
 _ENCODINGS = ("index", "multi_hot", "soft")
 _MINUS_ONE, _ONE = torch.tensor(-1), torch.tensor(1)  # never written to
+_FLOAT_CONSTANTS: dict[torch.dtype, tuple[Tensor, ...]] = {}
+
+
+def _version(tensor: Tensor | None) -> int | None:
+    """The in-place version counter of ``tensor`` (None where it has none: inference tensors,
+    tensors inside torch.compile / torch.func, or no tensor)."""
+    if tensor is None or _tracing():
+        return None
+    try:
+        return int(tensor._version)
+    except RuntimeError:  # inference-mode tensors track no version
+        return None
+
+
+def _float_constants(targets: Tensor) -> tuple[Tensor | float, ...]:
+    """0, 0.5, 1 and -1 to compare and clamp float labels with: 0-d tensors of their dtype on
+    the CPU (a Python float costs up to four conversion operators per call there; the four are
+    exact in every floating dtype), Python floats elsewhere. Never written to."""
+    if targets.device.type != "cpu":
+        return 0.0, 0.5, 1.0, -1.0
+    found = _FLOAT_CONSTANTS.get(targets.dtype)
+    if found is None:
+        found = tuple(torch.tensor(v, dtype=targets.dtype) for v in (0.0, 0.5, 1.0, -1.0))
+        _FLOAT_CONSTANTS[targets.dtype] = found
+    return found
 
 
 @dataclass(frozen=True, eq=False, init=False)
@@ -47,6 +72,10 @@ class Targets:
         values: float tensor shaped like ``positive``: the target value of each entry (1/0 for
             hard labels, float32; the probability for soft labels, in their floating dtype, so
             float64 stays float64; 0 where unknown).
+        float_labels: for labels given as a float tensor (soft, or float multi-hot as BCE takes
+            them), that tensor laid out like ``known`` (-1 where unknown); None otherwise.
+            ``positive`` and ``values`` follow from it when first read: a policy that reads only
+            ``known`` (``mask_unknown``, ``class_weights``) never pays for them.
 
     Example:
         >>> import torch, labelgrad as lg
@@ -60,28 +89,36 @@ class Targets:
         [[True, False, True]]
     """
 
-    positive: Tensor
+    _positive: Tensor | None = field(repr=False)
     known: Tensor
     num_classes: int
     class_dim: int
     encoding: Encoding
     indices: Tensor | None
     _values: Tensor | None = field(repr=False)
+    float_labels: Tensor | None = field(repr=False)
 
     def __init__(
         self,
-        positive: Tensor,
+        positive: Tensor | None,
         known: Tensor,
         num_classes: int,
         class_dim: int,
         encoding: Encoding,
         indices: Tensor | None = None,
         values: Tensor | None = None,
+        *,
+        float_labels: Tensor | None = None,
     ) -> None:
         # Frozen: fields are set once here. values=None (hard labels) is computed from
         # positive on first access: most policies never read it, and it costs a cast per batch.
+        # positive=None: computed from float_labels on first access, as values are.
+        if positive is None and float_labels is None:
+            raise ValueError("Targets needs positive, or float_labels to compute it from")
         for name, value in (
-            ("positive", positive),
+            ("_positive", positive),
+            ("float_labels", float_labels),
+            ("_labels_version", _version(float_labels)),
             ("known", known),
             ("num_classes", num_classes),
             ("class_dim", class_dim),
@@ -116,35 +153,65 @@ class Targets:
             cache[key] = mask
         return mask
 
+    def _labels_unchanged(self) -> Tensor:
+        """``float_labels``, after checking that nobody changed them in place since."""
+        labels = self.float_labels
+        assert labels is not None
+        if _version(labels) != self._labels_version:  # type: ignore[attr-defined]
+            raise RuntimeError(
+                "the float labels of this Targets were modified in place after "
+                "Targets.coerce; coerce the new labels (or pass a copy)"
+            )
+        return labels
+
+    @property
+    def positive(self) -> Tensor:
+        """Bool tensor shaped like ``known``: the label is positive (see the class doc)."""
+        if self._positive is None:
+            labels = self._labels_unchanged()
+            # >= 0.5 on the labels themselves: -1 (unknown) is not positive, as after clamping.
+            object.__setattr__(self, "_positive", labels >= _float_constants(labels)[1])
+        positive: Tensor = self._positive  # type: ignore[assignment]
+        return positive
+
     @property
     def values(self) -> Tensor:
         """Float tensor shaped like ``positive``: each entry's target value (see the class doc)."""
         if self._values is None:
-            # Hard labels: 1 where positive, 0 elsewhere (unknown entries included).
-            object.__setattr__(self, "_values", self.positive.float())
-        values: Tensor = self._values  # type: ignore[assignment]
-        return values
+            if self.encoding == "soft" and self.float_labels is not None:
+                labels = self._labels_unchanged()
+                # -1 (unknown) -> 0; validated values have no other negatives. clamp, not
+                # where: one cheap pass. In the caller's floating dtype: a float64 soft target
+                # of 0.1 rounded to float32 can change the sign of sigmoid(z) - y near it.
+                values = labels.clamp(min=_float_constants(labels)[0])
+            else:
+                # Hard labels: 1 where positive, 0 elsewhere (unknown entries included).
+                values = self.positive.float()
+            object.__setattr__(self, "_values", values)
+        found: Tensor = self._values  # type: ignore[assignment]
+        return found
 
     @property
     def shape(self) -> torch.Size:
         """The shape of ``positive`` and ``known``: the shape of the logits."""
-        return self.positive.shape
+        return self.known.shape
 
     @property
     def device(self) -> torch.device:
         """The device the labels live on."""
-        return self.positive.device
+        return self.known.device
 
     def to(self, device: torch.device | str) -> Targets:
         """Return a copy of these targets on ``device``."""
         return Targets(
-            positive=self.positive.to(device),
+            positive=None if self._positive is None else self._positive.to(device),
             known=self.known.to(device),
             num_classes=self.num_classes,
             class_dim=self.class_dim,
             encoding=self.encoding,
             indices=None if self.indices is None else self.indices.to(device),
             values=None if self._values is None else self._values.to(device),
+            float_labels=None if self.float_labels is None else self.float_labels.to(device),
         )
 
     def class_last(self) -> Targets:
@@ -153,8 +220,8 @@ class Targets:
         S is the product of all non-class, non-sample axes (1 for plain classification). This is
         the layout policies see in :meth:`labelgrad.Policy.transform`.
         """
-        n, c = self.positive.shape[0], self.num_classes
-        s = math.prod(self.positive.shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
+        n, c = self.known.shape[0], self.num_classes
+        s = math.prod(self.known.shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
 
         def flat(x: Tensor) -> Tensor:  # one view in the common (N, C) and (N, T, C) layouts
             return class_last(x, self.class_dim, n, s, c)
@@ -164,13 +231,14 @@ class Targets:
             indices = self.indices.view(n, s) if self.indices.is_contiguous() else None
             indices = self.indices.reshape(n, s) if indices is None else indices
         return Targets(
-            positive=flat(self.positive),
+            positive=None if self._positive is None else flat(self._positive),
             known=flat(self.known),
             num_classes=c,
             class_dim=2,
             encoding=self.encoding,
             indices=indices,
             values=None if self._values is None else flat(self._values),
+            float_labels=None if self.float_labels is None else flat(self.float_labels),
         )
 
     @classmethod
@@ -391,25 +459,18 @@ def _from_dense(
         )
     if encoding == "soft" and not targets.is_floating_point():
         targets = targets.float()
+    if targets.is_floating_point():
+        return _from_float(targets, encoding, c, class_dim, validate)
     if validate and targets.numel() > 0:
         _validate_dense(targets, encoding)
     values: Tensor | None = None
     if targets.dtype == torch.bool:
         positive = targets
         known = torch.ones_like(targets)
-    elif encoding == "soft":
-        known = targets >= 0
-        # -1 (unknown) -> 0; validated values have no other negatives. clamp, not where: one
-        # cheap pass on the hot path.
-        # In the caller's floating dtype: a float64 soft target of 0.1 rounded to float32 can
-        # change the sign of sigmoid(z) - y where the prediction is close to it.
-        values = targets.clamp(min=0)
-        positive = values >= 0.5
     else:
-        # Hard multi-hot labels: values (0/1) follow from positive when first read. Integer
-        # labels compare with integers (a float constant would cost a conversion per call).
+        # Integer labels compare with integers (a float constant would cost a conversion).
         known = targets >= 0
-        positive = targets >= 0.5 if targets.is_floating_point() else targets > 0
+        positive = targets > 0
     return Targets(
         positive=positive,
         known=known,
@@ -421,12 +482,38 @@ def _from_dense(
     )
 
 
+def _from_float(
+    targets: Tensor, encoding: Encoding, num_classes: int, class_dim: int, validate: bool
+) -> Targets:
+    """Float labels (soft, or multi-hot as BCE takes them): as cheap as integer ones."""
+    zero, _, one, minus_one = _float_constants(targets)
+    known = targets >= zero
+    if validate and targets.numel() > 0:
+        # Each entry is rebuilt from what a valid label would be, and the labels must equal it:
+        # entries >= 0 kept at most 1 (multi-hot: whole), the others -1; NaN never equals
+        # itself. Four operators and one boolean read back, every batch.
+        kept = targets.clamp(max=one)
+        if encoding == "multi_hot":
+            kept = kept.trunc()
+        if not torch.equal(torch.where(known, kept, minus_one), targets):
+            _validate_dense(targets, encoding)  # raises, with the message of the encoding
+    # positive and values follow from the labels when first read (see Targets.float_labels).
+    return Targets(
+        positive=None,
+        known=known,
+        num_classes=num_classes,
+        class_dim=class_dim,
+        encoding=encoding,
+        indices=None,
+        float_labels=targets,
+    )
+
+
 def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
     """Raise unless multi-hot values are in {-1, 0, 1} / soft values in [0, 1] or -1."""
     if not targets.is_floating_point() and not targets.is_signed():
         # -1 does not exist in an unsigned dtype: uint8 255 == -1 would compare True.
         targets = targets.to(torch.int16)
-    # One min/max pass decides the common case; the full check runs only when it cannot.
     if encoding == "multi_hot" and not targets.is_floating_point():
         # Integer labels: in {-1, 0, 1} iff clamping to [-1, 1] changes nothing (two operators;
         # 0-d CPU bounds: Python ints would add a conversion per call).
@@ -438,7 +525,7 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
             "multi_hot targets must contain only 0, 1 and -1 (unknown); for "
             "probabilities use a float tensor (soft labels)"
         )
-    low, high = (float(v) for v in torch.aminmax(targets))
+    # Float labels (reached from _from_float when its fast check failed): the full check.
     if encoding == "multi_hot":
         ok = (targets == 0) | (targets == 1) | (targets == -1)
         if not bool(ok.all()):
@@ -446,8 +533,6 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
                 "multi_hot targets must contain only 0, 1 and -1 (unknown); for "
                 "probabilities use a float tensor (soft labels)"
             )
-        return
-    if low >= 0 and high <= 1:  # False for NaN
         return
     ok = ((targets >= 0) & (targets <= 1)) | (targets == -1)
     if not bool(ok.all()):
@@ -460,7 +545,7 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
 def _check_existing(
     t: Targets, *, num_classes: int | None, class_dim: int, like: Tensor | None
 ) -> Targets:
-    if class_dim % t.positive.dim() != t.class_dim:
+    if class_dim % t.known.dim() != t.class_dim:
         raise ValueError(
             f"class_dim={class_dim} does not match the given Targets (class_dim={t.class_dim})"
         )

@@ -16,6 +16,7 @@ from torch import nn
 
 import labelgrad as lg
 from labelgrad.rows.families import REGISTRY, decay_kind, family_of, fast_kernel
+from labelgrad.rows.families import family as families_family
 
 C, D = 5, 4
 FAST = [pytest.param(cls, id=cls.__name__) for cls, fam in REGISTRY.items() if fam.fast]
@@ -50,10 +51,16 @@ def _run(
     return head, opt
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0], ids=["masked", "gathered"])
 @pytest.mark.parametrize("rules", list(RULES.values()), ids=list(RULES))
 @pytest.mark.parametrize("setting", [0, 1, 2])
 @pytest.mark.parametrize("cls", FAST)
-def test_every_fast_kernel_equals_the_snapshot_path(cls: Any, setting: int, rules: dict[str, Any]):
+def test_every_fast_kernel_equals_the_snapshot_path(
+    cls: Any, setting: int, rules: dict[str, Any], share: float, monkeypatch: pytest.MonkeyPatch
+):
+    # A kernel either steps every row with factors that keep resting rows still (masked) or
+    # gathers the moving rows of a CPU tensor and steps them alone (gathered): both are checked.
+    monkeypatch.setattr(families_family, "GATHER_SHARE", share)
     settings = [{}, *SETTINGS.get(cls, [])]
     if setting >= len(settings):
         pytest.skip(f"{cls.__name__} has {len(settings)} settings")

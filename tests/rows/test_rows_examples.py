@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from labelgrad.app.bench import rows as bench_rows
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -38,3 +40,14 @@ def test_rows_benchmark_quick_runs():
     rows = bench_rows.run(quick=True)
     assert {r.benchmark for r in rows} == {"rows/train_step", "rows/optimizer_step"}
     assert all(r.median_ms > 0 for r in rows)
+
+
+def test_rows_benchmark_has_a_zero_state_case():
+    rows = bench_rows.run(quick=True, state="zero")
+    assert {r.benchmark for r in rows} == {
+        "rows/train_step_zero_state",
+        "rows/optimizer_step_zero_state",
+    }
+    assert all(r.extra["state"] == "zero" and r.median_ms > 0 for r in rows)
+    with pytest.raises(ValueError, match="state"):
+        bench_rows.run(quick=True, state="cold")

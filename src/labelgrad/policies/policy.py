@@ -331,10 +331,10 @@ class _Gate(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         logits, positive, known, values, indices, meta = inputs
         ctx.meta = meta
-        ctx.has_targets = positive is not None
+        ctx.has_targets = known is not None
         # The input itself, not a copy: saved only when a policy reads it (meta[3]).
         saved = [logits] if meta[3] else []
-        if positive is not None:
+        if known is not None:
             saved += [positive, known, values, indices]
         ctx.save_for_backward(*saved)
 
@@ -355,6 +355,7 @@ class _Gate(torch.autograd.Function):
         if ctx.has_targets:
             assert proto is not None
             positive, known, values, indices = saved
+            # positive None: ``values`` carries the float labels both follow from (see gate).
             targets = Targets(
                 positive=positive,
                 known=known,
@@ -362,7 +363,8 @@ class _Gate(torch.autograd.Function):
                 class_dim=2,
                 encoding=proto.encoding,
                 indices=indices,
-                values=values,
+                values=values if positive is not None else None,
+                float_labels=values if positive is None else None,
             )
         if torch.is_grad_enabled() and grad.requires_grad and not policy.supports_double_backward:
             # create_graph=True: the first derivative is fine; a second-order pass would run
@@ -463,6 +465,11 @@ def gate(logits: Tensor, policy: Policy, targets: Targets | None, class_dim: int
         return out
     flat = targets.class_last()
     meta = (policy, targets, class_dim, keep)
+    if flat.float_labels is not None:
+        # Float labels: positive and values follow from them in backward, where read; the
+        # labels travel in the values slot.
+        out = fn.apply(logits, None, flat.known, flat.float_labels, flat.indices, meta)
+        return out
     # Hard labels' values follow from positive (rebuilt in backward if read): saved for soft only.
     values = flat.values if flat.encoding == "soft" else None
     out = fn.apply(logits, flat.positive, flat.known, values, flat.indices, meta)

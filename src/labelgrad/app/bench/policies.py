@@ -50,7 +50,7 @@ def _step(model: nn.Module, policy: lg.Policy | None, x: Tensor, y: Tensor) -> C
     return step
 
 
-def aten_ops(step: Callable[[], None]) -> int:
+def aten_ops(step: Callable[[], object]) -> int:
     """The number of aten operators one call of ``step`` runs (nested ones included)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -69,8 +69,10 @@ def _thread_counts() -> list[int]:
 def run(quick: bool = False) -> list[Result]:
     """Time plain vs policy-chain training steps (CPU), at the default thread count and at 1.
 
-    Each row's ``extra`` holds the thread count and the aten operators of one step
-    (``aten_ops``; ``added_ops`` = the chain's minus the plain step's).
+    The chain reads partial multi-hot labels (-1 = unknown) twice: as int64 and as float32 (what
+    ``BCEWithLogitsLoss`` takes, so what users pass). Each row's ``extra`` holds the thread
+    count, the labels' dtype and the aten operators of one step (``aten_ops``; ``added_ops`` =
+    the chain's minus the plain step's).
 
     Args:
         quick: tiny sizes and few steps (a smoke run, not a measurement).
@@ -108,6 +110,7 @@ def run(quick: bool = False) -> list[Result]:
         cases = {
             "plain": _step(model, None, x, y),
             "chain(mask,weights,eqlv2,clip)": _step(model, _policy(c), x, y),
+            "chain(mask,weights,eqlv2,clip) float labels": _step(model, _policy(c), x, y.float()),
         }
         ops = {case: aten_ops(fn) for case, fn in cases.items()}
         for threads in _thread_counts():
@@ -119,7 +122,8 @@ def run(quick: bool = False) -> list[Result]:
             label = f"{name} ({threads} thr)"
             for r in ratios(label, times, "plain", batch=batch, num_classes=c):
                 added = ops[r.case] - ops["plain"]
-                r.extra.update(threads=threads, aten_ops=ops[r.case], added_ops=added)
+                dtype = "float32" if r.case.endswith("float labels") else "int64"
+                r.extra.update(threads=threads, aten_ops=ops[r.case], added_ops=added, labels=dtype)
                 r.case = f"{r.case} +{added} ops" if added else f"{r.case} {ops[r.case]} ops"
                 rows.append(r)
     return rows

@@ -33,14 +33,19 @@ def _setup(
     return model, head
 
 
-def run(quick: bool = False) -> list[Result]:
+def run(quick: bool = False, state: str = "warm") -> list[Result]:
     """Time RowRules (AdamW, half the classes frozen, lr_scale, skip_absent) against bare AdamW.
 
     Args:
         quick: a small model and few steps (a smoke test, seconds).
+        state: ``"warm"``: two steps of earlier training on every class first, so every row has
+            optimizer state; ``"zero"``: no earlier training and the batches hold only the first
+            eighth of the classes (a new head in class-incremental learning): the Adam moments
+            of frozen rows and of classes never seen stay exactly 0.
 
     Returns:
-        Rows of two benchmarks, ``rows/train_step`` and ``rows/optimizer_step``, with the cases
+        Rows of two benchmarks, ``rows/train_step`` and ``rows/optimizer_step`` (with
+        ``_zero_state`` appended for ``state="zero"``), with the cases
         ``adamw`` (the baseline), ``row_rules`` (the Adam/AdamW fast path) and
         ``row_rules_snapshot`` (the generic snapshot path).
 
@@ -49,16 +54,19 @@ def run(quick: bool = False) -> list[Result]:
         >>> sorted({r.case for r in rows})
         ['adamw', 'row_rules', 'row_rules_snapshot']
     """
+    if state not in ("warm", "zero"):
+        raise ValueError(f"state must be 'warm' or 'zero', got {state!r}")
     width, num_classes, in_features, batch = (64, 100, 32, 32) if quick else (2048, 1000, 512, 128)
     steps, warmup = (3, 1) if quick else (30, 5)
     torch.manual_seed(0)
     # A pool of batches, the same sequence for every case: repeating one batch drives the loss to
     # zero and the moments into denormals, which slows CPU kernels unevenly across cases.
     xs = torch.randn(8, batch, in_features)
-    ys = torch.randint(0, num_classes, (8, batch))
+    seen = num_classes if state == "warm" else num_classes // 8
+    ys = torch.randint(0, seen, (8, batch))
     rules = {"frozen": torch.arange(0, num_classes, 2), "lr_scale": torch.rand(num_classes) + 0.5}
     kinds = ("adamw", "row_rules", "row_rules_snapshot")
-    built = {kind: _make(kind, width, num_classes, xs, rules) for kind in kinds}
+    built = {kind: _make(kind, width, num_classes, xs, rules, state == "warm") for kind in kinds}
 
     flush = torch.set_flush_denormal(True)  # both cases alike; see above
     try:
@@ -77,25 +85,27 @@ def run(quick: bool = False) -> list[Result]:
         "batch": batch,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "state": state,
     }
-    return ratios("rows/train_step", train, "adamw", **extra) + ratios(
-        "rows/optimizer_step", step_only, "adamw", **extra
+    suffix = "" if state == "warm" else "_zero_state"
+    return ratios(f"rows/train_step{suffix}", train, "adamw", **extra) + ratios(
+        f"rows/optimizer_step{suffix}", step_only, "adamw", **extra
     )
 
 
 def _make(
-    kind: str, width: int, num_classes: int, xs: Tensor, rules: dict[str, Tensor]
+    kind: str, width: int, num_classes: int, xs: Tensor, rules: dict[str, Tensor], warm: bool
 ) -> tuple[nn.Sequential, torch.optim.Optimizer]:
-    """The model and optimizer of one case, after two steps of earlier training."""
+    """The model and optimizer of one case, after two steps of earlier training if ``warm``."""
     batch, in_features = xs.shape[1:]
     model, head = _setup(width, num_classes, in_features, seed=1)
     opt: torch.optim.Optimizer = torch.optim.AdamW(
         model.parameters(), lr=1e-3, weight_decay=0.05, foreach=True
     )
     # Earlier training (every class seen): every row has optimizer state, as in class-
-    # incremental learning. It also keeps both cases off the slow path some CPUs take for
-    # sqrt(0) on never-touched second moments.
-    for k in range(2):
+    # incremental learning. Without it (state="zero") the moments of rows that never move stay
+    # exactly 0, on which sqrt takes a slow path on some CPUs.
+    for k in range(2 if warm else 0):
         opt.zero_grad()
         _LOSS(model(xs[k]), torch.arange(batch) % num_classes).backward()
         opt.step()

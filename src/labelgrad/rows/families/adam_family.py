@@ -11,13 +11,14 @@ which resting rows keep: no fresh-row rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from labelgrad.rows.families.family import Family, plain_dense
+from labelgrad.rows.families.family import Family, gather_rows, moving_rows, plain_dense, scalar
 from labelgrad.rows.label_param import LabelParam
 
 __all__ = ["FAMILIES", "AdamKernel", "RowCoefficients", "adam_step", "coefficients"]
@@ -44,6 +45,22 @@ class RowCoefficients:
     row_lr: Tensor | None  # lr_scale[c] for moving rows, 0 for resting ones
     keep1: Tensor | None  # 1 - beta1 for moving rows, 0 for resting ones (lerp weight)
     beta2: Tensor | None  # beta2 for moving rows, 1 for resting ones
+    # The gathered path (see moving_rows): the indices of the moving rows and lr_scale there.
+    index: Tensor | None = None
+    index_lr: Tensor | None = None
+    # The masked factors above, built on demand where the gathered path cannot serve a tensor.
+    masked: Callable[[], RowCoefficients] | None = field(default=None, repr=False)
+    # Per-row factors of this step that the tensors sharing these coefficients (a head's weight
+    # and bias) would otherwise each compute: keyed by the Python floats they depend on.
+    shared: dict[tuple[object, ...], Tensor] = field(default_factory=dict, repr=False)
+
+
+def _once(
+    shared: dict[tuple[object, ...], Tensor], key: tuple[object, ...], make: Callable[[], Tensor]
+) -> Tensor:
+    if key not in shared:
+        shared[key] = make()
+    return shared[key]
 
 
 def coefficients(
@@ -51,12 +68,27 @@ def coefficients(
     dtype: torch.dtype,
     moving: Tensor | None,
     lr_scale: Tensor | None,
+    *,
+    gather: bool = True,
 ) -> RowCoefficients:
     """The per-row factors of Adam/AdamW for ``group`` in ``dtype`` (``lr_scale`` already in
-    that dtype)."""
+    that dtype); with ``gather``, the indices of the moving rows where :func:`moving_rows`
+    finds gathering them cheaper than masking the whole tensor."""
     beta1, beta2 = group["betas"]
     if moving is None:
         return RowCoefficients(None, lr_scale, None, None)
+    index = moving_rows(moving) if gather else None
+    if index is not None:
+        index_lr = None if lr_scale is None else lr_scale.index_select(0, index)
+        return RowCoefficients(
+            moving,
+            None,
+            None,
+            None,
+            index,
+            index_lr,
+            masked=lambda: coefficients(group, dtype, moving, lr_scale, gather=False),
+        )
     move_f = moving.to(dtype)
     row_lr = move_f if lr_scale is None else lr_scale * move_f
     # beta2 as a 0-d tensor of ``dtype``: a Python float would make the result float32 and
@@ -100,7 +132,9 @@ def _update_moments(
     exp_avg_sq: Tensor = state["exp_avg_sq"]
     if coef.keep1 is None or coef.beta2 is None:
         exp_avg.lerp_(g, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        # beta2 as a 0-d tensor of the moments' dtype: the same value a Python float becomes,
+        # without the scalar's conversion operators.
+        exp_avg_sq.mul_(scalar(beta2, exp_avg_sq)).addcmul_(g, g, value=1 - beta2)
     else:
         exp_avg.lerp_(g, rows(coef.keep1))
         exp_avg_sq.mul_(rows(coef.beta2)).addcmul_(g, g, value=1 - beta2)
@@ -126,7 +160,12 @@ def _bias_corrections(
 
 
 def _decoupled_decay(
-    param: Tensor, lp: LabelParam, row_lr: Tensor | None, wd: Tensor | float, lr: float
+    param: Tensor,
+    lp: LabelParam,
+    row_lr: Tensor | None,
+    wd: Tensor | float,
+    lr: float,
+    shared: dict[tuple[object, ...], Tensor],
 ) -> None:
     """AdamW's decay ``param *= 1 - lr * row_lr * wd``, per row where either is per row."""
     rows = lp.per_class
@@ -134,11 +173,12 @@ def _decoupled_decay(
         if isinstance(wd, Tensor):
             param.mul_(rows(1 - lr * wd))
         elif wd != 0:
-            param.mul_(1 - lr * wd)
+            param.mul_(scalar(1 - lr * wd, param))
     elif isinstance(wd, Tensor):
         param.mul_(rows(1 - lr * row_lr * wd))
     elif wd != 0:
-        param.mul_(rows(row_lr * (-lr * wd) + 1))
+        r = row_lr
+        param.mul_(rows(_once(shared, ("decay", lr, wd), lambda: r * (-lr * wd) + 1)))
 
 
 def _apply_update(
@@ -149,6 +189,7 @@ def _apply_update(
     lp: LabelParam,
     coef: RowCoefficients,
     corrections: tuple[Tensor | float, Tensor | float],
+    shared: dict[tuple[object, ...], Tensor],
 ) -> None:
     """``param -= lr * row_lr * m_hat / (sqrt(v_hat) + eps)``, exactly 0 in resting rows."""
     rows = lp.per_class
@@ -163,7 +204,11 @@ def _apply_update(
         # addcdiv as in torch. A resting row has k = 0, so its denominator is inf and its update
         # exactly 0 (the moments of a resting row are finite: it saw a zero gradient).
         # (C,) times a 0-d float64: computed in row_lr's dtype, no separate conversion.
-        k = rows(row_lr * ((-lr / bias_correction1) * bias_correction2_sqrt))
+        factor = (-lr / bias_correction1) * bias_correction2_sqrt
+        if isinstance(factor, float):
+            k = rows(_once(shared, ("k", factor), lambda: row_lr * factor))
+        else:  # a tensor: the step counter lives on the device (nothing to share by value)
+            k = rows(row_lr * factor)
         denom = second.sqrt().add_(eps * bias_correction2_sqrt).div_(k)
         param.addcdiv_(exp_avg, denom)
     else:
@@ -190,19 +235,65 @@ def adam_step(
     if "step" not in state:
         _init_state(group, param, state)
     step_t: Tensor = state["step"]
-    step_t += 1
+    step_t.add_(scalar(1.0, step_t))
     decoupled = isinstance(optimizer, torch.optim.AdamW) or group.get(
         "decoupled_weight_decay", False
     )
     wd: Tensor | float = (
         weight_decay.to(param.dtype) if weight_decay is not None else float(group["weight_decay"])
     )
+    if coef.index is not None:
+        if getattr(param, "device_mesh", None) is None:
+            _gathered_step(param, grad, state, group, lp, coef, wd, decoupled, step_t)
+            return
+        assert coef.masked is not None  # a sharded (DTensor) parameter: masked on every row
+        coef = coef.masked()
     g = _adam_grad(grad, param, group, lp, coef, wd, decoupled)
     second = _update_moments(state, g, group, lp, coef)
     corrections = _bias_corrections(group, step_t)
     if decoupled:
-        _decoupled_decay(param, lp, coef.row_lr, wd, group["lr"])
-    _apply_update(param, state["exp_avg"], second, group, lp, coef, corrections)
+        _decoupled_decay(param, lp, coef.row_lr, wd, group["lr"], coef.shared)
+    _apply_update(param, state["exp_avg"], second, group, lp, coef, corrections, coef.shared)
+
+
+def _gathered_step(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    group: dict[str, Any],
+    lp: LabelParam,
+    coef: RowCoefficients,
+    wd: Tensor | float,
+    decoupled: bool,
+    step_t: Tensor,
+) -> None:
+    """The step on the moving rows alone: gather them, apply Adam's update (every gathered row
+    moves), scatter them back. Resting rows are never read or written, so they and their state
+    keep their bits, and their never-touched zero moments cost nothing (``sqrt(0)`` is several
+    times slower than ``sqrt`` of positive numbers on some CPUs)."""
+    index = coef.index
+    assert index is not None
+    if index.numel() == 0:
+        return
+    dim = lp.class_dim
+    keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+    sub = {key: gather_rows(state[key], dim, index) for key in keys}
+    sub_lp = LabelParam(gather_rows(param, dim, index), dim)
+    sub_coef = RowCoefficients(None, coef.index_lr, None, None)
+    sub_wd = wd.index_select(0, index) if isinstance(wd, Tensor) else wd
+    g = _adam_grad(
+        gather_rows(grad, dim, index), sub_lp.param, group, sub_lp, sub_coef, sub_wd, decoupled
+    )
+    second = _update_moments(sub, g, group, sub_lp, sub_coef)
+    corrections = _bias_corrections(group, step_t)
+    if decoupled:
+        _decoupled_decay(sub_lp.param, sub_lp, sub_coef.row_lr, sub_wd, group["lr"], coef.shared)
+    _apply_update(
+        sub_lp.param, sub["exp_avg"], second, group, sub_lp, sub_coef, corrections, coef.shared
+    )
+    param.index_copy_(dim, index, sub_lp.param)
+    for key in keys:
+        state[key].index_copy_(dim, index, sub[key])
 
 
 class AdamKernel:

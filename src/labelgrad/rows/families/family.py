@@ -6,6 +6,7 @@ everything about Adam in ``torch/optim/adam.py``) and is described by one :class
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -15,7 +16,17 @@ from torch import Tensor
 
 from labelgrad.rows.label_param import LabelParam
 
-__all__ = ["DecayKind", "Family", "FastKernel", "FreshRule", "plain_dense", "zero_initial"]
+__all__ = [
+    "DecayKind",
+    "Family",
+    "FastKernel",
+    "FreshRule",
+    "gather_rows",
+    "moving_rows",
+    "plain_dense",
+    "scalar",
+    "zero_initial",
+]
 
 DecayKind = Literal["coupled", "decoupled"]
 Group = dict[str, Any]
@@ -133,3 +144,60 @@ def plain_dense(group: Group, param: Tensor) -> bool:
         or grad is None
         or grad.is_sparse
     )
+
+
+# Gather when at most this share of the rows moves: a gather and a scatter cost about as much as
+# the masked passes they replace when half the rows move. 0 turns gathering off (every device
+# then steps as an accelerator does).
+GATHER_SHARE = 0.5
+
+
+def moving_rows(moving: Tensor) -> Tensor | None:
+    """The indices of the rows that move, where a kernel should step those rows alone, or None
+    (step every row, with factors that keep resting rows still).
+
+    Gathering needs the number of moving rows, which on an accelerator is a host read: only CPU
+    masks are gathered. A kernel that gathers never reads or writes a resting row.
+
+    Example:
+        >>> moving_rows(torch.tensor([True, False, False, False, True]))
+        tensor([0, 4])
+        >>> moving_rows(torch.tensor([True, True, False])) is None
+        True
+    """
+    if moving.device.type != "cpu" or GATHER_SHARE <= 0:
+        return None
+    index = moving.nonzero().squeeze(1)
+    return index if index.numel() <= GATHER_SHARE * moving.numel() else None
+
+
+def gather_rows(tensor: Tensor, dim: int, index: Tensor) -> Tensor:
+    """A copy of the slices ``index`` of ``tensor`` along ``dim`` (advanced indexing along the
+    first axis: fewer operators than ``index_select`` on a matrix)."""
+    return tensor[index] if dim == 0 and tensor.dim() > 1 else tensor.index_select(dim, index)
+
+
+@functools.lru_cache(maxsize=64)
+def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
+def scalar(value: float, like: Tensor) -> Tensor | float:
+    """``value`` as a cached 0-d tensor of ``like``'s dtype and device, for in-place arithmetic.
+
+    ``t.mul_(0.9)`` converts the Python float to ``t``'s dtype on every call (four operators
+    more); for float32 and float64 a 0-d tensor of that dtype holds the same rounded value, so
+    the result has the same bits. Other dtypes get the float back: half precision computes with
+    a float32 scalar, which a 0-d half tensor would round (0.999 is 1.0 in bfloat16). Read only:
+    never modify the returned tensor.
+
+    Example:
+        >>> t = torch.ones(2)
+        >>> torch.equal(t.mul(scalar(0.9, t)), t.mul(0.9))
+        True
+        >>> scalar(0.999, t.bfloat16())
+        0.999
+    """
+    if like.dtype not in (torch.float32, torch.float64):
+        return float(value)
+    return _scalar(float(value), like.dtype, like.device)

@@ -8,14 +8,21 @@ dampening, Nesterov and maximize with per-row factors in about one pass per stat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.sgd import sgd
 
-from labelgrad.rows.families.family import Family, FreshRule, plain_dense
+from labelgrad.rows.families.family import (
+    Family,
+    FreshRule,
+    gather_rows,
+    moving_rows,
+    plain_dense,
+)
 from labelgrad.rows.label_param import LabelParam
 
 __all__ = ["FAMILIES", "SGDKernel", "SGDRows", "sgd_first_step", "sgd_rows", "sgd_step"]
@@ -38,6 +45,12 @@ class SGDRows:
     row_lr: Tensor | None  # lr_scale[c] for moving rows, 0 for resting ones
     keep: Tensor | None  # buffer factor: momentum (moved before), 0 (first move), 1 (resting)
     damp: Tensor | None  # gradient factor: 1 - dampening, 1 (first move), 0 (resting)
+    # The gathered path (see moving_rows): the moving rows, lr_scale and fresh mask there.
+    index: Tensor | None = None
+    index_lr: Tensor | None = None
+    index_fresh: Tensor | None = None
+    # The masked factors above, built on demand where the gathered path cannot serve a tensor.
+    masked: Callable[[], SGDRows] | None = field(default=None, repr=False)
 
 
 def sgd_rows(
@@ -46,8 +59,23 @@ def sgd_rows(
     moving: Tensor | None,
     lr_scale: Tensor | None,
     fresh: Tensor | None = None,
+    *,
+    gather: bool = True,
 ) -> SGDRows:
-    """The factors of :func:`sgd_step` (``lr_scale`` already in ``dtype``)."""
+    """The factors of :func:`sgd_step` (``lr_scale`` already in ``dtype``); with ``gather``, the
+    indices of the moving rows where :func:`moving_rows` finds gathering them cheaper."""
+    index = moving_rows(moving) if gather and moving is not None else None
+    if index is not None:
+        return SGDRows(
+            moving,
+            None,
+            None,
+            None,
+            index,
+            None if lr_scale is None else lr_scale.index_select(0, index),
+            None if fresh is None else fresh.index_select(0, index),
+            masked=lambda: sgd_rows(group, dtype, moving, lr_scale, fresh, gather=False),
+        )
     row_lr = lr_scale
     if moving is not None:
         move_f = moving.to(dtype)
@@ -87,6 +115,70 @@ def sgd_step(
     param = lp.param.detach()
     grad = lp.param.grad
     assert grad is not None
+    if rows_.index is not None:
+        if getattr(param, "device_mesh", None) is None:
+            _gathered_step(group, state, param, grad, lp.class_dim, rows_, weight_decay)
+            return
+        assert rows_.masked is not None  # a sharded (DTensor) parameter: masked on every row
+        rows_ = rows_.masked()
+    _update(group, state, param, grad, lp, rows_, weight_decay=weight_decay, lr_scale=lr_scale)
+
+
+def _gathered_step(
+    group: dict[str, Any],
+    state: dict[str, Any],
+    param: Tensor,
+    grad: Tensor,
+    dim: int,
+    rows_: SGDRows,
+    weight_decay: Tensor | None,
+) -> None:
+    """The step on the moving rows alone: gather them, apply SGD's update, scatter them back;
+    resting rows and their buffer are never read or written."""
+    index = rows_.index
+    assert index is not None
+    fresh = rows_.index_fresh
+    with_buffer = group["momentum"] != 0
+    if with_buffer and state.get("momentum_buffer") is None:
+        # A new buffer (zeros for the rows that rest); every moving row makes its first move.
+        state["momentum_buffer"] = torch.zeros_like(param)
+        fresh = torch.ones(index.shape, dtype=torch.bool, device=index.device)
+    if index.numel() == 0:
+        return
+    sub_param = gather_rows(param, dim, index)
+    sub_state = {}
+    if with_buffer:
+        sub_state["momentum_buffer"] = gather_rows(state["momentum_buffer"], dim, index)
+    sub_rows = sgd_rows(group, param.dtype, None, rows_.index_lr, fresh, gather=False)
+    sub_wd = None if weight_decay is None else weight_decay.index_select(0, index)
+    sub_lp = LabelParam(sub_param, dim)
+    _update(
+        group,
+        sub_state,
+        sub_param,
+        gather_rows(grad, dim, index),
+        sub_lp,
+        sub_rows,
+        weight_decay=sub_wd,
+        lr_scale=rows_.index_lr,
+    )
+    param.index_copy_(dim, index, sub_param)
+    if with_buffer:
+        state["momentum_buffer"].index_copy_(dim, index, sub_state["momentum_buffer"])
+
+
+def _update(
+    group: dict[str, Any],
+    state: dict[str, Any],
+    param: Tensor,
+    grad: Tensor,
+    lp: LabelParam,
+    rows_: SGDRows,
+    *,
+    weight_decay: Tensor | None,
+    lr_scale: Tensor | None,
+) -> None:
+    """SGD's update of ``param`` (``lp``'s rows) and its buffer in ``state``, per-row factors."""
     rows = lp.per_class
     lr, momentum = group["lr"], group["momentum"]
     g = -grad if group["maximize"] else grad
@@ -103,7 +195,7 @@ def sgd_step(
             # A new buffer: every row's first move (zeros, then factor 0 on them).
             buf = state["momentum_buffer"] = torch.zeros_like(param)
             every = torch.ones(param.shape[lp.class_dim], dtype=torch.bool, device=param.device)
-            rows_ = sgd_rows(group, param.dtype, rows_.moving, lr_scale, fresh=every)
+            rows_ = sgd_rows(group, param.dtype, rows_.moving, lr_scale, fresh=every, gather=False)
         if rows_.keep is None or rows_.damp is None:
             buf.mul_(momentum).add_(g, alpha=1 - group["dampening"])
         else:
