@@ -45,7 +45,7 @@ def train(k: int | None, window: bool) -> tuple[nn.Module, lg.Chain]:
         else:
             ctx = lg.accumulation_window(policy) if window else torch.enable_grad()
             with ctx:
-                for xs, ys in zip(x.chunk(k), y.chunk(k)):
+                for xs, ys in zip(x.chunk(k), y.chunk(k), strict=True):
                     (loss_of(model, policy, xs, ys) / 8).backward()
         opt.step()
         opt.zero_grad()
@@ -60,7 +60,7 @@ PER_BATCH_ONLY = {"policies.3.last_norm", "policies.3.history", "policies.3.hist
 def test_window_of_k_micro_batches_equals_one_batch(k: int) -> None:
     ref_model, ref_policy = train(None, window=False)
     model, policy = train(k, window=True)
-    for a, b in zip(model.parameters(), ref_model.parameters()):
+    for a, b in zip(model.parameters(), ref_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     ref_state = ref_policy.state_dict()
     for key, value in policy.state_dict().items():
@@ -130,7 +130,11 @@ def test_row_rules_window_of_k_micro_batches_equals_one_batch(k: int) -> None:
             skip_absent=True,
         )
         for x, _ in batches(2):
-            parts = [(x, y)] if micro is None else list(zip(x.chunk(micro), y.chunk(micro)))
+            parts = (
+                [(x, y)]
+                if micro is None
+                else list(zip(x.chunk(micro), y.chunk(micro), strict=True))
+            )
             for xs, ys in parts:
                 (F.cross_entropy(model(xs), ys, reduction="sum") / 8).backward()
                 opt.observe(ys)
@@ -140,7 +144,7 @@ def test_row_rules_window_of_k_micro_batches_equals_one_batch(k: int) -> None:
 
     init, _ = make()
     ref, model = run(None), run(k)
-    for a, b in zip(model.parameters(), ref.parameters()):
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert torch.equal(model[2].weight[0], init[2].weight[0])  # absent everywhere
     assert not torch.equal(model[2].weight[3], init[2].weight[3])  # present in one micro-batch

@@ -254,7 +254,7 @@ def _same_output(got: str, want: str) -> bool:
     """Equal text, numbers equal up to float noise (other BLAS, other CPU)."""
     if _NUMBER.sub("#", got) != _NUMBER.sub("#", want):
         return False
-    for a, b in zip(_NUMBER.findall(got), _NUMBER.findall(want)):
+    for a, b in zip(_NUMBER.findall(got), _NUMBER.findall(want), strict=True):
         x, y = float(a), float(b)
         if abs(x - y) > 1e-4 + 1e-3 * abs(y):
             return False

@@ -54,9 +54,9 @@ def test_exact_engine_matches_loop_reference(
     )
     assert out.engine == "exact"
     torch.testing.assert_close(out.gramian, g_ref, rtol=1e-5, atol=1e-8)
-    for p, j in zip(shared, jac):
+    for p, j in zip(shared, jac, strict=True):
         torch.testing.assert_close(p.grad, torch.tensordot(w_ref, j, dims=1), rtol=1e-5, atol=1e-8)
-    for p, r in zip(head.parameters(), head_ref):
+    for p, r in zip(head.parameters(), head_ref, strict=True):
         torch.testing.assert_close(p.grad, r)
 
 
@@ -68,9 +68,9 @@ def test_mean_equals_backward_of_mean_and_sum_equals_plain_step() -> None:
     ref_shared = torch.autograd.grad(losses.mean(), shared, retain_graph=True)
     ref_head = torch.autograd.grad(losses.sum(), list(head.parameters()), retain_graph=True)
     lg.aggregate_backward(losses, shared=trunk, aggregator=Mean())
-    for p, r in zip(shared, ref_shared):
+    for p, r in zip(shared, ref_shared, strict=True):
         torch.testing.assert_close(p.grad, r)
-    for p, r in zip(head.parameters(), ref_head):
+    for p, r in zip(head.parameters(), ref_head, strict=True):
         torch.testing.assert_close(p.grad, r)
 
     # Sum weights reproduce an ordinary training step of the mean BCE loss, for every parameter.
@@ -80,7 +80,9 @@ def test_mean_equals_backward_of_mean_and_sum_equals_plain_step() -> None:
     head.zero_grad(set_to_none=True)
     lg.aggregate_backward(lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=Sum())
     for a, b in zip(
-        [*trunk.parameters(), *head.parameters()], [*trunk2.parameters(), *head2.parameters()]
+        [*trunk.parameters(), *head.parameters()],
+        [*trunk2.parameters(), *head2.parameters()],
+        strict=True,
     ):
         torch.testing.assert_close(a.grad, b.grad)
 
@@ -96,7 +98,7 @@ def test_gradients_accumulate() -> None:
     lg.aggregate_backward(
         lg.per_label_losses(head(trunk(x)), y), shared=trunk, aggregator=InvNorm()
     )
-    for p, g in zip(params, once):
+    for p, g in zip(params, once, strict=True):
         torch.testing.assert_close(p.grad, 2 * g)
 
 
@@ -108,7 +110,7 @@ def test_jacobian_aggregator_and_no_other_parameters() -> None:
     ref = torch.autograd.grad(losses.sum(), everything, retain_graph=True)
     out = lg.aggregate_backward(losses, shared=everything, aggregator=SumJacobian())
     assert out.weights is None
-    for p, r in zip(everything, ref):
+    for p, r in zip(everything, ref, strict=True):
         torch.testing.assert_close(p.grad, r)
     with pytest.raises(ValueError, match="exact"):
         lg.aggregate_backward(
@@ -128,7 +130,7 @@ def test_stateful_policy_counts_batch_once() -> None:
     lg.aggregate_backward(
         lg.per_label_losses(p2(head(trunk(x)), y), y), shared=trunk, aggregator=Sum()
     )
-    for a, b in zip(p1.state_dict().values(), p2.state_dict().values()):
+    for a, b in zip(p1.state_dict().values(), p2.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -188,7 +190,7 @@ def test_with_lg_aggregators_upgrad_and_config() -> None:
     update_ref = lg.aggregators.ConFIG().aggregate(flat)
     out = lg.aggregate_backward(losses, shared=shared, aggregator=lg.aggregators.UPGrad())
     torch.testing.assert_close(out.weights, w_ref)
-    for p, j in zip(shared, jac):
+    for p, j in zip(shared, jac, strict=True):
         torch.testing.assert_close(p.grad, torch.tensordot(w_ref, j, dims=1))
     trunk.zero_grad(set_to_none=True)
     losses = lg.per_label_losses(head(trunk(x)), y)
@@ -214,5 +216,5 @@ def test_exact_engine_matches_torchjd_mtl_backward() -> None:
         p.grad = None
     losses = lg.per_label_losses(head(trunk(x)), y)
     lg.aggregate_backward(losses, shared=trunk, aggregator=lg.aggregators.UPGrad())
-    for p, r in zip([*trunk.parameters(), *head.parameters()], ref):
+    for p, r in zip([*trunk.parameters(), *head.parameters()], ref, strict=True):
         torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-7)

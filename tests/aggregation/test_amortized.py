@@ -27,9 +27,9 @@ def test_amortized_reuses_weights_and_round_trips() -> None:
     second = lg.aggregate_backward(losses, shared=trunk, aggregator=agg)
     assert second.gramian is None
     assert torch.equal(second.weights, first.weights)
-    for p, r in zip(trunk.parameters(), ref_trunk):
+    for p, r in zip(trunk.parameters(), ref_trunk, strict=True):
         torch.testing.assert_close(p.grad, r)
-    for p, r in zip(head.parameters(), ref_head):
+    for p, r in zip(head.parameters(), ref_head, strict=True):
         torch.testing.assert_close(p.grad, r)
     restored = lg.aggregation.Amortized(InvNorm(), every=3)
     restored.load_state_dict(agg.state_dict())

@@ -65,7 +65,7 @@ def test_elementwise_operations_keep_the_closed_form(op: str) -> None:
     out = lg.aggregate_backward(losses, trunk, InvNorm(), features=feats, head=head)
     assert out.reason.startswith(CLOSED)
     torch.testing.assert_close(out.gramian, g_ref)
-    for p, r in zip(trunk.parameters(), grads_ref):
+    for p, r in zip(trunk.parameters(), grads_ref, strict=True):
         torch.testing.assert_close(p.grad, r)
 
 
@@ -82,7 +82,7 @@ def test_mixing_operations_take_the_batched_path_and_say_why(op: str) -> None:
     out = lg.aggregate_backward(losses, trunk, InvNorm(), features=feats, head=head)
     assert out.reason == said
     torch.testing.assert_close(out.gramian, g_ref)
-    for p, r in zip(trunk.parameters(), grads_ref):
+    for p, r in zip(trunk.parameters(), grads_ref, strict=True):
         torch.testing.assert_close(p.grad, r)
 
 
@@ -126,5 +126,5 @@ def test_a_parameter_inside_the_loss_still_gets_the_plain_gradient() -> None:
     out = lg.aggregate_backward(losses, trunk, InvNorm(), features=feats, head=head)
     assert out.reason.startswith(CLOSED)
     torch.testing.assert_close(scale.grad, ref_scale)
-    for p, r in zip(head.parameters(), ref_head):
+    for p, r in zip(head.parameters(), ref_head, strict=True):
         torch.testing.assert_close(p.grad, r)

@@ -55,7 +55,7 @@ def test_blocked_gramian_equals_stored_jacobian(budget_rows: int, chunk_size: in
     torch.testing.assert_close(out.gramian, g_ref)
     got = torch.cat([p.grad.reshape(-1) for p in shared])  # type: ignore[union-attr]
     torch.testing.assert_close(got, update_ref)
-    for p, r in zip(head.parameters(), head_ref):
+    for p, r in zip(head.parameters(), head_ref, strict=True):
         torch.testing.assert_close(p.grad, r)
 
 

@@ -50,9 +50,9 @@ def test_representation_engine_matches_reference(
     assert out.engine == "representation"
     assert ("closed form" in out.reason) == closed_form
     torch.testing.assert_close(out.gramian, g_ref, rtol=1e-5, atol=1e-10)
-    for p, r in zip(trunk.parameters(), trunk_ref):
+    for p, r in zip(trunk.parameters(), trunk_ref, strict=True):
         torch.testing.assert_close(p.grad, r)
-    for p, r in zip(head.parameters(), head_ref):
+    for p, r in zip(head.parameters(), head_ref, strict=True):
         torch.testing.assert_close(p.grad, r)
 
 
@@ -76,7 +76,7 @@ def test_representation_single_label_groups_is_diagonal_and_warns() -> None:
             )
         torch.testing.assert_close(out.gramian, g_ref)
         assert torch.equal(out.gramian, torch.diag(out.gramian.diagonal()))
-        for p, r in zip(trunk.parameters(), trunk_ref):
+        for p, r in zip(trunk.parameters(), trunk_ref, strict=True):
             torch.testing.assert_close(p.grad, r)
 
 
@@ -93,7 +93,7 @@ def test_representation_with_policy_between_uses_batched_path() -> None:
     assert "closed form" not in out.reason
     assert "policy" in out.reason
     torch.testing.assert_close(out.gramian, g_ref)
-    for p, r in zip(trunk.parameters(), trunk_ref):
+    for p, r in zip(trunk.parameters(), trunk_ref, strict=True):
         torch.testing.assert_close(p.grad, r)
 
 

@@ -72,7 +72,7 @@ def test_sample_gramian_equals_exact(arch: str, k: int) -> None:
     finally:
         tracker.remove()
     torch.testing.assert_close(g_sample, g_exact, rtol=1e-5, atol=1e-10)
-    for a, b in zip(grads_sample, grads_exact):
+    for a, b in zip(grads_sample, grads_exact, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-10)
 
 
@@ -94,7 +94,7 @@ def test_sequence_linear_positions_and_auto() -> None:
     finally:
         tracker.remove()
     torch.testing.assert_close(g_sample, g_exact)
-    for a, b in zip(grads_sample, grads_exact):
+    for a, b in zip(grads_sample, grads_exact, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -112,7 +112,7 @@ def test_unsupported_layer_falls_back_with_warning() -> None:
     finally:
         tracker.remove()
     torch.testing.assert_close(g_sample, g_exact)
-    for a, b in zip(grads_sample, grads_exact):
+    for a, b in zip(grads_sample, grads_exact, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -161,7 +161,7 @@ def test_fallback_jacobian_is_chunked_within_the_budget(
     assert seen == rows
     torch.testing.assert_close(out.gramian, g_ref)
     grads = [p.grad for p in [*trunk.parameters(), *head.parameters()]]
-    for a, b in zip(grads, grads_ref):
+    for a, b in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -201,7 +201,7 @@ def test_sample_gramian_accumulates_and_counts_policy_state_once() -> None:
         lg.aggregate_backward(losses, shared=trunk, aggregator=InvNorm(), engine="sample_gramian")
     finally:
         tracker.remove()
-    for p, g in zip(params, once):
+    for p, g in zip(params, once, strict=True):
         torch.testing.assert_close(p.grad, 2 * g)
     reference = lg.monitor(num_classes=6).double()
     lg.per_label_losses(reference(head(trunk(x)), y), y, loss="ce").sum().backward()
@@ -228,7 +228,7 @@ def test_amortized_with_sample_gramian_reuses_weights() -> None:
     finally:
         tracker.remove()
     assert second.gramian is None
-    for p, r in zip(trunk.parameters(), ref):
+    for p, r in zip(trunk.parameters(), ref, strict=True):
         torch.testing.assert_close(p.grad, r)
 
 

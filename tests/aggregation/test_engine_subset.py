@@ -32,5 +32,5 @@ def test_parameter_subset_engine() -> None:
     out = lg.aggregate_backward(losses, shared=trunk, aggregator=InvNorm(), subset=last)
     assert out.engine == "subset"
     torch.testing.assert_close(out.gramian, g_ref)
-    for p, r in zip(trunk.parameters(), ref):
+    for p, r in zip(trunk.parameters(), ref, strict=True):
         torch.testing.assert_close(p.grad, r)

@@ -108,7 +108,7 @@ def test_an_engine_added_to_the_registry_is_used(monkeypatch: pytest.MonkeyPatch
     out = lg.aggregate_backward(call.losses, shared=call.shared, aggregator=Mean())
     assert (out.engine, out.reason) == ("zero", "zero engine: G = 0")
     assert torch.equal(out.gramian, torch.zeros(3, 3))
-    for p, r in zip(call.params, ref):
+    for p, r in zip(call.params, ref, strict=True):
         torch.testing.assert_close(p.grad, r)
 
 
@@ -215,11 +215,11 @@ def test_the_result_names_the_engine_that_ran(
         reasons.append(out.reason)
         assert (out.gramian is None) == (out.engine == "cached"), step
         torch.testing.assert_close(out.weights, w_ref)
-        for p, r in zip(call.params, ref):
+        for p, r in zip(call.params, ref, strict=True):
             torch.testing.assert_close(p.grad, r)
     assert ran == names
     computed = reasons[0]
-    for engine, reason in zip(ran, reasons):
+    for engine, reason in zip(ran, reasons, strict=True):
         if engine == "cached":  # the engine that computes G when due, then the cache
             assert reason == f"{computed}; cached weights (Amortized)"
         else:

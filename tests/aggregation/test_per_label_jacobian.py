@@ -28,7 +28,7 @@ def test_exact_jacobian_any_chunking_equals_the_loop(
 ) -> None:
     losses, params = _losses()
     got = exact_jacobian(losses, params, chunk_size=chunk_size, batched=batched)
-    for g, r in zip(got, _loop(losses, params)):
+    for g, r in zip(got, _loop(losses, params), strict=True):
         assert g is not None
         torch.testing.assert_close(g, r)
 

@@ -65,5 +65,5 @@ def test_explicit_tracker_with_shared_as_parameters() -> None:
     finally:
         tracker.remove()
     torch.testing.assert_close(out.gramian, ref.gramian)
-    for a, p in zip(got, shared):
+    for a, p in zip(got, shared, strict=True):
         torch.testing.assert_close(a, p.grad)

@@ -476,7 +476,7 @@ def test_nash_reset_restarts_the_update_schedule() -> None:
     for g in gs[:2]:  # two calls of a period of three: reset mid-period
         agg.weights(g)
     agg.reset()
-    for g, want in zip(gs, expected):
+    for g, want in zip(gs, expected, strict=True):
         assert torch.equal(agg.weights(g), want)
     assert int(agg.calls) == len(gs)
 

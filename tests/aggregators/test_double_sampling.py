@@ -108,7 +108,7 @@ def test_modo_matches_direct_implementation() -> None:
         for i, j in enumerate(sequence(random_jacobian(6, 14, seed=39), 8, seed=40))
     ]
     agg = A.MoDo()
-    for a, want in zip(a_seq, direct_modo(a_seq)):
+    for a, want in zip(a_seq, direct_modo(a_seq), strict=True):
         torch.testing.assert_close(agg.weights(a), want, rtol=0, atol=1e-9)
 
 

@@ -315,7 +315,7 @@ def test_state_dict_round_trip_reproduces_the_uninterrupted_run(name: str) -> No
     # Stateful ones bitwise; the others (history-free up to their solvers' certificates, e.g.
     # UPGrad's unsaved warm start, BLAS's alignment-dependent rounding) to round-off.
     tol = 0.0 if name in STATEFUL else 64 * torch.finfo(torch.float64).eps
-    for i, (a, b) in enumerate(zip(got, want)):
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=f"{name}: step {i}")
 
 

@@ -36,7 +36,7 @@ def _write(path: Path, dialect: str) -> None:
         # DataFrame.to_csv(): an unnamed index column; encoding="utf-8-sig" adds the BOM.
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["", "f1", "f2", "label"])
-        for i, (row, label) in enumerate(zip(x, labels)):
+        for i, (row, label) in enumerate(zip(x, labels, strict=True)):
             w.writerow([i, *row, label])
         path.write_bytes(buf.getvalue().encode("utf-8-sig"))
         return
@@ -45,7 +45,7 @@ def _write(path: Path, dialect: str) -> None:
     else:
         w = csv.writer(buf, dialect=dialect)
     w.writerow(["f1", "f2", "label"])
-    for row, label in zip(x, labels):
+    for row, label in zip(x, labels, strict=True):
         w.writerow([*row, label])
     path.write_text(buf.getvalue(), encoding="utf-8", newline="")
 

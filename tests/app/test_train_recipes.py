@@ -253,7 +253,7 @@ def test_unknown_as_negative_baseline_is_the_bce_of_hidden_labels_as_zeros() -> 
     with torch.no_grad():
         for p in ref.parameters():
             p -= 0.1 * p.grad
-    for a, b in zip(model.parameters(), ref.parameters()):
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -335,7 +335,10 @@ def test_split_is_stratified_by_class() -> None:
         == (np.rint(0.3 * counts) - np.rint(0.2 * counts)).tolist()
     )
     # Seeded: the same seed gives the same split, another seed another one.
-    assert all(np.array_equal(a, b) for a, b in zip((te, va, tr), split_indices(y, 0.2, 0.1, 3)))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip((te, va, tr), split_indices(y, 0.2, 0.1, 3), strict=True)
+    )
     assert not np.array_equal(te, split_indices(y, 0.2, 0.1, seed=4)[0])
 
 

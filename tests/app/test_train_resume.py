@@ -88,7 +88,7 @@ def _assert_equal(a: Any, b: Any, where: str) -> None:
             _assert_equal(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (u, v) in enumerate(zip(a, b)):
+        for i, (u, v) in enumerate(zip(a, b, strict=True)):
             _assert_equal(u, v, f"{where}[{i}]")
     else:
         assert a == b or (a != a and b != b), (where, a, b)  # NaN == NaN here

@@ -64,9 +64,9 @@ def run(
 
 
 def assert_runs_close(a: tuple[nn.Module, lg.Chain], b: tuple[nn.Module, lg.Chain], tol: float):
-    for p, q in zip(a[0].parameters(), b[0].parameters()):
+    for p, q in zip(a[0].parameters(), b[0].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=tol, atol=tol)
-    for (key, s), t in zip(a[1].state_dict().items(), b[1].state_dict().values()):
+    for (key, s), t in zip(a[1].state_dict().items(), b[1].state_dict().values(), strict=True):
         assert s.dtype == t.dtype
         torch.testing.assert_close(s, t, rtol=tol, atol=tol, msg=key)
 
@@ -110,7 +110,7 @@ def test_fp16_overflow_reaches_scaler_and_spares_statistics() -> None:
     assert not all(torch.isfinite(p.grad).all() for p in model.parameters())
     scaler.step(opt)
     scaler.update()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert scaler.get_scale() == 2.0**16
     eql, mon = policy.members()[2], policy.members()[5]
     assert eql.num_updates.item() == 0
@@ -125,7 +125,7 @@ def test_fp16_overflow_reaches_scaler_and_spares_statistics() -> None:
     scaler.update()
     assert eql.num_updates.item() == 1
     assert bool(torch.isfinite(eql.pos_grad).all())
-    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -177,7 +177,7 @@ def test_row_rules_under_amp_match_float32(mode: str) -> None:
         model = run_rows(torch.bfloat16, None)
     else:
         model = run_rows(torch.float16, torch.amp.GradScaler("cpu", init_scale=2.0**8))
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=2e-2, atol=2e-3)
     for c in (0, 3):  # frozen and absent rows: bitwise unchanged
         assert torch.equal(model[2].weight[c], init[2].weight[c])
@@ -200,7 +200,7 @@ def test_row_rules_overflow_skips_the_step_and_the_state() -> None:
     scaler.step(opt)
     scaler.update()
     assert scaler.get_scale() < 2.0**24
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert len(opt.state) == 0  # no moment was created by the skipped step
 
 
@@ -248,9 +248,9 @@ def test_aggregation_under_amp_matches_float32(engine: str, mode: str) -> None:
         model, w = run_aggregation(torch.float16, scaler, engine)
         assert scaler.get_scale() == 2.0**8  # no skipped step
     # UPGrad's weights do not depend on a uniform loss scale: the scaled Gramian gives the same.
-    for a, b in zip(w, ref_w):
+    for a, b in zip(w, ref_w, strict=True):
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=3e-2, atol=3e-3)
 
 
@@ -276,4 +276,4 @@ def test_aggregation_overflow_reaches_the_scaler() -> None:
     scaler.step(opt)
     scaler.update()
     assert scaler.get_scale() < 2.0**24
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

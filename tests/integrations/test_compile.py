@@ -47,7 +47,9 @@ def test_compiled_policy_fullgraph_matches_eager() -> None:
         y = torch.randint(-1, 2, (8, C), generator=g)
         eager(x, y).backward()
         compiled(x, y).backward()
-        for (name, p), q in zip(eager.named_parameters(), compiled_module.parameters()):
+        for (name, p), q in zip(
+            eager.named_parameters(), compiled_module.parameters(), strict=True
+        ):
             assert q.grad is not None
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
             p.grad, q.grad = None, None
@@ -85,6 +87,7 @@ def test_compiled_trunk_with_representation_engine_matches_eager() -> None:
     for p, q in zip(
         [*trunk.parameters(), *head.parameters()],
         [*eager_trunk.parameters(), *eager_head.parameters()],
+        strict=True,
     ):
         assert p.grad is not None
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)

@@ -221,16 +221,16 @@ def test_ddp_policies_equal_one_process_on_concatenated_batch(
     ddp_results: list[dict[str, Any]], reference: dict[str, Any]
 ) -> None:
     for res in ddp_results:
-        for p, q in zip(res["params"], reference["params"]):
+        for p, q in zip(res["params"], reference["params"], strict=True):
             torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6)
         for key, ref in reference["state"].items():
             torch.testing.assert_close(res["state"][key], ref, rtol=1e-5, atol=1e-7, msg=key)
-        for w, ref in zip(res["seen"], reference["seen"]):
+        for w, ref in zip(res["seen"], reference["seen"], strict=True):
             torch.testing.assert_close(w, ref, rtol=1e-5, atol=1e-6)
     # Statistics were really collected (and every rank applied the same weights, bit for bit).
     assert reference["state"]["policies.1.num_updates"] == STEPS
     assert not torch.equal(reference["seen"][-1], torch.ones_like(reference["seen"][-1]))
-    for a, b in zip(ddp_results[0]["seen"], ddp_results[1]["seen"]):
+    for a, b in zip(ddp_results[0]["seen"], ddp_results[1]["seen"], strict=True):
         assert torch.equal(a, b)
 
 
@@ -240,7 +240,7 @@ def test_ddp_row_rules_equal_one_process_on_concatenated_batch(
 ) -> None:
     init = make_model()
     for res in ddp_results:
-        for p, q in zip(res["row_params"], reference["row_params"]):
+        for p, q in zip(res["row_params"], reference["row_params"], strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         for i, st in reference["row_state"].items():
             for k, v in st.items():
@@ -251,7 +251,7 @@ def test_ddp_row_rules_equal_one_process_on_concatenated_batch(
         assert torch.equal(head_w[4], init[2].weight[4].detach())
         # Class 3 is present on rank 1 only, yet moved on both ranks (union of present classes).
         assert not torch.equal(head_w[3], init[2].weight[3].detach())
-    for p, q in zip(ddp_results[0]["row_params"], ddp_results[1]["row_params"]):
+    for p, q in zip(ddp_results[0]["row_params"], ddp_results[1]["row_params"], strict=True):
         assert torch.equal(p, q)
 
 
@@ -266,10 +266,10 @@ def test_ddp_row_rules_max_norm_equal_one_process_on_concatenated_batch(
     assert torch.allclose(ref_w[1:4].double().norm(dim=1), MAX_NORM[1:4], rtol=1e-6)
     assert (init[[0, 4]].double().norm(dim=1) > MAX_NORM[[0, 4]]).all()
     for res in ddp_results:
-        for p, q in zip(res["norm_params"], reference["norm_params"]):
+        for p, q in zip(res["norm_params"], reference["norm_params"], strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         assert torch.equal(res["norm_params"][2][[0, 4]], init[[0, 4]])
-    for p, q in zip(ddp_results[0]["norm_params"], ddp_results[1]["norm_params"]):
+    for p, q in zip(ddp_results[0]["norm_params"], ddp_results[1]["norm_params"], strict=True):
         assert torch.equal(p, q)
 
 
@@ -278,13 +278,13 @@ def test_ddp_aggregation_equals_one_process_on_concatenated_batch(
     ddp_results: list[dict[str, Any]], reference: dict[str, Any]
 ) -> None:
     for res in ddp_results:
-        for w, ref in zip(res["agg_weights"], reference["agg_weights"]):
+        for w, ref in zip(res["agg_weights"], reference["agg_weights"], strict=True):
             torch.testing.assert_close(w, ref, rtol=1e-4, atol=1e-6)
-        for p, q in zip(res["agg_params"], reference["agg_params"]):
+        for p, q in zip(res["agg_params"], reference["agg_params"], strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     # UPGrad did something other than the mean here (the test is not vacuous).
     assert not torch.allclose(reference["agg_weights"][0], torch.full((C,), 1.0 / C))
-    for a, b in zip(ddp_results[0]["agg_weights"], ddp_results[1]["agg_weights"]):
+    for a, b in zip(ddp_results[0]["agg_weights"], ddp_results[1]["agg_weights"], strict=True):
         assert torch.equal(a, b)
 
 
@@ -368,7 +368,7 @@ def test_fsdp2_row_rules_on_sharded_rows_equal_one_process(  # the ranks ran in 
         model = make_model()
         train_fsdp_case(model, case, slice(None))
         for res in results:
-            for p, q in zip(res[case], model.parameters()):
+            for p, q in zip(res[case], model.parameters(), strict=True):
                 torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6, msg=case)
         frozen = {"sgd_skip_absent": [0, 4], "adamw_fast": [4, 0], "frozen_only": [0, 3]}[case]
         for c in frozen:  # frozen or absent rows, on both shards: bitwise unchanged

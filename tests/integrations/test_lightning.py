@@ -118,7 +118,7 @@ def test_accumulation_in_lightning_equals_manual_window(rows: bool) -> None:
     net, policy = manual(micro=4, k=2, rows=rows)
     if rows:  # class 3 frozen: bitwise unchanged
         assert torch.equal(module.net[2].weight[3], make_net()[2].weight[3])
-    for a, b in zip(module.net.parameters(), net.parameters()):
+    for a, b in zip(module.net.parameters(), net.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     eql, ref = module.policy.members()[1], policy.members()[1]
     assert eql.num_updates.item() == 2  # two optimizer steps, not four micro-batches
@@ -221,5 +221,5 @@ def test_aggregation_in_manual_optimisation_equals_plain_loop(precision: str) ->
         )
         opt.step()
     tol = 1e-5 if precision == "32-true" else 3e-2
-    for a, b in zip(module.net.parameters(), net.parameters()):
+    for a, b in zip(module.net.parameters(), net.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)

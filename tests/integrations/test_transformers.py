@@ -103,7 +103,7 @@ def test_trainer_with_accumulation_equals_one_manual_batch(tmp_path: object) -> 
     loss.backward()
     ref_opt.step()
 
-    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
     eql, ref_eql = policy.members()[1], ref_policy.members()[1]
     assert eql.num_updates.item() == 1  # one optimizer step = one window

@@ -49,7 +49,9 @@ def test_scaled_and_unscaled_runs_agree():
     scaled_model, scaled_policy = run(scaler)
     for a, b in zip(plain_model.parameters(), scaled_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for (k, a), b in zip(plain_policy.state_dict().items(), scaled_policy.state_dict().values()):
+    for (k, a), b in zip(
+        plain_policy.state_dict().items(), scaled_policy.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
 
 
@@ -82,7 +84,7 @@ def test_overflow_reaches_the_scaler_and_spares_statistics():
     scaler.scale(loss).backward()
     scaler.step(opt)  # must be skipped: the inf/NaN reached the parameters' gradients
     scaler.update()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert scaler.get_scale() < 2.0**12
     eq, mon = policy.policies[1], policy.policies[4]
     assert eq.num_updates.item() == 0

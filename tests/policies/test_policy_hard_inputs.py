@@ -70,7 +70,7 @@ def test_eqlv2_batch_with_nothing_to_count_changes_nothing(y):
     policy(z2, y).sum().backward()
     for k, v in policy.state_dict().items():
         assert torch.equal(v, before[k]), k
-    for a, b in zip(policy.weights(), weights):
+    for a, b in zip(policy.weights(), weights, strict=True):
         assert torch.equal(a, b)
 
 

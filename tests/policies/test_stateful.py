@@ -26,9 +26,9 @@ def test_stateful_state_dict_round_trip_continues_identically():
     for x, y in batches[3:]:
         ga = param_grads(model, bce_entries(a(model(x), y), y).sum())
         gb = param_grads(model, bce_entries(b(model(x), y), y).sum())
-        for u, v in zip(ga, gb):
+        for u, v in zip(ga, gb, strict=True):
             assert torch.equal(u, v)
-    for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(u, v), k
     assert {"policies.1.pos_grad", "policies.2.history"} <= set(a.state_dict())
 

@@ -618,7 +618,7 @@ def test_route_always_row_rules_and_grad_scaler():
     w0 = h.weight.detach().clone()
     scaler.step(router)
     scaler.update()
-    assert all(torch.equal(p, q) for p, q in zip(adapters[1].parameters(), high0))
+    assert all(torch.equal(p, q) for p, q in zip(adapters[1].parameters(), high0, strict=True))
     assert torch.equal(h.weight[2:], w0[2:]) and not torch.equal(h.weight[:2], w0[:2])
     # A skipped step (inf in the resting group's gradient) moves nothing at all.
     router.zero_grad()
@@ -629,7 +629,7 @@ def test_route_always_row_rules_and_grad_scaler():
     scaler.step(router)
     scaler.update()
     after = [p.detach() for p in [*adapters.parameters(), *h.parameters()]]
-    assert all(torch.equal(p, q) for p, q in zip(after, snap))
+    assert all(torch.equal(p, q) for p, q in zip(after, snap, strict=True))
 
 
 def test_route_refuses_a_row_rules_over_another_class_set():

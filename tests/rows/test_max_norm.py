@@ -133,7 +133,7 @@ def test_no_max_norm_and_infinite_radii_are_the_same_step_bitwise():
         ),
     ]
     for t in range(3):
-        for h, o in zip((a, b, c), opts):
+        for h, o in zip((a, b, c), opts, strict=True):
             set_grads(h, t)
             o.step()
     for h in (b, c):
@@ -287,7 +287,7 @@ def test_state_dict_round_trip_continues_bitwise():
     saved = copy.deepcopy(opt.state_dict())
     assert saved["row_rules"]["max_norm"].tolist() == RADII
     with torch.no_grad():
-        for a, b in zip(h2.parameters(), h.parameters()):
+        for a, b in zip(h2.parameters(), h.parameters(), strict=True):
             a.copy_(b)
     resumed = build_resumable(h2, torch.tensor(RADII, dtype=torch.float64))
     resumed.load_state_dict(saved)

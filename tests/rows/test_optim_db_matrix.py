@@ -191,7 +191,7 @@ def test_a_no_rules_is_the_bare_optimizer_bitwise(cls: Any, kwargs: dict[str, An
         bare.set_grads(t, sparse)
         opt.step()
         ref.step()
-    for a, b in zip(ours.params(), bare.params()):
+    for a, b in zip(ours.params(), bare.params(), strict=True):
         assert torch.equal(a, b)
         for k, v in ref.state[b].items():
             mine = opt.state[a][k]
@@ -276,7 +276,7 @@ def test_d_state_dict_round_trip_continues_bitwise(cls: Any, kwargs: dict[str, A
     opt.unfreeze([0])
     saved = copy.deepcopy(opt.state_dict())
     with torch.no_grad():
-        for a, b in zip(other.params(), head.params()):
+        for a, b in zip(other.params(), head.params(), strict=True):
             a.copy_(b)
     resumed = make(other)
     resumed.load_state_dict(saved)
@@ -287,7 +287,7 @@ def test_d_state_dict_round_trip_continues_bitwise(cls: Any, kwargs: dict[str, A
     # torch's own round trip is not bitwise for every optimizer (its load_state_dict casts
     # NAdam's float32 mu_product to the parameter's dtype): hold RowRules to what it gets.
     exact = bare_round_trip_is_bitwise(cls, kwargs, dtype)
-    for a, b in zip(head.params(), other.params()):
+    for a, b in zip(head.params(), other.params(), strict=True):
         if exact:
             assert torch.equal(a, b)
         else:
@@ -310,13 +310,13 @@ def bare_round_trip_is_bitwise(cls: Any, kwargs: dict[str, Any], dtype: Any) -> 
     opt.step()
     resumed = build(cls, kwargs, other.params())
     with torch.no_grad():
-        for a, b in zip(other.params(), head.params()):
+        for a, b in zip(other.params(), head.params(), strict=True):
             a.copy_(b)
     resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
     for h, o in ((head, opt), (other, resumed)):
         h.set_grads(1, sparse)
         o.step()
-    return all(torch.equal(a, b) for a, b in zip(head.params(), other.params()))
+    return all(torch.equal(a, b) for a, b in zip(head.params(), other.params(), strict=True))
 
 
 def fresh_reference(

@@ -73,10 +73,13 @@ def test_steps_only_groups_present_and_matches_plain_optimizers():
         if rare_present:
             plain["rare"].step()
         else:
-            for p, old in zip(model.rare.parameters(), rare_before):
+            for p, old in zip(model.rare.parameters(), rare_before, strict=True):
                 assert torch.equal(p, old)
-            assert all(torch.equal(a, b) for a, b in zip(state_tensors(router["rare"]), rare_state))
-        for a, b in zip(model.parameters(), plain_model.parameters()):
+            assert all(
+                torch.equal(a, b)
+                for a, b in zip(state_tensors(router["rare"]), rare_state, strict=True)
+            )
+        for a, b in zip(model.parameters(), plain_model.parameters(), strict=True):
             assert torch.equal(a, b)
 
 
@@ -116,7 +119,7 @@ def test_state_dict_round_trip():
             r.zero_grad()
             nn.functional.cross_entropy(m(x[: len(y)]), y).backward()
             r.step(targets=y)
-    for a, b in zip(model.parameters(), other.parameters()):
+    for a, b in zip(model.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="group names"):
         resumed.load_state_dict({"frequent": {}})

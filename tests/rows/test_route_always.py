@@ -74,7 +74,7 @@ def test_trunk_steps_every_time_heads_only_with_their_classes():
         if bool((y >= 3).any()):
             plain["rare"].step()
         assert not torch.equal(model.trunk.weight, trunk_before)
-        for a, b in zip(model.parameters(), plain_model.parameters()):
+        for a, b in zip(model.parameters(), plain_model.parameters(), strict=True):
             assert torch.equal(a, b)
 
 
@@ -109,7 +109,7 @@ def test_state_dict_round_trip_with_always():
             r.zero_grad()
             nn.functional.cross_entropy(m(x[: len(y)]), y).backward()
             r.step(targets=y)
-    for a, b in zip(model.parameters(), other.parameters()):
+    for a, b in zip(model.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)
     without = lg.route({"frequent": (optimizers(other)["frequent"], [0, 1, 2])}, num_classes=5)
     sd = router.state_dict()

@@ -43,7 +43,7 @@ def test_grad_scaler_steps_a_router_like_the_plain_route():
     ref.zero_grad()
     loss(plain, x, y).backward()
     ref.step(targets=y)
-    for p, q in zip(scaled.parameters(), plain.parameters()):
+    for p, q in zip(scaled.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(p, q)
     # inf: nothing steps, and zero_grad forgets the batch's classes
     before = [p.detach().clone() for p in scaled.parameters()]
@@ -54,7 +54,7 @@ def test_grad_scaler_steps_a_router_like_the_plain_route():
     router.observe(y)
     scaler.step(router)
     scaler.update()
-    assert all(torch.equal(p, b) for p, b in zip(scaled.parameters(), before))
+    assert all(torch.equal(p, b) for p, b in zip(scaled.parameters(), before, strict=True))
     router.zero_grad()
     with pytest.raises(RuntimeError, match="targets"):
         router.step()

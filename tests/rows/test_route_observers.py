@@ -122,7 +122,7 @@ def test_every_observer_the_router_steps_gets_the_labels(routed: str, always: st
     ours, ref = Model(), Model()
     routed_run(ours, routed, always, feed)
     by_hand(ref, routed, always)
-    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
         assert torch.equal(p, q), name
     if always == "rules":
         # The frozen class and the rows of classes absent from a batch did not move.

@@ -205,7 +205,7 @@ def test_route_observe_reads_labels_as_documented(case: tuple[Any, ...]):
             h.weight.grad = torch.ones_like(h.weight)
         before = [h.weight.detach().clone() for h in heads]
         router.step()
-        return [not torch.equal(h.weight, b) for h, b in zip(heads, before)]
+        return [not torch.equal(h.weight, b) for h, b in zip(heads, before, strict=True)]
 
     check(t, c, encoding, like, router.observe, present)
 

@@ -108,7 +108,7 @@ class SplitReference:
         for p in [self.trunk, *self.w, *self.b]:
             p.grad = torch.zeros_like(p)
         self.opt.step()
-        for g, (lr, wd) in zip(self.opt.param_groups, saved):
+        for g, (lr, wd) in zip(self.opt.param_groups, saved, strict=True):
             g["lr"], g["weight_decay"] = lr, wd
 
     def step(self, gw: Tensor, gb: Tensor, gt: Tensor, moving: list[bool]) -> None:
@@ -384,7 +384,7 @@ def test_state_dict_round_trip_mid_training_continues_identically():
 
     resumed_model, resumed = build()
     with torch.no_grad():
-        for p, v in zip(resumed_model.params(), saved_params):
+        for p, v in zip(resumed_model.params(), saved_params, strict=True):
             p.copy_(v)
     resumed.load_state_dict(saved)
     assert resumed.frozen.tolist() == opt.frozen.tolist()
@@ -393,7 +393,7 @@ def test_state_dict_round_trip_mid_training_continues_identically():
         for m, o in ((model, opt), (resumed_model, resumed)):
             set_grads(m, t)
             o.step(targets=TARGETS[t])
-    for a, b in zip(model.params(), resumed_model.params()):
+    for a, b in zip(model.params(), resumed_model.params(), strict=True):
         assert torch.equal(a, b)
     # a plain optimizer state dict loads as well (rules unchanged)
     plain = torch.optim.AdamW(Model().params(), lr=0.05)

@@ -31,8 +31,8 @@ def test_no_rules_steps_bitwise_as_the_bare_optimizer(cls: Any, impl: str, dtype
         set_grads(bare, t)
         opt.step()
         ref.step()
-    for a, b in zip(ours.parameters(), bare.parameters()):
+    for a, b in zip(ours.parameters(), bare.parameters(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(opt.state.values(), ref.state.values()):
+    for a, b in zip(opt.state.values(), ref.state.values(), strict=True):
         for key in a:
             assert torch.equal(a[key], b[key]), key

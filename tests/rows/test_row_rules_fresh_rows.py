@@ -102,7 +102,7 @@ def test_state_dict_keeps_which_rows_have_started():
     saved = copy.deepcopy(opt.state_dict())
     h2, opt2 = build()
     with torch.no_grad():
-        for a, b in zip(h2.parameters(), h.parameters()):
+        for a, b in zip(h2.parameters(), h.parameters(), strict=True):
             a.copy_(b)
     opt2.load_state_dict(saved)
     for hh, oo in ((h, opt), (h2, opt2)):
