@@ -229,6 +229,11 @@ class GramianWeighting(nn.Module):
         True for every weighting but those documented to take any square matrix (MoDo and
         SDMGrad's two-batch ``J_1 J_2^T``); the check (symmetry, non-negative diagonal,
         ``|G_ij| <= sqrt(G_ii G_jj)``) runs on CPU tensors only, as the finiteness check.
+
+        Example:
+            >>> import labelgrad as lg
+            >>> lg.aggregators.UPGrad().expects_gramian(), lg.aggregators.MoDo().expects_gramian()
+            (True, False)
         """
         return True
 
