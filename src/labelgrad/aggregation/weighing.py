@@ -86,7 +86,8 @@ def weigh(aggregator: Any, g: Tensor, nonfinite: str) -> Tensor:
             return torch.ones(k, dtype=g.dtype, device=g.device)
         raise ValueError(
             "the Gramian of the label gradients is not finite (inf/NaN in some label's "
-            "gradient, e.g. a diverged model or a half-precision overflow); pass "
+            "gradient, or gradients so large that G = J J^T overflows its dtype: a diverged "
+            "model or a half-precision overflow); pass "
             "nonfinite='propagate' to write the non-finite plain gradient instead "
             "(GradScaler then skips the step)"
         )

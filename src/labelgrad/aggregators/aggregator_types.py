@@ -39,8 +39,9 @@ def _reset_counters(module: nn.Module) -> None:
             sub.reset()
 
 
-def check_gramian(gramian: object, /) -> Tensor:
-    """Validate a Gramian: a floating 2-D square tensor, finite where that is checkable for free.
+def check_gramian(gramian: object, /, *, psd: bool = True) -> Tensor:
+    """Validate a Gramian: a floating 2-D square tensor, finite and of the form ``J J^T`` where
+    that is checkable for free.
 
     Finiteness is checked on CPU tensors only: on an accelerator the check would cost a host
     sync on every step, so a non-finite Gramian there propagates into non-finite weights (which a
@@ -48,13 +49,17 @@ def check_gramian(gramian: object, /) -> Tensor:
 
     Args:
         gramian: the candidate Gramian ``G = J J^T`` of shape (K, K).
+        psd: check the form ``J J^T`` (False: any square matrix, e.g. MoDo's ``J_1 J_2^T``).
 
     Returns:
         ``gramian`` unchanged.
 
     Raises:
         TypeError: not a floating-point tensor.
-        ValueError: not 2-D and square, empty, or (on CPU) not finite.
+        ValueError: not 2-D and square, empty, or (on CPU) not finite, or (with ``psd``) not
+            symmetric, with a negative diagonal entry or an entry beyond ``sqrt(G_ii G_jj)``
+            (not J J^T), each up to ``sqrt(eps)`` times its largest diagonal entry (eps of
+            float64 for a float64 G, of bfloat16 for every other dtype).
 
     Example:
         >>> import torch
@@ -71,9 +76,45 @@ def check_gramian(gramian: object, /) -> Tensor:
         )
     if gramian.shape[0] == 0:
         raise ValueError("the Gramian must have K >= 1 rows, got shape (0, 0)")
-    if _host_checkable(gramian) and not bool(gramian.isfinite().all()):
-        raise ValueError("the Gramian has non-finite entries (inf or nan)")
+    if _host_checkable(gramian):
+        if not bool(gramian.isfinite().all()):
+            raise ValueError("the Gramian has non-finite entries (inf or nan)")
+        if psd:
+            _check_gram_form(gramian)
     return gramian
+
+
+def _check_gram_form(gramian: Tensor) -> None:
+    # Necessary conditions for G = J J^T that cost O(K^2), not an eigendecomposition: symmetric,
+    # non-negative diagonal, |G_ij| <= sqrt(G_ii G_jj). Every solver assumes them; without them
+    # the weights are silently meaningless (NaN from GradVac/SDMGrad, uniform from UPGrad).
+    # Tolerance: sqrt(eps) times the largest diagonal entry (an engine's rounding); eps of
+    # bfloat16 below float64, since a float32 G may carry half-precision rounding (a wrapper
+    # passes its upcast half-precision G on to the weighting it wraps).
+    coarse = torch.float64 if gramian.dtype == torch.float64 else torch.bfloat16
+    tol = float(torch.finfo(coarse).eps) ** 0.5
+    g = gramian.double()
+    diag = g.diagonal()
+    limit = tol * float(diag.abs().max())
+    lowest = int(diag.argmin())
+    if float(diag[lowest]) < -limit:
+        raise ValueError(
+            f"the Gramian has a negative diagonal entry G[{lowest}, {lowest}] = "
+            f"{float(diag[lowest]):.3g}: it must be J J^T (symmetric positive semi-definite)"
+        )
+    if float((g - g.T).abs().max()) > limit:
+        raise ValueError(
+            "the Gramian is not symmetric: it must be J J^T (symmetric positive semi-definite)"
+        )
+    root = diag.clamp(min=0).sqrt()
+    excess = g.abs() - root[:, None] * root[None, :] * (1 + tol)
+    worst = int(excess.argmax())
+    if float(excess.reshape(-1)[worst]) > limit:
+        i, j = divmod(worst, g.shape[0])
+        raise ValueError(
+            f"the Gramian is not positive semi-definite (|G[{i}, {j}]| > sqrt(G[{i}, {i}] "
+            f"G[{j}, {j}])): it must be J J^T"
+        )
 
 
 def check_jacobian(jacobian: object, /) -> Tensor:
@@ -171,7 +212,7 @@ class GramianWeighting(nn.Module):
             tensor on every call: editing it in place changes no state of the weighting.
         """
         with torch.no_grad():
-            checked = check_gramian(gramian)
+            checked = check_gramian(gramian, psd=self.expects_gramian())
             work = checked.float() if checked.dtype in _HALF else checked
             # The one copy of every weighting's answer: stateful ones (MoDo, CRMOGM, ...) keep
             # their iterate in a buffer, which the caller must not be able to edit. (From a
@@ -181,6 +222,20 @@ class GramianWeighting(nn.Module):
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         raise NotImplementedError
+
+    def expects_gramian(self) -> bool:
+        """Whether :meth:`weights` refuses a matrix that is not of the form ``J J^T``.
+
+        True for every weighting but those documented to take any square matrix (MoDo and
+        SDMGrad's two-batch ``J_1 J_2^T``); the check (symmetry, non-negative diagonal,
+        ``|G_ij| <= sqrt(G_ii G_jj)``) runs on CPU tensors only, as the finiteness check.
+
+        Example:
+            >>> import labelgrad as lg
+            >>> lg.aggregators.UPGrad().expects_gramian(), lg.aggregators.MoDo().expects_gramian()
+            (True, False)
+        """
+        return True
 
     def reset(self) -> None:
         """Forget the state of past calls: zero the ``diagnostics`` counters (where it has any).
@@ -299,6 +354,11 @@ class WeightingWrapper(GramianWeighting):
     def _weights(self, gramian: Tensor, /) -> Tensor:
         w: Tensor = self.aggregator.weights(gramian)
         return w
+
+    def expects_gramian(self) -> bool:
+        """As the wrapped weighting (a duck-typed one without the method: no assumption)."""
+        expects = getattr(self.aggregator, "expects_gramian", None)
+        return bool(expects()) if callable(expects) else False
 
     def reset(self) -> None:
         """Reset the wrapped weighting (where it has ``reset``: its state and counters)."""

@@ -72,6 +72,10 @@ class _SimplexState(GramianWeighting):
             return torch.full((k,), 1.0 / k, dtype=matrix.dtype, device=matrix.device)
         return self.task_weights.to(dtype=matrix.dtype, device=matrix.device)
 
+    def expects_gramian(self) -> bool:
+        """False: ``A`` may be any square matrix (the two-batch ``J_1 J_2^T``)."""
+        return False
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         resize_buffers_for_load(self, state_dict, prefix, ["task_weights"])
         super()._load_from_state_dict(state_dict, prefix, *args)
@@ -131,10 +135,11 @@ class SDMGrad(_SimplexState):
     ``s^2 + 1e-8 min(s^2 / 1e-4, 1)`` with ``s^2 = mean_i sqrt(max(A_ii, 0))^2`` (TorchJD's
     ``s^2 + 1e-8`` from ``s^2 = 1e-4`` up; below, ``1e-4 s^2``, relative, so that tiny ``A``
     are not flattened: TorchJD's absolute ``1e-8`` is 0 in float16 and dominates at small
-    scales); then ``n_iter`` steps of heavy-ball SGD on the simplex from the stored iterate
-    ``w``: ``v <- μ v + A (w + λ w̃)``, ``w <- Π_simplex(w - lr v)``; the
-    weights are ``(w + λ w̃) / (1 + λ)`` (mean scale), ``w̃`` the preference vector (uniform by
-    default). The iterate ``w`` lives in the ``task_weights`` buffer (``state_dict`` round-trips;
+    scales; where no diagonal entry is positive, ``s^2 = max_ij |A_ij|``); then ``n_iter``
+    steps of heavy-ball SGD on the simplex from the stored iterate ``w``:
+    ``v <- μ v + A (w + λ w̃)``, ``w <- Π_simplex(w - lr v)``; the weights are
+    ``(w + λ w̃) / (1 + λ)`` (mean scale), ``w̃`` the preference vector (uniform by default).
+    The iterate ``w`` lives in the ``task_weights`` buffer (``state_dict`` round-trips;
     restarted by :meth:`reset` or when K changes).
 
     Args:
@@ -181,6 +186,9 @@ class SDMGrad(_SimplexState):
         # TorchJD's ``+ 1e-8``, made relative below s^2 = 1e-4 (where an absolute constant
         # would change the step size with the scale of A; it is 0 in float16); zero A stays 0.
         sq = scale * scale
+        # A cross matrix J_1 J_2^T may have no positive diagonal entry (s = 0): its largest
+        # entry then sets the scale (dividing by s^2 gave inf, then NaN weights); zero A stays 0.
+        sq = torch.where(sq > 0, sq, gramian.abs().max())
         denominator = sq + 1e-8 * (sq / 1e-4).clamp(max=1)
         a = gramian / denominator.clamp(min=torch.finfo(gramian.dtype).tiny)
         w = self._iterate(gramian)

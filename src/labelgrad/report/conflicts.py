@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from labelgrad.aggregation.graph_checks import check_reaches
 from labelgrad.aggregation.per_label_jacobian import exact_jacobian, gramian_of
 
 __all__ = ["label_gramian"]
@@ -17,7 +18,10 @@ def label_gramian(losses: Tensor, params: Iterable[nn.Parameter]) -> Tensor:
 
     The exact engine of :func:`labelgrad.aggregate_backward` computes it: batched
     vector-Jacobian products inside :func:`labelgrad.no_state_update`, so stateful policies do
-    not count them. The graph is kept.
+    not count them. The graph is kept. Each parameter counts once.
+
+    Raises:
+        ValueError: ``params`` is empty, or ``losses`` has no graph or reaches none of them.
 
     Example:
         >>> import torch
@@ -25,7 +29,11 @@ def label_gramian(losses: Tensor, params: Iterable[nn.Parameter]) -> Tensor:
         >>> label_gramian(torch.stack([w[0], -w[0] + w[1]]), [w]).tolist()
         [[1.0, -1.0], [-1.0, 2.0]]
     """
-    ps = [p for p in params if p.requires_grad]
+    # Each parameter once (a repeat would count its block of J twice), as aggregate_backward.
+    ps = list({id(p): p for p in params if p.requires_grad}.values())
+    if not ps:
+        raise ValueError("params is empty (or none requires grad): pass the shared parameters")
+    check_reaches(losses, ps, "losses")  # no graph / detached: an error, not a zero Gramian
     k = losses.numel()
     jacobians = [j for j in exact_jacobian(losses.reshape(k), ps) if j is not None]
     if not jacobians:

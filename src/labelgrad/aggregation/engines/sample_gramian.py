@@ -26,6 +26,7 @@ the engine does not apply there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -81,8 +82,12 @@ def _positions(module: nn.Module, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]
             padding=module.padding,  # type: ignore[arg-type]
             stride=module.stride,
         )
-        return cols.transpose(1, 2), b.reshape(n, b.shape[1], -1).transpose(1, 2)
-    return a.reshape(n, -1, a.shape[-1]), b.reshape(n, -1, b.shape[-1])
+        return cols.transpose(1, 2), b.flatten(2).transpose(1, 2)
+    # Explicit position counts, not -1: with an empty batch (N = 0) -1 is ambiguous.
+    return (
+        a.reshape(n, math.prod(a.shape[1:-1]), a.shape[-1]),
+        b.reshape(n, math.prod(b.shape[1:-1]), b.shape[-1]),
+    )
 
 
 def _add_layer_gramian(total: Tensor, a: Tensor, b: Tensor, has_bias: bool) -> None:
