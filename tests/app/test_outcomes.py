@@ -357,7 +357,7 @@ def test_reservoir_is_algorithm_r_one_image_at_a_time(batch: int) -> None:
     for start in range(0, n, batch):
         mem.add(x[start : start + batch], y[start : start + batch])
         draws = torch.rand(len(y[start : start + batch]), generator=gen)
-        for i, u in zip(range(start, start + batch), draws.tolist(), strict=True):
+        for i, u in zip(range(start, min(start + batch, n)), draws.tolist(), strict=True):
             if i < size:
                 ref.append(i)
             elif (j := int(u * (i + 1))) < size:
