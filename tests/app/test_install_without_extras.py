@@ -43,7 +43,9 @@ def test_every_missing_module_in_one_message(
     assert missing_requirements("demo") == ["matplotlib (the figures)", "river (the Yeast data)"]
     t0 = time.perf_counter()
     assert main(["demo", "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert time.perf_counter() - t0 < 2.0  # nothing trained
+    # Nothing trained: no output folder (below); the time bound only catches a run of minutes
+    # (generous: this machine may be loaded, and times are for benchmarks, not tests).
+    assert time.perf_counter() - t0 < 20.0
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "missing matplotlib (the figures), river (the Yeast data)" in err
@@ -165,6 +167,6 @@ def test_the_wheel_without_extras_fails_fast_with_the_install_line(tmp_path: Pat
         assert proc.stderr.count("\n") == 1, proc.stderr
         assert "missing matplotlib (the figures)" in proc.stderr
         assert proc.stderr.rstrip().endswith(INSTALL), proc.stderr
-        assert seconds < 2.0, (argv, seconds, import_s)
+        assert seconds < 20.0, (argv, seconds, import_s)  # refused before any work (below)
     assert not (tmp_path / "labelgrad-out").exists()
     shutil.rmtree(env_dir)
