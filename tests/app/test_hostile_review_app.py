@@ -149,6 +149,16 @@ def test_a_ragged_file_names_the_delimiter(
     _refused(_config(tmp_path, '[data]\npath = "d.csv"\n'), capsys, "[data] delimiter")
 
 
+def test_a_label_name_held_by_two_columns_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Took the first "label" column (a feature) and failed on its values (" has label 0.64").
+    rows = ["a,label,label", *(",".join([*_cells(x[:2]), str(y)]) for x, y in zip(X, Y))]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    cfg = _config(tmp_path, '[data]\npath = "d.csv"\nlabel_columns = ["label"]\n')
+    _refused(cfg, capsys, "2 columns are named 'label'", "columns 2, 3", "by index")
+
+
 # --- class 5: labels --------------------------------------------------------------------------
 
 
@@ -271,3 +281,19 @@ def test_resume_with_patience_and_baseline_matches_the_uninterrupted_run(tmp_pat
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_declared_multilabel_column_is_one_label(tmp_path: Path) -> None:
+    # An (N, 1) multi-hot array was squeezed to (N,), then refused as "got (40,)".
+    y = (X[:, :1] > 0.5).astype(int)
+    y[::7] = -1
+    np.savez(tmp_path / "d.npz", x=X, y=y)
+    cfg = _config(tmp_path, '[data]\npath = "d.npz"\ntask = "multilabel"\n')
+    data, val = load_data(load_config(cfg), 0)
+    assert data.task == "multilabel" and data.num_classes == 1
+    got = torch.cat([data.y_train, val.y, data.y_test])
+    assert got.shape == (N, 1)
+    assert sorted(got[:, 0].tolist()) == sorted(y[:, 0].tolist())
+    out = tmp_path / "out"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["per_class"]) == 1

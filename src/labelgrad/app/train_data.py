@@ -61,8 +61,8 @@ def _read_arrays(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, tuple[st
     if not np.isfinite(x).all():
         raise DataError(f"{d['path']}: features contain NaN or infinity")
     y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
+    if y.ndim == 2 and y.shape[1] == 1 and d["task"] != "multilabel":
+        y = y[:, 0]  # one label column of class indices (a declared multilabel keeps its column)
     problem = label_problem(y)
     if problem is not None:
         index, why = problem
