@@ -213,6 +213,11 @@ def _device(name: str) -> str:
         raise UsageError(f"--device: unknown device {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    try:  # a device that cannot hold data (meta) or is absent fails here, not mid-run
+        torch.zeros(1, device=dev).cpu()
+    except (RuntimeError, NotImplementedError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"--device {name}: cannot hold tensors here ({first})") from None
     return name
 
 
@@ -357,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands = {"demo": _cmd_demo, "bench": _cmd_bench, "train": _cmd_train}
     try:
-        if args.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {args.seed}")
+        if not 0 <= args.seed < 2**32:  # epoch_batches derives 64-bit seeds from it
+            raise UsageError(f"--seed must be >= 0 and < 2**32, got {args.seed}")
         if args.threads is not None:
             if args.threads < 1:
                 raise UsageError(f"--threads must be >= 1, got {args.threads}")

@@ -130,7 +130,9 @@ def read_table(
     cols = _normalize_columns(label_columns, width, names, str(file))
     keep = [j for j in range(width) if j not in cols]
     if not keep:
-        raise DataError(f"{file}: no feature columns left after the label columns")
+        # One column in all: no delimiter split every row the same way (ragged rows?).
+        hint = "; every row reads as one cell: check [data] delimiter" if width == 1 else ""
+        raise DataError(f"{file}: no feature columns left after the label columns{hint}")
     features = _features(file, rows, keep, names)
     labels, label_names = _labels(file, rows, cols, names)
     return CsvTable(features, labels, label_names, names, [n for n, _ in rows], cols)
@@ -383,6 +385,12 @@ def _normalize_columns(
                 )
             if c not in names:
                 raise DataError(f"{where}: no column named {c!r} (columns: {', '.join(names)})")
+            if names.count(c) > 1:
+                at = [str(j + 1) for j, name in enumerate(names) if name == c]
+                raise DataError(
+                    f"{where}: {names.count(c)} columns are named {c!r} (columns "
+                    f"{', '.join(at)}); give the label column by index"
+                )
             out.append(names.index(c))
             continue
         if not -width <= c < width:

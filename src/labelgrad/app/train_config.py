@@ -413,6 +413,12 @@ def check_against_classes(cfg: TrainConfig, num_classes: int) -> None:
         where = f"[[policies]] #{i + 1} ({spec['name']})"
         if spec["name"] == "freeze_classes":
             in_range(f"{where} classes", spec["classes"])
+            if set(spec["classes"]) >= set(range(c)):
+                raise ConfigError(
+                    f"{file}: {where} classes freezes all {c} classes: nothing would train"
+                )
+        if spec["name"] == "class_weights" and "weights" in spec and not any(spec["weights"]):
+            raise ConfigError(f"{file}: {where} weights are all zero: nothing would train")
         for key in ("weights", "pos", "neg", "keep"):
             length(f"{where} {key}", spec.get(key))
     if cfg.rows is not None:

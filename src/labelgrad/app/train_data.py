@@ -61,8 +61,8 @@ def _read_arrays(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, tuple[st
     if not np.isfinite(x).all():
         raise DataError(f"{d['path']}: features contain NaN or infinity")
     y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
+    if y.ndim == 2 and y.shape[1] == 1 and d["task"] != "multilabel":
+        y = y[:, 0]  # one label column of class indices (a declared multilabel keeps its column)
     problem = label_problem(y)
     if problem is not None:
         index, why = problem
@@ -148,9 +148,15 @@ def load_data(cfg: TrainConfig, seed: int) -> tuple[Dataset, Validation]:
     te, va, tr = split_indices(y, d["test_fraction"], d["validation_fraction"], seed)
     xtr, xva, xte = x[tr], x[va], x[te]
     if d["standardize"]:
+        # z-scores do not change when a column is scaled first; scaling by the column's largest
+        # magnitude keeps the squares of the variance finite for features near 1e300.
+        scale = np.abs(xtr).max(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        xtr, xva, xte = xtr / scale, xva / scale, xte / scale
         mean, std = xtr.mean(axis=0), xtr.std(axis=0)
         std = np.where(std > 0, std, 1.0)
         xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
+    _check_float32(d, np.concatenate([xtr, xva, xte]))
 
     def t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
@@ -169,6 +175,23 @@ def load_data(cfg: TrainConfig, seed: int) -> tuple[Dataset, Validation]:
     return data, Validation(t(xva, torch.float32), t(y[va], torch.long))
 
 
+def _check_float32(d: Mapping[str, Any], x: np.ndarray) -> None:
+    """The model trains in float32: a feature beyond its range would be infinite (a run that
+    fails at its first step), a nonzero one below its smallest value silently zero."""
+    with np.errstate(over="ignore", under="ignore"):  # found below, reported as one line
+        x32 = x.astype(np.float32)
+    big, lost = ~np.isfinite(x32), (x32 == 0) & (x != 0)
+    if big.any() or lost.any():
+        i, j = np.argwhere(big if big.any() else lost)[0]
+        fix = "rescale the features" if d["standardize"] else "set [data] standardize = true"
+        raise DataError(
+            f"{d['path']}: feature column {j + 1} has {'standardized ' * d['standardize']}value "
+            f"{x[i, j]:.3g}, outside the float32 range the model trains in (nonzero magnitudes "
+            f"{np.finfo(np.float32).smallest_subnormal:.2g} to {np.finfo(np.float32).max:.3g}); "
+            f"{fix}"
+        )
+
+
 def _label_warnings(
     y: np.ndarray,
     train: np.ndarray,
@@ -184,10 +207,14 @@ def _label_warnings(
     if task == "multiclass":
         present = np.unique(y)
         if len(present) < 2:
-            cols = d["label_columns"] or [-1]
+            source = {
+                "csv": f"the label column ([data] label_columns = {d['label_columns'] or [-1]})",
+                "npz": f"the labels (array {d['y_key']!r}, [data] y_key)",
+            }.get(d["format"], "the labels file ([data] labels)")
+            only = present[0] if label_names is None else repr(label_names[present[0]])
             raise DataError(
-                f"{path}: the label column ([data] label_columns = {cols}) holds one class only "
-                f"({present[0]}); a classifier needs 2 or more (another column?)"
+                f"{path}: {source} holds one class only ({only}); a classifier needs 2 or more "
+                "(another column?)"
             )
         counts = np.bincount(y[train], minlength=c)
         total = np.bincount(y, minlength=c)
