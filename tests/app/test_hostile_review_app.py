@@ -16,7 +16,7 @@ import torch
 
 from labelgrad.app.cli import main
 from labelgrad.app.train_config import load_config
-from labelgrad.app.train_data import load_data
+from labelgrad.app.train_data import load_data, split_indices
 
 BASE = """
 [model]
@@ -102,24 +102,27 @@ def _cells(values: np.ndarray) -> list[str]:
 def _dialect(kind: str) -> tuple[str, str]:
     """(file text, extra [data] lines) for one dialect holding X and Y."""
     if kind == "bom-crlf":
-        rows = ["a,b,c,label", *(",".join([*_cells(x), str(y)]) for x, y in zip(X, Y))]
+        rows = ["a,b,c,label", *(",".join([*_cells(x), str(y)]) for x, y in zip(X, Y, strict=True))]
         return "\ufeff" + "\r\n".join(rows) + "\r\n", ""
     if kind == "quoted-commas":
         head = '"a,1","b ""x""",c,"lab,el"'
-        rows = [head, *(",".join([*_cells(x), str(y)]) for x, y in zip(X, Y))]
+        rows = [head, *(",".join([*_cells(x), str(y)]) for x, y in zip(X, Y, strict=True))]
         return "\n".join(rows) + "\n", 'label_columns = ["lab,el"]\n'
     if kind == "special-names":
         head = '$x$,"<b>&amp;",`rm -rf ~`,label'
-        rows = [head, *(",".join([*_cells(x), str(y)]) for x, y in zip(X, Y))]
+        rows = [head, *(",".join([*_cells(x), str(y)]) for x, y in zip(X, Y, strict=True))]
         return "\n".join(rows) + "\n", ""
     if kind == "pandas-index":
         rows = [
             ",a,b,c,y",
-            *(",".join([str(i), *_cells(x), str(y)]) for i, (x, y) in enumerate(zip(X, Y))),
+            *(
+                ",".join([str(i), *_cells(x), str(y)])
+                for i, (x, y) in enumerate(zip(X, Y, strict=True))
+            ),
         ]
         return "\n".join(rows) + "\n", 'label_columns = ["y"]\n'
     assert kind == "tab-label-first"
-    rows = ["label\ta\tb\tc", *("\t".join([str(y), *_cells(x)]) for x, y in zip(X, Y))]
+    rows = ["label\ta\tb\tc", *("\t".join([str(y), *_cells(x)]) for x, y in zip(X, Y, strict=True))]
     return "\n".join(rows) + "\n", "label_columns = [0]\n"
 
 
@@ -144,7 +147,10 @@ def test_a_ragged_file_names_the_delimiter(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # An unquoted ";" in a name of a ";" file: said only "no feature columns left".
-    rows = ["x;a&amp;b;label", *(";".join([*_cells(x[:2]), str(y)]) for x, y in zip(X, Y))]
+    rows = [
+        "x;a&amp;b;label",
+        *(";".join([*_cells(x[:2]), str(y)]) for x, y in zip(X, Y, strict=True)),
+    ]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
     _refused(_config(tmp_path, '[data]\npath = "d.csv"\n'), capsys, "[data] delimiter")
 
@@ -153,7 +159,10 @@ def test_a_label_name_held_by_two_columns_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Took the first "label" column (a feature) and failed on its values (" has label 0.64").
-    rows = ["a,label,label", *(",".join([*_cells(x[:2]), str(y)]) for x, y in zip(X, Y))]
+    rows = [
+        "a,label,label",
+        *(",".join([*_cells(x[:2]), str(y)]) for x, y in zip(X, Y, strict=True)),
+    ]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
     cfg = _config(tmp_path, '[data]\npath = "d.csv"\nlabel_columns = ["label"]\n')
     _refused(cfg, capsys, "2 columns are named 'label'", "columns 2, 3", "by index")
@@ -178,7 +187,7 @@ def test_a_bad_label_names_its_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], label: str, needles: list[str]
 ) -> None:
     labels = [*map(str, Y[:-1]), label]
-    rows = ["a,b,c,label", *(",".join([*_cells(x), y]) for x, y in zip(X, labels))]
+    rows = ["a,b,c,label", *(",".join([*_cells(x), y]) for x, y in zip(X, labels, strict=True))]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
     _refused(_config(tmp_path, '[data]\npath = "d.csv"\n'), capsys, *needles)
 
@@ -212,13 +221,13 @@ def test_standardized_features_do_not_depend_on_the_scale(tmp_path: Path, scale:
     # 1e300 overflowed the variance (x**2 = inf): every feature became 0, a silent wrong run.
     np.savez(tmp_path / "d.npz", x=X * scale, y=Y)
     data, val = load_data(load_config(_config(tmp_path, '[data]\npath = "d.npz"\n')), 0)
-    perm = np.random.default_rng(0).permutation(N)
-    n_test, n_val = round(0.2 * N), round(0.1 * N)
-    train = X[perm[n_test + n_val :]]
+    # The run's own (stratified, seeded) split, with the default fractions.
+    te, va, tr = split_indices(Y, 0.2, 0.1, 0)
+    train = X[tr]
     ref = (X - train.mean(axis=0)) / train.std(axis=0)  # the unscaled features, float64
-    np.testing.assert_allclose(data.x_train.numpy(), ref[perm[n_test + n_val :]], atol=1e-5)
-    np.testing.assert_allclose(val.x.numpy(), ref[perm[n_test : n_test + n_val]], atol=1e-5)
-    np.testing.assert_allclose(data.x_test.numpy(), ref[perm[:n_test]], atol=1e-5)
+    np.testing.assert_allclose(data.x_train.numpy(), ref[tr], atol=1e-5)
+    np.testing.assert_allclose(val.x.numpy(), ref[va], atol=1e-5)
+    np.testing.assert_allclose(data.x_test.numpy(), ref[te], atol=1e-5)
 
 
 @pytest.mark.parametrize(
