@@ -151,7 +151,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--outcomes",
         action="store_true",
         help="run the outcomes benchmark instead (accuracy on real long-tailed and partial-label "
-        "data; writes CSV, JSON, plots and results.md to --out, default labelgrad-outcomes)",
+        "data; writes CSV, JSON, plots and results.md to --out, default labelgrad-out/outcomes)",
     )
     # Hidden: a seconds-long outcomes run for tests.
     bench.add_argument("--outcomes-size", choices=("tiny",), default=None, help=argparse.SUPPRESS)
@@ -311,7 +311,7 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
 
     result = run_outcomes(
         size=args.outcomes_size or ("quick" if args.quick else "full"),
-        out="labelgrad-outcomes" if args.out is None else args.out,
+        out="labelgrad-out/outcomes" if args.out is None else args.out,
         device=_device(args.device),
         quiet=args.quiet,
         echo=_echo(args),

@@ -124,7 +124,7 @@ OUTCOMES_FILES = (
 def run_outcomes(
     *,
     size: str = "full",
-    out: str | Path = "labelgrad-outcomes",
+    out: str | Path = "labelgrad-out/outcomes",
     device: str = "cpu",
     quiet: bool = False,
     echo: Callable[[str], None] | None = print,
