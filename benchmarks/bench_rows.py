@@ -7,7 +7,9 @@ of one optimizer step (torch.profiler, nested operators included) for AdamW (for
 (momentum, Nesterov, foreach), with class-index labels and with float multi-hot labels holding
 -1 for unknown (what BCE takes).
 
-Run: PYTHONPATH=src python benchmarks/bench_rows.py [--quick]
+Run: PYTHONPATH=src python benchmarks/bench_rows.py [--quick] [--runs N]
+With ``--runs N`` the whole interleaved comparison runs N times (each thread count in turn) and a
+summary gives the best ratio of each line with the spread over the runs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import labelgrad as lg
 from labelgrad.app.bench.rows import run
-from labelgrad.app.bench.timing import format_table
+from labelgrad.app.bench.timing import Result, best_of, format_table
 
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "adamw": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.05, foreach=True),
@@ -77,9 +79,11 @@ def aten_ops(fn: Callable[[], None]) -> int:
     return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
-def sgd_and_ops(quick: bool, warm: bool = True, labels: str = "index") -> list[str]:
+def sgd_and_ops(
+    quick: bool, warm: bool = True, labels: str = "index"
+) -> tuple[list[str], list[Result]]:
     """Optimizer step alone, interleaved medians, and aten operator counts."""
-    lines = []
+    lines, results = [], []
     steps = 3 if quick else 25
     for name in OPTIMIZERS:
         bare, _ = _step_case(name, False, quick, warm)
@@ -96,27 +100,45 @@ def sgd_and_ops(quick: bool, warm: bool = True, labels: str = "index") -> list[s
         b, r = statistics.median(times["bare"]), statistics.median(times["rows"])
         ob, orow = aten_ops(bare), aten_ops(rows)
         state = "warm" if warm else "zero"
+        results.append(
+            Result(f"rows/step-alone/{name}/{state}/{labels}", "RowRules", r * 1e3, r / b)
+        )
         lines.append(
             f"{name:>6} ({state} state, {labels} labels) optimizer step: bare {b * 1e3:8.2f} ms, "
             f"RowRules {r * 1e3:8.2f} ms "
             f"({r / b:.3f}x); aten ops {orow} vs {ob} ({orow / ob:.2f}x)"
         )
-    return lines
+    return lines, results
 
 
-def main(quick: bool) -> None:
+def main(quick: bool, runs: int = 1) -> None:
     default = torch.get_num_threads()
     flush = torch.set_flush_denormal(True)
+    collected: dict[int, list[list[Result]]] = {}
     try:
-        for threads in dict.fromkeys((default, 1)):
-            torch.set_num_threads(threads)
-            load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-            print(f"## threads = {threads} (torch default: {default}); load average {load}")
-            for state in ("warm", "zero"):
-                print(format_table(run(quick=quick, state=state)))
-                for labels in ("index", "float"):
-                    print("\n".join(sgd_and_ops(quick, state == "warm", labels)))
-            print()
+        for index in range(runs):
+            for threads in dict.fromkeys((default, 1)):
+                torch.set_num_threads(threads)
+                load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+                print(
+                    f"## run {index + 1}/{runs}, threads = {threads} (torch default: {default}); "
+                    f"load average {load}"
+                )
+                this_run: list[Result] = []
+                for state in ("warm", "zero"):
+                    rows = run(quick=quick, state=state)
+                    this_run += rows
+                    print(format_table(rows))
+                    for labels in ("index", "float"):
+                        lines, results = sgd_and_ops(quick, state == "warm", labels)
+                        this_run += results
+                        print("\n".join(lines))
+                collected.setdefault(threads, []).append(this_run)
+                print()
+        if runs > 1:
+            for threads, per_run in collected.items():
+                print(f"## best of {runs} runs (spread), threads = {threads}")
+                print(format_table(best_of(per_run)))
     finally:
         torch.set_num_threads(default)
         if flush:
@@ -124,4 +146,7 @@ def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 1
+    if runs < 1:
+        raise SystemExit("--runs must be a positive integer")
+    main(quick="--quick" in sys.argv, runs=runs)

@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["Result", "format_table", "interleaved", "native_stderr_silenced", "ratios"]
+__all__ = [
+    "Result",
+    "best_of",
+    "format_table",
+    "interleaved",
+    "native_stderr_silenced",
+    "ratios",
+]
 
 
 @dataclass
@@ -95,6 +102,35 @@ def ratios(benchmark: str, times: Mapping[str, float], baseline: str, **extra: A
     return [Result(benchmark, name, 1000 * t, t / base, dict(extra)) for name, t in times.items()]
 
 
+def best_of(runs: list[list[Result]]) -> list[Result]:
+    """Best (lowest-ratio) row of each (benchmark, case) over repeated runs, with the spread.
+
+    The issue tables quote "best of three interleaved runs (spread)": the best run is the one
+    least disturbed by other load, and the spread says how much the load moved it. The spread of
+    the ratios lands in ``extra["spread"]`` as ``(lowest, highest)``.
+
+    Example:
+        >>> one = ratios("demo", {"plain": 0.002, "chain": 0.003}, "plain")
+        >>> two = ratios("demo", {"plain": 0.002, "chain": 0.0025}, "plain")
+        >>> [(r.case, r.ratio, r.extra["spread"]) for r in best_of([one, two])]
+        [('plain', 1.0, (1.0, 1.0)), ('chain', 1.25, (1.25, 1.5))]
+    """
+    grouped: dict[tuple[str, str], list[Result]] = {}
+    for run in runs:
+        for row in run:
+            grouped.setdefault((row.benchmark, row.case), []).append(row)
+    best = []
+    for rows in grouped.values():
+        top = min(rows, key=lambda r: r.ratio)
+        spread = (min(r.ratio for r in rows), max(r.ratio for r in rows))
+        best.append(
+            Result(
+                top.benchmark, top.case, top.median_ms, top.ratio, {**top.extra, "spread": spread}
+            )
+        )
+    return best
+
+
 def format_table(rows: list[Result]) -> str:
     """A plain-text table of benchmark rows.
 
@@ -106,7 +142,11 @@ def format_table(rows: list[Result]) -> str:
     """
     lines = [f"{'benchmark':<42} {'case':<28} {'median ms':>10} {'ratio':>7}"]
     for r in rows:
-        lines.append(f"{r.benchmark:<42} {r.case:<28} {r.median_ms:>10.3f} {r.ratio:>6.2f}x")
+        line = f"{r.benchmark:<42} {r.case:<28} {r.median_ms:>10.3f} {r.ratio:>6.2f}x"
+        if "spread" in r.extra:  # from best_of
+            low, high = r.extra["spread"]
+            line += f" ({low:.2f}-{high:.2f})"
+        lines.append(line)
     return "\n".join(lines)
 
 
