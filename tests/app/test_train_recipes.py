@@ -166,11 +166,11 @@ def test_a_policy_of_the_other_loss_is_refused(
         ('name = "ldam_drw"\ndrw_epoch = -1', "drw_epoch must be >= 0"),
         (
             'name = "logit_adjust"\n[[policies]]\nname = "seesaw"',
-            "seesaw) replaces the loss's gradient: list it before logit_adjust",
+            "[[policies]]: chain: Seesaw and LogitAdjust both replace the gradient",
         ),
         (
             'name = "eqlv2"\n[[policies]]\nname = "logit_adjust"',
-            "(logit_adjust) replaces the loss's gradient: list it before eqlv2",
+            "[[policies]]: chain: LogitAdjust replaces the gradient of the plain loss, so it must come first",
         ),
     ],
 )
@@ -180,6 +180,28 @@ def test_bad_policy_entries_are_one_line_errors(tmp_path: Path, entry: str, mess
     code, _, err, _ = _train(tmp_path, text)
     assert code == 2, err
     assert message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("data", "before", "after"),
+    [
+        ("d.csv", "clip_per_sample", "logit_adjust"),  # row-wise: keeps the softmax form
+        ("m.npz", "eqlv2", "asymmetric_focus"),  # entry-wise: keeps the per-label BCE form
+        ("m.npz", "pos_neg_weights", "asymmetric_focus"),
+    ],
+)
+def test_the_command_accepts_every_order_the_library_accepts(
+    tmp_path: Path, data: str, before: str, after: str
+) -> None:
+    # One rule on the order of gradient-replacing policies: lg.chain's, not a stricter copy.
+    _multilabel_npz(tmp_path) if data == "m.npz" else _multiclass_csv(tmp_path)
+    text = (
+        f'[data]\npath = "{data}"\n[model]\nhidden = [8]\n[train]\nepochs = 1\n'
+        f'[[policies]]\nname = "{before}"\n{ENTRIES[before]}\n'
+        f'[[policies]]\nname = "{after}"\n{ENTRIES[after]}\n'
+    )
+    code, _, err, _ = _train(tmp_path, text)
+    assert code == 0, err
 
 
 def test_counts_and_priors_come_from_the_training_data(tmp_path: Path) -> None:

@@ -69,7 +69,10 @@ def _build_policy(
             )
         built.append(policy)
     mon = lg.monitor(num_classes=c, history=history)
-    return lg.chain(*built, mon), mon
+    try:  # the library's own rule on the order of gradient-replacing policies
+        return lg.chain(*built, mon), mon
+    except ValueError as err:
+        raise ConfigError(f"{cfg.file.name}: [[policies]]: {err}") from None
 
 
 def _one_policy(spec: Mapping[str, Any], c: int, counts: Tensor, steps: int) -> lg.Policy:

@@ -88,9 +88,6 @@ SCHEDULE_KEYS: dict[str, tuple[type, ...]] = {"start_epoch": (int,), "end_epoch"
 """Keys every [[policies]] entry accepts: apply it from epoch ``start_epoch`` (counted from 0)
 until before ``end_epoch`` (``lg.schedule``, in steps of the run)."""
 
-REPLACING_POLICIES = ("logit_adjust", "seesaw", "ldam_drw", "labels_trick", "asymmetric_focus")
-"""Policies that replace the loss's gradient by a published loss's (surrogate gradients)."""
-
 _REQUIRED_POLICY_KEYS = {
     "mask": "keep",
     "clip_per_class": "max_norm",
@@ -374,16 +371,6 @@ def _policies(raw: Any, file: str) -> list[dict[str, Any]]:
             raise ConfigError(f"{where} ({name}): {required} is required")
         if name == "ldam_drw" and "beta" in spec and "drw_epoch" not in spec:
             raise ConfigError(f"{where} (ldam_drw): beta weights the DRW phase: give drw_epoch")
-        if name in REPLACING_POLICIES:
-            # A replacing policy reads the loss's scale from the gradient it receives: only
-            # masks and per-sample (or per-entry) weights may come before it, and one only.
-            before = [p["name"] for p in out if p["name"] not in ("mask_unknown", "class_weights")]
-            if before:
-                raise ConfigError(
-                    f"{where} ({name}) replaces the loss's gradient: list it before {before[0]} "
-                    "(only mask_unknown and class_weights may come first), and give at most one "
-                    f"of {', '.join(REPLACING_POLICIES)}"
-                )
         out.append(dict(spec))
     return out
 
