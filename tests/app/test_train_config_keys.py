@@ -76,6 +76,7 @@ BAD_VALUE: dict[tuple[str, str], str | None] = {
     ("data", "labels"): '"missing.idx"',
     ("data", "label_columns"): "[]",
     ("data", "delimiter"): '";;"',
+    ("data", "header"): None,
     ("data", "x_key"): '"nope"',
     ("data", "y_key"): '"nope"',
     ("data", "task"): '"both"',
@@ -215,7 +216,8 @@ def test_a_class_without_a_training_sample_is_a_warning_naming_class_and_line(
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("x_key", '"x"'), ("y_key", '"y"'), ("labels", '"d.csv"')]
+    ("key", "value"),
+    [("x_key", '"x"'), ("y_key", '"y"'), ("labels", '"d.csv"')],
 )
 def test_a_key_of_another_format_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: str
@@ -224,3 +226,12 @@ def test_a_key_of_another_format_is_refused(
     tables = {t: dict(v) for t, v in BASE.items()}
     tables["data"][key] = value
     _refused(tmp_path, _config(tmp_path, tables), capsys, f"[data] {key} applies to")
+
+
+def test_header_of_a_file_that_is_not_csv_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_data(tmp_path)
+    tables = {t: dict(v) for t, v in BASE.items()}
+    tables["data"].update(path='"m.npz"', header="true")
+    _refused(tmp_path, _config(tmp_path, tables), capsys, "[data] header applies to csv data only")

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from labelgrad.app.cli import main
-from labelgrad.app.datafiles import DataError, read_table
+from labelgrad.app.datafiles import DataError, csv_data_lines, read_table
+from labelgrad.app.train_config import load_config
+from labelgrad.app.train_data import load_data
 
 NAMES = ["$x$", "<b>&amp;", "a,b", 'say "hi"', "plain", "$\\bad{$"]
 """Class names that mean something to mathtext, HTML, CSV and the shell."""
@@ -157,3 +159,25 @@ def test_an_explicit_delimiter_is_used(tmp_path: Path) -> None:
     path.write_text("a|b|label\n1|2|0\n3|4|1\n")
     table = read_table(path, label_columns=[-1], delimiter="|")
     assert table.features.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+@pytest.mark.parametrize(("header", "samples", "first"), [(None, 61, 1), (True, 60, 2)])
+def test_a_header_of_numbers_only_is_data_unless_the_config_says_header(
+    tmp_path: Path, header: bool | None, samples: int, first: int
+) -> None:
+    # Columns named 0, 1, 2, 3: nothing in the cells tells this header from a sample, so the
+    # default reads it as one, and warns of a class of a single sample on line 1 (class 3, the
+    # label column's name); `[data] header = true` settles it.
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    body = "\n".join(",".join([*(f"{v:.4f}" for v in rng.normal(size=3)), str(k)]) for k in y)
+    (tmp_path / "d.csv").write_text("0,1,2,3\n" + body + "\n")
+    key = "" if header is None else "header = true\n"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[data]\npath = "{tmp_path / "d.csv"}"\n{key}[train]\nepochs = 1\n')
+    data, _ = load_data(load_config(cfg), 0)
+    single = "class 3 has a single sample (line 1): a typo?"
+    assert data.num_classes == (4 if header is None else 3)
+    assert (single in data.meta.get("warnings", [])) == (header is None)
+    lines = csv_data_lines(tmp_path / "d.csv", header=header)
+    assert len(lines) == samples and lines[0] == first

@@ -172,10 +172,13 @@ def read_csv(
     return table.features, table.labels
 
 
-def csv_data_lines(path: str | os.PathLike[str], *, delimiter: str | None = None) -> list[int]:
+def csv_data_lines(
+    path: str | os.PathLike[str], *, delimiter: str | None = None, header: bool | None = None
+) -> list[int]:
     """The file line number (from 1) of each data row of a CSV, as :func:`read_csv` reads it.
 
-    Errors about a sample name its line: blank lines and a header are not samples.
+    Errors about a sample name its line: blank lines and a header are not samples. ``header``
+    as in :func:`read_csv`.
 
     Example:
         >>> import tempfile, pathlib
@@ -184,7 +187,7 @@ def csv_data_lines(path: str | os.PathLike[str], *, delimiter: str | None = None
         >>> csv_data_lines(f)
         [2, 4]
     """
-    return [n for n, _ in _rows(Path(path), delimiter, None)[1]]
+    return [n for n, _ in _rows(Path(path), delimiter, header)[1]]
 
 
 def csv_header(path: str | os.PathLike[str], *, delimiter: str | None = None) -> list[str] | None:

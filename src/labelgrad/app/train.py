@@ -11,6 +11,8 @@ files are one-line errors)::
                                 #   (["species"]); several = multi-hot labels; one column of
                                 #   names (cat, dog) = classes numbered in sorted name order
     delimiter = ";"             # csv only; default: sniffed (comma, semicolon, tab or |)
+    header = true               # csv only: whether the first row names the columns; default:
+                                #   told from the cells (a row of numbers only reads as data)
     x_key = "x"                 # npz only (with y_key = "y")
     task = "multiclass"         # or "multilabel" (multi-hot labels in {0, 1}, -1 = unknown)
     num_classes = 10            # default: max label + 1 (multiclass; refused when most class

@@ -37,6 +37,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "labels": ((str,), None),
         "label_columns": ((list,), None),
         "delimiter": ((str,), None),
+        "header": ((bool,), None),
         "x_key": ((str,), "x"),
         "y_key": ((str,), "y"),
         "task": ((str,), None),
@@ -252,6 +253,8 @@ def _check_data(data: dict[str, Any], base: Path, name: str) -> None:
                 f"{name}: [data] delimiter must be one character (not a quote or line break), "
                 f'e.g. ";" or "\\t", got {delimiter!r}'
             )
+    if data["header"] is not None and fmt != "csv":
+        raise ConfigError(f"{name}: [data] header applies to csv data only")
     if data["task"] not in (None, "multiclass", "multilabel"):
         raise ConfigError(f"{name}: [data] task must be multiclass or multilabel")
     if data["num_classes"] is not None and data["num_classes"] < 1:

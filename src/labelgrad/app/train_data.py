@@ -43,7 +43,10 @@ def _read_arrays(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, tuple[st
     names: tuple[str, ...] | None = None
     if fmt == "csv":
         table = read_table(
-            d["path"], label_columns=d["label_columns"] or [-1], delimiter=d["delimiter"]
+            d["path"],
+            label_columns=d["label_columns"] or [-1],
+            delimiter=d["delimiter"],
+            header=d["header"],
         )
         x, y, names = table.features, table.labels, table.label_names
         if len(table.label_columns) > 1 and table.header is not None:
@@ -75,7 +78,9 @@ def _read_arrays(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, tuple[st
 def _where(d: Mapping[str, Any], index: int) -> str:
     """Where sample ``index`` is in the data file: a CSV's line number, else the sample number."""
     if d["format"] == "csv":
-        return f"line {csv_data_lines(d['path'], delimiter=d['delimiter'])[index]}"
+        return (
+            f"line {csv_data_lines(d['path'], delimiter=d['delimiter'], header=d['header'])[index]}"
+        )
     return f"sample {index + 1}"
 
 
