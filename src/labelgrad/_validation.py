@@ -85,10 +85,16 @@ def as_class_vector(
 def as_class_set(classes: object, name: str, *, num_classes: int | None = None) -> Tensor:
     """Return a set of class indices as a sorted, unique int64 vector, or raise naming ``name``.
 
-    Accepts an iterable of ints, an integer tensor of indices, or a bool mask of length C.
+    Accepts an iterable of ints, an integer tensor of indices (0-D or 1-D: a 2-D index is refused,
+    not flattened), or a bool mask of length C.
     """
     if isinstance(classes, Tensor):
         t = classes.detach().cpu()
+        if t.dim() > 1:
+            raise ValueError(
+                f"{name} must be a 1-D tensor of class indices (or a (C,) bool mask), "
+                f"got shape {tuple(t.shape)}"
+            )
         if t.dtype == torch.bool:
             if t.dim() != 1 or (num_classes is not None and t.numel() != num_classes):
                 raise ValueError(

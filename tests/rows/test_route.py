@@ -166,3 +166,40 @@ def test_observe_takes_ignore_index_for_segmentation_labels():
     expected = [False, True, True, False, False, False]
     assert rules.present.tolist() == expected
     assert lg.rows.present_classes(y, 6, encoding="index", ignore_index=255).tolist() == expected
+
+
+def _two_groups(frequent: list[int], rare: list[int], num_classes: int = 4) -> lg.Router:
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    groups = {
+        "frequent": (torch.optim.Adam(a.parameters()), frequent),
+        "rare": (torch.optim.Adam(b.parameters()), rare),
+    }
+    return lg.route(groups, num_classes=num_classes)
+
+
+def test_state_dict_records_the_groups_and_refuses_other_groups():
+    saved = _two_groups([0, 1], [2, 3]).state_dict()
+    _two_groups([0, 1], [2, 3]).load_state_dict(copy.deepcopy(saved))  # the same groups load
+    with pytest.raises(ValueError, match=r"group 'frequent' was saved owning classes \[0, 1\]"):
+        _two_groups([0], [1, 2, 3]).load_state_dict(copy.deepcopy(saved))
+    with pytest.raises(ValueError, match="saved with num_classes=4, this router has num_classes=5"):
+        _two_groups([0, 1], [2, 3], num_classes=5).load_state_dict(copy.deepcopy(saved))
+    # Regrouping on purpose: each optimizer's own state loads (what the error message says).
+    moved = _two_groups([0], [1, 2, 3])
+    for name in moved:
+        moved[name].load_state_dict(copy.deepcopy(saved[name]))
+
+
+def test_a_state_dict_without_the_group_record_still_loads():
+    # States saved before the groups were recorded (0.2) carry types but no classes.
+    saved = _two_groups([0, 1], [2, 3]).state_dict()
+    meta = next(key for key in saved if key not in ("frequent", "rare"))
+    del saved[meta]["classes"], saved[meta]["num_classes"]
+    _two_groups([0], [1, 2, 3]).load_state_dict(saved)
+
+
+def test_classes_are_copies():
+    router = _two_groups([0, 1], [2, 3])
+    router.classes["rare"][0] = 0
+    assert router.classes["rare"].tolist() == [2, 3]
+    assert "rare: Adam x 2 classes" in repr(router)

@@ -30,7 +30,7 @@ class Router(ObservesLabels):
 
     Attributes:
         optimizers: name -> optimizer, in the order given.
-        classes: name -> the sorted int64 class indices of that group.
+        classes: name -> the sorted int64 class indices of that group (a copy).
         always: optimizers stepped at every step (e.g. a shared trunk's).
         num_classes: the number of classes the targets carry.
 
@@ -53,7 +53,7 @@ class Router(ObservesLabels):
         if not isinstance(groups, Mapping) or not groups:
             raise TypeError("groups must be a non-empty dict {name: (optimizer, classes)}")
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.classes: dict[str, Tensor] = {}
+        self._classes: dict[str, Tensor] = {}
         for name, entry in groups.items():
             if not isinstance(entry, tuple) or len(entry) != 2:
                 raise TypeError(f"groups[{name!r}] must be a pair (optimizer, classes)")
@@ -63,25 +63,31 @@ class Router(ObservesLabels):
             if idx.numel() == 0:
                 raise ValueError(f"groups[{name!r}] has no classes")
             self.optimizers[name] = opt
-            self.classes[name] = idx
+            self._classes[name] = idx
         self.always = _always(always)
-        largest = max(int(idx.max()) for idx in self.classes.values()) + 1
+        largest = max(int(idx.max()) for idx in self._classes.values()) + 1
         self.num_classes = largest if num_classes is None else num_classes
         self._check_disjoint()
         # membership (K, C): which group owns which class; built once, on the CPU.
         names = list(self.optimizers)
         self._membership = torch.zeros(len(names), self.num_classes, dtype=torch.bool)
         for k, name in enumerate(names):
-            self._membership[k, self.classes[name]] = True
+            self._membership[k, self._classes[name]] = True
         self._window = ClassWindow(self.num_classes, what="route")
+
+    @property
+    def classes(self) -> dict[str, Tensor]:
+        """name -> the sorted int64 class indices of that group (copies: the groups are fixed
+        at construction, editing these does not move a class)."""
+        return {name: idx.clone() for name, idx in self._classes.items()}
 
     def _check_disjoint(self) -> None:
         """Classes belong to one group; parameters to one optimizer; observers agree on C."""
         owner: dict[int, str] = {}
-        for name, idx in self.classes.items():
+        for name, idx in self._classes.items():
             for c in idx.tolist():
                 if c in owner:
-                    both = sorted(set(self.classes[owner[c]].tolist()) & set(idx.tolist()))
+                    both = sorted(set(self._classes[owner[c]].tolist()) & set(idx.tolist()))
                     raise ValueError(
                         f"groups: classes {both} are in both {owner[c]!r} and {name!r}; "
                         "each class belongs to one optimizer"
@@ -119,7 +125,7 @@ class Router(ObservesLabels):
 
     def __repr__(self) -> str:
         groups = ", ".join(
-            f"{name}: {type(opt).__name__} x {self.classes[name].numel()} classes"
+            f"{name}: {type(opt).__name__} x {self._classes[name].numel()} classes"
             for name, opt in self.optimizers.items()
         )
         always = ", ".join(type(opt).__name__ for opt in self.always)
@@ -209,11 +215,14 @@ class Router(ObservesLabels):
         self._window.clear()
 
     def state_dict(self) -> dict[str, Any]:
-        """name -> that optimizer's state dict, and the ``always`` optimizers' state dicts and
-        every optimizer's type under the key ``"__labelgrad_route__"``."""
+        """name -> that optimizer's state dict, and the ``always`` optimizers' state dicts, every
+        optimizer's type, each group's classes and ``num_classes`` under the key
+        ``"__labelgrad_route__"``."""
         out: dict[str, Any] = {name: opt.state_dict() for name, opt in self.optimizers.items()}
         out[_META] = {
             "types": {name: _type_name(opt) for name, opt in self.optimizers.items()},
+            "classes": {name: idx.tolist() for name, idx in self._classes.items()},
+            "num_classes": self.num_classes,
             "always_types": [_type_name(opt) for opt in self.always],
             "always": [opt.state_dict() for opt in self.always],
         }
@@ -223,8 +232,10 @@ class Router(ObservesLabels):
         """Load what :meth:`state_dict` returned.
 
         Raises:
-            ValueError: the group names, the number of ``always`` optimizers or an optimizer's
-                type differ from this router's.
+            ValueError: the group names, the number of ``always`` optimizers, an optimizer's
+                type, a group's classes or ``num_classes`` differ from this router's (to move
+                classes between groups on resume, load each optimizer's own state:
+                ``router[name].load_state_dict(state_dict[name])``).
         """
         sd = dict(state_dict)
         meta = sd.pop(_META, None)
@@ -239,6 +250,7 @@ class Router(ObservesLabels):
                         f"state_dict: group {name!r} was saved from {saved}, this router's is "
                         f"{mine[name]}; load it into a router with the same optimizer types"
                     )
+            self._check_saved_classes(meta)
             saved_always = list(meta.get("always_types", []))
             if saved_always != [_type_name(opt) for opt in self.always]:
                 raise ValueError(
@@ -252,6 +264,24 @@ class Router(ObservesLabels):
         if meta is not None:
             for opt, saved_sd in zip(self.always, meta["always"]):
                 opt.load_state_dict(saved_sd)
+
+    def _check_saved_classes(self, meta: Mapping[str, Any]) -> None:
+        """The saved groups own the same classes out of the same C (states before 0.3 have no
+        record of them and load as before)."""
+        saved_c = meta.get("num_classes")
+        if saved_c is not None and saved_c != self.num_classes:
+            raise ValueError(
+                f"state_dict: saved with num_classes={saved_c}, this router has "
+                f"num_classes={self.num_classes}"
+            )
+        for name, saved in dict(meta.get("classes", {})).items():
+            mine = self._classes[name].tolist() if name in self._classes else list(saved)
+            if list(saved) != mine:
+                raise ValueError(
+                    f"state_dict: group {name!r} was saved owning classes {list(saved)}, this "
+                    f"router's owns {mine}; to regroup classes on resume, load each optimizer "
+                    "itself: router[name].load_state_dict(state_dict[name])"
+                )
 
 
 def _type_name(opt: torch.optim.Optimizer) -> str:
