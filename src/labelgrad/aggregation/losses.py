@@ -14,6 +14,7 @@ and :func:`find_structure` says which.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -178,26 +179,63 @@ def group_ids(groups: object, num_classes: int) -> tuple[Tensor, int]:
     if groups is None:
         return torch.arange(num_classes), num_classes
     if isinstance(groups, Tensor):
-        ids = groups.detach().cpu()
-        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
-            raise TypeError(f"groups as a tensor must hold integer group ids, got {ids.dtype}")
-        if ids.shape != (num_classes,):
-            raise ValueError(
-                f"groups as a tensor must have shape ({num_classes},) (a group id per class), "
-                f"got {tuple(ids.shape)}"
-            )
-        ids = ids.long()
-        if num_classes and int(ids.min()) < 0:
-            raise ValueError("groups must hold non-negative group ids")
-        k = int(ids.max()) + 1 if num_classes else 0
-        used = torch.zeros(k, dtype=torch.bool)
-        used[ids] = True
-        if not bool(used.all()):
-            missing = (~used).nonzero().flatten().tolist()
-            raise ValueError(
-                f"groups: group ids must be 0..K-1 with every id used; unused ids {missing[:10]}"
-            )
-        return ids, k
+        version = _version_of(groups)
+        known = _GROUP_CACHE.get(id(groups))
+        if known is not None and version is not None:
+            ref, seen, c, ids_known, k_known = known
+            # The same tensor, unchanged since (in-place edits bump its version), same C:
+            # checked already. A copy, so that an edit of the returned ids reaches nobody.
+            if ref() is groups and seen == version and c == num_classes:
+                return ids_known.clone(), k_known
+        ids, k = _tensor_group_ids(groups, num_classes)
+        if version is not None:
+            if len(_GROUP_CACHE) >= _GROUP_CACHE_SIZE:
+                _GROUP_CACHE.pop(next(iter(_GROUP_CACHE)))
+            _GROUP_CACHE[id(groups)] = (weakref.ref(groups), version, num_classes, ids, k)
+        return ids.clone(), k
+    return _list_group_ids(groups, num_classes)
+
+
+# Validated group-id tensors: the groups of a training run are one constant tensor, checked
+# once (a check costs two reads to the host and a dozen operators) instead of every step.
+_GROUP_CACHE: dict[int, tuple[weakref.ref[Tensor], int, int, Tensor, int]] = {}
+_GROUP_CACHE_SIZE = 8
+
+
+def _version_of(t: Tensor) -> int | None:
+    """The in-place version counter of ``t``; None where it has none (inference tensors)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return None
+
+
+def _tensor_group_ids(groups: Tensor, num_classes: int) -> tuple[Tensor, int]:
+    """``group_ids`` of a (C,) tensor of group ids (validated)."""
+    ids = groups.detach().cpu()
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"groups as a tensor must hold integer group ids, got {ids.dtype}")
+    if ids.shape != (num_classes,):
+        raise ValueError(
+            f"groups as a tensor must have shape ({num_classes},) (a group id per class), "
+            f"got {tuple(ids.shape)}"
+        )
+    ids = ids.long()
+    if num_classes and int(ids.min()) < 0:
+        raise ValueError("groups must hold non-negative group ids")
+    k = int(ids.max()) + 1 if num_classes else 0
+    used = torch.zeros(k, dtype=torch.bool)
+    used[ids] = True
+    if not bool(used.all()):
+        missing = (~used).nonzero().flatten().tolist()
+        raise ValueError(
+            f"groups: group ids must be 0..K-1 with every id used; unused ids {missing[:10]}"
+        )
+    return ids, k
+
+
+def _list_group_ids(groups: object, num_classes: int) -> tuple[Tensor, int]:
+    """``group_ids`` of a list of lists of class indices (validated)."""
     if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
         raise TypeError(
             "groups must be None, a list of lists of class indices, or a (C,) tensor of group "
@@ -307,12 +345,13 @@ def per_label_losses(
     positions = math.prod(logits.shape[1:]) // max(num_classes, 1)
 
     z = class_last(logits, cd, n, positions, num_classes)  # explicit S for empty batches
+    if loss == "ce" and t.indices is not None:
+        # Class indices need neither the (N, C) known mask nor the one-hot target values.
+        return _ce_index(logits, z, t.indices.reshape(-1), cd, class_group, k, ignore_index)
     known = class_last(t.known, cd, n, positions, num_classes)
     values = class_last(t.values, cd, n, positions, num_classes).to(z.dtype)
 
     if loss == "ce":
-        if t.indices is not None:
-            return _ce_index(logits, z, t.indices.reshape(-1), cd, class_group, k, ignore_index)
         logp = torch.log_softmax(z, dim=-1)
         per_entry = -(values * logp) * known
         denom = max(n * z.shape[1], 1)

@@ -25,7 +25,7 @@ from labelgrad.aggregation.per_label_jacobian import (
     gramian_of,
     row_bytes,
 )
-from labelgrad.aggregation.weighing import aggregator_name
+from labelgrad.aggregation.weighing import aggregator_name, all_finite
 
 __all__ = ["Exact", "ExactPrepared"]
 
@@ -113,7 +113,7 @@ def _jacobian_update(call: Call, jac: list[Tensor]) -> list[Tensor]:
     if (
         call.options.nonfinite == "raise"
         and flat.device.type == "cpu"
-        and not bool(flat.isfinite().all())
+        and not all_finite(flat)
     ):
         raise ValueError("the Jacobian of the label losses is not finite (inf/NaN)")
     update = call.aggregator.aggregate(flat)
@@ -125,7 +125,7 @@ def _jacobian_update(call: Call, jac: list[Tensor]) -> list[Tensor]:
     if (
         call.options.nonfinite == "raise"
         and update.device.type == "cpu"
-        and not bool(update.isfinite().all())
+        and not all_finite(update)
     ):
         raise ValueError(f"{aggregator_name(call.aggregator)} gave a non-finite update")
     sizes = [p.numel() for p in call.params]
