@@ -419,8 +419,8 @@ def _ce_index(
     count = valid.sum().clamp_min(1).to(per_sample.dtype)
     out = torch.zeros(k, dtype=per_sample.dtype, device=z.device)
     out = out.index_add(0, sample_group, per_sample / count)
-    # With nothing to learn from the sum is a constant; keep it on the graph (zero gradient).
-    out = out + 0 * flat.sum()
+    # index_add keeps the losses on the graph even when every sample is ignored (zero gradient);
+    # an ignored sample's logits do not reach the losses, as in CrossEntropyLoss(ignore_index).
     structure = LossStructure(logits, cd, "sample", class_group, k, sample_group, valid)
     return _mark(out, structure)
 
