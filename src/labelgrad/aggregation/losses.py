@@ -372,10 +372,24 @@ def per_label_losses(
         per_entry = _sigmoid_focal(z, values, focal_gamma, focal_alpha)
     else:
         raise ValueError(f"loss must be 'bce', 'ce', 'focal' or a callable, got {loss!r}")
-    per_entry = torch.where(known, per_entry, torch.zeros((), dtype=per_entry.dtype))
+    per_entry = torch.where(known, per_entry, _zero(per_entry.dtype))
     count = known.sum().clamp_min(1).to(per_entry.dtype)
     per_class = per_entry.sum(dim=(0, 1)) / count
     return _finish(per_class, class_group, k, logits, cd, "column", groups is None)
+
+
+# 0-d CPU zeros by dtype, read-only operands of torch.where (a 0-d CPU tensor is valid with
+# tensors on any device): made once, not three operators per call. Made outside inference mode,
+# so that a first call under torch.inference_mode() does not cache an inference tensor.
+_ZEROS: dict[torch.dtype, Tensor] = {}
+
+
+def _zero(dtype: torch.dtype) -> Tensor:
+    zero = _ZEROS.get(dtype)
+    if zero is None:
+        with torch.inference_mode(False):
+            zero = _ZEROS[dtype] = torch.zeros((), dtype=dtype)
+    return zero
 
 
 def _check_focal(gamma: object, alpha: object) -> None:
@@ -414,7 +428,7 @@ def _ce_index(
     flat = z.reshape(-1, z.shape[-1])
     valid = idx != ignore_index
     per_sample = F.cross_entropy(flat, idx, ignore_index=ignore_index, reduction="none")
-    safe = torch.where(valid, idx, torch.zeros((), dtype=idx.dtype))
+    safe = torch.where(valid, idx, _zero(idx.dtype))
     sample_group = class_group[safe]
     count = valid.sum().clamp_min(1).to(per_sample.dtype)
     out = torch.zeros(k, dtype=per_sample.dtype, device=z.device)
