@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 import labelgrad as lg
 from labelgrad.app.bench.policies import aten_ops
-from labelgrad.app.bench.timing import Result, interleaved, ratios
+from labelgrad.app.bench.timing import Result, interleaved
 
 __all__ = ["format_runs", "run"]
 
@@ -215,20 +215,21 @@ def _single_label_cases(k: int, with_torchjd: bool) -> dict[str, Callable[[], ob
     return cases
 
 
-def _benchmarks(
-    quick: bool,
-) -> list[tuple[str, Callable[[], tuple[dict[str, Callable[[], object]], str]]]]:
+_Build = Callable[[], tuple[dict[str, Callable[[], object]], str]]
+
+
+def _benchmarks(quick: bool) -> list[tuple[str, _Build]]:
     """(benchmark label, builder of its cases and the weighting's name), in report order."""
-    found: list[tuple[str, Callable[[], tuple[dict[str, Callable[[], object]], str]]]] = []
-    for k in (16, 80):
-        found.append((f"aggregation/mlp-multilabel K={k}", lambda k=k: _multilabel_cases(k, quick)))
+
+    def multilabel(k: int) -> _Build:
+        return lambda: _multilabel_cases(k, quick)
+
+    def single_label(k: int) -> _Build:
+        return lambda: (_single_label_cases(k, with_torchjd=not quick), _weighting()[1])
+
+    found = [(f"aggregation/mlp-multilabel K={k}", multilabel(k)) for k in (16, 80)]
     for k in (10,) if quick else (10, 100):
-        found.append(
-            (
-                f"aggregation/mlp-single-label K={k}",
-                lambda k=k: (_single_label_cases(k, with_torchjd=not quick), _weighting()[1]),
-            )
-        )
+        found.append((f"aggregation/mlp-single-label K={k}", single_label(k)))
     return found
 
 
