@@ -304,13 +304,18 @@ def run(quick: bool = False, runs: int = 1, threads: Sequence[int] | None = None
     for label, build in _benchmarks(quick):
         cases, wname = build()
         n = steps if "multilabel" in label else max(1, steps // 2)
-        ops = {case: aten_ops(fn) for case, fn in cases.items()}  # deterministic, unlike times
+        timed: list[tuple[int, list[dict[str, float]]]] = []
         for count in counts:
             torch.set_num_threads(count)
             try:
-                per_run = [interleaved(cases, steps=n, warmup=warmup) for _ in range(runs)]
+                timed.append(
+                    (count, [interleaved(cases, steps=n, warmup=warmup) for _ in range(runs)])
+                )
             finally:
                 torch.set_num_threads(default)
+        # Counted after the timing: the profiler's start and stop slow the steps that follow.
+        ops = {case: aten_ops(fn) for case, fn in cases.items()}  # deterministic, unlike times
+        for count, per_run in timed:
             bench = f"{label} ({count} thr)"
             rows += _best_of(bench, per_run, ops, weighting=wname, threads=count)
     return rows
