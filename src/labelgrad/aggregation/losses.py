@@ -373,7 +373,7 @@ def per_label_losses(
     else:
         raise ValueError(f"loss must be 'bce', 'ce', 'focal' or a callable, got {loss!r}")
     per_entry = torch.where(known, per_entry, _zero(per_entry.dtype))
-    count = known.sum().clamp_min(1).to(per_entry.dtype)
+    count = torch.count_nonzero(known).clamp_min(1).to(per_entry.dtype)
     per_class = per_entry.sum(dim=(0, 1)) / count
     return _finish(per_class, class_group, k, logits, cd, "column", groups is None)
 
@@ -430,7 +430,7 @@ def _ce_index(
     per_sample = F.cross_entropy(flat, idx, ignore_index=ignore_index, reduction="none")
     safe = torch.where(valid, idx, _zero(idx.dtype))
     sample_group = class_group[safe]
-    count = valid.sum().clamp_min(1).to(per_sample.dtype)
+    count = torch.count_nonzero(valid).clamp_min(1).to(per_sample.dtype)
     out = torch.zeros(k, dtype=per_sample.dtype, device=z.device)
     out = out.index_add(0, sample_group, per_sample / count)
     # index_add keeps the losses on the graph even when every sample is ignored (zero gradient);
