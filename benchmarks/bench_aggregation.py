@@ -1,8 +1,9 @@
-"""Aggregation engines on an MLP 256-512-512, batch 256 (issues 4 (b), 5 (a), (b) and 13).
+"""Aggregation engines on an MLP 256-512-512, batch 256 (issues 4 (b), 5 (a), (b), 13 and 24).
 
-Run: PYTHONPATH=src python benchmarks/bench_aggregation.py [--quick] [--threads N]
+Run: PYTHONPATH=src python benchmarks/bench_aggregation.py [--quick] [--threads N] [--runs N]
 Without ``--threads`` every figure is reported twice: at torch's default thread count (what
-users run) and at 1 thread (steadier on a machine shared with other jobs).
+users run) and at 1 thread (steadier on a machine shared with other jobs). ``--runs N`` repeats
+each interleaved comparison N times and prints the best ratio and the spread of the ratios.
 """
 
 import os
@@ -10,18 +11,26 @@ import sys
 
 import torch
 
-from labelgrad.app.bench import format_table
-from labelgrad.app.bench.aggregation import run
+from labelgrad.app.bench.aggregation import format_runs, run
+
+
+def _option(name: str) -> int | None:
+    if name not in sys.argv:
+        return None
+    return int(sys.argv[sys.argv.index(name) + 1])
+
 
 if __name__ == "__main__":
-    default = torch.get_num_threads()
-    if "--threads" in sys.argv:
-        counts = [int(sys.argv[sys.argv.index("--threads") + 1])]
-    else:
-        counts = [default, 1] if default != 1 else [1]
-    for n in counts:
-        torch.set_num_threads(n)
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        label = "default" if n == default else "set"
-        print(f"torch {torch.__version__}, {n} thread(s) ({label}), load average {load:.2f}")
-        print(format_table(run(quick="--quick" in sys.argv)))
+    threads = _option("--threads")
+    runs = _option("--runs") or 1
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(
+        f"torch {torch.__version__}, default threads {torch.get_num_threads()}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    rows = run(
+        quick="--quick" in sys.argv, runs=runs, threads=None if threads is None else [threads]
+    )
+    print(format_runs(rows))
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

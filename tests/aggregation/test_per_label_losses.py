@@ -236,3 +236,31 @@ def test_mixing_operations_drop_the_structure_and_say_why(op: object, why: str) 
     structure, note = lg.aggregation.find_structure(losses)
     assert structure is None
     assert why in note
+
+
+def test_ce_index_ignored_sample_with_nan_logits_leaves_the_losses_finite() -> None:
+    # As CrossEntropyLoss(ignore_index=...): an ignored sample's logits take no part in the
+    # loss (they used to reach it as 0 * sum(logits), which a NaN logit turned into NaN).
+    z = torch.randn(4, 5)
+    z[0, 1] = float("nan")
+    y = torch.tensor([-100, 1, 2, 4])
+    losses = lg.per_label_losses(z, y, loss="ce")
+    assert bool(torch.isfinite(losses).all())
+    torch.testing.assert_close(losses.sum(), F.cross_entropy(z, y, ignore_index=-100))
+
+
+def test_group_ids_of_a_tensor_are_checked_again_after_an_in_place_edit() -> None:
+    groups = torch.arange(6) % 3
+    ids, k = lg.aggregation.group_ids(groups, num_classes=6)
+    assert (ids.tolist(), k) == ([0, 1, 2, 0, 1, 2], 3)
+    ids[0] = 7  # the returned ids are the caller's: nothing cached changes
+    assert lg.aggregation.group_ids(groups, num_classes=6)[0].tolist() == [0, 1, 2, 0, 1, 2]
+    groups[2] = 5  # group ids 2..4 now unused: the cached check must not answer
+    with pytest.raises(ValueError, match="unused ids"):
+        lg.aggregation.group_ids(groups, num_classes=6)
+    groups[2] = 2
+    with pytest.raises(ValueError, match="shape"):
+        lg.aggregation.group_ids(groups, num_classes=5)
+    with torch.inference_mode():
+        frozen = torch.arange(4) % 2
+    assert lg.aggregation.group_ids(frozen, num_classes=4)[1] == 2

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 import labelgrad as lg
-from labelgrad.aggregation.weighing import aggregator_name, check_aggregator, weigh
+from labelgrad.aggregation.weighing import aggregator_name, all_finite, check_aggregator, weigh
 
 
 def _opposite() -> tuple[nn.Linear, Tensor]:
@@ -113,3 +113,22 @@ def test_accelerator_path_decides_nonfinite_on_device() -> None:
     w = weigh(NaNWeights(), torch.eye(3, device="meta"), "raise")  # would raise if it synced
     assert w.shape == (3,)
     assert w.device.type == "meta"
+
+
+def test_all_finite_decides_by_the_entries_not_by_their_sum() -> None:
+    big = torch.tensor([3e38, 3e38], dtype=torch.float32)  # finite entries, the sum overflows
+    assert not torch.isfinite(big.sum()) and all_finite(big)
+    assert all_finite(torch.tensor([60000.0, 60000.0], dtype=torch.float16))
+    assert all_finite(torch.empty(0))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        t = torch.ones(3, 3, dtype=torch.float64)
+        t[1, 2] = bad
+        assert not all_finite(t)
+    both = torch.tensor([float("inf"), float("-inf")])  # the sum is NaN: still caught
+    assert not all_finite(both)
+
+
+def test_a_gramian_whose_sum_overflows_is_weighed_not_refused() -> None:
+    g = torch.full((2, 2), 2e38, dtype=torch.float32)  # finite; sum of entries is inf
+    w = weigh(lg.aggregators.Mean(), g, "raise")
+    torch.testing.assert_close(w, torch.full((2,), 0.5))

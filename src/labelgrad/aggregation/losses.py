@@ -14,6 +14,7 @@ and :func:`find_structure` says which.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -178,26 +179,63 @@ def group_ids(groups: object, num_classes: int) -> tuple[Tensor, int]:
     if groups is None:
         return torch.arange(num_classes), num_classes
     if isinstance(groups, Tensor):
-        ids = groups.detach().cpu()
-        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
-            raise TypeError(f"groups as a tensor must hold integer group ids, got {ids.dtype}")
-        if ids.shape != (num_classes,):
-            raise ValueError(
-                f"groups as a tensor must have shape ({num_classes},) (a group id per class), "
-                f"got {tuple(ids.shape)}"
-            )
-        ids = ids.long()
-        if num_classes and int(ids.min()) < 0:
-            raise ValueError("groups must hold non-negative group ids")
-        k = int(ids.max()) + 1 if num_classes else 0
-        used = torch.zeros(k, dtype=torch.bool)
-        used[ids] = True
-        if not bool(used.all()):
-            missing = (~used).nonzero().flatten().tolist()
-            raise ValueError(
-                f"groups: group ids must be 0..K-1 with every id used; unused ids {missing[:10]}"
-            )
-        return ids, k
+        version = _version_of(groups)
+        known = _GROUP_CACHE.get(id(groups))
+        if known is not None and version is not None:
+            ref, seen, c, ids_known, k_known = known
+            # The same tensor, unchanged since (in-place edits bump its version), same C:
+            # checked already. A copy, so that an edit of the returned ids reaches nobody.
+            if ref() is groups and seen == version and c == num_classes:
+                return ids_known.clone(), k_known
+        ids, k = _tensor_group_ids(groups, num_classes)
+        if version is not None:
+            if len(_GROUP_CACHE) >= _GROUP_CACHE_SIZE:
+                _GROUP_CACHE.pop(next(iter(_GROUP_CACHE)))
+            _GROUP_CACHE[id(groups)] = (weakref.ref(groups), version, num_classes, ids, k)
+        return ids.clone(), k
+    return _list_group_ids(groups, num_classes)
+
+
+# Validated group-id tensors: the groups of a training run are one constant tensor, checked
+# once (a check costs two reads to the host and a dozen operators) instead of every step.
+_GROUP_CACHE: dict[int, tuple[weakref.ref[Tensor], int, int, Tensor, int]] = {}
+_GROUP_CACHE_SIZE = 8
+
+
+def _version_of(t: Tensor) -> int | None:
+    """The in-place version counter of ``t``; None where it has none (inference tensors)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return None
+
+
+def _tensor_group_ids(groups: Tensor, num_classes: int) -> tuple[Tensor, int]:
+    """``group_ids`` of a (C,) tensor of group ids (validated)."""
+    ids = groups.detach().cpu()
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"groups as a tensor must hold integer group ids, got {ids.dtype}")
+    if ids.shape != (num_classes,):
+        raise ValueError(
+            f"groups as a tensor must have shape ({num_classes},) (a group id per class), "
+            f"got {tuple(ids.shape)}"
+        )
+    ids = ids.long()
+    if num_classes and int(ids.min()) < 0:
+        raise ValueError("groups must hold non-negative group ids")
+    k = int(ids.max()) + 1 if num_classes else 0
+    used = torch.zeros(k, dtype=torch.bool)
+    used[ids] = True
+    if not bool(used.all()):
+        missing = (~used).nonzero().flatten().tolist()
+        raise ValueError(
+            f"groups: group ids must be 0..K-1 with every id used; unused ids {missing[:10]}"
+        )
+    return ids, k
+
+
+def _list_group_ids(groups: object, num_classes: int) -> tuple[Tensor, int]:
+    """``group_ids`` of a list of lists of class indices (validated)."""
     if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
         raise TypeError(
             "groups must be None, a list of lists of class indices, or a (C,) tensor of group "
@@ -307,12 +345,13 @@ def per_label_losses(
     positions = math.prod(logits.shape[1:]) // max(num_classes, 1)
 
     z = class_last(logits, cd, n, positions, num_classes)  # explicit S for empty batches
+    if loss == "ce" and t.indices is not None:
+        # Class indices need neither the (N, C) known mask nor the one-hot target values.
+        return _ce_index(logits, z, t.indices.reshape(-1), cd, class_group, k, ignore_index)
     known = class_last(t.known, cd, n, positions, num_classes)
     values = class_last(t.values, cd, n, positions, num_classes).to(z.dtype)
 
     if loss == "ce":
-        if t.indices is not None:
-            return _ce_index(logits, z, t.indices.reshape(-1), cd, class_group, k, ignore_index)
         logp = torch.log_softmax(z, dim=-1)
         per_entry = -(values * logp) * known
         denom = max(n * z.shape[1], 1)
@@ -333,10 +372,24 @@ def per_label_losses(
         per_entry = _sigmoid_focal(z, values, focal_gamma, focal_alpha)
     else:
         raise ValueError(f"loss must be 'bce', 'ce', 'focal' or a callable, got {loss!r}")
-    per_entry = torch.where(known, per_entry, torch.zeros((), dtype=per_entry.dtype))
-    count = known.sum().clamp_min(1).to(per_entry.dtype)
+    per_entry = torch.where(known, per_entry, _zero(per_entry.dtype))
+    count = torch.count_nonzero(known).clamp_min(1).to(per_entry.dtype)
     per_class = per_entry.sum(dim=(0, 1)) / count
     return _finish(per_class, class_group, k, logits, cd, "column", groups is None)
+
+
+# 0-d CPU zeros by dtype, read-only operands of torch.where (a 0-d CPU tensor is valid with
+# tensors on any device): made once, not three operators per call. Made outside inference mode,
+# so that a first call under torch.inference_mode() does not cache an inference tensor.
+_ZEROS: dict[torch.dtype, Tensor] = {}
+
+
+def _zero(dtype: torch.dtype) -> Tensor:
+    zero = _ZEROS.get(dtype)
+    if zero is None:
+        with torch.inference_mode(False):
+            zero = _ZEROS[dtype] = torch.zeros((), dtype=dtype)
+    return zero
 
 
 def _check_focal(gamma: object, alpha: object) -> None:
@@ -375,13 +428,13 @@ def _ce_index(
     flat = z.reshape(-1, z.shape[-1])
     valid = idx != ignore_index
     per_sample = F.cross_entropy(flat, idx, ignore_index=ignore_index, reduction="none")
-    safe = torch.where(valid, idx, torch.zeros((), dtype=idx.dtype))
+    safe = torch.where(valid, idx, _zero(idx.dtype))
     sample_group = class_group[safe]
-    count = valid.sum().clamp_min(1).to(per_sample.dtype)
+    count = torch.count_nonzero(valid).clamp_min(1).to(per_sample.dtype)
     out = torch.zeros(k, dtype=per_sample.dtype, device=z.device)
     out = out.index_add(0, sample_group, per_sample / count)
-    # With nothing to learn from the sum is a constant; keep it on the graph (zero gradient).
-    out = out + 0 * flat.sum()
+    # index_add keeps the losses on the graph even when every sample is ignored (zero gradient);
+    # an ignored sample's logits do not reach the losses, as in CrossEntropyLoss(ignore_index).
     structure = LossStructure(logits, cd, "sample", class_group, k, sample_group, valid)
     return _mark(out, structure)
 

@@ -274,10 +274,10 @@ class FeatureJacobian:
         assert d is not None
         assert w is not None
         dtype = torch.promote_types(d.dtype, torch.float32)
-        d, w = d.to(dtype), w.to(dtype)
+        d, w = _as_dtype(d, dtype), _as_dtype(w, dtype)
         if self.kind == "column":
             assert self.group_of_col is not None
-            gc = (d.T @ d) * (w @ w.T)  # (C, C)
+            gc = torch.mm(d.t(), d).mul_(torch.mm(w, w.t()))  # (C, C)
             if self.identity:
                 return gc
             ids = self.group_of_col
@@ -297,14 +297,19 @@ class FeatureJacobian:
         d, wt = self.logit_grad, self.weight
         assert d is not None
         assert wt is not None
-        w = weights.to(d.dtype)
+        w = _as_dtype(weights, d.dtype)
         if self.kind == "column":
             assert self.group_of_col is not None
             scaled = d * (w if self.identity else w[self.group_of_col])
         else:
             assert self.group_of_row is not None
             scaled = d * w[self.group_of_row].unsqueeze(1)
-        return (scaled @ wt.to(d.dtype)).reshape(shape)
+        return torch.mm(scaled, _as_dtype(wt, d.dtype)).view(shape)
+
+
+def _as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``; itself when it already is (a no-op ``.to`` still costs an operator)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def representation_jacobian(

@@ -16,7 +16,7 @@ from torch import Tensor
 from labelgrad.aggregation import _write
 from labelgrad.aggregation.amortized import Amortized
 from labelgrad.aggregation.engines.protocol import Call, Prepared, Verdict
-from labelgrad.aggregation.weighing import check_weights
+from labelgrad.aggregation.weighing import all_finite, check_weights
 
 __all__ = ["CachedWeights"]
 
@@ -55,12 +55,12 @@ class CachedWeights:
         # the backward and the shared parameters' gradients after it (the same backward as on
         # other steps, so parameter hooks such as DDP's fire as usual).
         check = call.options.nonfinite == "raise" and call.losses.device.type == "cpu"
-        if check and not bool(call.losses.detach().isfinite().all()):
+        if check and not all_finite(call.losses.detach()):
             raise ValueError(
                 f"the label losses are not finite ({_NONFINITE}); nothing was written; {_HINT}"
             )
         _write.weighted_backward(call.losses, call.params, weights)
-        if check and not all(p.grad is None or bool(p.grad.isfinite().all()) for p in call.params):
+        if check and not all(p.grad is None or all_finite(p.grad) for p in call.params):
             raise ValueError(
                 "the gradient of the shared parameters is not finite after a step that reused "
                 f"Amortized's cached weights ({_NONFINITE}); {_HINT}"

@@ -72,7 +72,10 @@ class ClosedFormRepresentation:
         assert isinstance(head, nn.Linear)
         # D: one backward from the losses to the logits only (the loss's own elementwise ops).
         with no_state_update():
-            (d,) = torch.autograd.grad(call.losses.sum(), structure.logits, retain_graph=True)
+            ones = torch.ones_like(call.losses)  # grad_outputs: no sum node and its backward
+            (d,) = torch.autograd.grad(
+                call.losses, structure.logits, grad_outputs=ones, retain_graph=True
+            )
         fj = closed_form(d, structure, head)
         # The final backward can start at the logits with D (not redo losses -> logits) unless
         # a leaf hangs between them (e.g. a callable loss with a parameter of its own).

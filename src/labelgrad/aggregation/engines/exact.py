@@ -25,7 +25,7 @@ from labelgrad.aggregation.per_label_jacobian import (
     gramian_of,
     row_bytes,
 )
-from labelgrad.aggregation.weighing import aggregator_name
+from labelgrad.aggregation.weighing import aggregator_name, all_finite
 
 __all__ = ["Exact", "ExactPrepared"]
 
@@ -110,11 +110,7 @@ def _jacobian_update(call: Call, jac: list[Tensor]) -> list[Tensor]:
     k = call.losses.numel()
     flat = torch.cat([j.reshape(k, -1) for j in jac], dim=1)
     # Checked where that is free (CPU); elsewhere the non-finite update reaches .grad.
-    if (
-        call.options.nonfinite == "raise"
-        and flat.device.type == "cpu"
-        and not bool(flat.isfinite().all())
-    ):
+    if call.options.nonfinite == "raise" and flat.device.type == "cpu" and not all_finite(flat):
         raise ValueError("the Jacobian of the label losses is not finite (inf/NaN)")
     update = call.aggregator.aggregate(flat)
     if not isinstance(update, Tensor) or update.shape != (flat.shape[1],):
@@ -122,11 +118,7 @@ def _jacobian_update(call: Call, jac: list[Tensor]) -> list[Tensor]:
             f"{aggregator_name(call.aggregator)}.aggregate(J) must return a "
             f"({flat.shape[1]},) tensor"
         )
-    if (
-        call.options.nonfinite == "raise"
-        and update.device.type == "cpu"
-        and not bool(update.isfinite().all())
-    ):
+    if call.options.nonfinite == "raise" and update.device.type == "cpu" and not all_finite(update):
         raise ValueError(f"{aggregator_name(call.aggregator)} gave a non-finite update")
     sizes = [p.numel() for p in call.params]
     return [u.reshape(p.shape) for u, p in zip(update.split(sizes), call.params)]

@@ -103,7 +103,9 @@ def weighted_feature_backward(
     """
     features = call.options.features
     assert features is not None
-    weighted = fj.combine(weights, features.shape).to(features.dtype)
+    weighted = fj.combine(weights, features.shape)
+    if weighted.dtype != features.dtype:
+        weighted = weighted.to(features.dtype)
     handle = features.register_hook(lambda _g: weighted)
     try:
         if start is None:

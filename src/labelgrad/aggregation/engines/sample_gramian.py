@@ -93,12 +93,28 @@ def _positions(module: nn.Module, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]
 def _add_layer_gramian(total: Tensor, a: Tensor, b: Tensor, has_bias: bool) -> None:
     """``total += `` the N x N Gramian of one layer's per-sample gradients (weight and bias)."""
     if a.shape[1] == 1:  # one position per sample: (A A^T + 1) ⊙ (B B^T), fused in place
-        aa = torch.mm(a[:, 0], a[:, 0].T)
+        a2, b2 = a[:, 0], b[:, 0]
+        aa = torch.mm(a2, a2.t())
         if has_bias:
-            aa.add_(1)
-        total.addcmul_(aa, torch.mm(b[:, 0], b[:, 0].T))
+            aa.add_(_one(aa))
+        total.addcmul_(aa, torch.mm(b2, b2.t()))
     else:
         total.add_(_layer_gramian(a, b, has_bias))
+
+
+_ONES: dict[torch.dtype, Tensor] = {}
+
+
+def _one(like: Tensor) -> Tensor | float:
+    """1 for an in-place add to ``like``: on the CPU a cached 0-d tensor of its dtype (a Python
+    number costs a conversion of four operators there), elsewhere the number."""
+    if like.device.type != "cpu":
+        return 1.0
+    one = _ONES.get(like.dtype)
+    if one is None:
+        with torch.inference_mode(False):
+            one = _ONES[like.dtype] = torch.ones((), dtype=like.dtype)
+    return one
 
 
 def _layer_gramian(a: Tensor, b: Tensor, has_bias: bool) -> Tensor:
@@ -258,7 +274,9 @@ class SampleGramian:
                 b_out = torch.zeros_like(out)
             a, b = _positions(module, a_in, b_out)
             prepared.append((module, a, b))
-            _add_layer_gramian(p_total, a.to(dtype), b.to(dtype), module.bias is not None)
+            a_g = a if a.dtype == dtype else a.to(dtype)
+            b_g = b if b.dtype == dtype else b.to(dtype)
+            _add_layer_gramian(p_total, a_g, b_g, module.bias is not None)
         vmask = structure.sample_known.to(dtype)
         g = _group_gramian(p_total, structure.sample_group, vmask, structure.num_groups)
         if fb_jac:
@@ -274,11 +292,12 @@ class SampleGramian:
         assert structure is not None
         assert structure.sample_known is not None
         assert structure.sample_group is not None
-        c = weights.to(mine.vmask.dtype)[structure.sample_group] * mine.vmask
+        w = weights if weights.dtype == mine.vmask.dtype else weights.to(mine.vmask.dtype)
+        c = w[structure.sample_group] * mine.vmask
         with torch.no_grad():
             updates: dict[int, Tensor] = {}
             for module, a, b in mine.layers:
-                bc = b * c.to(b.dtype)[:, None, None]
+                bc = b * (c if c.dtype == b.dtype else c.to(b.dtype))[:, None, None]
                 weight = module.weight
                 assert isinstance(weight, Tensor)
                 flat_b, flat_a = bc.reshape(-1, bc.shape[-1]), a.reshape(-1, a.shape[-1])

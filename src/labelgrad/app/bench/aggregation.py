@@ -1,4 +1,4 @@
-"""Benchmark of the aggregation engines on an MLP (issue 4 (b), issue 5 (a), (b)).
+"""Benchmark of the aggregation engines on an MLP (issue 4 (b), issue 5 (a), (b), issue 24).
 
 MLP 256-512-512 trunk, batch 256, Linear head. Cases, timed interleaved in one process:
 
@@ -7,9 +7,15 @@ MLP 256-512-512 trunk, batch 256, Linear head. Cases, timed interleaved in one p
 - ``loop``: LibMTL-style loop of K backward passes to the shared parameters, Gramian, weights;
 - ``torchjd``: TorchJD 0.18 ``mtl_backward`` + ``jac_to_grad`` with UPGrad (and with Mean, to
   separate the engine from the weighting solve);
-- ``representation``: closed-form representation engine (K = 16 and K = 80);
+- ``representation`` (P3r): closed-form representation engine (K = 16 and K = 80), int
+  multi-hot labels, with float labels, and with ``Mean`` (the engine alone, no solve);
 - ``amortized-8``: exact engine, weights recomputed every 8 steps;
-- ``sample_gramian`` (single-label, 10 and 100 class groups) vs exact and TorchJD.
+- ``sample_gramian`` (P4: single-label, 100 classes in 10 and 100 class groups, class-index
+  labels) with UPGrad and with ``Mean``, vs exact and TorchJD.
+
+Every case is timed at torch's default thread count and at 1 thread, and each row carries the
+aten operators of one step; ``run(runs=N)`` repeats each interleaved comparison N times and
+reports the best ratio and the spread.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from torch import Tensor, nn
 
 import labelgrad as lg
 from labelgrad.app.bench.policies import aten_ops
-from labelgrad.app.bench.timing import Result, interleaved, ratios
+from labelgrad.app.bench.timing import Result, interleaved
 
-__all__ = ["run"]
+__all__ = ["format_runs", "run"]
 
 
 class _MeanWeighting:
@@ -209,19 +215,126 @@ def _single_label_cases(k: int, with_torchjd: bool) -> dict[str, Callable[[], ob
     return cases
 
 
-def run(quick: bool = False) -> list[Result]:
-    """Time the engines; ``quick``: fewer steps, no K = 100 single-label or its TorchJD peer."""
-    steps, warmup = (3, 1) if quick else (30, 5)
-    rows: list[Result] = []
-    for k in (16, 80):
-        cases, wname = _multilabel_cases(k, quick)
-        times = interleaved(cases, steps=steps, warmup=warmup)
-        found = ratios(f"aggregation/mlp-multilabel K={k}", times, "plain", weighting=wname)
-        for r in found:  # deterministic, unlike the times on a shared machine
-            r.extra["aten_ops"] = aten_ops(cases[r.case])
-        rows += found
+_Build = Callable[[], tuple[dict[str, Callable[[], object]], str]]
+
+
+def _benchmarks(quick: bool) -> list[tuple[str, _Build]]:
+    """(benchmark label, builder of its cases and the weighting's name), in report order."""
+
+    def multilabel(k: int) -> _Build:
+        return lambda: _multilabel_cases(k, quick)
+
+    def single_label(k: int) -> _Build:
+        return lambda: (_single_label_cases(k, with_torchjd=not quick), _weighting()[1])
+
+    found = [(f"aggregation/mlp-multilabel K={k}", multilabel(k)) for k in (16, 80)]
     for k in (10,) if quick else (10, 100):
-        cases = _single_label_cases(k, with_torchjd=not quick)
-        times = interleaved(cases, steps=max(1, steps // 2), warmup=warmup)
-        rows += ratios(f"aggregation/mlp-single-label K={k}", times, "plain", weighting=wname)
+        found.append((f"aggregation/mlp-single-label K={k}", single_label(k)))
+    return found
+
+
+def _thread_counts() -> list[int]:
+    """torch's default thread count (what users run), then 1."""
+    default = torch.get_num_threads()
+    return [default] if default == 1 else [default, 1]
+
+
+def _best_of(
+    benchmark: str,
+    per_run: list[dict[str, float]],
+    ops: dict[str, int],
+    **extra: Any,
+) -> list[Result]:
+    """One row per case: the best (lowest) ratio to ``plain`` over the runs, and its spread.
+
+    Each run is one interleaved comparison, so its ratios are taken within the run (the load
+    of a shared machine changes between runs); ``median_ms`` is the case's best run median.
+    """
+    rows: list[Result] = []
+    for case in per_run[0]:
+        runs = [t[case] / t["plain"] for t in per_run]
+        added = ops[case] - ops["plain"]
+        label = f"{case} +{added} ops" if added else f"{case} {ops[case]} ops"
+        rows.append(
+            Result(
+                benchmark,
+                label,
+                1000 * min(t[case] for t in per_run),
+                min(runs),
+                {
+                    **extra,
+                    "aten_ops": ops[case],
+                    "added_ops": added,
+                    "runs": len(runs),
+                    "ratio_runs": [round(r, 4) for r in runs],
+                    "ratio_spread": max(runs) - min(runs),
+                },
+            )
+        )
     return rows
+
+
+def run(quick: bool = False, runs: int = 1, threads: Sequence[int] | None = None) -> list[Result]:
+    """Time the engines against the plain step, interleaved, at each thread count.
+
+    Cases per benchmark: ``plain``; the representation engine (P3r, closed form, K = 16 and 80)
+    with the weighting (``UPGrad``), with float labels, and with ``Mean`` (the engine alone,
+    without the solve); the sample-Gramian engine (P4, 100 classes in 10 or 100 class groups)
+    with ``UPGrad`` and with ``Mean``; and the references (exact engine, LibMTL-style loop,
+    Amortized, TorchJD where installed). Each row's ``extra`` holds the thread count, the aten
+    operators of one step (``aten_ops``; ``added_ops``: minus the plain step's), and over
+    ``runs`` repetitions of the whole interleaved comparison the ratio of each run
+    (``ratio_runs``) and their spread; the row's ratio is the best run's.
+
+    Args:
+        quick: few steps, the default thread count only, no K = 100 single-label case or
+            TorchJD peers (a smoke run, not a measurement).
+        runs: repetitions of each interleaved comparison (>= 1).
+        threads: thread counts to time at; default: torch's default, then 1 (quick: the default).
+
+    Returns:
+        One row per benchmark, thread count and case.
+    """
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be a positive int, got {runs!r}")
+    steps, warmup = (3, 1) if quick else (30, 5)
+    default = torch.get_num_threads()
+    counts = list(threads) if threads else ([default] if quick else _thread_counts())
+    rows: list[Result] = []
+    for label, build in _benchmarks(quick):
+        cases, wname = build()
+        n = steps if "multilabel" in label else max(1, steps // 2)
+        timed: list[tuple[int, list[dict[str, float]]]] = []
+        for count in counts:
+            torch.set_num_threads(count)
+            try:
+                timed.append(
+                    (count, [interleaved(cases, steps=n, warmup=warmup) for _ in range(runs)])
+                )
+            finally:
+                torch.set_num_threads(default)
+        # Counted after the timing: the profiler's start and stop slow the steps that follow.
+        ops = {case: aten_ops(fn) for case, fn in cases.items()}  # deterministic, unlike times
+        for count, per_run in timed:
+            bench = f"{label} ({count} thr)"
+            rows += _best_of(bench, per_run, ops, weighting=wname, threads=count)
+    return rows
+
+
+def format_runs(rows: list[Result]) -> str:
+    """A plain-text table: best ratio over the runs, the spread, the aten operators per step.
+
+    Example:
+        >>> row = Result("b", "x +3 ops", 2.0, 1.25, {"ratio_spread": 0.05, "runs": 3})
+        >>> print(format_runs([row]))  # doctest: +NORMALIZE_WHITESPACE
+        benchmark  case  best ms  best ratio  spread  runs
+        b          x +3 ops  2.000  1.25x  0.05  3
+    """
+    lines = [f"{'benchmark':<44} {'case':<44} {'best ms':>9} {'best ratio':>10} {'spread':>7} runs"]
+    for r in rows:
+        spread = r.extra.get("ratio_spread", 0.0)
+        lines.append(
+            f"{r.benchmark:<44} {r.case:<44} {r.median_ms:>9.3f} {r.ratio:>9.2f}x "
+            f"{spread:>7.2f} {r.extra.get('runs', 1)}"
+        )
+    return "\n".join(lines)
