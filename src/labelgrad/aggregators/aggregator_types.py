@@ -76,7 +76,9 @@ def check_gramian(gramian: object, /, *, psd: bool = True) -> Tensor:
         )
     if gramian.shape[0] == 0:
         raise ValueError("the Gramian must have K >= 1 rows, got shape (0, 0)")
-    if _host_checkable(gramian):
+    # One fused test and one read on every call; the step-by-step checks below run only when it
+    # fails, to name the fault (so a valid Gramian costs ~15 operators, not ~80).
+    if _host_checkable(gramian) and not bool(_valid(gramian, psd)):
         if not bool(gramian.isfinite().all()):
             raise ValueError("the Gramian has non-finite entries (inf or nan)")
         if psd:
@@ -84,15 +86,41 @@ def check_gramian(gramian: object, /, *, psd: bool = True) -> Tensor:
     return gramian
 
 
-def _check_gram_form(gramian: Tensor) -> None:
-    # Necessary conditions for G = J J^T that cost O(K^2), not an eigendecomposition: symmetric,
-    # non-negative diagonal, |G_ij| <= sqrt(G_ii G_jj). Every solver assumes them; without them
-    # the weights are silently meaningless (NaN from GradVac/SDMGrad, uniform from UPGrad).
+def _gram_tolerance(gramian: Tensor) -> float:
     # Tolerance: sqrt(eps) times the largest diagonal entry (an engine's rounding); eps of
     # bfloat16 below float64, since a float32 G may carry half-precision rounding (a wrapper
     # passes its upcast half-precision G on to the weighting it wraps).
     coarse = torch.float64 if gramian.dtype == torch.float64 else torch.bfloat16
-    tol = float(torch.finfo(coarse).eps) ** 0.5
+    return float(torch.finfo(coarse).eps) ** 0.5
+
+
+def _valid(gramian: Tensor, psd: bool) -> Tensor:
+    """0-d bool: finite and (with ``psd``) passes every test of :func:`_check_gram_form`.
+
+    The same quantities in the same dtype as that function, fused into one matrix whose largest
+    entry must be at most ``tol max_i |G_ii|``: the asymmetry ``|G_ij - G_ji|`` and the excess
+    ``|G_ij| - sqrt(G_ii G_jj) (1 + tol)``, whose diagonal is ``-G_ii`` where ``G_ii < 0`` (the
+    negative-diagonal test). A NaN anywhere makes the comparison false; an infinite diagonal entry
+    makes its excess NaN (``inf - inf``) or the bound's clamp refuse it, an infinite off-diagonal
+    entry exceeds the finite bound.
+    """
+    if not psd:
+        return gramian.isfinite().all()
+    tol = _gram_tolerance(gramian)
+    g = gramian if gramian.dtype == torch.float64 else gramian.double()
+    diag = g.diagonal()
+    root = diag.clamp(min=0).sqrt()
+    excess = g.abs().sub_(torch.outer(root, root).mul_(1 + tol))
+    worst = torch.maximum((g - g.mT).abs_(), excess).amax()
+    limit = diag.abs().amax().mul_(tol).clamp_(max=torch.finfo(torch.float64).max)
+    return worst <= limit
+
+
+def _check_gram_form(gramian: Tensor) -> None:
+    # Necessary conditions for G = J J^T that cost O(K^2), not an eigendecomposition: symmetric,
+    # non-negative diagonal, |G_ij| <= sqrt(G_ii G_jj). Every solver assumes them; without them
+    # the weights are silently meaningless (NaN from GradVac/SDMGrad, uniform from UPGrad).
+    tol = _gram_tolerance(gramian)
     g = gramian.double()
     diag = g.diagonal()
     limit = tol * float(diag.abs().max())
