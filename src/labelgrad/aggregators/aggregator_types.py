@@ -3,6 +3,7 @@ wrapper base of weightings that wrap another one."""
 
 from __future__ import annotations
 
+import math
 from typing import TypeAlias
 
 import torch
@@ -91,7 +92,7 @@ def _gram_tolerance(gramian: Tensor) -> float:
     # bfloat16 below float64, since a float32 G may carry half-precision rounding (a wrapper
     # passes its upcast half-precision G on to the weighting it wraps).
     coarse = torch.float64 if gramian.dtype == torch.float64 else torch.bfloat16
-    return float(torch.finfo(coarse).eps) ** 0.5
+    return math.sqrt(torch.finfo(coarse).eps)
 
 
 def _valid(gramian: Tensor, psd: bool) -> Tensor:
