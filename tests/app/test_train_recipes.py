@@ -372,6 +372,45 @@ def test_split_of_tiny_or_multilabel_data_stays_valid() -> None:
     assert (len(te), len(va), len(tr)) == (4, 2, 14)
 
 
+def _long_tailed_multilabel(n: int, c: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < np.geomspace(0.5, 0.01, c)).astype(np.int64)
+    y[rng.random((n, c)) < 0.1] = -1  # unknown
+    return y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multilabel_split_is_stratified_by_label(seed: int) -> None:
+    y = _long_tailed_multilabel(2000, 14, seed)
+    te, va, tr = split_indices(y, 0.2, 0.1, seed=seed)
+    assert sorted(np.concatenate([te, va, tr]).tolist()) == list(range(len(y)))
+    assert (len(te), len(va), len(tr)) == (400, 200, 1400)  # the random split's sizes
+    positives = (y == 1).sum(axis=0)
+    for part, fraction in ((te, 0.2), (va, 0.1), (tr, 0.7)):
+        # Within one sample of the proportion for every label, the rare ones included (a
+        # permutation is off by about sqrt(count): ~6 samples of the frequent labels here).
+        assert np.abs((y[part] == 1).sum(axis=0) - fraction * positives).max() <= 1.0
+    # Unknown labels (-1) are not positives: the same split as with them read as 0.
+    known = np.where(y == -1, 0, y)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip((te, va, tr), split_indices(known, 0.2, 0.1, seed), strict=True)
+    )
+    # Seeded: the same seed gives the same split, another seed another one.
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip((te, va, tr), split_indices(y, 0.2, 0.1, seed), strict=True)
+    )
+    assert not np.array_equal(te, split_indices(y, 0.2, 0.1, seed + 10)[0])
+
+
+def test_a_random_split_of_the_same_data_is_not_stratified() -> None:
+    # What the test above excludes happens at random: the check there can fail.
+    y = _long_tailed_multilabel(2000, 14, 0)
+    te = np.random.default_rng(0).permutation(len(y))[:400]
+    assert np.abs((y[te] == 1).sum(axis=0) - 0.2 * (y == 1).sum(axis=0)).max() > 1.0
+
+
 def test_few_validation_samples_of_a_class_warn(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), [300, 100, 12])

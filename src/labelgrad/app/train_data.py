@@ -262,12 +262,15 @@ def _class_names(names: tuple[str, ...] | None, c: int) -> tuple[str, ...]:
 def split_indices(
     y: np.ndarray, test_fraction: float, validation_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded (test, validation, train) indices; single-label data stratified by class.
+    """Seeded (test, validation, train) indices, stratified by class.
 
-    Each class gives round(fraction x its count) samples to the test and the validation split
-    (a class with one sample stays in training), so that a long-tailed class is represented
-    in each split as in the data, not by the luck of one permutation. Multi-label data, or a
-    stratified split that would leave the test or training part empty, is split at random.
+    Single-label data: each class gives round(fraction x its count) samples to the test and the
+    validation split (a class with one sample stays in training), so that a long-tailed class is
+    represented in each split as in the data, not by the luck of one permutation (a stratified
+    split that would leave the test or training part empty is split at random). Multi-label data
+    (labels in {0, 1}, -1 unknown): the random split's sizes, filled by iterative stratification
+    (:func:`_iterative_split`), so that each label's known positives fall into the splits in
+    proportion.
 
     Example:
         >>> y = np.array([0] * 8 + [1] * 2)
@@ -298,7 +301,51 @@ def split_indices(
             return part(is_te), part(is_va), part(~(is_te | is_va))
     n_test = min(n - 1, max(1, round(test_fraction * n)))
     n_val = min(n - n_test - 1, round(validation_fraction * n))
+    if y.ndim == 2:
+        return _iterative_split(y == 1, (n_test, n_val, n - n_test - n_val), perm)
     return perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+
+
+def _iterative_split(
+    positive: np.ndarray, sizes: tuple[int, int, int], perm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Iterative stratification of multi-label data into parts of the given sizes.
+
+    Sechidis, Tsoumakas & Vlahavas, `On the Stratification of Multi-Label Data
+    <https://doi.org/10.1007/978-3-642-23808-6_3>`_ (ECML PKDD 2011), Algorithm 1, with parts
+    of fixed size: the label with the fewest positives left is placed first, each of its samples
+    (in the seeded permutation's order) into the open part that still wants the most of that
+    label (ties: the most room left, then the first part); samples without a known positive fill
+    the room left. Hand-written (about 20 lines) rather than a dependency: the packages that
+    implement it are not kept up, and none takes fixed part sizes or unknown labels. A loop over
+    samples, once per run, before training.
+
+    Args:
+        positive: (N, C) bool, the known positive labels.
+        sizes: the number of samples of each part (summing to N).
+        perm: the seeded permutation of the N samples (the order samples are placed in).
+
+    Returns:
+        The indices of each part, each in the permutation's order.
+    """
+    pos = positive[perm]
+    room = np.array(sizes, dtype=np.int64)
+    want = np.outer(room / len(perm), pos.sum(axis=0))  # (parts, C) positives each part wants
+    part = np.full(len(perm), -1, dtype=np.int64)
+    left = pos.sum(axis=0)
+    while (left > 0).any():
+        label = int(np.argmin(np.where(left > 0, left, np.iinfo(np.int64).max)))
+        for row in np.flatnonzero(pos[:, label] & (part < 0)):
+            score = np.where(room > 0, want[:, label], -np.inf)
+            ties = np.flatnonzero(score == score.max())
+            chosen = int(ties[np.argmax(room[ties])])
+            part[row], room[chosen] = chosen, room[chosen] - 1
+            want[chosen] -= pos[row]
+            left -= pos[row]
+    unplaced = np.flatnonzero(part < 0)
+    part[unplaced] = np.repeat(np.arange(len(room)), room)  # the room left, in order
+    test, val, train = (perm[part == k] for k in range(3))
+    return test, val, train
 
 
 def check_memory(cfg: TrainConfig, num_features: int, num_classes: int) -> None:
