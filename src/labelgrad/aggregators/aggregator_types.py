@@ -4,7 +4,7 @@ wrapper base of weightings that wrap another one."""
 from __future__ import annotations
 
 import math
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -383,6 +383,45 @@ class WeightingWrapper(GramianWeighting):
     def _weights(self, gramian: Tensor, /) -> Tensor:
         w: Tensor = self.aggregator.weights(gramian)
         return w
+
+    def get_extra_state(self) -> dict[str, str]:
+        """The wrapped weighting's type: a wrapper's state (cached weights, an iterate) means
+        nothing to a wrapper of another weighting, so :meth:`set_extra_state` refuses it."""
+        return {"aggregator": type(self.aggregator).__qualname__}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Check that the state was saved from a wrapper of the same weighting type.
+
+        Raises:
+            ValueError: it was saved from a wrapper of another weighting.
+        """
+        saved = state.get("aggregator") if isinstance(state, dict) else None
+        mine = type(self.aggregator).__qualname__
+        if saved is not None and saved != mine:
+            wrapper = type(self).__name__
+            raise ValueError(
+                f"state_dict: saved from {wrapper}({saved}), this is {wrapper}({mine}): its "
+                f"state does not apply; load it into {wrapper}({saved}()), or start this one "
+                "fresh (do not load it)"
+            )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # States saved before the type was recorded (0.2) have no extra state: they still load.
+        extra = prefix + "_extra_state"
+        if extra not in state_dict and extra in missing_keys:
+            missing_keys.remove(extra)
 
     def expects_gramian(self) -> bool:
         """As the wrapped weighting (a duck-typed one without the method: no assumption)."""

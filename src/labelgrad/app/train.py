@@ -74,7 +74,8 @@ gradient statistics), ``training_curves.png``, ``per_class.png``, ``confusion.pn
 
 ``--resume`` continues from the checkpoint exactly as an uninterrupted run would (the batches of
 each epoch are a function of the seed and the epoch; model, optimizer (with its row rules),
-policy, aggregator state and the aggregator's random generator are restored). The checkpoint
+policy, aggregator state and the aggregator's random generator are restored, and MKL is asked
+for alignment-independent results, :func:`labelgrad.app.cli.reproducible_blas`). The checkpoint
 records the config, the seed and the data (path, size, SHA-256); a resume with another seed or
 other data is refused, and every loaded field (epoch, losses, tensor shapes and dtypes of the
 model, optimizer and policy states) is checked first.
