@@ -131,6 +131,17 @@ def _solve_block(
     return x[:, :real]
 
 
+def _solve_masked(matrix: Tensor, q: Tensor, active: Tensor) -> Tensor:
+    """:func:`_solve_block` at full size without the gather: ``M ⊙ f f^T + diag(a)`` for the 0/1
+    free and active indicators ``f``, ``a`` (the same systems, in fewer operators at small K)."""
+    free = (~active).to(matrix.dtype)
+    system = matrix * (free.unsqueeze(-1) * free.unsqueeze(-2))
+    system.diagonal(dim1=-2, dim2=-1).add_(active)
+    factor, _ = torch.linalg.cholesky_ex(system)
+    x: Tensor = torch.cholesky_solve((q * free).neg_().unsqueeze(-1), factor).squeeze(-1)
+    return x
+
+
 def _solve_free(
     padded: Tensor,
     rhs: Tensor,
@@ -297,7 +308,10 @@ def solve_lcp(
     free_key = torch.arange(k, device=q.device)
     active_key = free_key + k
     dual = inverse is not None and compact
-    if dual:
+    masked = not compact and k <= SMALL_K and n * k * k <= budget
+    if masked:
+        padded = sub_rhs = q  # unused: the systems are masked, not gathered
+    elif dual:
         assert inverse is not None
         # Rows with fewer active than free coordinates solve ``H_AA mu_A = -x*_A`` (H = M^-1,
         # x* = -q H the unconstrained minimizer), then ``x = x* + mu H``, ``y_A = mu_A``: the
@@ -321,6 +335,9 @@ def solve_lcp(
             x = torch.addmm(z[:, :k], z[:, k:], inverse)
             x = x.addcmul_(base[todo], by_dual).masked_fill_(sub_active, 0)
             y = torch.where(by_dual, z[:, k:], torch.addmm(sub_rhs[:, :k], x, matrix, beta=-1))
+        elif masked:
+            x = _solve_masked(matrix, q, sub_active)
+            y = torch.addmm(q, x, matrix)
         else:
             key = torch.where(sub_active, active_key, free_key)
             x = _solve_free(padded, sub_rhs, sub_active, key, compact, workspace, budget)
@@ -329,17 +346,16 @@ def solve_lcp(
         flip = torch.where(sub_active, y, x) < low
         if single_pivot or it > _PLAIN:
             flip, best, left = _exchange(flip, best, left, single_pivot)
-        unsettled = flip.any(dim=-1)
         if compact:  # free on CPU: keep only the unsettled rows
             x_out[todo], active_out[todo] = x, sub_active
-            keep = unsettled.nonzero().squeeze(-1)
+            keep = flip.any(dim=-1).nonzero().squeeze(-1)
             if keep.numel() == 0:
                 break
             todo, sub_rhs, low_q = todo[keep], sub_rhs[keep], low_q[keep]
             sub_active, best, left = (sub_active ^ flip)[keep], best[keep], left[keep]
         else:
             x_out, active_out, sub_active = x, sub_active, sub_active ^ flip
-            if it % every == 0 and not bool(unsettled.any()):
+            if it % every == 0 and not bool(flip.any()):
                 break
     return x_out, active_out
 
@@ -393,9 +409,11 @@ def solve_lcp_certified(
     x, active = solve_lcp(matrix, q, **options)  # type: ignore[arg-type]
     x = x.clamp(min=0)
     failed = ~(lcp_residual(matrix, q, x) <= tol)
-    rows = failed.nonzero().squeeze(-1)
     uncertified: Tensor | int = 0
-    if rows.numel() > 0:
+    fallbacks = 0
+    if bool(failed.any()):  # one host read (the usual case: no row failed)
+        rows = failed.nonzero().squeeze(-1)
+        fallbacks = rows.numel()
         k = q.shape[-1]
         robust = {key: options[key] for key in ("host_shapes", "workspace") if key in options}
         x_rows, active_rows = solve_lcp(
@@ -409,7 +427,7 @@ def solve_lcp_certified(
         uncertified = (~(lcp_residual(matrix, q[rows], x_rows) <= tol)).sum()
         x[rows], active[rows] = x_rows, active_rows
     if diagnostics is not None:
-        diagnostics.record(q.shape[0], rows.numel(), uncertified)
+        diagnostics.record(q.shape[0], fallbacks, uncertified)
     return x, active
 
 
