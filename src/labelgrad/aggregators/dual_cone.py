@@ -57,9 +57,8 @@ class _DualConeWeighting(GramianWeighting):
     def _project(self, lower: Tensor, gramian: Tensor) -> Tensor:
         g = regularize_gramian(normalize_gramian(gramian, self.norm_eps), self.reg_eps)
         active, last = self._active, self._last
-        if not self.warm_start or active is None or active.shape != lower.shape:
-            active = None
-        elif (
+        unusable = not self.warm_start or active is None or active.shape != lower.shape
+        if unusable or (
             g.device.type == "cpu"  # the comparison is a host read: free on CPU only
             and last is not None
             and last.shape == g.shape
