@@ -131,14 +131,15 @@ def _solve_block(
     return x[:, :real]
 
 
-def _solve_masked(matrix: Tensor, q: Tensor, active: Tensor) -> Tensor:
+def _solve_masked(matrix: Tensor, neg_q: Tensor, active: Tensor, zero: Tensor) -> Tensor:
     """:func:`_solve_block` at full size without the gather: ``M ⊙ f f^T + diag(a)`` for the 0/1
     free and active indicators ``f``, ``a`` (the same systems, in fewer operators at small K)."""
     free = (~active).to(matrix.dtype)
     system = matrix * (free.unsqueeze(-1) * free.unsqueeze(-2))
     system.diagonal(dim1=-2, dim2=-1).add_(active)
     factor, _ = torch.linalg.cholesky_ex(system)
-    x: Tensor = torch.cholesky_solve((q * free).neg_().unsqueeze(-1), factor).squeeze(-1)
+    rhs = torch.where(active, zero, neg_q).unsqueeze(-1)  # +0 (not -0) where active
+    x: Tensor = torch.cholesky_solve(rhs, factor).squeeze(-1)
     return x
 
 
@@ -310,7 +311,8 @@ def solve_lcp(
     dual = inverse is not None and compact
     masked = not compact and k <= SMALL_K and n * k * k <= budget
     if masked:
-        padded = sub_rhs = q  # unused: the systems are masked, not gathered
+        padded = sub_rhs = -q  # -q only: the systems are masked, not gathered
+        zero = q.new_zeros(())
     elif dual:
         assert inverse is not None
         # Rows with fewer active than free coordinates solve ``H_AA mu_A = -x*_A`` (H = M^-1,
@@ -336,7 +338,7 @@ def solve_lcp(
             x = x.addcmul_(base[todo], by_dual).masked_fill_(sub_active, 0)
             y = torch.where(by_dual, z[:, k:], torch.addmm(sub_rhs[:, :k], x, matrix, beta=-1))
         elif masked:
-            x = _solve_masked(matrix, q, sub_active)
+            x = _solve_masked(matrix, sub_rhs, sub_active, zero)
             y = torch.addmm(q, x, matrix)
         else:
             key = torch.where(sub_active, active_key, free_key)
