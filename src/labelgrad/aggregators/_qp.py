@@ -298,18 +298,21 @@ def solve_lcp(
     every = (1 if compact else 5) if check_every is None else check_every
     budget = max(2**24, 4 * k * k) if budget is None else budget
     active = (q > 0) if active is None else active.clone()
-    x_out, active_out = torch.zeros_like(q), active.clone()
+    x_out, active_out = torch.zeros_like(q), (active.clone() if compact else active)
     # Round-off of y grows with |x| |M|: violations below it are ignored (else ties cycle).
     eps = 64 * torch.finfo(q.dtype).eps
     low_q = q.abs().amax(dim=-1, keepdim=True) * -eps
     low_diag = matrix.diagonal().abs().amax() * -eps
-    best = torch.full((n,), k + 1, dtype=torch.int64, device=q.device)
-    left = torch.full((n,), _EXCHANGES, dtype=torch.int64, device=q.device)
-    todo = torch.arange(n, device=q.device)
-    free_key = torch.arange(k, device=q.device)
-    active_key = free_key + k
+    # Júdice-Pires counters, made at their first use (most solves settle before it).
+    best: Tensor | None = None
+    left: Tensor | None = None
+    todo = torch.arange(n, device=q.device) if compact else q  # (unused unless compact)
     dual = inverse is not None and compact
     masked = not compact and k <= SMALL_K and n * k * k <= budget
+    free_key = active_key = q  # (unused when masked)
+    if not masked:
+        free_key = torch.arange(k, device=q.device)
+        active_key = free_key + k
     if masked:
         padded = sub_rhs = -q  # -q only: the systems are masked, not gathered
         zero = q.new_zeros(())
@@ -347,6 +350,9 @@ def solve_lcp(
         low = torch.addcmul(low_q, x.abs().amax(dim=-1, keepdim=True), low_diag)
         flip = torch.where(sub_active, y, x) < low
         if single_pivot or it > _PLAIN:
+            if best is None or left is None:
+                best = torch.full((flip.shape[0],), k + 1, dtype=torch.int64, device=q.device)
+                left = torch.full_like(best, _EXCHANGES)
             flip, best, left = _exchange(flip, best, left, single_pivot)
         if compact:  # free on CPU: keep only the unsettled rows
             x_out[todo], active_out[todo] = x, sub_active
@@ -354,7 +360,9 @@ def solve_lcp(
             if keep.numel() == 0:
                 break
             todo, sub_rhs, low_q = todo[keep], sub_rhs[keep], low_q[keep]
-            sub_active, best, left = (sub_active ^ flip)[keep], best[keep], left[keep]
+            sub_active = (sub_active ^ flip)[keep]
+            if best is not None and left is not None:
+                best, left = best[keep], left[keep]
         else:
             x_out, active_out, sub_active = x, sub_active, sub_active ^ flip
             if it % every == 0 and not bool(flip.any()):
