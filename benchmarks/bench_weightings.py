@@ -1,4 +1,5 @@
-"""Benchmark (a): weighting solve time, labelgrad vs TorchJD 0.18 (K = 16, 80, 256).
+"""Benchmark (a): weighting solve time, labelgrad vs TorchJD 0.18 (K = 16, 80, 256), and UPGrad
+per call over Gramians recorded from a training run (K = 16, 80, 100: the ``sequence`` rows).
 
 Run: ``PYTHONPATH=src python benchmarks/bench_weightings.py [--quick] [--threads N ...]``.
 By default it reports twice: at torch's default intra-op thread count, then at 1 thread.

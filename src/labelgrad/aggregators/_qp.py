@@ -31,6 +31,8 @@ LCP_TOL = 1e-9
 _EXCHANGES = 3
 #: Plain block pivoting for this many iterations first (almost every row settles within them).
 _PLAIN = 8
+#: Up to this K the CPU solver keeps fixed shapes (no compaction of rows or systems).
+SMALL_K = 32
 
 
 def normalize_gramian(gramian: Tensor, eps: float) -> Tensor:
@@ -79,12 +81,12 @@ def _pad(matrix: Tensor) -> Tensor:
     return padded
 
 
-def _free_first(key: Tensor, k: int) -> Tensor:
-    """Each row of ``key`` with its free coordinates (keys below ``k``) first, both parts in
+def _free_first(key: Tensor, real: int) -> Tensor:
+    """Each row of ``key`` with its free coordinates (keys below ``real``) first, both parts in
     order: the sort of the keys, by positions from one cumulative sum (cheaper than a sort)."""
-    free = key < k
+    free = key < real
     before = free.cumsum(dim=-1)  # free coordinates up to and including each one
-    columns = torch.arange(k, device=key.device)
+    columns = torch.arange(key.shape[-1], device=key.device)
     position = torch.where(free, before - 1, columns - before + before[:, -1:])
     return torch.empty_like(key).scatter_(-1, position, key)
 
@@ -96,6 +98,7 @@ def _solve_block(
     m: int,
     compact: bool,
     workspace: dict[str, Tensor] | None,
+    real: int,
 ) -> Tensor:
     """``x_A = 0`` and ``M_FF x_F = -q_F`` for each row, with systems of size ``m``.
 
@@ -104,10 +107,12 @@ def _solve_block(
     coordinates index the identity block of ``padded`` (distinct indices), which keeps every
     system positive definite and decoupled from them. Compact (CPU): the keys are sorted, so the
     free coordinates come first and the systems are cut to ``m`` (the largest free set);
-    otherwise ``m = K`` (no data-dependent shape).
+    otherwise ``m = K`` (no data-dependent shape). More generally ``padded`` is any positive
+    definite block diagonal matrix whose last K columns are an identity, keys below ``real``
+    select its other blocks, and the first ``real`` columns of the scattered solution return.
     """
     n, width = rhs.shape
-    index = _free_first(key, width // 2)[:, :m] if compact else key
+    index = _free_first(key, real)[:, :m] if compact else key
     # Flat offsets into ``padded``: int32 where they fit (half the memory traffic of int64).
     small = index.to(torch.int32) if width * width < 2**31 else index
     flat = _scratch(workspace, small, n * m * m, "index").view(n, m, m)
@@ -123,7 +128,19 @@ def _solve_block(
     )
     solved = torch.linalg.solve_triangular(factor, half, upper=True).squeeze(-1)
     x = torch.zeros_like(rhs).scatter_(-1, index, solved)
-    return x[:, : width // 2]
+    return x[:, :real]
+
+
+def _solve_masked(matrix: Tensor, neg_q: Tensor, active: Tensor, zero: Tensor) -> Tensor:
+    """:func:`_solve_block` at full size without the gather: ``M ⊙ f f^T + diag(a)`` for the 0/1
+    free and active indicators ``f``, ``a`` (the same systems, in fewer operators at small K)."""
+    free = (~active).to(matrix.dtype)
+    system = matrix * (free.unsqueeze(-1) * free.unsqueeze(-2))
+    system.diagonal(dim1=-2, dim2=-1).add_(active)
+    factor, _ = torch.linalg.cholesky_ex(system)
+    rhs = torch.where(active, zero, neg_q).unsqueeze(-1)  # +0 (not -0) where active
+    x: Tensor = torch.cholesky_solve(rhs, factor).squeeze(-1)
+    return x
 
 
 def _solve_free(
@@ -134,37 +151,40 @@ def _solve_free(
     compact: bool,
     workspace: dict[str, Tensor] | None,
     budget: int,
+    real: int | None = None,
 ) -> Tensor:
     """:func:`_solve_block` in chunks of rows whose systems hold at most ``budget`` elements.
 
     This bounds the memory by O(budget + B K) instead of O(B K^2). On CPU the rows are sorted by
-    free-set size, so each chunk is cut to its own largest free set.
+    free-set size, so each chunk is cut to its own largest free set. ``active`` marks the
+    coordinates outside each row's system (keys at or above ``real``, default K).
     """
     n, k = active.shape
+    real = k if real is None else real
     if not compact:
         rows = max(1, budget // (k * k))
         if rows >= n:
-            return _solve_block(padded, rhs, key, k, False, workspace)
+            return _solve_block(padded, rhs, key, k, False, workspace, real)
         parts = [
-            _solve_block(padded, rhs[s : s + rows], key[s : s + rows], k, False, workspace)
+            _solve_block(padded, rhs[s : s + rows], key[s : s + rows], k, False, workspace, real)
             for s in range(0, n, rows)
         ]
         return torch.cat(parts)
     active_count = active.sum(dim=-1)
     m = k - int(active_count.min())  # CPU only: free
     if m == 0:
-        return rhs.new_zeros(n, k)
+        return rhs.new_zeros(n, real)
     if n * m * m <= budget:  # the common case: one block, no sorting
-        return _solve_block(padded, rhs, key, m, True, workspace)
+        return _solve_block(padded, rhs, key, m, True, workspace, real)
     order = torch.argsort(active_count, stable=True)
     counts = (k - active_count[order]).tolist()  # CPU only: free
-    x = rhs.new_zeros(n, k)
+    x = rhs.new_zeros(n, real)
     start = 0
     while start < n and counts[start] > 0:
         m = counts[start]
         end = min(n, start + max(1, budget // (m * m)))
         chunk = order[start:end]
-        x[chunk] = _solve_block(padded, rhs[chunk], key[chunk], m, True, workspace)
+        x[chunk] = _solve_block(padded, rhs[chunk], key[chunk], m, True, workspace, real)
         start = end
     return x
 
@@ -226,6 +246,7 @@ def solve_lcp(
     host_shapes: bool | None = None,
     workspace: dict[str, Tensor] | None = None,
     budget: int | None = None,
+    inverse: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Solve ``x >= 0, y = q + x M >= 0, x ⊙ y = 0`` for every row ``q``, all at once.
 
@@ -240,7 +261,9 @@ def solve_lcp(
     (degenerate ties). ``single_pivot`` uses Murty's rule from the start.
 
     Memory: the systems are built in chunks of at most ``budget`` elements (default
-    ``max(2^24, 4 K^2)``), so the solver needs O(K^2 + B K), never O(B K^2).
+    ``max(2^24, 4 K^2)``), so the solver needs O(K^2 + B K), never O(B K^2). Shapes: on CPU with
+    K above :data:`SMALL_K` the settled rows are dropped and the systems cut to the largest set
+    solved; up to it (and off CPU) every row is solved at full size each iteration.
 
     Args:
         matrix: (K, K) symmetric positive definite ``M``.
@@ -253,6 +276,9 @@ def solve_lcp(
             on CPU only.
         workspace: a dict in which scratch memory is kept between calls.
         budget: the most elements of one chunk of systems.
+        inverse: ``M^-1``, where ``M`` is well conditioned (e.g. regularized): with host shapes,
+            each row then solves the smaller of its free set's system in ``M`` and its active
+            set's in ``M^-1`` (the same iterates, up to round-off).
 
     Returns:
         (B, K) ``x`` and the (B, K) final active sets.
@@ -265,40 +291,81 @@ def solve_lcp(
     """
     n, k = q.shape
     compact = q.device.type == "cpu" if host_shapes is None else host_shapes
+    if compact and k <= SMALL_K:
+        # Fixed shapes: at small K, operator dispatch costs more than solving every row each
+        # iteration, so neither the rows nor the systems are cut (one host read per iteration).
+        compact, check_every = False, 1 if check_every is None else check_every
     every = (1 if compact else 5) if check_every is None else check_every
     budget = max(2**24, 4 * k * k) if budget is None else budget
     active = (q > 0) if active is None else active.clone()
-    x_out, active_out = torch.zeros_like(q), active.clone()
+    x_out, active_out = torch.zeros_like(q), (active.clone() if compact else active)
     # Round-off of y grows with |x| |M|: violations below it are ignored (else ties cycle).
     eps = 64 * torch.finfo(q.dtype).eps
     low_q = q.abs().amax(dim=-1, keepdim=True) * -eps
     low_diag = matrix.diagonal().abs().amax() * -eps
-    best = torch.full((n,), k + 1, dtype=torch.int64, device=q.device)
-    left = torch.full((n,), _EXCHANGES, dtype=torch.int64, device=q.device)
-    todo = torch.arange(n, device=q.device)
-    free_key = torch.arange(k, device=q.device)
-    active_key = free_key + k
-    padded = _pad(matrix)
-    sub_rhs, sub_active = torch.cat((-q, torch.zeros_like(q)), dim=-1), active
+    # Júdice-Pires counters, made at their first use (most solves settle before it).
+    best: Tensor | None = None
+    left: Tensor | None = None
+    todo = torch.arange(n, device=q.device) if compact else q  # (unused unless compact)
+    dual = inverse is not None and compact
+    masked = not compact and k <= SMALL_K and n * k * k <= budget
+    free_key = active_key = q  # (unused when masked)
+    if not masked:
+        free_key = torch.arange(k, device=q.device)
+        active_key = free_key + k
+    if masked:
+        padded = sub_rhs = -q  # -q only: the systems are masked, not gathered
+        zero = q.new_zeros(())
+    elif dual:
+        assert inverse is not None
+        # Rows with fewer active than free coordinates solve ``H_AA mu_A = -x*_A`` (H = M^-1,
+        # x* = -q H the unconstrained minimizer), then ``x = x* + mu H``, ``y_A = mu_A``: the
+        # systems are cut to the smaller of the two sets. ``padded`` holds M, H and I_K.
+        base = q @ inverse  # -x*
+        padded = torch.block_diag(matrix, inverse, torch.eye(k, dtype=q.dtype, device=q.device))
+        sub_rhs = torch.cat((-q, base, torch.zeros_like(q)), dim=-1)
+        base = base.neg_()
+        outside = free_key + 2 * k
+    else:
+        padded = _pad(matrix)
+        sub_rhs = torch.cat((-q, torch.zeros_like(q)), dim=-1)
+    sub_active = active
     for it in range(1, max_iters + 1):
-        key = torch.where(sub_active, active_key, free_key)
-        x = _solve_free(padded, sub_rhs, sub_active, key, compact, workspace, budget)
-        y = torch.addmm(sub_rhs[:, :k], x, matrix, beta=-1)  # q + x M
+        if dual:
+            assert inverse is not None
+            by_dual = (2 * sub_active.sum(dim=-1, keepdim=True)) < k
+            chosen = sub_active == by_dual  # the set whose system is solved
+            key = torch.where(chosen, free_key + k * by_dual, outside)
+            z = _solve_free(padded, sub_rhs, ~chosen, key, True, workspace, budget, 2 * k)
+            x = torch.addmm(z[:, :k], z[:, k:], inverse)
+            x = x.addcmul_(base[todo], by_dual).masked_fill_(sub_active, 0)
+            y = torch.where(by_dual, z[:, k:], torch.addmm(sub_rhs[:, :k], x, matrix, beta=-1))
+        elif masked:
+            x = _solve_masked(matrix, sub_rhs, sub_active, zero)
+            y = torch.addmm(q, x, matrix)
+        else:
+            key = torch.where(sub_active, active_key, free_key)
+            x = _solve_free(padded, sub_rhs, sub_active, key, compact, workspace, budget)
+            y = torch.addmm(sub_rhs[:, :k], x, matrix, beta=-1)  # q + x M
         low = torch.addcmul(low_q, x.abs().amax(dim=-1, keepdim=True), low_diag)
         flip = torch.where(sub_active, y, x) < low
         if single_pivot or it > _PLAIN:
+            if best is None or left is None:
+                best = torch.full((flip.shape[0],), k + 1, dtype=torch.int64, device=q.device)
+                left = torch.full_like(best, _EXCHANGES)
             flip, best, left = _exchange(flip, best, left, single_pivot)
-        unsettled = flip.any(dim=-1)
         if compact:  # free on CPU: keep only the unsettled rows
             x_out[todo], active_out[todo] = x, sub_active
-            keep = unsettled.nonzero().squeeze(-1)
+            keep = flip.any(dim=-1).nonzero().squeeze(-1)
             if keep.numel() == 0:
                 break
             todo, sub_rhs, low_q = todo[keep], sub_rhs[keep], low_q[keep]
-            sub_active, best, left = (sub_active ^ flip)[keep], best[keep], left[keep]
+            sub_active = (sub_active ^ flip)[keep]
+            if best is not None and left is not None:
+                best, left = best[keep], left[keep]
         else:
             x_out, active_out, sub_active = x, sub_active, sub_active ^ flip
-            if it % every == 0 and not bool(unsettled.any()):
+            if it % every == 0 and not bool(flip.any()):
                 break
     return x_out, active_out
 
@@ -352,9 +419,11 @@ def solve_lcp_certified(
     x, active = solve_lcp(matrix, q, **options)  # type: ignore[arg-type]
     x = x.clamp(min=0)
     failed = ~(lcp_residual(matrix, q, x) <= tol)
-    rows = failed.nonzero().squeeze(-1)
     uncertified: Tensor | int = 0
-    if rows.numel() > 0:
+    fallbacks = 0
+    if bool(failed.any()):  # one host read (the usual case: no row failed)
+        rows = failed.nonzero().squeeze(-1)
+        fallbacks = rows.numel()
         k = q.shape[-1]
         robust = {key: options[key] for key in ("host_shapes", "workspace") if key in options}
         x_rows, active_rows = solve_lcp(
@@ -368,7 +437,7 @@ def solve_lcp_certified(
         uncertified = (~(lcp_residual(matrix, q[rows], x_rows) <= tol)).sum()
         x[rows], active[rows] = x_rows, active_rows
     if diagnostics is not None:
-        diagnostics.record(q.shape[0], rows.numel(), uncertified)
+        diagnostics.record(q.shape[0], fallbacks, uncertified)
     return x, active
 
 
@@ -384,6 +453,7 @@ def project_to_dual_cone(
     workspace: dict[str, Tensor] | None = None,
     tol: float = LCP_TOL,
     diagnostics: SolverDiagnostics | None = None,
+    well_conditioned: bool = False,
 ) -> tuple[Tensor, Tensor]:
     r"""Solve ``min_v v^T G v  s.t.  v >= u`` for every row ``u`` of ``lower``, certified.
 
@@ -408,6 +478,9 @@ def project_to_dual_cone(
         workspace: a dict in which scratch memory is kept between calls (the caller's).
         tol: the certificate's tolerance.
         diagnostics: counters to update (problems, fallbacks).
+        well_conditioned: ``G``'s condition number is modest (at most ~1e6, as after TorchJD's
+            normalization and a ridge >= 1e-6): with host shapes and K above ``SMALL_K`` the
+            solver may then pivot on ``G^-1`` where active sets are small (speed only).
 
     Returns:
         (B, K) solutions ``v`` and the (B, K) final active sets (to warm-start the next call).
@@ -421,6 +494,7 @@ def project_to_dual_cone(
     q = lower @ gramian
     if active is None and presolve_iters > 0:
         active = _presolve(gramian, q, presolve_iters)
+    inverse = _inverse(gramian, host_shapes) if well_conditioned else None
     x, final_active = solve_lcp_certified(
         gramian,
         q,
@@ -431,8 +505,22 @@ def project_to_dual_cone(
         check_every=check_every,
         host_shapes=host_shapes,
         workspace=workspace,
+        inverse=inverse,
     )
     return lower + x, final_active
+
+
+def _inverse(matrix: Tensor, host_shapes: bool | None) -> Tensor | None:
+    """``M^-1`` for the CPU solver above ``SMALL_K`` (None elsewhere, or if ``M`` is not
+    numerically positive definite: the primal systems alone then)."""
+    k = matrix.shape[-1]
+    compact = matrix.device.type == "cpu" if host_shapes is None else host_shapes
+    if not compact or k <= SMALL_K:
+        return None
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) != 0:  # host shapes: free on CPU
+        return None
+    return torch.cholesky_inverse(factor)
 
 
 def min_norm_point(
