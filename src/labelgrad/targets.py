@@ -90,7 +90,7 @@ class Targets:
     """
 
     _positive: Tensor | None = field(repr=False)
-    known: Tensor
+    _known: Tensor | None = field(repr=False)
     num_classes: int
     class_dim: int
     encoding: Encoding
@@ -101,7 +101,7 @@ class Targets:
     def __init__(
         self,
         positive: Tensor | None,
-        known: Tensor,
+        known: Tensor | None,
         num_classes: int,
         class_dim: int,
         encoding: Encoding,
@@ -112,14 +112,16 @@ class Targets:
     ) -> None:
         # Frozen: fields are set once here. values=None (hard labels) is computed from
         # positive on first access: most policies never read it, and it costs a cast per batch.
-        # positive=None: computed from float_labels on first access, as values are.
-        if positive is None and float_labels is None:
-            raise ValueError("Targets needs positive, or float_labels to compute it from")
+        # positive=None, known=None: computed from float_labels on first access, as values are.
+        if (positive is None or known is None) and float_labels is None:
+            raise ValueError(
+                "Targets needs positive and known, or float_labels to compute them from"
+            )
         for name, value in (
             ("_positive", positive),
             ("float_labels", float_labels),
             ("_labels_version", _version(float_labels)),
-            ("known", known),
+            ("_known", known),
             ("num_classes", num_classes),
             ("class_dim", class_dim),
             ("encoding", encoding),
@@ -149,9 +151,27 @@ class Targets:
         cache: dict[tuple[str, torch.dtype], Tensor] = self._masks  # type: ignore[attr-defined]
         mask = cache.get(key)
         if mask is None:
-            mask = getattr(self, name).to(dtype)
+            mask = self._mask01(name, dtype)
             cache[key] = mask
         return mask
+
+    def _mask01(self, name: Literal["positive", "known"], dtype: torch.dtype) -> Tensor:
+        """Compute :meth:`mask_as`'s mask. On the CPU a bool -> float cast is several times
+        slower than the comparison that made the bool tensor: float labels are compared straight
+        into a float tensor, bool masks are cast through their uint8 view (the same bytes)."""
+        bool_mask = self._positive if name == "positive" else self._known
+        fast = dtype.is_floating_point and not _tracing()
+        if bool_mask is None and fast:
+            labels = self._labels_unchanged()
+            threshold = _float_constants(labels)[1 if name == "positive" else 0]
+            out = torch.empty(labels.shape, dtype=dtype, device=labels.device)
+            return torch.ge(labels, threshold, out=out)
+        mask = getattr(self, name)
+        if fast and mask.device.type == "cpu":
+            out = torch.empty(mask.shape, dtype=dtype)
+            return out.copy_(mask.view(torch.uint8))
+        converted: Tensor = mask.to(dtype)
+        return converted
 
     def _labels_unchanged(self) -> Tensor:
         """``float_labels``, after checking that nobody changed them in place since."""
@@ -163,6 +183,15 @@ class Targets:
                 "Targets.coerce; coerce the new labels (or pass a copy)"
             )
         return labels
+
+    @property
+    def known(self) -> Tensor:
+        """Bool tensor (N, C, *): False where the label is unknown or ignored."""
+        if self._known is None:
+            labels = self._labels_unchanged()
+            object.__setattr__(self, "_known", labels >= _float_constants(labels)[0])
+        known: Tensor = self._known  # type: ignore[assignment]
+        return known
 
     @property
     def positive(self) -> Tensor:
@@ -194,18 +223,24 @@ class Targets:
     @property
     def shape(self) -> torch.Size:
         """The shape of ``positive`` and ``known``: the shape of the logits."""
-        return self.known.shape
+        return self._any_layout().shape
 
     @property
     def device(self) -> torch.device:
         """The device the labels live on."""
-        return self.known.device
+        return self._any_layout().device
+
+    def _any_layout(self) -> Tensor:
+        """A tensor laid out like ``known``, without computing ``known``."""
+        found = self._known if self._known is not None else self.float_labels
+        assert found is not None
+        return found
 
     def to(self, device: torch.device | str) -> Targets:
         """Return a copy of these targets on ``device``."""
         return Targets(
             positive=None if self._positive is None else self._positive.to(device),
-            known=self.known.to(device),
+            known=None if self._known is None else self._known.to(device),
             num_classes=self.num_classes,
             class_dim=self.class_dim,
             encoding=self.encoding,
@@ -220,8 +255,9 @@ class Targets:
         S is the product of all non-class, non-sample axes (1 for plain classification). This is
         the layout policies see in :meth:`labelgrad.Policy.transform`.
         """
-        n, c = self.known.shape[0], self.num_classes
-        s = math.prod(self.known.shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
+        shape = self.shape
+        n, c = shape[0], self.num_classes
+        s = math.prod(shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
 
         def flat(x: Tensor) -> Tensor:  # one view in the common (N, C) and (N, T, C) layouts
             return class_last(x, self.class_dim, n, s, c)
@@ -230,9 +266,9 @@ class Targets:
         if self.indices is not None:
             indices = self.indices.view(n, s) if self.indices.is_contiguous() else None
             indices = self.indices.reshape(n, s) if indices is None else indices
-        return Targets(
+        out = Targets(
             positive=None if self._positive is None else flat(self._positive),
-            known=flat(self.known),
+            known=None if self._known is None else flat(self._known),
             num_classes=c,
             class_dim=2,
             encoding=self.encoding,
@@ -240,6 +276,10 @@ class Targets:
             values=None if self._values is None else flat(self._values),
             float_labels=None if self.float_labels is None else flat(self.float_labels),
         )
+        masks: dict[tuple[str, torch.dtype], Tensor] = self._masks  # type: ignore[attr-defined]
+        for key, mask in masks.items():  # the 0/1 masks made so far, in the same layout
+            out._masks[key] = flat(mask)  # type: ignore[attr-defined]
+        return out
 
     @classmethod
     def coerce(
@@ -486,27 +526,41 @@ def _from_float(
     targets: Tensor, encoding: Encoding, num_classes: int, class_dim: int, validate: bool
 ) -> Targets:
     """Float labels (soft, or multi-hot as BCE takes them): as cheap as integer ones."""
-    zero, _, one, minus_one = _float_constants(targets)
-    known = targets >= zero
+    zero, _, one, _ = _float_constants(targets)
+    known01: Tensor | None = None
     if validate and targets.numel() > 0:
         # Each entry is rebuilt from what a valid label would be, and the labels must equal it:
         # entries >= 0 kept at most 1 (multi-hot: whole), the others -1; NaN never equals
-        # itself. Four operators and one boolean read back, every batch.
+        # itself. The 0/1 mask of known entries is compared straight into a float tensor (a
+        # bool one, then a cast, costs several times more on the CPU) and kept for the policies
+        # (mask_as); rebuilt = known * kept + (known - 1) is exact and selects without where
+        # (many times slower than arithmetic on the CPU). Five operators and one boolean read
+        # back, every batch.
+        known01 = torch.ge(
+            targets,
+            zero,
+            out=torch.empty(targets.shape, dtype=targets.dtype, device=targets.device),
+        )
         kept = targets.clamp(max=one)
         if encoding == "multi_hot":
             kept = kept.trunc()
-        if not torch.equal(torch.where(known, kept, minus_one), targets):
+        if not torch.equal(torch.addcmul(known01 - one, known01, kept), targets):
             _validate_dense(targets, encoding)  # raises, with the message of the encoding
-    # positive and values follow from the labels when first read (see Targets.float_labels).
-    return Targets(
+    # known, positive and values follow from the labels when first read (see
+    # Targets.float_labels): a policy that reads only the 0/1 mask of known entries never
+    # pays for them.
+    t = Targets(
         positive=None,
-        known=known,
+        known=None,
         num_classes=num_classes,
         class_dim=class_dim,
         encoding=encoding,
         indices=None,
         float_labels=targets,
     )
+    if known01 is not None:
+        t._masks[("known", targets.dtype)] = known01  # type: ignore[attr-defined]
+    return t
 
 
 def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
@@ -545,7 +599,7 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
 def _check_existing(
     t: Targets, *, num_classes: int | None, class_dim: int, like: Tensor | None
 ) -> Targets:
-    if class_dim % t.known.dim() != t.class_dim:
+    if class_dim % len(t.shape) != t.class_dim:
         raise ValueError(
             f"class_dim={class_dim} does not match the given Targets (class_dim={t.class_dim})"
         )
