@@ -349,12 +349,15 @@ TargetsLike: TypeAlias = Tensor | Targets
 """Anything :meth:`Targets.coerce` accepts."""
 
 
+# Private torch API, looked up once (called for every batch).
+_functorch_level = getattr(torch._C._functorch, "maybe_current_level", None)
+
+
 def _tracing() -> bool:
     """True inside torch.compile tracing or a torch.func transform (vmap, grad, ...)."""
     if torch.compiler.is_compiling():
         return True
-    level = getattr(torch._C._functorch, "maybe_current_level", None)
-    return level is not None and level() is not None
+    return _functorch_level is not None and _functorch_level() is not None
 
 
 def normalize_class_dim(class_dim: int, ndim: int) -> int:

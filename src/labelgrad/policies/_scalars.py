@@ -38,11 +38,10 @@ def cast(x: Tensor, dtype: torch.dtype) -> Tensor:
     """
     if x.dtype == dtype:
         return x
-    if torch.compiler.is_compiling() or _in_func_transform():
+    if torch.compiler.is_compiling() or (_level is not None and _level() is not None):
         return x.to(dtype)  # a fresh tensor cannot take a batched (vmap) value in place
     return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
 
 
-def _in_func_transform() -> bool:
-    level = getattr(torch._C._functorch, "maybe_current_level", None)
-    return level is not None and level() is not None
+# Private torch API, looked up once: the torch.func transform level (None outside one).
+_level = getattr(torch._C._functorch, "maybe_current_level", None)

@@ -173,8 +173,9 @@ class Policy(nn.Module):
         default checks the policies it contains; override it (and call ``super()``) to refuse a
         call with a one-line ValueError before the backward pass would fail.
         """
-        for child in _child_policies(self):
-            child.check_call(num_classes, device)
+        if self._modules:  # a leaf policy has nothing to walk (checked every call)
+            for child in _child_policies(self):
+                child.check_call(num_classes, device)
 
     def keeps_logits(self) -> bool:
         """Whether this policy, or one inside it, reads the forward logits (``reads_logits``)."""
@@ -187,8 +188,9 @@ class Policy(nn.Module):
         :class:`~labelgrad.StatefulPolicy` uses it to set a micro-batch's statistics aside inside
         an accumulation window (:func:`labelgrad.accumulation_window`).
         """
-        for child in _child_policies(self):
-            child.end_backward()
+        if self._modules:  # a leaf policy has nothing to walk (called every backward)
+            for child in _child_policies(self):
+                child.end_backward()
 
     def reset(self) -> None:
         """Restore the statistics of this policy and of those it contains to their initial values.
