@@ -9,6 +9,7 @@ must say which encoding is meant with ``encoding=``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -38,6 +39,19 @@ def _version(tensor: Tensor | None) -> int | None:
         return int(tensor._version)
     except RuntimeError:  # inference-mode tensors track no version
         return None
+
+
+def _moved(
+    dense: Tensor | None, float_labels: Tensor | None, device: torch.device | str
+) -> Tensor | None:
+    """The private float copy of integer labels on ``device`` (None when float_labels is it)."""
+    if dense is None or dense is float_labels:
+        return None
+    return dense.to(device)
+
+
+def _flat_or_none(flat: Callable[[Tensor], Tensor], x: Tensor | None) -> Tensor | None:
+    return None if x is None else flat(x)
 
 
 def _float_constants(targets: Tensor) -> tuple[Tensor | float, ...]:
@@ -109,18 +123,22 @@ class Targets:
         values: Tensor | None = None,
         *,
         float_labels: Tensor | None = None,
+        _dense: Tensor | None = None,
     ) -> None:
         # Frozen: fields are set once here. values=None (hard labels) is computed from
         # positive on first access: most policies never read it, and it costs a cast per batch.
-        # positive=None, known=None: computed from float_labels on first access, as values are.
-        if (positive is None or known is None) and float_labels is None:
+        # positive=None, known=None: computed from float_labels on first access, as values are
+        # (or from _dense, a private float copy of integer multi-hot labels).
+        dense = float_labels if _dense is None else _dense
+        if (positive is None or known is None) and dense is None:
             raise ValueError(
                 "Targets needs positive and known, or float_labels to compute them from"
             )
         for name, value in (
             ("_positive", positive),
             ("float_labels", float_labels),
-            ("_labels_version", _version(float_labels)),
+            ("_dense", dense),
+            ("_labels_version", _version(dense)),
             ("_known", known),
             ("num_classes", num_classes),
             ("class_dim", class_dim),
@@ -174,8 +192,9 @@ class Targets:
         return converted
 
     def _labels_unchanged(self) -> Tensor:
-        """``float_labels``, after checking that nobody changed them in place since."""
-        labels = self.float_labels
+        """The labels as floats (``float_labels``, or the private float copy of integer
+        multi-hot labels), after checking that nobody changed them in place since."""
+        labels: Tensor | None = self._dense  # type: ignore[attr-defined]
         assert labels is not None
         if _version(labels) != self._labels_version:  # type: ignore[attr-defined]
             raise RuntimeError(
@@ -232,7 +251,7 @@ class Targets:
 
     def _any_layout(self) -> Tensor:
         """A tensor laid out like ``known``, without computing ``known``."""
-        found = self._known if self._known is not None else self.float_labels
+        found: Tensor | None = self._known if self._known is not None else self._dense  # type: ignore[attr-defined]
         assert found is not None
         return found
 
@@ -247,6 +266,7 @@ class Targets:
             indices=None if self.indices is None else self.indices.to(device),
             values=None if self._values is None else self._values.to(device),
             float_labels=None if self.float_labels is None else self.float_labels.to(device),
+            _dense=_moved(self._dense, self.float_labels, device),  # type: ignore[attr-defined]
         )
 
     def class_last(self) -> Targets:
@@ -275,6 +295,7 @@ class Targets:
             indices=indices,
             values=None if self._values is None else flat(self._values),
             float_labels=None if self.float_labels is None else flat(self.float_labels),
+            _dense=None if self.float_labels is not None else _flat_or_none(flat, self._dense),  # type: ignore[attr-defined]
         )
         masks: dict[tuple[str, torch.dtype], Tensor] = self._masks  # type: ignore[attr-defined]
         for key, mask in masks.items():  # the 0/1 masks made so far, in the same layout
@@ -504,24 +525,34 @@ def _from_dense(
         targets = targets.float()
     if targets.is_floating_point():
         return _from_float(targets, encoding, c, class_dim, validate)
-    if validate and targets.numel() > 0:
-        _validate_dense(targets, encoding)
-    values: Tensor | None = None
     if targets.dtype == torch.bool:
-        positive = targets
-        known = torch.ones_like(targets)
-    else:
-        # Integer labels compare with integers (a float constant would cost a conversion).
-        known = targets >= 0
-        positive = targets > 0
+        if validate and targets.numel() > 0:
+            _validate_dense(targets, encoding)
+        return Targets(
+            positive=targets,
+            known=torch.ones_like(targets),
+            num_classes=c,
+            class_dim=class_dim,
+            encoding=encoding,
+            indices=None,
+        )
+    # Integer multi-hot labels: one float32 copy, which the checks and the masks read. int64
+    # comparisons and clamps cost several times their float32 versions on the CPU, and the
+    # 0/1 masks of the policies come straight from float comparisons (Targets.mask_as). Labels
+    # in [-1, 1] after the cast are exactly the integers -1, 0 and 1 (an int64 outside rounds
+    # to a float outside).
+    on_cpu = targets.device.type == "cpu" and not _tracing()
+    dense = torch.empty(targets.shape).copy_(targets) if on_cpu else targets.float()
+    if validate and targets.numel() > 0 and not torch.equal(dense.clamp(-1.0, 1.0), dense):
+        _validate_dense(targets, encoding)  # raises, with the message of the encoding
     return Targets(
-        positive=positive,
-        known=known,
+        positive=None,
+        known=None,
         num_classes=c,
         class_dim=class_dim,
         encoding=encoding,
         indices=None,
-        values=values,
+        _dense=dense,
     )
 
 
@@ -529,30 +560,15 @@ def _from_float(
     targets: Tensor, encoding: Encoding, num_classes: int, class_dim: int, validate: bool
 ) -> Targets:
     """Float labels (soft, or multi-hot as BCE takes them): as cheap as integer ones."""
-    zero, _, one, _ = _float_constants(targets)
-    known01: Tensor | None = None
-    if validate and targets.numel() > 0:
-        # Each entry is rebuilt from what a valid label would be, and the labels must equal it:
-        # entries >= 0 kept at most 1 (multi-hot: whole), the others -1; NaN never equals
-        # itself. The 0/1 mask of known entries is compared straight into a float tensor (a
-        # bool one, then a cast, costs several times more on the CPU) and kept for the policies
-        # (mask_as); rebuilt = known * kept + (known - 1) is exact and selects without where
-        # (many times slower than arithmetic on the CPU). Five operators and one boolean read
-        # back, every batch.
-        known01 = torch.ge(
-            targets,
-            zero,
-            out=torch.empty(targets.shape, dtype=targets.dtype, device=targets.device),
-        )
-        kept = targets.clamp(max=one)
-        if encoding == "multi_hot":
-            kept = kept.trunc()
-        if not torch.equal(torch.addcmul(known01 - one, known01, kept), targets):
-            _validate_dense(targets, encoding)  # raises, with the message of the encoding
+    if (
+        validate
+        and targets.numel() > 0
+        and not torch.equal(_valid_form(targets, encoding), targets)
+    ):
+        _validate_dense(targets, encoding)  # raises, with the message of the encoding
     # known, positive and values follow from the labels when first read (see
-    # Targets.float_labels): a policy that reads only the 0/1 mask of known entries never
-    # pays for them.
-    t = Targets(
+    # Targets.float_labels): a policy that reads only some of them never pays for the others.
+    return Targets(
         positive=None,
         known=None,
         num_classes=num_classes,
@@ -561,9 +577,19 @@ def _from_float(
         indices=None,
         float_labels=targets,
     )
-    if known01 is not None:
-        t._masks[("known", targets.dtype)] = known01  # type: ignore[attr-defined]
-    return t
+
+
+def _valid_form(labels: Tensor, encoding: Encoding) -> Tensor:
+    """What float labels would be if they were valid: equal to ``labels`` iff they are.
+
+    min(max(x, -1), sign(x)) is x for x in [0, 1] and for -1, and differs from x for every other
+    value: above 1 (-> 1), below -1 (-> -1), in (-1, 0) (-> -1), NaN (never equal); multi-hot
+    labels are truncated first, so that only whole values stay. Three cheap passes: no bool
+    tensor and no torch.where, several times slower than arithmetic on the CPU.
+    """
+    _, _, _, minus_one = _float_constants(labels)
+    x = labels.trunc() if encoding == "multi_hot" else labels
+    return torch.minimum(x.clamp(min=minus_one), labels.sign())
 
 
 def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
