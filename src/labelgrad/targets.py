@@ -88,8 +88,9 @@ class Targets:
             float64 stays float64; 0 where unknown).
         float_labels: for labels given as a float tensor (soft, or float multi-hot as BCE takes
             them), that tensor laid out like ``known`` (-1 where unknown); None otherwise.
-            ``positive`` and ``values`` follow from it when first read: a policy that reads only
-            ``known`` (``mask_unknown``, ``class_weights``) never pays for them.
+            ``known``, ``positive`` and ``values`` follow from it when first read (integer
+            multi-hot labels likewise, from a private float32 copy): a policy pays only for what
+            it reads, and :meth:`mask_as` compares the labels straight into 0/1 numbers.
 
     Example:
         >>> import torch, labelgrad as lg
