@@ -9,6 +9,7 @@ must say which encoding is meant with ``encoding=``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -38,6 +39,19 @@ def _version(tensor: Tensor | None) -> int | None:
         return int(tensor._version)
     except RuntimeError:  # inference-mode tensors track no version
         return None
+
+
+def _moved(
+    dense: Tensor | None, float_labels: Tensor | None, device: torch.device | str
+) -> Tensor | None:
+    """The private float copy of integer labels on ``device`` (None when float_labels is it)."""
+    if dense is None or dense is float_labels:
+        return None
+    return dense.to(device)
+
+
+def _flat_or_none(flat: Callable[[Tensor], Tensor], x: Tensor | None) -> Tensor | None:
+    return None if x is None else flat(x)
 
 
 def _float_constants(targets: Tensor) -> tuple[Tensor | float, ...]:
@@ -74,8 +88,9 @@ class Targets:
             float64 stays float64; 0 where unknown).
         float_labels: for labels given as a float tensor (soft, or float multi-hot as BCE takes
             them), that tensor laid out like ``known`` (-1 where unknown); None otherwise.
-            ``positive`` and ``values`` follow from it when first read: a policy that reads only
-            ``known`` (``mask_unknown``, ``class_weights``) never pays for them.
+            ``known``, ``positive`` and ``values`` follow from it when first read (integer
+            multi-hot labels likewise, from a private float32 copy): a policy pays only for what
+            it reads, and :meth:`mask_as` compares the labels straight into 0/1 numbers.
 
     Example:
         >>> import torch, labelgrad as lg
@@ -90,7 +105,7 @@ class Targets:
     """
 
     _positive: Tensor | None = field(repr=False)
-    known: Tensor
+    _known: Tensor | None = field(repr=False)
     num_classes: int
     class_dim: int
     encoding: Encoding
@@ -101,7 +116,7 @@ class Targets:
     def __init__(
         self,
         positive: Tensor | None,
-        known: Tensor,
+        known: Tensor | None,
         num_classes: int,
         class_dim: int,
         encoding: Encoding,
@@ -109,17 +124,23 @@ class Targets:
         values: Tensor | None = None,
         *,
         float_labels: Tensor | None = None,
+        _dense: Tensor | None = None,
     ) -> None:
         # Frozen: fields are set once here. values=None (hard labels) is computed from
         # positive on first access: most policies never read it, and it costs a cast per batch.
-        # positive=None: computed from float_labels on first access, as values are.
-        if positive is None and float_labels is None:
-            raise ValueError("Targets needs positive, or float_labels to compute it from")
+        # positive=None, known=None: computed from float_labels on first access, as values are
+        # (or from _dense, a private float copy of integer multi-hot labels).
+        dense = float_labels if _dense is None else _dense
+        if (positive is None or known is None) and dense is None:
+            raise ValueError(
+                "Targets needs positive and known, or float_labels to compute them from"
+            )
         for name, value in (
             ("_positive", positive),
             ("float_labels", float_labels),
-            ("_labels_version", _version(float_labels)),
-            ("known", known),
+            ("_dense", dense),
+            ("_labels_version", _version(dense)),
+            ("_known", known),
             ("num_classes", num_classes),
             ("class_dim", class_dim),
             ("encoding", encoding),
@@ -149,13 +170,32 @@ class Targets:
         cache: dict[tuple[str, torch.dtype], Tensor] = self._masks  # type: ignore[attr-defined]
         mask = cache.get(key)
         if mask is None:
-            mask = getattr(self, name).to(dtype)
+            mask = self._mask01(name, dtype)
             cache[key] = mask
         return mask
 
+    def _mask01(self, name: Literal["positive", "known"], dtype: torch.dtype) -> Tensor:
+        """Compute :meth:`mask_as`'s mask. On the CPU a bool -> float cast is several times
+        slower than the comparison that made the bool tensor: float labels are compared straight
+        into a float tensor, bool masks are cast through their uint8 view (the same bytes)."""
+        bool_mask = self._positive if name == "positive" else self._known
+        fast = dtype.is_floating_point and not _tracing()
+        if bool_mask is None and fast:
+            labels = self._labels_unchanged()
+            threshold = _float_constants(labels)[1 if name == "positive" else 0]
+            out = torch.empty(labels.shape, dtype=dtype, device=labels.device)
+            return torch.ge(labels, threshold, out=out)
+        mask = getattr(self, name)
+        if fast and mask.device.type == "cpu":
+            out = torch.empty(mask.shape, dtype=dtype)
+            return out.copy_(mask.view(torch.uint8))
+        converted: Tensor = mask.to(dtype)
+        return converted
+
     def _labels_unchanged(self) -> Tensor:
-        """``float_labels``, after checking that nobody changed them in place since."""
-        labels = self.float_labels
+        """The labels as floats (``float_labels``, or the private float copy of integer
+        multi-hot labels), after checking that nobody changed them in place since."""
+        labels: Tensor | None = self._dense  # type: ignore[attr-defined]
         assert labels is not None
         if _version(labels) != self._labels_version:  # type: ignore[attr-defined]
             raise RuntimeError(
@@ -163,6 +203,15 @@ class Targets:
                 "Targets.coerce; coerce the new labels (or pass a copy)"
             )
         return labels
+
+    @property
+    def known(self) -> Tensor:
+        """Bool tensor (N, C, *): False where the label is unknown or ignored."""
+        if self._known is None:
+            labels = self._labels_unchanged()
+            object.__setattr__(self, "_known", labels >= _float_constants(labels)[0])
+        known: Tensor = self._known  # type: ignore[assignment]
+        return known
 
     @property
     def positive(self) -> Tensor:
@@ -194,24 +243,31 @@ class Targets:
     @property
     def shape(self) -> torch.Size:
         """The shape of ``positive`` and ``known``: the shape of the logits."""
-        return self.known.shape
+        return self._any_layout().shape
 
     @property
     def device(self) -> torch.device:
         """The device the labels live on."""
-        return self.known.device
+        return self._any_layout().device
+
+    def _any_layout(self) -> Tensor:
+        """A tensor laid out like ``known``, without computing ``known``."""
+        found: Tensor | None = self._known if self._known is not None else self._dense  # type: ignore[attr-defined]
+        assert found is not None
+        return found
 
     def to(self, device: torch.device | str) -> Targets:
         """Return a copy of these targets on ``device``."""
         return Targets(
             positive=None if self._positive is None else self._positive.to(device),
-            known=self.known.to(device),
+            known=None if self._known is None else self._known.to(device),
             num_classes=self.num_classes,
             class_dim=self.class_dim,
             encoding=self.encoding,
             indices=None if self.indices is None else self.indices.to(device),
             values=None if self._values is None else self._values.to(device),
             float_labels=None if self.float_labels is None else self.float_labels.to(device),
+            _dense=_moved(self._dense, self.float_labels, device),  # type: ignore[attr-defined]
         )
 
     def class_last(self) -> Targets:
@@ -220,8 +276,9 @@ class Targets:
         S is the product of all non-class, non-sample axes (1 for plain classification). This is
         the layout policies see in :meth:`labelgrad.Policy.transform`.
         """
-        n, c = self.known.shape[0], self.num_classes
-        s = math.prod(self.known.shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
+        shape = self.shape
+        n, c = shape[0], self.num_classes
+        s = math.prod(shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0
 
         def flat(x: Tensor) -> Tensor:  # one view in the common (N, C) and (N, T, C) layouts
             return class_last(x, self.class_dim, n, s, c)
@@ -230,16 +287,21 @@ class Targets:
         if self.indices is not None:
             indices = self.indices.view(n, s) if self.indices.is_contiguous() else None
             indices = self.indices.reshape(n, s) if indices is None else indices
-        return Targets(
+        out = Targets(
             positive=None if self._positive is None else flat(self._positive),
-            known=flat(self.known),
+            known=None if self._known is None else flat(self._known),
             num_classes=c,
             class_dim=2,
             encoding=self.encoding,
             indices=indices,
             values=None if self._values is None else flat(self._values),
             float_labels=None if self.float_labels is None else flat(self.float_labels),
+            _dense=None if self.float_labels is not None else _flat_or_none(flat, self._dense),  # type: ignore[attr-defined]
         )
+        masks: dict[tuple[str, torch.dtype], Tensor] = self._masks  # type: ignore[attr-defined]
+        for key, mask in masks.items():  # the 0/1 masks made so far, in the same layout
+            out._masks[key] = flat(mask)  # type: ignore[attr-defined]
+        return out
 
     @classmethod
     def coerce(
@@ -309,12 +371,15 @@ TargetsLike: TypeAlias = Tensor | Targets
 """Anything :meth:`Targets.coerce` accepts."""
 
 
+# Private torch API, looked up once (called for every batch).
+_functorch_level = getattr(torch._C._functorch, "maybe_current_level", None)
+
+
 def _tracing() -> bool:
     """True inside torch.compile tracing or a torch.func transform (vmap, grad, ...)."""
     if torch.compiler.is_compiling():
         return True
-    level = getattr(torch._C._functorch, "maybe_current_level", None)
-    return level is not None and level() is not None
+    return _functorch_level is not None and _functorch_level() is not None
 
 
 def normalize_class_dim(class_dim: int, ndim: int) -> int:
@@ -461,24 +526,34 @@ def _from_dense(
         targets = targets.float()
     if targets.is_floating_point():
         return _from_float(targets, encoding, c, class_dim, validate)
-    if validate and targets.numel() > 0:
-        _validate_dense(targets, encoding)
-    values: Tensor | None = None
     if targets.dtype == torch.bool:
-        positive = targets
-        known = torch.ones_like(targets)
-    else:
-        # Integer labels compare with integers (a float constant would cost a conversion).
-        known = targets >= 0
-        positive = targets > 0
+        if validate and targets.numel() > 0:
+            _validate_dense(targets, encoding)
+        return Targets(
+            positive=targets,
+            known=torch.ones_like(targets),
+            num_classes=c,
+            class_dim=class_dim,
+            encoding=encoding,
+            indices=None,
+        )
+    # Integer multi-hot labels: one float32 copy, which the checks and the masks read. int64
+    # comparisons and clamps cost several times their float32 versions on the CPU, and the
+    # 0/1 masks of the policies come straight from float comparisons (Targets.mask_as). Labels
+    # in [-1, 1] after the cast are exactly the integers -1, 0 and 1 (an int64 outside rounds
+    # to a float outside).
+    on_cpu = targets.device.type == "cpu" and not _tracing()
+    dense = torch.empty(targets.shape).copy_(targets) if on_cpu else targets.float()
+    if validate and targets.numel() > 0 and not torch.equal(dense.clamp(-1.0, 1.0), dense):
+        _validate_dense(targets, encoding)  # raises, with the message of the encoding
     return Targets(
-        positive=positive,
-        known=known,
+        positive=None,
+        known=None,
         num_classes=c,
         class_dim=class_dim,
         encoding=encoding,
         indices=None,
-        values=values,
+        _dense=dense,
     )
 
 
@@ -486,27 +561,36 @@ def _from_float(
     targets: Tensor, encoding: Encoding, num_classes: int, class_dim: int, validate: bool
 ) -> Targets:
     """Float labels (soft, or multi-hot as BCE takes them): as cheap as integer ones."""
-    zero, _, one, minus_one = _float_constants(targets)
-    known = targets >= zero
-    if validate and targets.numel() > 0:
-        # Each entry is rebuilt from what a valid label would be, and the labels must equal it:
-        # entries >= 0 kept at most 1 (multi-hot: whole), the others -1; NaN never equals
-        # itself. Four operators and one boolean read back, every batch.
-        kept = targets.clamp(max=one)
-        if encoding == "multi_hot":
-            kept = kept.trunc()
-        if not torch.equal(torch.where(known, kept, minus_one), targets):
-            _validate_dense(targets, encoding)  # raises, with the message of the encoding
-    # positive and values follow from the labels when first read (see Targets.float_labels).
+    if (
+        validate
+        and targets.numel() > 0
+        and not torch.equal(_valid_form(targets, encoding), targets)
+    ):
+        _validate_dense(targets, encoding)  # raises, with the message of the encoding
+    # known, positive and values follow from the labels when first read (see
+    # Targets.float_labels): a policy that reads only some of them never pays for the others.
     return Targets(
         positive=None,
-        known=known,
+        known=None,
         num_classes=num_classes,
         class_dim=class_dim,
         encoding=encoding,
         indices=None,
         float_labels=targets,
     )
+
+
+def _valid_form(labels: Tensor, encoding: Encoding) -> Tensor:
+    """What float labels would be if they were valid: equal to ``labels`` iff they are.
+
+    min(max(x, -1), sign(x)) is x for x in [0, 1] and for -1, and differs from x for every other
+    value: above 1 (-> 1), below -1 (-> -1), in (-1, 0) (-> -1), NaN (never equal); multi-hot
+    labels are truncated first, so that only whole values stay. Three cheap passes: no bool
+    tensor and no torch.where, several times slower than arithmetic on the CPU.
+    """
+    _, _, _, minus_one = _float_constants(labels)
+    x = labels.trunc() if encoding == "multi_hot" else labels
+    return torch.minimum(x.clamp(min=minus_one), labels.sign())
 
 
 def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
@@ -545,7 +629,7 @@ def _validate_dense(targets: Tensor, encoding: Encoding) -> None:
 def _check_existing(
     t: Targets, *, num_classes: int | None, class_dim: int, like: Tensor | None
 ) -> Targets:
-    if class_dim % t.known.dim() != t.class_dim:
+    if class_dim % len(t.shape) != t.class_dim:
         raise ValueError(
             f"class_dim={class_dim} does not match the given Targets (class_dim={t.class_dim})"
         )

@@ -41,6 +41,7 @@ class EQLv2(StatefulPolicy, LinearPolicy):
         self.add_state("pos_grad", torch.zeros(num_classes, dtype=torch.float32))
         self.add_state("neg_grad", torch.zeros(num_classes, dtype=torch.float32))
         self.add_state("num_updates", torch.zeros((), dtype=torch.float32), window="count")
+        self._constant_cache: dict[tuple[object, ...], tuple[Tensor, ...]] = {}
 
     def extra_repr(self) -> str:
         return (
@@ -58,17 +59,31 @@ class EQLv2(StatefulPolicy, LinearPolicy):
             )
         super().check_call(num_classes, device)
 
+    def _constants(self, like: Tensor) -> tuple[Tensor, ...]:
+        """eps, mu, gamma, alpha, 0, 1 and inf as 0-d tensors of ``like``'s dtype and device.
+
+        Looked up once per call instead of once per use (see labelgrad.policies._scalars).
+        """
+        key = (like.dtype, like.device, self.mu, self.gamma, self.alpha)
+        found = self._constant_cache.get(key)
+        if found is None:
+            values = (1e-10, self.mu, self.gamma, self.alpha, 0.0, 1.0, float("inf"))
+            found = tuple(scalar(v, like) for v in values)
+            if not torch.compiler.is_compiling():
+                self._constant_cache[key] = found
+        return found
+
     def weights(self) -> tuple[Tensor, Tensor]:
         """The current (positive, negative) weights per class, each (C,) float32."""
         s = self.pos_grad
-        ratio = s / (self.neg_grad + scalar(1e-10, s))
+        eps, mu, gamma, alpha, zero, one, _ = self._constants(s)
+        ratio = s / (self.neg_grad + eps)
         # The published formulas, in their order (float32 rounding included), in place; 0-d
         # constants instead of Python floats (see labelgrad.policies._scalars).
-        neg_w = torch.sigmoid(ratio.sub_(scalar(self.mu, s)).mul_(scalar(self.gamma, s)))
+        neg_w = torch.sigmoid(ratio.sub_(mu).mul_(gamma))
         # Before any statistics every weight is 1, as in the published implementation.
-        one = scalar(1.0, s)
-        neg_w = torch.where(self.num_updates > scalar(0.0, s), neg_w, one)
-        pos_w = torch.sub(one, neg_w).mul_(scalar(self.alpha, s)).add_(one)
+        neg_w = torch.where(self.num_updates > zero, neg_w, one)
+        pos_w = torch.sub(one, neg_w).mul_(alpha).add_(one)
         return pos_w, neg_w
 
     def multiplier(self, grad: Tensor, ctx: GradContext) -> Multiplier:
@@ -82,7 +97,7 @@ class EQLv2(StatefulPolicy, LinearPolicy):
         t = ctx.require_targets(self)
         mag = (out.detach() if out.requires_grad else out).abs()
         mag = ctx.unscale(mag if mag.dtype == torch.float32 else mag.float())
-        zero = scalar(0.0, mag)
+        *_, zero, one, inf = self._constants(mag)
         # Masks as 0/1 factors: torch.where on a bool mask is slow on the CPU.
         pos_part = mag * t.mask_as("positive", mag.dtype)
         # mag - pos_part is exact (x - x = 0, x - 0 = x): the negative part, plus unknown entries
@@ -94,11 +109,13 @@ class EQLv2(StatefulPolicy, LinearPolicy):
         # Sums of magnitudes: the total is finite iff every entry is (an overflow batch is
         # skipped, as GradScaler skips the step), and 0 when nothing was counted (no known
         # label, or no gradient): such a batch leaves the statistics and weights as they were.
+        # total * (inf - total) > 0 says 0 < total < inf in three operators (0 * inf, inf - inf
+        # and NaN give NaN, which is not > 0).
         total = (pos + neg).sum()
-        ok = torch.logical_and(total > zero, total < scalar(float("inf"), mag))
+        ok = torch.mul(total, torch.sub(inf, total)) > zero
         self.pos_grad.add_(torch.where(ok, pos, zero))
         self.neg_grad.add_(torch.where(ok, neg, zero))
-        self.num_updates.add_(torch.where(ok, scalar(1.0, mag), zero))
+        self.num_updates.add_(torch.where(ok, one, zero))
 
 
 def eqlv2(num_classes: int, *, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0) -> EQLv2:

@@ -39,8 +39,9 @@ class Multiplier:
     on its device.
 
     Attributes:
-        keep: bool, broadcastable to (N, S, C): a 0/1 factor, so a masked finite entry becomes an
-            exact 0 and a masked inf or NaN becomes NaN (as autograd of the masked loss).
+        keep: bool (or 0/1 numbers of the gradient's dtype), broadcastable to (N, S, C): a 0/1
+            factor, so a masked finite entry becomes an exact 0 and a masked inf or NaN becomes
+            NaN (as autograd of the masked loss).
         scale: float, broadcastable to (N, S, C): a (C,) class vector or an (N, S, 1) per-sample
             factor.
         pos: (C,) or 0-d factor of positive entries; needs targets.
@@ -68,7 +69,7 @@ class Multiplier:
         """The product of two multipliers (entrywise), still factored."""
         keep = self.keep if other.keep is None else other.keep
         if self.keep is not None and other.keep is not None:
-            keep = self.keep & other.keep
+            keep = _keep_product(self.keep, other.keep)
         return Multiplier(
             keep=keep,
             scale=_mul(self.scale, other.scale),
@@ -86,16 +87,23 @@ class Multiplier:
         condition costs about 25 times a multiplication on the CPU.
         """
         factor = self.scale
+        keep = self.keep
         if self.pos is not None or self.neg is not None:
             if targets is None:
                 raise ValueError("positive/negative weights read the labels: pass targets")
-            factor = self._pos_neg(targets, grad)
-        if self.keep is not None:
-            keep = _as_01(self.keep, targets, grad.dtype)
-            factor = keep if factor is None else factor * keep
+            factor, keep = self._pos_neg(targets, grad)
+        if keep is not None:
+            keep01 = _as_01(keep, targets, grad.dtype)
+            factor = keep01 if factor is None else factor * keep01
         return grad if factor is None else grad * factor
 
-    def _pos_neg(self, t: Targets, grad: Tensor) -> Tensor:
+    def _pos_neg(self, t: Targets, grad: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The factor of the positive/negative weights, and the part of ``keep`` still to apply.
+
+        When ``keep`` is exactly the mask of known entries (``mask_unknown``), it folds into the
+        factor for free: negatives are known - positive (unknown entries are never positive),
+        so unknown entries get 0 without a pass of their own.
+        """
         one = scalar(1.0, grad)
         pos = one if self.pos is None else self.pos
         neg = one if self.neg is None else self.neg
@@ -104,7 +112,11 @@ class Multiplier:
             # A class vector folds into the (C,) factors: no extra (N, S, C) pass.
             pos, neg, scale = pos * scale, neg * scale, None
         is_pos = t.mask_as("positive", grad.dtype)
-        if self.masks_unknown:
+        keep = self.keep
+        if self.masks_unknown and keep is not None and _is_known_mask(keep, t):
+            is_neg = torch.sub(t.mask_as("known", grad.dtype), is_pos)
+            keep = None
+        elif self.masks_unknown:
             is_neg = torch.sub(one, is_pos)  # unknown entries are masked anyway
         else:
             is_neg = t.mask_as("known", grad.dtype) - is_pos
@@ -113,12 +125,27 @@ class Multiplier:
         if not self.masks_unknown:  # unknown entries keep the class scale (or 1)
             rest = one if self.scale is None or scale is not None else self.scale
             factor = torch.addcmul(factor, torch.sub(one, t.mask_as("known", grad.dtype)), rest)
-        return factor if scale is None else factor * scale
+        return (factor if scale is None else factor * scale), keep
+
+
+def _is_known_mask(keep: Tensor, t: Targets) -> bool:
+    """Whether ``keep`` is the targets' mask of known entries (bool, or a cached 0/1 mask)."""
+    masks: dict[tuple[str, torch.dtype], Tensor] = t._masks  # type: ignore[attr-defined]
+    return keep is t._known or keep is masks.get(("known", keep.dtype))
+
+
+def _keep_product(a: Tensor, b: Tensor) -> Tensor:
+    """The product of two keep masks: ``&`` of bool ones, else a product of 0/1 numbers."""
+    if a.dtype == torch.bool and b.dtype == torch.bool:
+        return a & b
+    a01 = a.view(torch.uint8) if a.dtype == torch.bool else a
+    b01 = b.view(torch.uint8) if b.dtype == torch.bool else b
+    return a01 * b01
 
 
 def _as_01(mask: Tensor, targets: Targets | None, dtype: torch.dtype) -> Tensor:
     """A bool mask as 0/1 numbers: the targets' cached conversion for ``known``, else uint8."""
-    if targets is not None and mask is targets.known:
+    if targets is not None and mask is targets._known:
         return targets.mask_as("known", dtype)
     return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
 

@@ -90,7 +90,9 @@ class MaskUnknown(LinearPolicy):
     """Zero the gradient where the label is unknown or ignored. Built by :func:`mask_unknown`."""
 
     def multiplier(self, grad: Tensor, ctx: GradContext) -> Multiplier:
-        return Multiplier(keep=ctx.require_targets(self).known, masks_unknown=True)
+        # The 0/1 mask the label checks made (Targets.mask_as): no bool mask, no cast.
+        known = ctx.require_targets(self).mask_as("known", grad.dtype)
+        return Multiplier(keep=known, masks_unknown=True)
 
 
 def mask_unknown() -> MaskUnknown:

@@ -173,8 +173,9 @@ class Policy(nn.Module):
         default checks the policies it contains; override it (and call ``super()``) to refuse a
         call with a one-line ValueError before the backward pass would fail.
         """
-        for child in _child_policies(self):
-            child.check_call(num_classes, device)
+        if self._modules:  # a leaf policy has nothing to walk (checked every call)
+            for child in _child_policies(self):
+                child.check_call(num_classes, device)
 
     def keeps_logits(self) -> bool:
         """Whether this policy, or one inside it, reads the forward logits (``reads_logits``)."""
@@ -187,8 +188,9 @@ class Policy(nn.Module):
         :class:`~labelgrad.StatefulPolicy` uses it to set a micro-batch's statistics aside inside
         an accumulation window (:func:`labelgrad.accumulation_window`).
         """
-        for child in _child_policies(self):
-            child.end_backward()
+        if self._modules:  # a leaf policy has nothing to walk (called every backward)
+            for child in _child_policies(self):
+                child.end_backward()
 
     def reset(self) -> None:
         """Restore the statistics of this policy and of those it contains to their initial values.
@@ -341,16 +343,10 @@ class _Gate(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         policy, proto, class_dim, keep_logits = ctx.meta
-        _refuse_state_update_in_func_transform(policy)
-        shape = grad.shape
-        n, c = shape[0], shape[class_dim]
-        s = math.prod(shape) // max(n * c, 1)  # -1 is ambiguous at n=0
-        flat = _class_last(grad, class_dim, n, s, c)
         saved = ctx.saved_tensors
         logits = None
         if keep_logits:
-            logits = _class_last(saved[0], class_dim, n, s, c)
-            saved = saved[1:]
+            logits, saved = saved[0], saved[1:]
         targets = None
         if ctx.has_targets:
             assert proto is not None
@@ -359,23 +355,15 @@ class _Gate(torch.autograd.Function):
             targets = Targets(
                 positive=positive,
                 known=known,
-                num_classes=c,
+                num_classes=proto.num_classes,
                 class_dim=2,
                 encoding=proto.encoding,
                 indices=indices,
                 values=values if positive is not None else None,
                 float_labels=values if positive is None else None,
             )
-        if torch.is_grad_enabled() and grad.requires_grad and not policy.supports_double_backward:
-            # create_graph=True: the first derivative is fine; a second-order pass would run
-            # through this gate again (see Policy.supports_double_backward): refuse that one.
-            with torch.no_grad():
-                out = policy.transform(flat, policy._context(flat, targets, logits))
-            out = _RefuseDoubleBackward.apply(out, flat, type(policy).__name__)
-        else:
-            out = policy.transform(flat, policy._context(flat, targets, logits))
-        policy.end_backward()
-        return _class_back(out, class_dim, shape), None, None, None, None, None
+        out = _backward(policy, grad, targets, logits, class_dim)
+        return out, None, None, None, None, None
 
 
 class _GateEager(torch.autograd.Function):
@@ -383,29 +371,57 @@ class _GateEager(torch.autograd.Function):
 
     ``Function.apply`` binds the arguments with ``inspect.signature`` for every call of a
     Function that defines ``setup_context`` (tens of microseconds per step on the CPU); vmap and
-    the other torch.func transforms need that form, plain autograd does not.
+    the other torch.func transforms need that form, plain autograd does not. Nor does it need the
+    labels as saved tensors: the (N, S, C) ``Targets`` travels as it is, with the 0/1 masks its
+    checks already made (``Targets.mask_as``), and the masks still to make are made once.
     """
 
     @staticmethod
-    def forward(ctx: Any, *inputs: Any) -> Tensor:
-        out = _Gate.forward(*inputs)
-        _Gate.setup_context(ctx, inputs, out)
-        return out
+    def forward(ctx: Any, logits: Tensor, meta: tuple[Policy, Targets | None, int, bool]) -> Tensor:
+        ctx.meta = meta
+        if meta[3]:
+            ctx.save_for_backward(logits)
+        # A copy, not a view: see _Gate.forward.
+        return logits * scalar(1.0, logits)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        return _Gate.backward(ctx, grad)
+        policy, targets, class_dim, keep_logits = ctx.meta
+        logits = ctx.saved_tensors[0] if keep_logits else None
+        return _backward(policy, grad, targets, logits, class_dim), None
+
+
+def _backward(
+    policy: Policy, grad: Tensor, targets: Targets | None, logits: Tensor | None, class_dim: int
+) -> Tensor:
+    """The gate's backward: ``policy.transform`` of ``grad`` in the (N, S, C) layout."""
+    _refuse_state_update_in_func_transform(policy)
+    shape = grad.shape
+    n, c = shape[0], shape[class_dim]
+    s = math.prod(shape) // max(n * c, 1)  # -1 is ambiguous at n=0
+    flat = _class_last(grad, class_dim, n, s, c)
+    if logits is not None:
+        logits = _class_last(logits, class_dim, n, s, c)
+    if torch.is_grad_enabled() and grad.requires_grad and not policy.supports_double_backward:
+        # create_graph=True: the first derivative is fine; a second-order pass would run
+        # through this gate again (see Policy.supports_double_backward): refuse that one.
+        with torch.no_grad():
+            out = policy.transform(flat, policy._context(flat, targets, logits))
+        out = _RefuseDoubleBackward.apply(out, flat, type(policy).__name__)
+    else:
+        out = policy.transform(flat, policy._context(flat, targets, logits))
+    policy.end_backward()
+    return _class_back(out, class_dim, shape)
 
 
 # Private torch API, looked up once: when it is missing, every call takes the torch.func form.
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 
-def _gate_function() -> type[torch.autograd.Function]:
-    # torch.compile and the torch.func transforms take the setup_context form.
-    if _functorch_active is None or _functorch_active() or torch.compiler.is_compiling():
-        return _Gate
-    return _GateEager
+def _eager() -> bool:
+    """Whether the gate may take its eager form: torch.compile and the torch.func transforms
+    take the setup_context form (:class:`_Gate`)."""
+    return not (_functorch_active is None or _functorch_active() or torch.compiler.is_compiling())
 
 
 class _RefuseDoubleBackward(torch.autograd.Function):
@@ -459,12 +475,15 @@ def gate(logits: Tensor, policy: Policy, targets: Targets | None, class_dim: int
     """Place ``policy`` on ``logits``: identity forward, ``policy.transform`` backward."""
     out: Tensor
     keep = policy.keeps_logits()
-    fn = _gate_function()
-    if targets is None:
-        out = fn.apply(logits, None, None, None, None, (policy, None, class_dim, keep))
+    flat = None if targets is None else targets.class_last()
+    meta = (policy, flat, class_dim, keep)
+    if _eager():
+        out = _GateEager.apply(logits, meta)
         return out
-    flat = targets.class_last()
-    meta = (policy, targets, class_dim, keep)
+    fn = _Gate
+    if flat is None:
+        out = fn.apply(logits, None, None, None, None, meta)
+        return out
     if flat.float_labels is not None:
         # Float labels: positive and values follow from them in backward, where read; the
         # labels travel in the values slot.
