@@ -11,7 +11,8 @@ import sys
 
 import torch
 
-from labelgrad.app.bench.aggregation import format_runs, run
+from labelgrad.app.bench.aggregation import run
+from labelgrad.app.bench.timing import format_table
 
 
 def _option(name: str) -> int | None:
@@ -31,6 +32,6 @@ if __name__ == "__main__":
     rows = run(
         quick="--quick" in sys.argv, runs=runs, threads=None if threads is None else [threads]
     )
-    print(format_runs(rows))
+    print(format_table(rows))
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from labelgrad.app.bench.policies import format_runs, run
+from labelgrad.app.bench.policies import run
+from labelgrad.app.bench.timing import format_table
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -19,4 +20,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
-    print(format_runs(run(quick=args.quick, runs=args.runs)))
+    print(format_table(run(quick=args.quick, runs=args.runs)))

@@ -91,8 +91,10 @@ def sample_gramian_added_ops() -> int:
     # checks of G and w are one reduction and one read each (-24), D is the gradient of the
     # losses with grad_outputs (no sum node and its backward), no-op dtype conversions and
     # matmul wrappers are skipped, torch.where reads a cached 0-d zero, the known entries are
-    # counted with count_nonzero (no int64 copy of the mask).
-    [("int", 71), ("float", 69)],
+    # counted with count_nonzero (no int64 copy of the mask). Int multi-hot labels then 74: the
+    # labels are checked and masked through one float32 copy (Targets), which saves the policy
+    # chain more than these 3.
+    [("int", 74), ("float", 69)],
 )
 def test_representation_engine_stays_within_its_operator_budget(labels, budget):
     assert representation_added_ops(labels) <= budget

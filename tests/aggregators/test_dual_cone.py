@@ -157,3 +157,24 @@ def test_upgrad_k2000_memory_is_quadratic() -> None:
     peak, finite = done.stdout.split()
     assert finite == "True"
     assert int(peak) <= 2 * 2**30, f"peak {int(peak) / 2**30:.2f} GiB"
+
+
+@pytest.mark.parametrize("name", ["UPGrad", "DualProj"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_ridge_on_a_rank_deficient_gramian_gives_the_limit_not_nan(name: str, seed: int) -> None:
+    # reg_eps = 0 on a rank-3 G of K = 40 left the systems singular: NaN weights (13 of 40
+    # problems uncertified). The solver keeps a ridge of 10 K eps of float64; the direction is
+    # the limit of small ridges (the weights themselves are not unique for a singular G).
+    gen = torch.Generator().manual_seed(seed)
+    j = torch.rand(40, 3, generator=gen, dtype=torch.float64)
+    j = j @ torch.randn(3, 20, generator=gen, dtype=torch.float64)
+    j[::5] -= 0.5 * j[1::5]  # some conflicts, so the projections are not the mean
+    g = j @ j.T
+    exact = getattr(lg.aggregators, name)(reg_eps=0.0)
+    w = exact.weights(g)
+    assert bool(w.isfinite().all())
+    assert int(exact.diagnostics.uncertified) == 0
+    limit = j.T @ getattr(lg.aggregators, name)(reg_eps=1e-12).weights(g)
+    direction = j.T @ w
+    assert float(limit.norm()) > 0.1 * float(j.norm())  # not a trivial zero direction
+    torch.testing.assert_close(direction, limit, rtol=0, atol=1e-9 * float(j.norm()))

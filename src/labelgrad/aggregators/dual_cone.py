@@ -56,7 +56,11 @@ class _DualConeWeighting(GramianWeighting):
         )
 
     def _project(self, lower: Tensor, gramian: Tensor) -> Tensor:
-        g = regularize_gramian(normalize_gramian(gramian, self.norm_eps), self.reg_eps)
+        # The systems must be positive definite: a rank-deficient G with reg_eps = 0 gave NaN
+        # weights. At least 10 K eps of float64 (as MGDA's ridge): it outweighs the rounding of
+        # the normalized G and moves the answer by about that much; reg_eps >= it is unchanged.
+        ridge = max(self.reg_eps, 10 * gramian.shape[0] * torch.finfo(torch.float64).eps)
+        g = regularize_gramian(normalize_gramian(gramian, self.norm_eps), ridge)
         active, last = self._active, self._last
         unusable = not self.warm_start or active is None or active.shape != lower.shape
         if unusable or (
@@ -109,7 +113,8 @@ class UPGrad(_DualConeWeighting):
     Args:
         pref_vector: (K,) preference weights, or None for ``1/K``.
         norm_eps: trace below which G counts as zero.
-        reg_eps: ridge added to the normalized G.
+        reg_eps: ridge added to the normalized G (at least 10 K eps of float64 is added, so a
+            rank-deficient G with reg_eps = 0 still has positive definite systems).
         warm_start: start the active-set search from the previous call's sets when G moved
             little since (on CPU: largest change of ``G / trace(G)`` at most 1e-3 of its largest
             entry; otherwise the cold start, the better guess across training steps).
@@ -145,7 +150,8 @@ class DualProj(_DualConeWeighting):
     Args:
         pref_vector: (K,) preference weights, or None for ``1/K``.
         norm_eps: trace below which G counts as zero.
-        reg_eps: ridge added to the normalized G.
+        reg_eps: ridge added to the normalized G (at least 10 K eps of float64 is added, so a
+            rank-deficient G with reg_eps = 0 still has positive definite systems).
         warm_start: start the active-set search from the previous call's set.
         presolve_iters: projected-gradient steps that guess the first active set (speed only;
             default 0: one system per iteration is cheap).

@@ -5,6 +5,6 @@ timings come from :func:`interleaved`: the compared cases run in one process, ro
 the median over many steps is reported, so that a noisy shared machine affects each case alike.
 """
 
-from labelgrad.app.bench.timing import Result, format_table, interleaved, ratios
+from labelgrad.app.bench.timing import Result, best_of, format_table, interleaved, ratios
 
-__all__ = ["Result", "format_table", "interleaved", "ratios"]
+__all__ = ["Result", "best_of", "format_table", "interleaved", "ratios"]

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 import labelgrad as lg
 from labelgrad.app.bench.policies import aten_ops
-from labelgrad.app.bench.timing import Result, interleaved
+from labelgrad.app.bench.timing import Result, best_of, interleaved, ratios
 
-__all__ = ["format_runs", "run"]
+__all__ = ["run"]
 
 
 class _MeanWeighting:
@@ -245,32 +245,13 @@ def _best_of(
     ops: dict[str, int],
     **extra: Any,
 ) -> list[Result]:
-    """One row per case: the best (lowest) ratio to ``plain`` over the runs, and its spread.
-
-    Each run is one interleaved comparison, so its ratios are taken within the run (the load
-    of a shared machine changes between runs); ``median_ms`` is the case's best run median.
-    """
-    rows: list[Result] = []
-    for case in per_run[0]:
-        runs = [t[case] / t["plain"] for t in per_run]
-        added = ops[case] - ops["plain"]
-        label = f"{case} +{added} ops" if added else f"{case} {ops[case]} ops"
-        rows.append(
-            Result(
-                benchmark,
-                label,
-                1000 * min(t[case] for t in per_run),
-                min(runs),
-                {
-                    **extra,
-                    "aten_ops": ops[case],
-                    "added_ops": added,
-                    "runs": len(runs),
-                    "ratio_runs": [round(r, 4) for r in runs],
-                    "ratio_spread": max(runs) - min(runs),
-                },
-            )
-        )
+    """One row per case: :func:`~labelgrad.app.bench.timing.best_of` of the runs' ratios to
+    ``plain`` (each within its run), with the aten operators of one step in the case name."""
+    rows = best_of([ratios(benchmark, times, "plain", **extra) for times in per_run])
+    for r in rows:
+        added = ops[r.case] - ops["plain"]
+        r.extra.update(aten_ops=ops[r.case], added_ops=added)
+        r.case = f"{r.case} +{added} ops" if added else f"{r.case} {ops[r.case]} ops"
     return rows
 
 
@@ -284,7 +265,7 @@ def run(quick: bool = False, runs: int = 1, threads: Sequence[int] | None = None
     Amortized, TorchJD where installed). Each row's ``extra`` holds the thread count, the aten
     operators of one step (``aten_ops``; ``added_ops``: minus the plain step's), and over
     ``runs`` repetitions of the whole interleaved comparison the ratio of each run
-    (``ratio_runs``) and their spread; the row's ratio is the best run's.
+    (``ratio_runs``) and their range (``spread``); the row's ratio is the best run's.
 
     Args:
         quick: few steps, the default thread count only, no K = 100 single-label case or
@@ -319,22 +300,3 @@ def run(quick: bool = False, runs: int = 1, threads: Sequence[int] | None = None
             bench = f"{label} ({count} thr)"
             rows += _best_of(bench, per_run, ops, weighting=wname, threads=count)
     return rows
-
-
-def format_runs(rows: list[Result]) -> str:
-    """A plain-text table: best ratio over the runs, the spread, the aten operators per step.
-
-    Example:
-        >>> row = Result("b", "x +3 ops", 2.0, 1.25, {"ratio_spread": 0.05, "runs": 3})
-        >>> print(format_runs([row]))  # doctest: +NORMALIZE_WHITESPACE
-        benchmark  case  best ms  best ratio  spread  runs
-        b          x +3 ops  2.000  1.25x  0.05  3
-    """
-    lines = [f"{'benchmark':<44} {'case':<44} {'best ms':>9} {'best ratio':>10} {'spread':>7} runs"]
-    for r in rows:
-        spread = r.extra.get("ratio_spread", 0.0)
-        lines.append(
-            f"{r.benchmark:<44} {r.case:<44} {r.median_ms:>9.3f} {r.ratio:>9.2f}x "
-            f"{spread:>7.2f} {r.extra.get('runs', 1)}"
-        )
-    return "\n".join(lines)

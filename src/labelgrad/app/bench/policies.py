@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import labelgrad as lg
-from labelgrad.app.bench.timing import Result, interleaved, ratios
+from labelgrad.app.bench.timing import Result, best_of, interleaved, ratios
 
-__all__ = ["aten_ops", "format_runs", "run"]
+__all__ = ["aten_ops", "run"]
 
 
 def _mlp(d_in: int, hidden: int, c: int) -> nn.Module:
@@ -79,9 +79,9 @@ def run(quick: bool = False, runs: int = 1) -> list[Result]:
         quick: tiny sizes and few steps (a smoke run, not a measurement).
         runs: how many times the whole interleaved comparison is repeated (each run times
             every case of every configuration again, round-robin). Each row then gives the best
-            run (the lowest median, and the lowest ratio, each run's ratio being to that
-            run's plain step) and, in ``extra``, every run's ratio and median (``ratios``,
-            ``medians_ms``) and the spread of the ratios (``ratio_spread`` = highest - lowest).
+            run (:func:`~labelgrad.app.bench.timing.best_of`: the lowest median and the lowest
+            ratio, each run's ratio being to that run's plain step) and, in ``extra``, every
+            run's ratio (``ratio_runs``) and their range (``spread``).
 
     Returns:
         One row per case and thread count, with the ratio to the plain step.
@@ -141,49 +141,12 @@ def run(quick: bool = False, runs: int = 1) -> list[Result]:
                 )
     rows: list[Result] = []
     for (name, threads), per_run in found.items():
-        for i, first in enumerate(per_run[0]):
-            repeats = [run_rows[i] for run_rows in per_run]
-            # Each best on its own: the lowest median step time, and the lowest ratio (each
-            # run's ratio is to the plain step of the same run).
-            best_ms = min(x.median_ms for x in repeats)
-            best_ratio = min(x.ratio for x in repeats)
-            r = Result(first.benchmark, first.case, best_ms, best_ratio, dict(first.extra))
+        for r in best_of(per_run):
             added = ops[name][r.case] - ops[name]["plain"]
             dtype = "float32" if r.case.endswith("float labels") else "int64"
-            spread = max(x.ratio for x in repeats) - min(x.ratio for x in repeats)
             r.extra.update(
-                threads=threads,
-                aten_ops=ops[name][r.case],
-                added_ops=added,
-                labels=dtype,
-                runs=runs,
-                ratios=[round(x.ratio, 4) for x in repeats],
-                medians_ms=[round(x.median_ms, 4) for x in repeats],
-                ratio_spread=round(spread, 4),
+                threads=threads, aten_ops=ops[name][r.case], added_ops=added, labels=dtype
             )
             r.case = f"{r.case} +{added} ops" if added else f"{r.case} {ops[name][r.case]} ops"
             rows.append(r)
     return rows
-
-
-def format_runs(rows: list[Result]) -> str:
-    """A table of :func:`run`'s rows with the best run and the spread over runs.
-
-    Example:
-        >>> r = Result("policies/mlp", "chain", 3.1, 1.05, {"ratios": [1.05, 1.08]})
-        >>> print(format_runs([r]))  # doctest: +NORMALIZE_WHITESPACE
-        benchmark     case   best ms  best ratio  spread  ratios (each run)
-        policies/mlp  chain    3.100       1.05x   0.030  1.05 1.08
-    """
-    lines = [
-        f"{'benchmark':<42} {'case':<50} {'best ms':>8} {'best ratio':>10} {'spread':>7}  "
-        "ratios (each run)"
-    ]
-    for r in rows:
-        each = r.extra.get("ratios", [r.ratio])
-        spread = max(each) - min(each)
-        lines.append(
-            f"{r.benchmark:<42} {r.case:<50} {r.median_ms:>8.3f} {r.ratio:>9.2f}x {spread:>7.3f}  "
-            + " ".join(f"{x:.2f}" for x in each)
-        )
-    return "\n".join(lines)
