@@ -178,3 +178,34 @@ def test_no_ridge_on_a_rank_deficient_gramian_gives_the_limit_not_nan(name: str,
     direction = j.T @ w
     assert float(limit.norm()) > 0.1 * float(j.norm())  # not a trivial zero direction
     torch.testing.assert_close(direction, limit, rtol=0, atol=1e-9 * float(j.norm()))
+
+
+@needs_quadprog
+@pytest.mark.parametrize("method", ["UPGrad", "DualProj"])
+@pytest.mark.parametrize("k", [3, 16, 40, 100])
+def test_zero_rows_solved_apart_match_torchjd(method: str, k: int) -> None:
+    # The sample-Gramian engine's class groups absent from a batch give exact zero rows; they
+    # separate from the QPs, which are then solved on the other rows only.
+    import torchjd.aggregation as ta
+
+    gen = torch.Generator().manual_seed(k)
+    j = torch.randn(k, 30, generator=gen, dtype=torch.float64)
+    half = k // 2
+    j[half : 2 * half] -= 0.7 * j[:half]  # conflicts
+    zero = torch.randperm(k, generator=gen)[: max(1, k // 8)]
+    j[zero] = 0.0
+    g = j @ j.T
+    pref = torch.rand(k, generator=gen, dtype=torch.float64) + 0.5
+    for kwargs in ({}, {"pref_vector": pref}):
+        w = getattr(A, method)(**kwargs).weights(g)
+        reference = getattr(ta, f"{method}Weighting")(**kwargs)(g)
+        scale = float(reference.abs().max())
+        torch.testing.assert_close(w, reference, rtol=1e-6, atol=1e-7 * scale)
+        assert_non_conflicting(g, w)
+
+
+@pytest.mark.parametrize("method", ["UPGrad", "DualProj"])
+def test_a_gramian_of_zero_rows_only_gives_the_preference(method: str) -> None:
+    pref = torch.tensor([0.2, 0.0, 0.5], dtype=torch.float64)
+    w = getattr(A, method)(pref_vector=pref).weights(torch.zeros(3, 3, dtype=torch.float64))
+    assert torch.equal(w, pref)

@@ -55,11 +55,33 @@ class _DualConeWeighting(GramianWeighting):
             self.pref_vector, k, 1.0 / k, "pref_vector", like=gramian, dtype=torch.float64
         )
 
-    def _project(self, lower: Tensor, gramian: Tensor) -> Tensor:
+    def _solve(self, lower: Tensor, gramian: Tensor) -> Tensor:
+        """The (B, K) solutions ``v >= lower`` of ``min v^T Ĝ v``, without the zero rows of G.
+
+        A zero row i of G (an empty class group, a label without gradient) leaves ``Ĝ_ii = ridge``
+        and ``Ĝ_ij = 0``: coordinate i separates from the others in every problem, where it
+        solves ``min v_i^2, v_i >= lower_i``, i.e. ``max(lower_i, 0)``, and the trace that
+        normalizes G is the same without it. So the QPs are solved on the other rows only (on
+        CPU tensors, where finding them is free): the same answer, smaller systems.
+        """
+        g = gramian.to(torch.float64)
+        if g.device.type != "cpu":
+            return self._project(lower, g, g.shape[0])
+        keep = g.ne(0).any(dim=1)
+        if bool(keep.all()):
+            return self._project(lower, g, g.shape[0])
+        solution = lower.clamp(min=0)
+        rows = keep.nonzero().squeeze(1)
+        if rows.numel():
+            part = self._project(lower[:, rows], g[rows][:, rows], g.shape[0])
+            solution[:, rows] = part
+        return solution
+
+    def _project(self, lower: Tensor, gramian: Tensor, k: int) -> Tensor:
         # The systems must be positive definite: a rank-deficient G with reg_eps = 0 gave NaN
         # weights. At least 10 K eps of float64 (as MGDA's ridge): it outweighs the rounding of
         # the normalized G and moves the answer by about that much; reg_eps >= it is unchanged.
-        ridge = max(self.reg_eps, 10 * gramian.shape[0] * torch.finfo(torch.float64).eps)
+        ridge = max(self.reg_eps, 10 * k * torch.finfo(torch.float64).eps)
         g = regularize_gramian(normalize_gramian(gramian, self.norm_eps), ridge)
         active, last = self._active, self._last
         unusable = not self.warm_start or active is None or active.shape != lower.shape
@@ -135,7 +157,7 @@ class UPGrad(_DualConeWeighting):
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         lower = torch.diag(self._preference(gramian))
-        return self._project(lower, gramian.to(torch.float64)).sum(dim=0).to(gramian.dtype)
+        return self._solve(lower, gramian).sum(dim=0).to(gramian.dtype)
 
 
 class DualProj(_DualConeWeighting):
@@ -165,4 +187,4 @@ class DualProj(_DualConeWeighting):
 
     def _weights(self, gramian: Tensor, /) -> Tensor:
         lower = self._preference(gramian).unsqueeze(0)
-        return self._project(lower, gramian.to(torch.float64))[0].to(gramian.dtype)
+        return self._solve(lower, gramian)[0].to(gramian.dtype)
