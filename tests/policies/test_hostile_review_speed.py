@@ -239,3 +239,115 @@ def test_clip_nonfinite_group_untouched_others_clipped(bad, dtype):
     assert torch.equal(got[0][finite].view(bits), up[0][finite].view(bits))
     assert torch.equal(got[2].view(bits), up[2].view(bits))  # zero group: exactly itself
     torch.testing.assert_close(got[1], torch.tensor([0.6, 0.8, 0.0], dtype=dtype))
+
+
+# --- 4. Aggregator wrappers' state; 3. the fused Gramian check ---------------------------
+
+
+def _gram(k: int, seed: int) -> torch.Tensor:
+    j = torch.randn(k, 5, generator=torch.Generator().manual_seed(seed))
+    return j @ j.T
+
+
+WRAPPERS = {
+    "CRMOGM": lambda inner: lg.aggregators.CRMOGM(inner),
+    "Amortized": lambda inner: lg.aggregation.Amortized(inner, every=2),
+}
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_a_refused_wrapper_state_leaves_the_wrapper_untouched(wrapper):
+    """A state saved from a wrapper of MGDA is refused by a wrapper of UPGrad; before the fix
+    CRMOGM's ``smoothed`` was already overwritten (resized and loaded) when the error came."""
+    src = WRAPPERS[wrapper](lg.aggregators.MGDA())
+    dst = WRAPPERS[wrapper](lg.aggregators.UPGrad())
+    for i in range(3):
+        src.weights(_gram(3, i))
+        dst.weights(_gram(4, 10 + i))
+    before = {k: v.clone() for k, v in dst.state_dict().items() if torch.is_tensor(v)}
+    with pytest.raises(ValueError, match="saved from .*MGDA.*this is .*UPGrad"):
+        dst.load_state_dict(src.state_dict())
+    after = dst.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    # and the same types still round-trip exactly
+    again = WRAPPERS[wrapper](lg.aggregators.MGDA())
+    again.load_state_dict(src.state_dict())
+    g = _gram(3, 99)
+    assert torch.equal(again.weights(g), src.weights(g))
+
+
+def _step_by_step_ok(g: torch.Tensor) -> bool:
+    """check_gramian's documented tests, one by one, in float64 (the reference)."""
+    tol = torch.finfo(F64 if g.dtype == F64 else torch.bfloat16).eps ** 0.5
+    d = g.double()
+    if not bool(d.isfinite().all()):
+        return False
+    diag = d.diagonal()
+    limit = tol * float(diag.abs().max())
+    if float(diag.min()) < -limit or float((d - d.T).abs().max()) > limit:
+        return False
+    root = diag.clamp(min=0).sqrt()
+    return not float((d.abs() - root[:, None] * root[None, :] * (1 + tol)).max()) > limit
+
+
+def _hostile_gramians() -> list[torch.Tensor]:
+    inf, nan, tiny = math.inf, math.nan, 5e-324
+    base = [
+        [[0.0]],
+        [[-0.0]],
+        [[tiny]],
+        [[-tiny]],
+        [[1e-300]],
+        [[1e300]],
+        [[inf]],
+        [[nan]],
+        [[-1.0]],
+        [[1.0, 1.0], [1.0, 1.0]],
+        [[1.0, -1.0], [-1.0, 1.0]],
+        [[1.0, 1.0 + 1e-3], [1.0 + 1e-3, 1.0]],
+        [[1.0, 0.0], [0.0, -1e-9]],
+        [[1.0, 1e-9], [0.0, 1.0]],
+        [[1.0, 0.0], [0.0, 0.0]],
+        [[0.0, 0.0], [0.0, 0.0]],
+        [[-0.0, -0.0], [-0.0, -0.0]],
+        [[1.0, inf], [inf, 1.0]],
+        [[inf, 0.0], [0.0, 1.0]],
+        [[inf, inf], [inf, inf]],
+        [[1.0, nan], [nan, 1.0]],
+        [[1.0, -inf], [-inf, 1.0]],
+        [[1e308, 1e308], [1e308, 1e308]],
+        [[1.7e308, -1.7e308], [1.7e308, 1.7e308]],
+        [[tiny, tiny], [tiny, tiny]],
+        [[tiny, 2 * tiny], [2 * tiny, tiny]],
+        [[1e-320, 0.0], [0.0, 1e-320]],
+        [[3e38, 3e38], [3e38, 3e38]],
+        [[65504.0, 65504.0], [65504.0, 65504.0]],
+        [[1.0, 0.5, 0.2], [0.5, 1.0, 0.1], [0.2, 0.1, -0.0]],
+    ]
+    out = [torch.tensor(m, dtype=F64) for m in base]
+    for seed in range(20):
+        g = _gram(4, seed).double()
+        i, j = seed % 4, (seed + 1) % 4
+        scale = 10.0 ** (seed - 10)
+        g = g * scale
+        # push one off-diagonal pair just past / just inside the Cauchy-Schwarz bound
+        bound = float((g[i, i] * g[j, j]).sqrt())
+        g[i, j] = g[j, i] = bound * (1 + (1.0 if seed % 2 else -1.0) * 1e-7 * (seed % 5))
+        out.append(g)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.float16, torch.bfloat16])
+def test_fused_gramian_check_accepts_exactly_what_the_step_by_step_checks_accept(dtype):
+    from labelgrad.aggregators.aggregator_types import check_gramian
+
+    for g64 in _hostile_gramians():
+        g = g64.to(dtype)
+        want = _step_by_step_ok(g)
+        try:
+            check_gramian(g)
+            got = True
+        except ValueError:
+            got = False
+        assert got == want, (dtype, g)
