@@ -49,7 +49,7 @@ def test_labels_changed_between_coerce_and_call_are_refused(name, dtype):
     y = torch.tensor([[1.0, -1.0, 0.0, 1.0], [0.0, 1.0, 1.0, -1.0]], dtype=dtype)
     t = lg.Targets.coerce(y, num_classes=C)
     y[0, 1] = 7.0
-    with pytest.raises(RuntimeError, match="modified in place after Targets.coerce"):
+    with pytest.raises(RuntimeError, match=r"modified in place after Targets\.coerce"):
         _grad(READERS[name](), torch.ones(2, C), t)
 
 
@@ -232,7 +232,9 @@ def test_clip_float64_entries_whose_squares_overflow_are_clipped(which):
 def test_clip_nonfinite_group_untouched_others_clipped(bad, dtype):
     up = torch.tensor([[bad, 1e-45, -0.0], [3.0, 4.0, 0.0], [0.0, 0.0, -0.0]]).to(dtype)
     got = _grad(lg.clip_per_sample(1.0), up)
-    bits = torch.int16 if dtype == torch.bfloat16 else (torch.int64 if dtype == F64 else torch.int32)
+    bits = (
+        torch.int16 if dtype == torch.bfloat16 else (torch.int64 if dtype == F64 else torch.int32)
+    )
     # untouched: NaN stays NaN (its payload may be canonicalised), the rest keeps its bits
     assert torch.equal(got[0].isnan(), up[0].isnan())
     finite = ~up[0].isnan()
@@ -265,7 +267,7 @@ def test_a_refused_wrapper_state_leaves_the_wrapper_untouched(wrapper):
         src.weights(_gram(3, i))
         dst.weights(_gram(4, 10 + i))
     before = {k: v.clone() for k, v in dst.state_dict().items() if torch.is_tensor(v)}
-    with pytest.raises(ValueError, match="saved from .*MGDA.*this is .*UPGrad"):
+    with pytest.raises(ValueError, match=r"saved from .*MGDA.*this is .*UPGrad"):
         dst.load_state_dict(src.state_dict())
     after = dst.state_dict()
     for key, value in before.items():
