@@ -353,3 +353,41 @@ def test_fused_gramian_check_accepts_exactly_what_the_step_by_step_checks_accept
         except ValueError:
             got = False
         assert got == want, (dtype, g)
+
+
+# --- 4. per_label_losses' cache of validated group ids -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [[0, 1, 1, 2], [0, 0, 0, 0], [1, 1, 0, 0]],
+    ids=["more groups", "fewer groups", "swapped"],
+)
+@pytest.mark.parametrize("how", ["numpy", "data"])
+def test_group_ids_edited_behind_the_version_counter_are_read_anew(edit, how):
+    """An edit through a NumPy view or ``.data`` does not bump the version counter; the cache
+    of validated groups aliased the caller's storage and kept the old K (an IndexError, or a
+    silently empty group)."""
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(6, 4, generator=g)
+    y = (torch.rand(6, 4, generator=g) < 0.5).float()
+    arr = np.array([0, 0, 1, 1])
+    groups = torch.from_numpy(arr) if how == "numpy" else torch.tensor([0, 0, 1, 1])
+    lg.per_label_losses(z, y, loss="bce", groups=groups)
+    if how == "numpy":
+        arr[:] = edit
+    else:
+        groups.data.copy_(torch.tensor(edit))
+    got = lg.per_label_losses(z, y, loss="bce", groups=groups)
+    want = lg.per_label_losses(z, y, loss="bce", groups=torch.tensor(edit))
+    assert torch.equal(got, want)
+
+
+def test_group_ids_edited_into_an_invalid_grouping_are_refused():
+    groups = torch.tensor([0, 0, 1, 1])
+    z, y = torch.zeros(2, 4), torch.ones(2, 4)
+    lg.per_label_losses(z, y, loss="bce", groups=groups)
+    groups.data[1] = 7
+    with pytest.raises(ValueError, match="unused ids"):
+        lg.per_label_losses(z, y, loss="bce", groups=groups)
