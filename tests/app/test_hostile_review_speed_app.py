@@ -173,3 +173,50 @@ def test_iterative_split_spreads_each_label_better_than_the_random_split() -> No
             ours.append(np.abs(pos[got].sum(axis=0) - share).mean())
             plain.append(np.abs(pos[rand].sum(axis=0) - share).mean())
     assert np.mean(ours) < 0.5 * np.mean(plain)
+
+
+# --- resume across the new key ------------------------------------------------------------
+
+
+def _fingerprint_before_the_header_key(cfg) -> str:
+    """TrainConfig.fingerprint as written before ``[data] header`` existed (commit 35c7bb3)."""
+    import hashlib
+    import json
+
+    payload = {
+        "data": {k: v for k, v in cfg.data.items() if k not in ("path", "labels", "header")},
+        "model": cfg.model,
+        "train": {k: v for k, v in cfg.train.items() if k not in ("epochs", "patience")},
+        "policies": cfg.policies,
+        "rows": cfg.rows,
+        "aggregation": cfg.aggregation,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_a_checkpoint_from_before_the_header_key_still_resumes(tmp_path: Path) -> None:
+    """The new key entered every config's fingerprint (as None): a checkpoint written before it,
+    same config and data, was refused as "written for a different config"."""
+    (tmp_path / "d.csv").write_text("a,b,label\n" + _rows())
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[data]\npath = "d.csv"\n{BASE}')
+    unset = load_config(cfg)
+    assert unset.fingerprint() == _fingerprint_before_the_header_key(unset)
+    for value in ("true", "false"):  # set, it is part of the run (it decides the rows)
+        cfg.write_text(f'[data]\npath = "d.csv"\nheader = {value}\n{BASE}')
+        assert load_config(cfg).fingerprint() != unset.fingerprint()
+
+
+def test_resume_with_the_header_key_changed_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "d.csv").write_text("1,2,0\n" + _rows())
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[data]\npath = "d.csv"\n{BASE}')
+    out = ["--out", str(tmp_path / "out"), "--quiet", "--threads", "1"]
+    assert main(["train", str(cfg), *out]) == 0, capsys.readouterr().err
+    cfg.write_text(
+        f'[data]\npath = "d.csv"\nheader = true\n{BASE.replace("epochs = 1", "epochs = 2")}'
+    )
+    assert main(["train", str(cfg), *out, "--resume"]) == 2
+    assert "different config" in capsys.readouterr().err
