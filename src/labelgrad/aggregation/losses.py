@@ -185,22 +185,13 @@ def group_ids(groups: object, num_classes: int) -> tuple[Tensor, int]:
             ref, seen, c, ids_known, k_known = known
             # The same tensor, unchanged since (in-place edits bump its version), same C:
             # checked already. A copy, so that an edit of the returned ids reaches nobody.
-            # Edits through a NumPy view or ``.data`` bypass the version counter: on the CPU
-            # (where those happen, and where comparing costs no sync) the values are compared too.
-            if (
-                ref() is groups
-                and seen == version
-                and c == num_classes
-                and (groups.device.type != "cpu" or torch.equal(groups, ids_known))
-            ):
+            if ref() is groups and seen == version and c == num_classes:
                 return ids_known.clone(), k_known
         ids, k = _tensor_group_ids(groups, num_classes)
         if version is not None:
             if len(_GROUP_CACHE) >= _GROUP_CACHE_SIZE:
                 _GROUP_CACHE.pop(next(iter(_GROUP_CACHE)))
-            # A private copy: ``ids`` may share the caller's storage (an int64 CPU tensor).
-            entry = (weakref.ref(groups), version, num_classes, ids.clone(), k)
-            _GROUP_CACHE[id(groups)] = entry
+            _GROUP_CACHE[id(groups)] = (weakref.ref(groups), version, num_classes, ids, k)
         return ids.clone(), k
     return _list_group_ids(groups, num_classes)
 

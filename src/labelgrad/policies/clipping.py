@@ -43,7 +43,7 @@ def _clip(
     # group is left untouched and a GradScaler still sees the overflow; norm == 0 gives
     # limit / 0 = inf -> 1.
     norm = torch.addcmul(sq, sq, scalar(0.0, sq)).sqrt_()
-    if grad.dtype == acc and not (reducer is not None and is_distributed()):
+    if grad.dtype == acc and grad.numel() and not (reducer is not None and is_distributed()):
         norm = _rescaled_norm(grad, dims, sq, norm)
     factor = torch.fmin(torch.div(limit, norm), scalar(1.0, sq))
     return grad * cast(factor, grad.dtype)
