@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -15,7 +16,9 @@ def as_nonnegative_scalar(value: object, name: str, *, positive: bool = False) -
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     v = float(value)
-    if not torch.isfinite(torch.tensor(v)) or v < 0 or (positive and v == 0):
+    # math.isfinite, not torch.isfinite(torch.tensor(v)): that rounds to the default dtype, so
+    # a finite 1e39 became inf in float32 and was refused as "not finite".
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
         kind = "positive" if positive else "non-negative"
         raise ValueError(f"{name} must be a finite {kind} number, got {value!r}")
     return v

@@ -197,7 +197,11 @@ class Targets:
         multi-hot labels), after checking that nobody changed them in place since."""
         labels: Tensor | None = self._dense  # type: ignore[attr-defined]
         assert labels is not None
-        if _version(labels) != self._labels_version:  # type: ignore[attr-defined]
+        recorded: int | None = self._labels_version  # type: ignore[attr-defined]
+        now = _version(labels)
+        # None on either side (inside torch.func / torch.compile, inference tensors): no
+        # counter to compare, so no verdict (a Targets made outside a transform stays usable in it).
+        if now is not None and recorded is not None and now != recorded:
             raise RuntimeError(
                 "the float labels of this Targets were modified in place after "
                 "Targets.coerce; coerce the new labels (or pass a copy)"
@@ -276,6 +280,10 @@ class Targets:
         S is the product of all non-class, non-sample axes (1 for plain classification). This is
         the layout policies see in :meth:`labelgrad.Policy.transform`.
         """
+        if self._dense is not None:  # type: ignore[attr-defined]
+            # The flat copy records the labels' version anew: check the old one first, or a
+            # change made between coerce and the policy call would go unseen.
+            self._labels_unchanged()
         shape = self.shape
         n, c = shape[0], self.num_classes
         s = math.prod(shape) // max(n * c, 1)  # explicit: -1 is ambiguous at n=0

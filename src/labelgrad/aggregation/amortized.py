@@ -95,6 +95,7 @@ class Amortized(WeightingWrapper):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        self._check_saved_type(state_dict, prefix)  # before the resize: refused = untouched
         key = prefix + "cached_weights"
         if key in state_dict:
             self.cached_weights = torch.empty_like(state_dict[key], device=self.step.device)

@@ -4,6 +4,7 @@ wrapper base of weightings that wrap another one."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import torch
@@ -405,6 +406,17 @@ class WeightingWrapper(GramianWeighting):
                 "fresh (do not load it)"
             )
 
+    def _check_saved_type(self, state_dict: Mapping[str, Any], prefix: str) -> None:
+        """Refuse a state saved from a wrapper of another weighting before anything loads.
+
+        torch loads the buffers before it calls :meth:`set_extra_state`, and a subclass may
+        resize them first: a refused state must leave this wrapper as it was, so subclasses that
+        override ``_load_from_state_dict`` call this first.
+        """
+        extra = prefix + "_extra_state"
+        if extra in state_dict:
+            self.set_extra_state(state_dict[extra])
+
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
@@ -415,6 +427,7 @@ class WeightingWrapper(GramianWeighting):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        self._check_saved_type(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -100,6 +100,7 @@ class CRMOGM(WeightingWrapper):
         return self.smoothed
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        self._check_saved_type(state_dict, prefix)  # before the resize: refused = untouched
         resize_buffers_for_load(self, state_dict, prefix, ["smoothed"])
         super()._load_from_state_dict(state_dict, prefix, *args)
 

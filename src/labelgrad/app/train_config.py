@@ -99,6 +99,10 @@ _REQUIRED_POLICY_KEYS = {
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 
+_LATER_KEYS = frozenset({"header"})
+"""[data] keys added after checkpoints were first written (0.3): left out of the fingerprint
+while unset, so that an earlier checkpoint of the same config resumes."""
+
 
 def _type_name(types: tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
@@ -161,7 +165,13 @@ class TrainConfig:
         payload = {
             # The data files are identified by path, size and content in the checkpoint itself
             # (data_identity), with a message that says which changed.
-            "data": {k: v for k, v in self.data.items() if k not in ("path", "labels")},
+            # Keys added later count only when set, so that a checkpoint written before they
+            # existed still resumes under the same config.
+            "data": {
+                k: v
+                for k, v in self.data.items()
+                if k not in ("path", "labels") and not (k in _LATER_KEYS and v is None)
+            },
             "model": self.model,
             "train": {k: v for k, v in self.train.items() if k not in ("epochs", "patience")},
             "policies": self.policies,

@@ -43,8 +43,25 @@ def _clip(
     # group is left untouched and a GradScaler still sees the overflow; norm == 0 gives
     # limit / 0 = inf -> 1.
     norm = torch.addcmul(sq, sq, scalar(0.0, sq)).sqrt_()
+    if grad.dtype == acc and grad.numel() and not (reducer is not None and is_distributed()):
+        norm = _rescaled_norm(grad, dims, sq, norm)
     factor = torch.fmin(torch.div(limit, norm), scalar(1.0, sq))
     return grad * cast(factor, grad.dtype)
+
+
+def _rescaled_norm(grad: Tensor, dims: tuple[int, ...], sq: Tensor, norm: Tensor) -> Tensor:
+    """``norm``, recomputed by scaling where the squares of a finite group do not fit.
+
+    A float64 gradient has no wider type: squares overflow above ~1.3e154 (a finite group would
+    read as non-finite and stay unclipped) and lose bits below ~1e-154. There the norm is
+    max|g| * ||g / max|g|||; elsewhere the sum of squares keeps its bits.
+    """
+    peak = grad.abs().amax(dim=dims, keepdim=True)  # NaN stays NaN: such a group stays untouched
+    one = scalar(1.0, peak)
+    scaled = torch.div(grad, torch.where(peak > scalar(0.0, peak), peak, one))
+    rescaled = torch.mul(scaled, scaled).sum(dim=dims, keepdim=True).sqrt_().mul_(peak)
+    unfit = torch.logical_or(sq == scalar(float("inf"), sq), sq < scalar(1e-280, sq))
+    return torch.where(torch.logical_and(unfit, torch.isfinite(peak)), rescaled, norm)
 
 
 class _NormClip(Policy):
