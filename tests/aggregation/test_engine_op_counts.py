@@ -104,7 +104,7 @@ def test_sample_gramian_engine_stays_within_its_operator_budget():
     # class-index CE, a cached 0-d one for the bias term, no no-op dtype conversions,
     # count_nonzero for the valid samples. 179: the cached group ids are compared with the
     # tensor's values (aten::equal, 2 operators), since writes through NumPy or ``.data``
-    # do not bump the version counter (tests/aggregation/test_hostile_review_speed.py).
+    # do not bump the version counter (tests/aggregation/test_hostile_review_engine_speed.py).
     assert sample_gramian_added_ops() <= 179
 
 
