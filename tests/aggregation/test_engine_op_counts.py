@@ -104,8 +104,10 @@ def test_sample_gramian_engine_stays_within_its_operator_budget():
     # Before: 288. Now 177: cheaper finiteness checks, the validated group-id tensor cached
     # (checked once, not every step), no one-hot targets and no 0 * sum(logits) term for
     # class-index CE, a cached 0-d one for the bias term, no no-op dtype conversions,
-    # count_nonzero for the valid samples.
-    assert sample_gramian_added_ops() <= 177
+    # count_nonzero for the valid samples. 179: the cached group ids are compared with the
+    # tensor's values (aten::equal, 2 operators), since writes through NumPy or ``.data``
+    # do not bump the version counter (tests/aggregation/test_hostile_review_engine_speed.py).
+    assert sample_gramian_added_ops() <= 179
 
 
 def test_the_budgets_count_what_they_claim():

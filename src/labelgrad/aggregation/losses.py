@@ -182,24 +182,45 @@ def group_ids(groups: object, num_classes: int) -> tuple[Tensor, int]:
         version = _version_of(groups)
         known = _GROUP_CACHE.get(id(groups))
         if known is not None and version is not None:
-            ref, seen, c, ids_known, k_known = known
-            # The same tensor, unchanged since (in-place edits bump its version), same C:
-            # checked already. A copy, so that an edit of the returned ids reaches nobody.
-            if ref() is groups and seen == version and c == num_classes:
+            ref, seen, c, snapshot, ids_known, k_known = known
+            # The same tensor, unchanged since, same C: checked already. The version counter
+            # alone misses writes that autograd does not see (through ``.data``, or a NumPy
+            # array sharing the memory), so the values are compared too (one operator and one
+            # read, not the dozen of a check). A copy, so that an edit of the ids reaches nobody.
+            if ref() is groups and seen == version and c == num_classes and _same(groups, snapshot):
                 return ids_known.clone(), k_known
         ids, k = _tensor_group_ids(groups, num_classes)
         if version is not None:
             if len(_GROUP_CACHE) >= _GROUP_CACHE_SIZE:
                 _GROUP_CACHE.pop(next(iter(_GROUP_CACHE)))
-            _GROUP_CACHE[id(groups)] = (weakref.ref(groups), version, num_classes, ids, k)
+            snapshot = groups.detach().clone()
+            _GROUP_CACHE[id(groups)] = (
+                weakref.ref(groups),
+                version,
+                num_classes,
+                snapshot,
+                ids.clone(),
+                k,
+            )
         return ids.clone(), k
     return _list_group_ids(groups, num_classes)
 
 
 # Validated group-id tensors: the groups of a training run are one constant tensor, checked
 # once (a check costs two reads to the host and a dozen operators) instead of every step.
-_GROUP_CACHE: dict[int, tuple[weakref.ref[Tensor], int, int, Tensor, int]] = {}
+_GROUP_CACHE: dict[int, tuple[weakref.ref[Tensor], int, int, Tensor, Tensor, int]] = {}
 _GROUP_CACHE_SIZE = 8
+
+
+def _same(t: Tensor, snapshot: Tensor) -> bool:
+    """Whether ``t`` still holds the values of ``snapshot`` (its copy when it was checked);
+    integer ids never require grad, so no detach is needed."""
+    return (
+        t.device == snapshot.device
+        and t.dtype == snapshot.dtype
+        and t.shape == snapshot.shape
+        and torch.equal(t, snapshot)
+    )
 
 
 def _version_of(t: Tensor) -> int | None:
