@@ -358,29 +358,20 @@ def test_fused_gramian_check_accepts_exactly_what_the_step_by_step_checks_accept
 # --- 4. per_label_losses' cache of validated group ids -----------------------------------
 
 
-_STALE = pytest.mark.xfail(
-    strict=True,
-    reason="per_label_losses caches validated group ids by the tensor's version counter, which "
-    "edits through a NumPy view or .data do not bump (the cache aliases the caller's storage, so "
-    "the new ids meet the old K). Comparing the values on a hit costs operators per call that "
-    "the engine op budgets (tests/aggregation/test_engine_op_counts.py) do not allow.",
-)
-
-
 @pytest.mark.parametrize(
     "edit",
     [
-        pytest.param([0, 1, 1, 2], marks=_STALE),
-        pytest.param([0, 0, 0, 0], marks=_STALE),
-        [1, 1, 0, 0],  # same K: right, because the cache aliases the caller's storage
+        [0, 1, 1, 2],
+        [0, 0, 0, 0],
+        [1, 1, 0, 0],
     ],
     ids=["more groups", "fewer groups", "swapped"],
 )
 @pytest.mark.parametrize("how", ["numpy", "data"])
 def test_group_ids_edited_behind_the_version_counter_are_read_anew(edit, how):
-    """An edit through a NumPy view or ``.data`` does not bump the version counter; the cache
-    of validated groups aliases the caller's storage and keeps the old K (an IndexError, or a
-    silently empty group)."""
+    """An edit through a NumPy view or ``.data`` does not bump the version counter; the cache of
+    validated groups compares the values it checked with the tensor's (it kept the old K: an
+    IndexError, or a silently empty group)."""
     np = pytest.importorskip("numpy")
     g = torch.Generator().manual_seed(5)
     z = torch.randn(6, 4, generator=g)
@@ -397,7 +388,6 @@ def test_group_ids_edited_behind_the_version_counter_are_read_anew(edit, how):
     assert torch.equal(got, want)
 
 
-@_STALE
 def test_group_ids_edited_into_an_invalid_grouping_are_refused():
     groups = torch.tensor([0, 0, 1, 1])
     z, y = torch.zeros(2, 4), torch.ones(2, 4)

@@ -137,9 +137,10 @@ class UPGrad(_DualConeWeighting):
         norm_eps: trace below which G counts as zero.
         reg_eps: ridge added to the normalized G (at least 10 K eps of float64 is added, so a
             rank-deficient G with reg_eps = 0 still has positive definite systems).
-        warm_start: start the active-set search from the previous call's sets when G moved
-            little since (on CPU: largest change of ``G / trace(G)`` at most 1e-3 of its largest
-            entry; otherwise the cold start, the better guess across training steps).
+        warm_start: start the active-set search from the previous call's sets (of the same
+            shape). On CPU only when G moved little since (largest change of ``G / trace(G)``
+            at most 1e-3 of its largest entry; otherwise the cold start, the better guess across
+            training steps); elsewhere always, since the comparison would be a host sync.
         presolve_iters: accelerated projected-gradient steps that guess the first active sets
             when there is no warm start (speed only; 0 starts from the non-conflicting rows;
             default: 0 below K = 32, 20 below K = 128, else 50).
