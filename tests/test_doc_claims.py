@@ -76,7 +76,7 @@ def test_the_recommendation_is_within_the_spread_of_the_best_measured_recipe() -
 def _quiet_table() -> dict[str, list[str]]:
     """benchmarks/README.md's quiet-machine table: first cell -> the other cells."""
     text = (ROOT / "benchmarks/README.md").read_text(encoding="utf-8")
-    section = text.split("## 0.2 figures on a quiet machine", 1)[1].split("\n## ", 1)[0]
+    section = text.split("## 0.3 figures on a quiet machine", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

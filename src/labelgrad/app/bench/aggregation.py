@@ -13,6 +13,10 @@ MLP 256-512-512 trunk, batch 256, Linear head. Cases, timed interleaved in one p
 - ``sample_gramian`` (P4: single-label, 100 classes in 10 and 100 class groups, class-index
   labels) with UPGrad and with ``Mean``, vs exact and TorchJD.
 
+``plain``, ``representation`` and ``sample_gramian`` walk the same pool of 8 batches, one per
+step, as training does (a repeated batch lets the solver's warm start settle at once); the
+references (exact, loop, TorchJD) time one batch.
+
 Every case is timed at torch's default thread count and at 1 thread, and each row carries the
 aten operators of one step; ``run(runs=N)`` repeats each interleaved comparison N times and
 reports the best ratio and the spread.
@@ -53,6 +57,22 @@ def _mlp(num_classes: int, seed: int = 0) -> tuple[nn.Module, nn.Linear]:
     torch.manual_seed(seed)
     trunk = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
     return trunk, nn.Linear(512, num_classes)
+
+
+def _cycle(pool: Sequence[tuple[Tensor, Tensor]]) -> Callable[[], tuple[Tensor, Tensor]]:
+    """The batches of ``pool`` in turn, one per call: each case walks the same sequence.
+
+    A training run's Gramians change from step to step with the batch; a repeated batch would
+    let a solver's warm start settle at once, which training does not see (issue 24: take the
+    solve's figures on Gramians like a training run's).
+    """
+    state = {"i": -1}
+
+    def next_batch() -> tuple[Tensor, Tensor]:
+        state["i"] = (state["i"] + 1) % len(pool)
+        return pool[state["i"]]
+
+    return next_batch
 
 
 def _step(params: Sequence[Tensor], lr: float = 1e-3) -> None:
@@ -118,13 +138,18 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
     params = [*trunk.parameters(), *head.parameters()]
     shared = list(trunk.parameters())
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(256, 256, generator=g)
-    y = (torch.rand(256, k, generator=g) < 0.2).long()
+    pool = [
+        (torch.randn(256, 256, generator=g), (torch.rand(256, k, generator=g) < 0.2).long())
+        for _ in range(8)
+    ]
+    x, y = pool[0]  # the references (exact, loop, TorchJD) time one batch
     weighting, wname = _weighting()
     amortized = lg.aggregation.Amortized(weighting, every=8)
+    plain_batch = _cycle(pool)
 
     def plain() -> None:
-        F.binary_cross_entropy_with_logits(head(trunk(x)), y.float()).backward()
+        xb, yb = plain_batch()
+        F.binary_cross_entropy_with_logits(head(trunk(xb)), yb.float()).backward()
         _step(params)
 
     def exact() -> None:
@@ -137,10 +162,13 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
         lg.aggregate_backward(losses, shared=shared, aggregator=amortized, engine="exact")
         _step(params)
 
-    def representation_with(agg: Any, labels: Tensor = y) -> Callable[[], None]:
+    def representation_with(agg: Any, float_labels: bool = False) -> Callable[[], None]:
+        batch = _cycle(pool)
+
         def representation() -> None:
-            feats = trunk(x)
-            losses = lg.per_label_losses(head(feats), labels)
+            xb, yb = batch()
+            feats = trunk(xb)
+            losses = lg.per_label_losses(head(feats), yb.float() if float_labels else yb)
             lg.aggregate_backward(losses, shared=shared, aggregator=agg, features=feats, head=head)
             _step(params)
 
@@ -152,7 +180,7 @@ def _multilabel_cases(k: int, quick: bool) -> tuple[dict[str, Callable[[], objec
         cases.update({"exact": exact, "loop": loop, "amortized-8": amortized_exact})
     cases["representation"] = representation_with(weighting)
     # Float labels, as BCE takes them (what users pass): the same engine and weighting.
-    cases["representation (float labels)"] = representation_with(weighting, y.float())
+    cases["representation (float labels)"] = representation_with(weighting, float_labels=True)
     # The same engine with w = 1/K: the engine's own cost, without the weighting solve.
     cases["representation (Mean)"] = representation_with(_MeanWeighting())
     if k <= 16:
@@ -165,20 +193,28 @@ def _single_label_cases(k: int, with_torchjd: bool) -> dict[str, Callable[[], ob
     trunk, head = _mlp(c)
     params = [*trunk.parameters(), *head.parameters()]
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(256, 256, generator=g)
-    y = torch.randint(0, c, (256,), generator=g)
+    pool = [
+        (torch.randn(256, 256, generator=g), torch.randint(0, c, (256,), generator=g))
+        for _ in range(8)
+    ]
+    x, y = pool[0]  # the references (exact, TorchJD) time one batch
     groups = torch.arange(c) % k
     weighting, _ = _weighting()
     lg.aggregation.track(trunk)
     shared = list(trunk.parameters())
+    plain_batch = _cycle(pool)
 
     def plain() -> None:
-        F.cross_entropy(head(trunk(x)), y).backward()
+        xb, yb = plain_batch()
+        F.cross_entropy(head(trunk(xb)), yb).backward()
         _step(params)
 
     def sample_gramian_with(agg: Any) -> Callable[[], None]:
+        batch = _cycle(pool)
+
         def sample_gramian() -> None:
-            losses = lg.per_label_losses(head(trunk(x)), y, loss="ce", groups=groups)
+            xb, yb = batch()
+            losses = lg.per_label_losses(head(trunk(xb)), yb, loss="ce", groups=groups)
             lg.aggregate_backward(losses, shared=trunk, aggregator=agg, engine="sample_gramian")
             _step(params)
 
