@@ -184,3 +184,11 @@ def test_no_module_name_is_used_twice() -> None:
         p.name for p in (SRC / "labelgrad").rglob("*.py") if p.name not in {"__init__.py"}
     )
     assert not [n for n, count in names.items() if count > 1]
+
+
+def test_no_test_file_name_is_used_twice() -> None:
+    # pytest imports test files by basename (pyproject's pythonpath = ["tests"], rootdir
+    # imports): a second tests/*/test_x.py stops the whole suite at collection.
+    tests = Path(__file__).resolve().parent
+    names = Counter(p.name for p in tests.rglob("test_*.py"))
+    assert not [n for n, count in names.items() if count > 1]
