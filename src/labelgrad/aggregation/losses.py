@@ -185,8 +185,8 @@ def group_ids(groups: object, num_classes: int) -> tuple[Tensor, int]:
             ref, seen, c, snapshot, ids_known, k_known = known
             # The same tensor, unchanged since, same C: checked already. The version counter
             # alone misses writes that autograd does not see (through ``.data``, or a NumPy
-            # array sharing the memory), so the values are compared too (one operator and one
-            # read, not the dozen of a check). A copy, so that an edit of the ids reaches nobody.
+            # array sharing the memory), so on CPU the values are compared too (one operator and
+            # a free read, not the dozen of a check). A copy, so an edit of the ids reaches nobody.
             if ref() is groups and seen == version and c == num_classes and _same(groups, snapshot):
                 return ids_known.clone(), k_known
         ids, k = _tensor_group_ids(groups, num_classes)
@@ -214,13 +214,16 @@ _GROUP_CACHE_SIZE = 8
 
 def _same(t: Tensor, snapshot: Tensor) -> bool:
     """Whether ``t`` still holds the values of ``snapshot`` (its copy when it was checked);
-    integer ids never require grad, so no detach is needed."""
-    return (
-        t.device == snapshot.device
-        and t.dtype == snapshot.dtype
-        and t.shape == snapshot.shape
-        and torch.equal(t, snapshot)
-    )
+    integer ids never require grad, so no detach is needed.
+
+    The values are compared on CPU tensors only, where the read is free (and where NumPy views
+    live); on an accelerator the comparison would be a host sync every step, so there the
+    version counter decides (a write through ``.data`` to a device tensor of ids is not seen).
+    """
+    same_form = t.device == snapshot.device and t.dtype == snapshot.dtype
+    if not (same_form and t.shape == snapshot.shape):
+        return False
+    return t.device.type != "cpu" or torch.equal(t, snapshot)
 
 
 def _version_of(t: Tensor) -> int | None:
