@@ -36,6 +36,9 @@ def _entry(
     )
     try:
         fn(rank, world_size, *args)
+        # Every rank done before any tears the group down: a rank destroying it while another
+        # still talks aborted gloo ("terminate called without an active exception", SIGABRT).
+        dist.barrier()
     except BaseException:
         traceback.print_exc()
         raise
